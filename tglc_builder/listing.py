@@ -1,20 +1,20 @@
 """The sector's two MAST listings, parsed as untrusted data, joined into the sector catalog.
 
-The bulk-download script has one to two million lines, so every step here is vectorised (pyarrow's multi-threaded
-CSV reader and RE2 kernels, numpy sorting); no Python code runs per line.
+The bulk-download script has one to two million lines, so every step here is vectorised (numpy scans of the file's
+bytes, pyarrow's CSV reader, numpy sorting); no Python code runs per line of a well-formed listing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import healpy
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from astropy.table import Table
 
@@ -25,12 +25,14 @@ from .net import DEFAULT_MAX_ATTEMPTS, DownloadError, download_file, make_sessio
 log = logging.getLogger(__name__)
 
 TARGET_COLUMNS = ("GAIADR3_ID", "TIC_ID", "RA", "DEC")
+_OUTPUT_FLAG = b"--output "
 # The quoted (or bare) argument of --output, wherever it stands on the line.
-_OUTPUT_ARG = r"""--output\s+(?:'(?P<q1>[^']*)'|"(?P<q2>[^"]*)"|(?P<bare>[^\s'"]+))"""
+_OUTPUT_ARG = re.compile(rb"""--output\s+(?:'(?P<q1>[^']*)'|"(?P<q2>[^"]*)"|(?P<bare>[^\s'"]+))""")
 # Lines that carry nothing: the shebang, comments, white space.
-_IGNORABLE = r"^\s*(#.*)?$"
+_IGNORABLE = re.compile(rb"\s*(#.*)?\s*$")
 _MAX_REPORTED_LINES = 1000
-_INT64_MAX = str(np.iinfo(np.int64).max)
+_SCAN = 1 << 26  # bytes per numpy scan of the listing
+_ROWS = 1 << 18  # listing lines validated at once
 
 
 class ListingError(UsageError):
@@ -53,7 +55,6 @@ class BulkListing:
     gaiadr3_id: np.ndarray
     cam: np.ndarray
     ccd: np.ndarray
-    path: np.ndarray  # bytes, relative to the archive root
     n_lines: int = 0
     n_rejected: int = 0
     rejected: list[str] = field(default_factory=list)  # the first _MAX_REPORTED_LINES rejected lines
@@ -89,68 +90,87 @@ def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, mast_url: str
     return Listings(sector=sector, **paths)
 
 
-def _read_lines(path: Path) -> pa.Array:
-    """Every non-empty line of a text file as one binary array (CR LF and LF endings both handled)."""
-    table = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(column_names=["line"], block_size=1 << 24),
-        # \x1f (unit separator) never occurs in a text listing, so every line is one field; a line holding one is just malformed.
-        parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, escape_char=False,
-                                         newlines_in_values=False, ignore_empty_lines=True,
-                                         invalid_row_handler=lambda row: "skip"),
-        convert_options=pacsv.ConvertOptions(column_types={"line": pa.binary()}, strings_can_be_null=False),
-    )
-    return table.column("line").combine_chunks()
+def _positions(raw: np.ndarray, byte: int) -> np.ndarray:
+    """Where ``byte`` occurs in ``raw``, scanned in chunks so the comparison's temporary stays small."""
+    found = [np.flatnonzero(raw[i:i + _SCAN] == byte) + i for i in range(0, len(raw), _SCAN)]
+    return np.concatenate(found).astype(np.int64) if found else np.empty(0, np.int64)
+
+
+def _windows(raw: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """``raw[s:s + width]`` for every ``s`` in ``starts``, as rows of one array (zero-padded past the end)."""
+    inside = starts <= len(raw) - width
+    if inside.all():
+        return np.lib.stride_tricks.sliding_window_view(raw, width)[starts]
+    out = np.zeros((len(starts), width), np.uint8)
+    if inside.any():
+        out[inside] = np.lib.stride_tricks.sliding_window_view(raw, width)[starts[inside]]
+    for row in np.flatnonzero(~inside):  # only near the end of the file
+        piece = raw[starts[row]:starts[row] + width]
+        out[row, :len(piece)] = piece
+    return out
+
+
+def _output_spans(raw: np.ndarray, line_start: np.ndarray, line_end: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each line's ``--output`` argument lies in the file: ``(has_one, begin, end)``.
+
+    Real listings write ``--output '<path>'`` with the path as the line's first quoted text: those are found with
+    numpy alone. Lines spelled otherwise (double quotes, no quotes, other token order) go through a regular
+    expression one by one; a real listing has none, a hostile one costs only time.
+    """
+    quotes = _positions(raw, ord("'"))
+    first = np.searchsorted(quotes, line_start)
+    q1 = quotes[np.minimum(first, len(quotes) - 1)] if len(quotes) else line_start
+    q2 = quotes[np.minimum(first + 1, len(quotes) - 1)] if len(quotes) else line_start
+    found = (first + 1 < len(quotes)) & (q2 < line_end) & (q1 - len(_OUTPUT_FLAG) >= line_start)
+    found[found] = (_windows(raw, q1[found] - len(_OUTPUT_FLAG), len(_OUTPUT_FLAG) + 1)
+                    == np.frombuffer(_OUTPUT_FLAG + b"'", np.uint8)).all(axis=1)
+    begin, end = np.where(found, q1 + 1, line_start), np.where(found, q2, line_start)
+    for row in np.flatnonzero(~found):
+        match = _OUTPUT_ARG.search(raw[line_start[row]:line_end[row]].tobytes())
+        if match is not None:
+            group = next(g for g in ("q1", "q2", "bare") if match.group(g) is not None)
+            found[row] = True
+            begin[row], end[row] = line_start[row] + match.start(group), line_start[row] + match.end(group)
+    return found, begin, end
 
 
 def parse_bulk_script(path: str | os.PathLike, sector: int) -> BulkListing:
     """Parse a bulk-download script as data: each line's ``--output`` path, strictly validated.
 
-    A path is accepted only when it follows the TGLC naming scheme for this sector exactly (which also excludes
-    absolute paths, ``..`` and other hosts); anything else that is not blank or a comment is rejected and counted.
+    A path is accepted only when it is exactly the canonical TGLC path, in this sector, of the object it names (see
+    :func:`layout.objects_of_relpaths`). Every other line that is not blank or a comment is rejected and counted.
     """
-    lines = _read_lines(Path(path))
-    ignorable = pc.match_substring_regex(lines, _IGNORABLE).to_numpy(zero_copy_only=False)
-    output = pc.extract_regex(lines, _OUTPUT_ARG)
-    # Exactly one alternative matched; the others are empty, so joining them yields the path.
-    relpath = pc.binary_join_element_wise(output.field("q1"), output.field("q2"), output.field("bare"), b"")
-    parts = pc.extract_regex(relpath, layout.LC_RELPATH_PATTERN)
-    ok = parts.is_valid().to_numpy(zero_copy_only=False)
+    path = Path(path)
+    raw = np.memmap(path, np.uint8, mode="r") if path.stat().st_size else np.empty(0, np.uint8)
+    newlines = _positions(raw, ord("\n"))
+    line_start = np.concatenate([[0], newlines + 1]).astype(np.int64)
+    line_end = np.append(newlines, len(raw)).astype(np.int64)
+    if line_start[-1] == len(raw):  # nothing after the last newline
+        line_start, line_end = line_start[:-1], line_end[:-1]
+    found, begin, end = _output_spans(raw, line_start, line_end)
 
-    # Every captured group is ASCII digits by construction, so the string casts are safe.
-    field_ = {name: pc.cast(parts.field(name), pa.string()) for name in
-              ("sector", "sector2", "cam", "cam2", "ccd", "ccd2", "z0", "z1", "z2", "z3", "gaia")}
-    tag = layout.sector_tag(sector)[1:]
-    z19 = pc.utf8_lpad(field_["gaia"], 19, "0")
-    dirs = pc.binary_join_element_wise(field_["z0"], field_["z1"], field_["z2"], field_["z3"], "")
-    checks = [
-        pc.equal(field_["sector"], tag), pc.equal(field_["sector2"], tag),
-        pc.equal(field_["cam"], field_["cam2"]), pc.equal(field_["ccd"], field_["ccd2"]),
-        pc.equal(dirs, pc.binary_join_element_wise("00", pc.utf8_slice_codeunits(z19, 0, 14), "")),
-        pc.less_equal(z19, _INT64_MAX),  # ids are int64, like Gaia's
-    ]
-    for check in checks:
-        ok &= pc.fill_null(check, False).to_numpy(zero_copy_only=False)
+    accepted = np.zeros(len(line_start), bool)
+    objects = []
+    candidates = np.flatnonzero(found)
+    for i in range(0, len(candidates), _ROWS):  # in slices, so the temporaries stay small
+        rows = candidates[i:i + _ROWS]
+        ok, *columns = layout.objects_of_relpaths(_windows(raw, begin[rows], layout.RELPATH_WIDTH),
+                                                  end[rows] - begin[rows], sector)
+        accepted[rows] = ok
+        objects.append(columns)
 
-    rejected = ~ok & ~ignorable
-    n_rejected = int(rejected.sum())
-    rejected_lines = []
-    if n_rejected:
-        sample = lines.filter(pa.array(rejected)).slice(0, _MAX_REPORTED_LINES).to_pylist()
-        rejected_lines = [line.decode("utf-8", "backslashreplace").rstrip("\r") for line in sample]
+    rejected_rows = [row for row in np.flatnonzero(~accepted)
+                     if not _IGNORABLE.match(raw[line_start[row]:line_end[row]].tobytes())]
+    rejected = [raw[line_start[row]:line_end[row]].tobytes().decode("utf-8", "backslashreplace").rstrip("\r")
+                for row in rejected_rows[:_MAX_REPORTED_LINES]]
+    if rejected:
         log.warning("%s: %d line(s) rejected (not a TGLC light curve of sector %d), e.g. %r",
-                    path, n_rejected, sector, rejected_lines[0][:200])
-
-    mask = pa.array(ok)
-    return BulkListing(
-        gaiadr3_id=field_["gaia"].filter(mask).cast(pa.int64()).to_numpy(),
-        cam=field_["cam"].filter(mask).cast(pa.int16()).to_numpy(),
-        ccd=field_["ccd"].filter(mask).cast(pa.int16()).to_numpy(),
-        path=relpath.filter(mask).to_numpy(zero_copy_only=False).astype("S"),
-        n_lines=len(lines),
-        n_rejected=n_rejected,
-        rejected=rejected_lines,
-    )
+                    path, len(rejected_rows), sector, rejected[0][:200])
+    gaia, cam, ccd = (np.concatenate(column) for column in zip(*objects)) if objects else \
+        (np.empty(0, np.int64), np.empty(0, np.int16), np.empty(0, np.int16))
+    return BulkListing(gaiadr3_id=gaia, cam=cam, ccd=ccd, n_lines=len(line_start), n_rejected=len(rejected_rows),
+                       rejected=rejected)
 
 
 def read_target_list(path: str | os.PathLike) -> Table:
@@ -178,44 +198,48 @@ def read_target_list(path: str | os.PathLike) -> Table:
     return Table({name: table.column(name).to_numpy() for name in TARGET_COLUMNS})
 
 
-def _first_occurrences(ids: np.ndarray) -> np.ndarray:
-    """Indices of the first occurrence of each distinct id, in their original order."""
-    _, first = np.unique(ids, return_index=True)
-    first.sort()
-    return first
+def _distinct_sorted(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ids in increasing order, and the index of each one's first occurrence in ``ids``."""
+    order = np.argsort(ids)
+    ordered = ids[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]])) if len(ids) else np.empty(0, int)
+    first = np.minimum.reduceat(order, starts) if len(ids) else np.empty(0, np.int64)
+    return ordered[starts], first
 
 
 def build_catalog(bulk: BulkListing, targets: Table, sector: int) -> Table:
     """Join the listings: objects in both, each once, in bulk-listing order, with their HEALPix index."""
-    keep = _first_occurrences(bulk.gaiadr3_id)
-    gaia = bulk.gaiadr3_id[keep]
+    listed, listed_first = _distinct_sorted(bulk.gaiadr3_id)
+    known, known_first = _distinct_sorted(np.asarray(targets["GAIADR3_ID"], np.int64))
+    # Both sides sorted: one merge-like pass (searching sorted keys is cache-friendly even for millions).
+    pos = np.searchsorted(known, listed).clip(max=max(len(known) - 1, 0))
+    found = known[pos] == listed if len(known) else np.zeros(len(listed), bool)
+    in_both = np.zeros(len(bulk.gaiadr3_id), bool)  # back to listing order without sorting again
+    in_both[listed_first[found]] = True
+    target_row = np.empty(len(bulk.gaiadr3_id), np.int64)
+    target_row[listed_first[found]] = known_first[pos[found]]
+    rows = np.flatnonzero(in_both)
+    target_rows = target_row[rows]
 
-    target_rows = _first_occurrences(np.asarray(targets["GAIADR3_ID"]))
-    target_gaia = np.asarray(targets["GAIADR3_ID"])[target_rows]
-    order = np.argsort(target_gaia, kind="stable")
-    sorted_gaia = target_gaia[order]
-    pos = np.searchsorted(sorted_gaia, gaia).clip(max=max(len(sorted_gaia) - 1, 0))
-    found = (sorted_gaia[pos] == gaia) if len(sorted_gaia) else np.zeros(len(gaia), bool)
-    keep, target_index = keep[found], target_rows[order[pos[found]]]
-
-    ra = np.asarray(targets["RA"], dtype=np.float64)[target_index]
-    dec = np.asarray(targets["DEC"], dtype=np.float64)[target_index]
+    ra = np.asarray(targets["RA"], dtype=np.float64)[target_rows]
+    dec = np.asarray(targets["DEC"], dtype=np.float64)[target_rows]
     catalog = Table(
         {
-            "gaiadr3_id": bulk.gaiadr3_id[keep],
-            "TIC_ID": np.asarray(targets["TIC_ID"], dtype=np.int64)[target_index],
+            "gaiadr3_id": bulk.gaiadr3_id[rows],
+            "TIC_ID": np.asarray(targets["TIC_ID"], dtype=np.int64)[target_rows],
             "RA": ra,
             "DEC": dec,
-            "sector": np.full(len(keep), sector, dtype=np.int16),
-            "cam": bulk.cam[keep],
-            "ccd": bulk.ccd[keep],
-            "path": bulk.path[keep],
+            "sector": np.full(len(rows), sector, dtype=np.int16),
+            "cam": bulk.cam[rows],
+            "ccd": bulk.ccd[rows],
+            "path": layout.lc_relpaths(bulk.gaiadr3_id[rows], sector, bulk.cam[rows], bulk.ccd[rows]),
             "healpix": healpy.ang2pix(layout.NSIDE, ra, dec, lonlat=True, nest=layout.NEST).astype(np.int64),
         },
         meta={"sector": sector, "nside": layout.NSIDE, "nest": layout.NEST},
+        copy=False,
     )
     log.info("Sector %d catalog: %d objects (%d listed, %d distinct; %d in the target list)",
-             sector, len(catalog), len(bulk.gaiadr3_id), len(gaia), len(target_gaia))
+             sector, len(catalog), len(bulk.gaiadr3_id), len(listed), len(known))
     return catalog
 
 

@@ -1,0 +1,158 @@
+"""The listings -> catalog stage, over HTTP from the local archive and on hand-written listings."""
+
+from __future__ import annotations
+
+import healpy
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from tglc_builder import layout, listing
+
+SECTOR = 23
+
+
+def _listing_file(tmp_path, text: bytes):
+    path = tmp_path / "listing.sh"
+    path.write_bytes(text)
+    return path
+
+
+def _curl(relpath: str, url: str = "https://archive.stsci.edu/hlsps/tglc") -> str:
+    return f"curl -f --create-dirs --output '{relpath}' {url}/{relpath}"
+
+
+def test_parse_handles_real_listing_imperfections(tmp_path):
+    short = layout.lc_relpath(4295806720, SECTOR, 3, 4)  # a 10-digit Gaia id
+    long = layout.lc_relpath(6479517581213243264, SECTOR, 1, 2)
+    other = layout.lc_relpath(5707485527450614656, SECTOR, 2, 3)
+    text = "\n".join([
+        "#!/bin/sh",
+        "",
+        "# a comment",
+        _curl(long) + "\r",                                     # CRLF
+        "   ",
+        _curl(short, "https://mast.stsci.edu/api/v0.1/Download/file/?uri=mast:HLSP/tglc"),
+        _curl(long),                                            # duplicate
+        f'curl -f --output "{other}" --create-dirs https://elsewhere.example/x',  # other token order and quoting
+    ]).encode() + b"\n"
+    bulk = listing.parse_bulk_script(_listing_file(tmp_path, text), SECTOR)
+    assert bulk.gaiadr3_id.tolist() == [6479517581213243264, 4295806720, 6479517581213243264, 5707485527450614656]
+    assert bulk.gaiadr3_id.dtype == np.int64
+    assert bulk.cam.tolist() == [1, 3, 1, 2] and bulk.ccd.tolist() == [2, 4, 2, 3]
+    assert [layout.lc_relpath(g, SECTOR, c, d) for g, c, d in zip(bulk.gaiadr3_id, bulk.cam, bulk.ccd)] == [
+        long, short, long, other]
+    assert bulk.n_rejected == 0 and bulk.n_lines == 8
+
+
+def test_vectorised_paths_match_the_naming_scheme():
+    gaia = np.array([1, 9, 10, 4295806720, 10**17, 6479517581213243264, 2**63 - 1], np.int64)
+    cam, ccd = np.array([1, 2, 3, 4, 1, 2, 4]), np.array([4, 3, 2, 1, 1, 2, 4])
+    paths = layout.lc_relpaths(gaia, 7, cam, ccd)
+    assert [p.decode() for p in paths] == [layout.lc_relpath(g, 7, c, d) for g, c, d in zip(gaia, cam, ccd)]
+    assert paths[0].decode() == ("s0007/cam1-ccd4/0000/0000/0000/0000/"
+                                 "hlsp_tglc_tess_ffi_gaiaid-1-s0007-cam1-ccd4_tess_v1_llc.fits")
+    # and back: every canonical path names its object; a path of another sector names none
+    rows = np.zeros((len(paths), layout.RELPATH_WIDTH), np.uint8)
+    for i, p in enumerate(paths):
+        rows[i, :len(p)] = np.frombuffer(p, np.uint8)
+    lengths = np.array([len(p) for p in paths])
+    ok, back, back_cam, back_ccd = layout.objects_of_relpaths(rows, lengths, 7)
+    assert ok.all() and back.tolist() == gaia.tolist()
+    assert back_cam.tolist() == cam.tolist() and back_ccd.tolist() == ccd.tolist()
+    assert not layout.objects_of_relpaths(rows, lengths, 8)[0].any()
+
+
+@pytest.mark.parametrize("bad", [
+    "/etc/passwd",
+    "../../outside.fits",
+    "s0023/cam1-ccd2/0064/7951/7581/2132/../../../../../../evil.fits",
+    layout.lc_relpath(6479517581213243264, 24, 1, 2),              # another sector
+    layout.lc_relpath(6479517581213243264, SECTOR, 1, 2).replace("/0064/", "/0065/"),  # folders disagree with id
+    layout.lc_relpath(6479517581213243264, SECTOR, 1, 2).replace("-cam1-ccd2_", "-cam3-ccd2_"),
+    "s0023/cam1-ccd2/0099/9999/9999/9999/hlsp_tglc_tess_ffi_gaiaid-9999999999999999999-s0023-cam1-ccd2_tess_v1_llc.fits",
+    "https://evil.example/s0023/x.fits",
+])
+def test_parse_rejects_hostile_or_malformed_paths(tmp_path, bad):
+    good = layout.lc_relpath(6479517581213243264, SECTOR, 1, 2)
+    text = f"{_curl(good)}\n{_curl(bad)}\nrm -rf / # not a download\n".encode()
+    bulk = listing.parse_bulk_script(_listing_file(tmp_path, text), SECTOR)
+    assert bulk.gaiadr3_id.tolist() == [6479517581213243264]
+    assert bulk.n_rejected == 2
+    assert any(bad in line for line in bulk.rejected)
+
+
+def test_target_list_columns_by_name(tmp_path):
+    path = tmp_path / "s0023.csv"
+    path.write_text("#Tmag,DEC,TIC_ID,RA,GAIADR3_ID\n9.5,-65.51867725247051,389023759,332.6683820898813,"
+                    "6399196263939178880\n10.1,1.5,12,0.25,4295806720\n")
+    table = listing.read_target_list(path)
+    assert table["GAIADR3_ID"].tolist() == [6399196263939178880, 4295806720]
+    assert table["TIC_ID"].tolist() == [389023759, 12]
+    assert table["RA"][0] == 332.6683820898813 and table["DEC"][0] == -65.51867725247051
+
+
+def test_target_list_missing_columns(tmp_path):
+    path = tmp_path / "s0023.csv"
+    path.write_text("#GAIADR3_ID,RA,DEC\n1,2,3\n")
+    with pytest.raises(listing.ListingError, match="TIC_ID"):
+        listing.read_target_list(path)
+
+
+def test_catalog_from_archive(archive, tmp_path):
+    listings = listing.fetch_listings(SECTOR, tmp_path, archive.url)
+    bulk = listing.parse_bulk_script(listings.bulk_script, SECTOR)
+    targets = listing.read_target_list(listings.target_list)
+    catalog = listing.build_catalog(bulk, targets, SECTOR)
+
+    truth = archive.sector
+    expected = truth.expected_catalog_indices()
+    assert 0 < len(expected) < truth.gaia_ids.size  # the join drops objects missing from the target list
+    assert len(catalog) == len(expected)
+    assert catalog["gaiadr3_id"].tolist() == truth.gaia_ids[expected].tolist()
+    assert len(np.unique(catalog["gaiadr3_id"])) == len(catalog)
+    assert (np.asarray(catalog["gaiadr3_id"]) < 10**18).any()  # short Gaia ids survive, exactly
+    assert catalog["TIC_ID"].tolist() == truth.tic_ids[expected].tolist()
+    assert np.array_equal(catalog["RA"], truth.ra[expected]) and np.array_equal(catalog["DEC"], truth.dec[expected])
+    assert catalog["cam"].tolist() == truth.cam[expected].tolist()
+    assert catalog["ccd"].tolist() == truth.ccd[expected].tolist()
+    assert list(catalog["path"]) == [truth.relpath(i) for i in expected]
+    for name, dtype in (("gaiadr3_id", np.int64), ("TIC_ID", np.int64), ("RA", np.float64), ("healpix", np.int64)):
+        assert catalog[name].dtype == dtype
+    # HEALPix through another route: colatitude and longitude in radians
+    theta, phi = np.radians(90 - truth.dec[expected]), np.radians(truth.ra[expected])
+    assert catalog["healpix"].tolist() == healpy.ang2pix(16, theta, phi, nest=True).tolist()
+    assert catalog.meta["sector"] == SECTOR
+
+    # complete copies are reused: fetching again asks the archive for nothing
+    before = archive.request_count()
+    listing.fetch_listings(SECTOR, tmp_path, archive.url)
+    assert archive.request_count() == before
+
+
+def test_healpix_of_known_positions():
+    # nside 16, nested: 3072 pixels; the north pole lies in base pixel 0..3 and the south pole in 8..11
+    bulk = listing.BulkListing(gaiadr3_id=np.array([1, 2, 3], np.int64), cam=np.ones(3, np.int16),
+                               ccd=np.ones(3, np.int16))
+    targets = Table({"GAIADR3_ID": [3, 2, 1], "TIC_ID": [30, 20, 10], "RA": [45.0, 45.0, 332.6683820898813],
+                     "DEC": [89.99, -89.99, -65.51867725247051]})
+    catalog = listing.build_catalog(bulk, targets, SECTOR)
+    assert catalog["TIC_ID"].tolist() == [10, 20, 30]
+    pixels = catalog["healpix"].tolist()
+    assert pixels[2] // 256 == 0 and pixels[1] // 256 == 8
+    assert pixels[0] == healpy.ang2pix(16, 332.6683820898813, -65.51867725247051, lonlat=True, nest=True)
+
+
+def test_saved_catalog_round_trips(archive, tmp_path):
+    listings = listing.fetch_listings(SECTOR, tmp_path, archive.url)
+    catalog = listing.build_catalog(listing.parse_bulk_script(listings.bulk_script, SECTOR),
+                                    listing.read_target_list(listings.target_list), SECTOR)
+    path = listing.catalog_path(tmp_path, SECTOR, tiny=False)
+    listing.save_catalog(catalog, path)
+    assert path.name == "s0023-catalog.hdf5"
+    back = Table.read(path, path="catalog")
+    assert back.colnames == catalog.colnames
+    for name in catalog.colnames:
+        assert np.array_equal(back[name], catalog[name]), name
+    assert back.meta["sector"] == SECTOR
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
