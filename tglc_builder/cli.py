@@ -1,0 +1,125 @@
+"""Command line of ``build_parent_sample.py`` / ``tglc-build``: arguments, logging, errors and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from . import __version__, layout, net
+from .errors import UsageError
+from .fetch import DEFAULT_CONNECTIONS
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_DEMO_SIZE = 1000
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="build_parent_sample.py",
+        description="Download a TESS sector's TGLC light curves from MAST and write them as HEALPix-partitioned "
+                    "HDF5 (nside 16, nested) loadable with Hugging Face datasets.",
+        epilog="Rerunning the same command resumes an interrupted build: complete files and pixels are kept.",
+    )
+    parser.add_argument("-s", "--sector", type=_positive_int, required=True, help="TESS sector number, e.g. 23")
+    parser.add_argument("--tglc_data_path", default="./tglc_data",
+                        help="folder for the sector's listings, catalog and failure report (default: %(default)s)")
+    parser.add_argument("--hdf5_output_path", default=None,
+                        help="output folder of the HDF5 dataset (default: <tglc_data_path>/sSSSS/MultimodalUniverse)")
+    parser.add_argument("--fits_output_path", default=None,
+                        help="folder the FITS light curves are downloaded to "
+                             "(default: <tglc_data_path>/sSSSS/fits_lcs)")
+    parser.add_argument("-n", "--n_processes", type=_positive_int, default=1,
+                        help="worker processes for downloading and converting (default: %(default)s)")
+    parser.add_argument("-t", "--tiny", action="store_true",
+                        help="build only the first 100 objects of the catalog, for testing")
+    parser.add_argument("--mast-url", default=None,
+                        help=f"archive root to download from (default: ${layout.MAST_URL_ENV} if set, else "
+                             f"{layout.DEFAULT_MAST_URL}); 'demo' uses the built-in local archive")
+    parser.add_argument("--demo", action="store_true",
+                        help="serve a synthetic sector from the built-in local archive on 127.0.0.1 for this run "
+                             "(no network needed); same as --mast-url demo")
+    parser.add_argument("--demo-size", type=_positive_int, default=DEFAULT_DEMO_SIZE,
+                        help="objects in the demo archive's synthetic sector (default: %(default)s)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="run on a Dask cluster: a scheduler address (tcp://host:8786) or 'local' for a "
+                             "LocalCluster of --n_processes workers on this machine (needs tglc-builder[dask])")
+    parser.add_argument("--connections", type=_positive_int, default=DEFAULT_CONNECTIONS,
+                        help="concurrent HTTP connections per process (default: %(default)s)")
+    parser.add_argument("--max-attempts", type=_positive_int, default=net.DEFAULT_MAX_ATTEMPTS,
+                        help="tries per file before it is reported as failed (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="rewrite HEALPix pixels that are already complete")
+    parser.add_argument("--clean-fits", action="store_true",
+                        help="delete each FITS file once its pixel is written (saves scratch space)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+@contextmanager
+def dask_client(scheduler: str | None, n_workers: int) -> Iterator[Any]:
+    """A ``dask.distributed.Client`` for ``--scheduler`` (None without it), closed afterwards."""
+    if scheduler is None:
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("--scheduler needs Dask: pip install 'tglc-builder[dask]'") from None
+    try:
+        if scheduler == "local":
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)
+        else:
+            cluster, client = None, Client(scheduler, timeout="30s")
+    except OSError as exc:
+        raise UsageError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}; check the address") from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run(main: Callable[[argparse.Namespace], int], argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run ``main`` and turn known errors into one-line messages and exit codes."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    if args.demo:
+        args.mast_url = "demo"
+    sector_dir = layout.sector_dir(args.tglc_data_path, args.sector)
+    args.hdf5_output_path = args.hdf5_output_path or os.path.join(sector_dir, "MultimodalUniverse")
+    args.fits_output_path = args.fits_output_path or os.path.join(sector_dir, "fits_lcs")
+    try:
+        return main(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}; check that the path exists and is writable",
+              file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,95 @@
+"""What a whole build needs beyond the stages: one build per output folder, the failure report, the summary."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import io
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+from .fetch import Failure
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".tglc-build.lock"
+FAILURE_COLUMNS = ("gaiadr3_id", "path", "stage", "reason", "attempts")
+
+
+@dataclass
+class BuildSummary:
+    downloaded: int = 0  # FITS files fetched
+    present: int = 0  # FITS files already on disk
+    complete: int = 0  # light curves already in complete HDF5 files (nothing fetched or written for them)
+    converted: int = 0  # light curves written to HDF5
+    files_written: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (f"{self.downloaded} downloaded, {self.present} already present, {self.complete} already converted, "
+                f"{self.converted} converted into {self.files_written} HDF5 file(s), {len(self.failures)} failed")
+
+
+def writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create ``path`` if needed and prove it writable, or raise a UsageError naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"{what} {str(path)!r} cannot be created or written: {exc.strerror or exc}") from None
+    return path
+
+
+@contextmanager
+def exclusive(directories: Iterable[Path]) -> Iterator[None]:
+    """Hold an advisory lock on each folder for the build, so a second build on the same folders stops at once.
+
+    ``flock`` locks vanish with their process, so a killed build never leaves a stale lock behind.
+    """
+    with ExitStack() as stack:
+        for directory in dict.fromkeys(Path(d).resolve() for d in directories):
+            handle = stack.enter_context(open(directory / LOCK_NAME, "a+"))
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                raise UsageError(f"{directory} is in use by another build (pid {owner}); wait for it to finish "
+                                 "or choose other output folders") from None
+            handle.truncate(0)
+            handle.write(str(os.getpid()))
+            handle.flush()
+        yield
+
+
+def write_failure_report(path: Path, failures: list[Failure]) -> None:
+    """``failures.csv``, one row per object that could not be downloaded or converted; removed when none failed."""
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(FAILURE_COLUMNS)
+    writer.writerows((x.gaiadr3_id, x.path, x.stage, x.reason, x.attempts) for x in failures)
+    write_text(path, text.getvalue())
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small text file atomically (a temporary name, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
