@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from tglc_builder import cli, convert, fetch, layout, listing, net, pipeline
+from tglc_builder import cli, convert, executor, fetch, layout, listing, net, pipeline
 from tglc_builder.errors import UsageError
 
 log = logging.getLogger("build_parent_sample")
@@ -66,6 +66,7 @@ class TGLC_Downloader:
         self.fits_dir = Path(fits_dir)
         self.n_processes = n_processes
         self.client = client
+        self._pool: executor.Executor | None = None
         self.connections, self.max_attempts = connections, max_attempts
         self.overwrite, self.clean_fits = overwrite, clean_fits
         self._archive = None
@@ -82,8 +83,18 @@ class TGLC_Downloader:
     def sector_dir(self) -> Path:
         return Path(layout.sector_dir(self.tglc_data_path, self.sector))
 
+    @property
+    def pool(self) -> executor.Executor:
+        """The workers of this object's builds (started once, on first use)."""
+        if self._pool is None:
+            self._pool = executor.Executor(self.n_processes, self.client)
+        return self._pool
+
     def close(self) -> None:
-        """Stop the demo archive, if this object started one."""
+        """Stop the worker processes, and the demo archive if this object started one."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._archive is not None:
             self._archive.stop()
             self._archive = None
@@ -125,9 +136,8 @@ class TGLC_Downloader:
         if tiny:
             catalog = catalog[:_TINY_SIZE]
         pipeline.writable_dir(self.fits_dir, "fits_output_path")
-        result = fetch.download_catalog(catalog, self.fits_dir, self.mast_url, n_processes=self.n_processes,
-                                        batch_size=_BATCH_SIZE, connections=self.connections,
-                                        max_attempts=self.max_attempts, client=self.client)
+        result = fetch.download_catalog(catalog, self.fits_dir, self.mast_url, self.pool, batch_size=_BATCH_SIZE,
+                                        connections=self.connections, max_attempts=self.max_attempts)
         self.summary.downloaded += result.downloaded
         self.summary.present += result.present
         self.summary.failures.extend(result.failures)
@@ -140,9 +150,8 @@ class TGLC_Downloader:
         """
         pipeline.writable_dir(self.hdf5_output_dir, "hdf5_output_path")
         failed = np.array([f.gaiadr3_id for f in self.summary.failures if f.stage == "download"], np.int64)
-        results = convert.convert_catalog(catalog, self.fits_dir, self.hdf5_output_dir, self.sector,
-                                          n_processes=self.n_processes, overwrite=self.overwrite,
-                                          clean_fits=self.clean_fits, skip=failed, client=self.client)
+        results = convert.convert_catalog(catalog, self.fits_dir, self.hdf5_output_dir, self.sector, self.pool,
+                                          overwrite=self.overwrite, clean_fits=self.clean_fits, skip=failed)
         for result in results:
             if result.written:
                 self.summary.converted += result.n_rows

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run on a Dask cluster: a scheduler address (tcp://host:8786) or 'local' for a "
                              "LocalCluster of --n_processes workers on this machine (needs tglc-builder[dask])")
     parser.add_argument("--connections", type=_positive_int, default=DEFAULT_CONNECTIONS,
-                        help="concurrent HTTP connections per process (default: %(default)s)")
+                        help="concurrent HTTP connections of the whole build, shared out among the processes "
+                             "(default: %(default)s)")
     parser.add_argument("--max-attempts", type=_positive_int, default=net.DEFAULT_MAX_ATTEMPTS,
                         help="tries per file before it is reported as failed (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="rewrite HEALPix pixels that are already complete")

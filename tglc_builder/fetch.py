@@ -21,7 +21,9 @@ from .reader import read_tglc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONNECTIONS = 8  # per process: polite to a shared public archive, enough to hide 50 ms of latency
+# Concurrent connections of a whole build, shared out among its worker processes: enough to hide ~50 ms of latency
+# per file (24 in flight: up to ~480 files/s), few enough for a shared public archive, which can always answer 429.
+DEFAULT_CONNECTIONS = 24
 QUARANTINE = "corrupt"  # folder of fits_dir where files that are not TGLC light curves are moved
 
 
@@ -112,20 +114,25 @@ def download_batch(base_url: str, fits_dir: str, gaia_ids: list[int], relpaths: 
 
 
 # ---- driver side -----------------------------------------------------------------------------------------------
-def download_catalog(catalog, fits_dir: str | os.PathLike, mast_url: str, n_processes: int = 1,
+def download_catalog(catalog, fits_dir: str | os.PathLike, mast_url: str, pool: executor.Executor | None = None,
                      batch_size: int = 5000, connections: int = DEFAULT_CONNECTIONS,
-                     max_attempts: int = net.DEFAULT_MAX_ATTEMPTS, client: Any = None) -> DownloadSummary:
-    """Fetch every row's file into ``fits_dir/<path>`` in batches of ``batch_size`` spread over ``n_processes``
-    (or over a Dask ``client``'s workers)."""
+                     max_attempts: int = net.DEFAULT_MAX_ATTEMPTS) -> DownloadSummary:
+    """Fetch every row's file into ``fits_dir/<path>`` in batches of at most ``batch_size`` spread over the
+    ``pool``'s workers (default: one process), with ``connections`` in flight at once in all."""
+    if pool is None:
+        with executor.Executor() as pool:
+            return download_catalog(catalog, fits_dir, mast_url, pool, batch_size, connections, max_attempts)
     fits_dir = Path(fits_dir)
     fits_dir.mkdir(parents=True, exist_ok=True)
     gaia = np.asarray(catalog["gaiadr3_id"]).tolist()
     paths = [p.decode() if isinstance(p, bytes) else str(p) for p in catalog["path"]]
-    tasks = [(mast_url, str(fits_dir), gaia[i:i + batch_size], paths[i:i + batch_size], connections, max_attempts)
+    per_worker = -(-connections // pool.workers)
+    batch_size = max(1, min(batch_size, -(-len(paths) // pool.workers)))  # a small catalog still uses every worker
+    tasks = [(mast_url, str(fits_dir), gaia[i:i + batch_size], paths[i:i + batch_size], per_worker, max_attempts)
              for i in range(0, len(paths), batch_size)]
     summary = DownloadSummary()
-    for result in executor.run(download_batch, tasks, n_processes=n_processes, client=client, total=len(paths),
-                               desc="Downloading", unit="file", weights=[len(task[3]) for task in tasks]):
+    for result in pool.run(download_batch, tasks, total=len(paths), desc="Downloading", unit="file",
+                           weights=[len(task[3]) for task in tasks]):
         summary.add(result)
     log.info("Downloads: %d new, %d already present, %d failed", summary.downloaded, summary.present,
              len(summary.failures))
