@@ -23,15 +23,20 @@ import numpy as np
 from . import __version__, executor, layout
 from .errors import UsageError
 from .fetch import Failure, quarantine_path
-from .reader import InvalidTGLCFile, read_tglc
+from .reader import InvalidTGLCFile, ReadBuffer, read_tglc
 
 log = logging.getLogger(__name__)
 
 ROWS_PER_SHARD = 50_000  # ~0.5 GB files: big enough to load fast, small enough to move around
-BLOCK_ROWS = 256  # light curves read before each write
+BLOCK_ROWS = 256  # light curves read before each write (a power of two)
 CHUNK_BYTES = 1 << 19  # target size of an HDF5 chunk of a light-curve column (before compression)
-# Lossless, fast and shipped with every h5py: byte shuffle + DEFLATE at its fastest level.
-COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+# Lossless filters that every h5py ships, after a byte shuffle: DEFLATE at its fastest level where it pays (times
+# repeat across the stars of a CCD, flags are mostly zero), LZF for the noisy fluxes, whose low bytes no coder
+# shrinks and which DEFLATE would spend most of the conversion time on.
+_DEFLATE: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+_LZF: dict[str, Any] = {"compression": "lzf", "shuffle": True}
+COMPRESSION = {"time": _DEFLATE, "psf_flux": _LZF, "aper_flux": _LZF, "tess_flags": _DEFLATE,
+               "tglc_flags": _DEFLATE, "scalars": {}}  # scalars: 0.5% of the bytes, not worth decompressing
 
 # dataset name -> (FITS column, dtype, padding)
 LIGHTCURVE = {"time": ("time", np.float64, np.nan), "psf_flux": ("psf_flux", np.float32, np.nan),
@@ -164,10 +169,13 @@ def _remove_fits(fits_dir: str, paths: np.ndarray) -> None:
 
 
 class _ShardWriter:
-    """Appends blocks of rows to one file's datasets, widening the light-curve columns when a longer one comes."""
+    """Reads a shard's files block by block into reused arrays and appends each block to the file's datasets,
+    widening the light-curve columns when a longer light curve comes."""
 
     def __init__(self, h5: h5py.File):
         self.h5, self.rows, self.width = h5, 0, 0
+        self.buffer = ReadBuffer()
+        self.block = {name: np.empty((BLOCK_ROWS, 0), dtype) for name, (_, dtype, _) in LIGHTCURVE.items()}
 
     def write(self, shard: Shard, fits_dir: Path) -> tuple[np.ndarray, list[Failure]]:
         converted = np.zeros(len(shard.gaiadr3_id), bool)
@@ -175,28 +183,33 @@ class _ShardWriter:
         for start in range(0, len(shard.gaiadr3_id), BLOCK_ROWS):
             if executor.stopping():
                 raise _Stopped
-            rows = range(start, min(start + BLOCK_ROWS, len(shard.gaiadr3_id)))
-            curves = []
-            for i in rows:
+            rows, lengths, psf_err, aper_err = [], [], [], []
+            stop = min(start + BLOCK_ROWS, len(shard.gaiadr3_id))
+            for i in range(start, stop):
                 curve = self._read(shard, i, fits_dir, failures)
-                if curve is not None:
-                    curves.append(curve)
-                    converted[i] = True
-            if curves:
-                self._append(shard, np.flatnonzero(converted[rows.start:rows.stop]) + rows.start, curves)
-            executor.advance(len(rows))
+                if curve is None:
+                    continue
+                self._put(len(rows), curve)
+                rows.append(i)
+                lengths.append(curve.n_cadences)
+                psf_err.append(curve.header["PSF_ERR"])
+                aper_err.append(curve.header["APER_ERR"])
+            if rows:
+                converted[rows] = True
+                self._append(shard, np.array(rows), np.array(lengths, np.int32), psf_err, aper_err)
+            executor.advance(stop - start)
         return converted, failures
 
-    @staticmethod
-    def _read(shard: Shard, i: int, fits_dir: Path, failures: list[Failure]):
+    def _read(self, shard: Shard, i: int, fits_dir: Path, failures: list[Failure]):
         relpath = shard.path[i].decode()
         gaia = int(shard.gaiadr3_id[i])
+        path = os.path.join(fits_dir, relpath)
         try:
-            return read_tglc(fits_dir / relpath, gaiadr3_id=gaia)
+            return read_tglc(path, gaiadr3_id=gaia, buffer=self.buffer)
         except InvalidTGLCFile as exc:
             aside = quarantine_path(fits_dir, relpath)
             aside.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(fits_dir / relpath, aside)
+            os.replace(path, aside)
             reason = f"{exc}; moved to {aside}"
         except FileNotFoundError:
             reason = "FITS file missing (not downloaded)"
@@ -205,14 +218,26 @@ class _ShardWriter:
         failures.append(Failure(gaia, relpath, "convert", reason, 1))
         return None
 
-    def _append(self, shard: Shard, rows: np.ndarray, curves: list) -> None:
-        k = len(curves)
-        lengths = np.fromiter((len(curve.data) for curve in curves), np.int32, k)
-        width = max(self.width, int(lengths.max()))
+    def _put(self, row: int, curve) -> None:
+        """Copy one light curve into row ``row`` of the block (big-endian to native: a byte swap, values kept)."""
+        n = curve.n_cadences
+        if n > self.block["time"].shape[1]:
+            for name, values in self.block.items():
+                wider = np.empty((BLOCK_ROWS, n), values.dtype)
+                wider[:row, :values.shape[1]] = values[:row]
+                wider[:row, values.shape[1]:] = LIGHTCURVE[name][2]
+                self.block[name] = wider
+        for name, (column, _, pad) in LIGHTCURVE.items():
+            values = self.block[name]
+            values[row, :n] = curve.data[column]
+            values[row, n:] = pad
+
+    def _append(self, shard: Shard, rows: np.ndarray, lengths: np.ndarray, psf_err: list, aper_err: list) -> None:
+        k, used = len(rows), int(lengths.max())
         if not self.h5.keys():
-            self._create(width)
-        start = self.rows
-        self.rows += k
+            self._create(used)
+        start, self.rows = self.rows, self.rows + k
+        width = max(self.width, used)
         for dset in self.h5.values():
             dset.resize(self.rows, axis=0)
             if dset.ndim == 2 and width > self.width:
@@ -223,32 +248,33 @@ class _ShardWriter:
                              ("DEC", shard.dec)):
             self.h5[name][block] = values[rows]
         self.h5["n_cadences"][block] = lengths
-        self.h5["psf_flux_err"][block] = [curve.header["PSF_ERR"] for curve in curves]
-        self.h5["aper_flux_err"][block] = [curve.header["APER_ERR"] for curve in curves]
-        used = int(lengths.max())
-        for name, (column, dtype, pad) in LIGHTCURVE.items():
-            values = np.empty((k, used), dtype)
-            for row, (curve, n) in enumerate(zip(curves, lengths.tolist())):
-                values[row, :n] = curve.data[column]
-                values[row, n:] = pad
-            self.h5[name][block, :used] = values
+        self.h5["psf_flux_err"][block] = psf_err
+        self.h5["aper_flux_err"][block] = aper_err
+        for name, values in self.block.items():
+            self.h5[name][block, :used] = values[:k, :used]
 
     def _create(self, width: int) -> None:
-        chunk_rows = int(np.clip(CHUNK_BYTES // (8 * width), 1, BLOCK_ROWS))
+        # A power of two, so that blocks (BLOCK_ROWS rows) fill whole chunks: a chunk written in two parts would be
+        # compressed, read back, decompressed and compressed again.
+        chunk_rows = 1 << int(np.log2(np.clip(CHUNK_BYTES // (8 * width), 1, BLOCK_ROWS)))
         for name, dtype in SCALARS.items():
-            self.h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,), **COMPRESSION)
+            self.h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,),
+                                   **COMPRESSION["scalars"])
         for name, (_, dtype, pad) in LIGHTCURVE.items():
             self.h5.create_dataset(name, shape=(0, width), maxshape=(None, None), dtype=dtype,
-                                   chunks=(chunk_rows, width), fillvalue=pad, **COMPRESSION)
+                                   chunks=(chunk_rows, width), fillvalue=pad, **COMPRESSION[name])
 
 
 # ---- driver side -----------------------------------------------------------------------------------------------
 def convert_catalog(catalog, fits_dir: str | os.PathLike, output_dir: str | os.PathLike, sector: int,
-                    n_processes: int = 1, overwrite: bool = False, clean_fits: bool = False,
-                    skip: np.ndarray | None = None, client: Any = None,
-                    rows_per_shard: int = ROWS_PER_SHARD) -> list[ConvertResult]:
-    """Write the catalog's HDF5 files, shards spread over ``n_processes`` (or a Dask ``client``), and copy the
-    ``tglc.py`` loading script beside them. ``skip``: Gaia ids to leave out (their download failed)."""
+                    pool: executor.Executor | None = None, overwrite: bool = False, clean_fits: bool = False,
+                    skip: np.ndarray | None = None, rows_per_shard: int = ROWS_PER_SHARD) -> list[ConvertResult]:
+    """Write the catalog's HDF5 files, shards spread over the ``pool``'s workers (default: one process), and copy
+    the ``tglc.py`` loading script beside them. ``skip``: Gaia ids to leave out (their download failed)."""
+    if pool is None:
+        with executor.Executor() as pool:
+            return convert_catalog(catalog, fits_dir, output_dir, sector, pool, overwrite, clean_fits, skip,
+                                   rows_per_shard)
     output_dir = Path(output_dir)
     shards = plan_shards(catalog, rows_per_shard)
     _clear_the_way(output_dir, shards, overwrite)
@@ -257,8 +283,8 @@ def convert_catalog(catalog, fits_dir: str | os.PathLike, output_dir: str | os.P
     shards.sort(key=lambda shard: -len(shard.gaiadr3_id))  # longest first: the pool ends together
     tasks = [(shard, str(fits_dir), str(output_dir), sector, overwrite, clean_fits) for shard in shards]
     total = sum(len(shard.gaiadr3_id) for shard in shards)
-    results = list(executor.run(convert_shard, tasks, n_processes=n_processes, client=client, total=total,
-                                desc="Converting", unit="lc", weights=[len(s.gaiadr3_id) for s in shards]))
+    results = list(pool.run(convert_shard, tasks, total=total, desc="Converting", unit="lc",
+                            weights=[len(shard.gaiadr3_id) for shard in shards]))
     _install_loading_script(output_dir)
     results.sort(key=lambda result: (result.pixel, result.file.name))
     written = sum(result.written for result in results)
