@@ -202,7 +202,7 @@ def test_builder_is_self_contained():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"__future__", "os", "typing", "datasets", "h5py", "numpy"}, imported
+    assert imported <= {"__future__", "os", "typing", "datasets", "h5py", "numpy", "pyarrow"}, imported
 
 
 @pytest.mark.skipif(DATASETS_MAJOR >= 4, reason=f"datasets {datasets.__version__} no longer runs loading scripts; "
