@@ -97,3 +97,30 @@ def test_scheduler_without_dask_explains_how_to_install(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=run_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "pip install 'tglc-builder[dask]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_task_dask_gives_up_on_becomes_failures_then_a_rerun_finishes(tmp_path, monkeypatch):
+    import dask
+
+    monkeypatch.setattr(build_parent_sample, "_BATCH_SIZE", 25)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c) as client, LocalArchive(sector=23, n=300, seed=14, latency=0.02) as archive:
+        reference = _build(archive, tmp_path / "reference")
+        worker_pids = list(client.run(os.getpid).values())
+        outcome = {}
+        build = threading.Thread(target=lambda: outcome.update(summary=_build(archive, tmp_path / "dask", client)))
+        build.start()
+        fits = tmp_path / "dask" / "fits"
+        deadline = time.monotonic() + 120
+        while not (fits.exists() and sum(1 for _ in fits.rglob("*.fits")) >= 40):
+            assert build.is_alive() and time.monotonic() < deadline, "the build never got going"
+            time.sleep(0.02)
+        os.kill(worker_pids[0], signal.SIGKILL)
+        build.join(300)
+        summary = outcome["summary"]
+        assert summary.failures and all("died" in f.reason for f in summary.failures)  # reported, not raised
+        again = _build(archive, tmp_path / "dask", client)
+    assert again.failures == []
+    assert _datasets(tmp_path / "dask" / "out") == _datasets(tmp_path / "reference" / "out")
+    assert again.complete + again.converted == reference.converted  # the rerun finished what the first left

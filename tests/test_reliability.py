@@ -231,3 +231,80 @@ def test_clean_fits_and_overwrite(tmp_path, archive):
     second = _dataset(tmp_path / "out")
     assert first.keys() == second.keys()
     assert all(first[f][n].tobytes() == second[f][n].tobytes() for f in first for n in first[f])
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_worker_process_is_reported_then_retried(tmp_path):
+    with LocalArchive(sector=23, n=400, seed=5, latency=0.02) as archive:
+        reference = tmp_path / "reference"
+        assert _run(reference, archive.url, "-n", "2").returncode == 0
+
+        killed = tmp_path / "killed"
+        process = _start_build(killed, archive.url, "-n", "2")
+        _wait_for(lambda: len(_fits_files(killed / "fits")) >= 30, process)
+        workers = [pid for pid in _children(process.pid) if b"multiprocessing" in Path(f"/proc/{pid}/cmdline")
+                   .read_bytes() and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert workers, "no worker process found"
+        os.kill(workers[0], signal.SIGKILL)  # as the OOM killer would
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1, stderr  # reported, not a crash
+        assert "Traceback" not in stderr and "rerun" in stderr
+        with open(killed / "data" / "s0023" / "failures.csv") as f:
+            reasons = {row["reason"] for row in csv.DictReader(f)}
+        assert reasons and all("died" in reason for reason in reasons)
+
+        rerun = _run(killed, archive.url, "-n", "2")
+        assert rerun.returncode == 0, rerun.stderr
+    assert not (killed / "data" / "s0023" / "failures.csv").exists()
+    _assert_same_data(reference / "out", killed / "out")
+
+
+def test_throttling_pauses_every_worker(tmp_path):
+    """A 429 answered to one download makes the others wait too, across processes."""
+    import multiprocessing
+
+    from tglc_builder import net
+
+    context = multiprocessing.get_context("spawn")
+    shared = context.Value("d", 0.0)
+    net.install_shared_throttle(shared)
+    try:
+        with LocalArchive(sector=23, n=20, seed=1, faults={"429": 1.0}) as archive:
+            session = net.make_session(max_attempts=3)
+            started = time.monotonic()
+            net.download_file(session, f"{archive.url}/{archive.sector.relpath(0)}", tmp_path / "a.fits")
+            assert time.monotonic() - started >= 2 * 0.9  # two answers with Retry-After: 1, both honoured
+            assert shared.value > time.time() - 1.5  # and published to the whole pool
+            net.THROTTLE.pause(4.0)
+            waited = context.Value("d", 0.0)
+            waiter = context.Process(target=_wait_on, args=(shared, waited))  # another process of the pool
+            waiter.start()
+            waiter.join(30)
+            assert waiter.exitcode == 0 and waited.value >= 1.0  # it held back until the pause was over
+    finally:
+        net.install_shared_throttle(None)
+
+
+def _wait_on(shared, waited) -> None:
+    from tglc_builder import net
+
+    net.install_shared_throttle(shared)
+    started = time.monotonic()
+    net.THROTTLE.wait()
+    waited.value = time.monotonic() - started
+
+
+def test_archive_url_must_be_http(tmp_path):
+    result = _run(tmp_path, "ftp://archive.example/tglc", "--tiny")
+    assert result.returncode == 2 and "not an http(s) URL" in result.stderr and "Traceback" not in result.stderr

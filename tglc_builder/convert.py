@@ -284,13 +284,21 @@ def convert_catalog(catalog, fits_dir: str | os.PathLike, output_dir: str | os.P
     tasks = [(shard, str(fits_dir), str(output_dir), sector, overwrite, clean_fits) for shard in shards]
     total = sum(len(shard.gaiadr3_id) for shard in shards)
     results = list(pool.run(convert_shard, tasks, total=total, desc="Converting", unit="lc",
-                            weights=[len(shard.gaiadr3_id) for shard in shards]))
+                            weights=[len(shard.gaiadr3_id) for shard in shards], lost=_lost_shard))
     _install_loading_script(output_dir)
     results.sort(key=lambda result: (result.pixel, result.file.name))
     written = sum(result.written for result in results)
     log.info("Converted %d light curves into %d file(s) (%d already complete)",
              sum(result.n_rows for result in results if result.written), written, len(results) - written)
     return results
+
+
+def _lost_shard(task: tuple, error: BaseException) -> ConvertResult:
+    shard, _, output_dir, *_ = task
+    reason = f"the worker converting it died ({type(error).__name__}); rerun to retry"
+    return ConvertResult(shard.pixel, shard.file(output_dir), 0, written=False,
+                         failures=[Failure(int(g), p.decode(), "convert", reason, 0)
+                                   for g, p in zip(shard.gaiadr3_id, shard.path)])
 
 
 def _clear_the_way(output_dir: Path, shards: list[Shard], overwrite: bool) -> None:

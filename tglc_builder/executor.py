@@ -18,6 +18,7 @@ import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor as FuturesExecutor, ProcessPoolExecutor, ThreadPoolExecutor, \
     wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -83,20 +84,21 @@ class Executor:
                 _init_worker(None, None, None, in_pool=False)
 
     def run(self, function: Callable[..., Any], tasks: Sequence[tuple], *, total: int, desc: str, unit: str,
-            weights: Sequence[int] | None = None) -> Iterator[Any]:
+            weights: Sequence[int], lost: Callable[[tuple, BaseException], Any]) -> Iterator[Any]:
         """Run ``function(*task)`` for every task and yield the results as they complete.
 
-        ``total`` units of work in all, of which task ``i`` is ``weights[i]``; a bar shows them. On Ctrl-C the tasks
-        are asked to stop, the pool is drained and ``KeyboardInterrupt`` propagates.
+        ``total`` units of work in all, of which task ``i`` is ``weights[i]``; a bar shows them. A task whose
+        worker died for good (a local process killed, Dask's retries used up) yields ``lost(task, error)`` instead,
+        so the stage reports its rows as failures and the build goes on. On Ctrl-C the tasks are asked to stop, the
+        pool is drained and ``KeyboardInterrupt`` propagates.
         """
         if not tasks:
             return
-        weights = list(weights) if weights is not None else [1] * len(tasks)
         with tqdm(total=total, desc=desc, unit=unit, smoothing=0.05) as bar:
             if self.client is not None:
-                yield from self._run_dask(function, tasks, weights, bar)
+                yield from self._run_dask(function, tasks, weights, lost, bar)
             else:
-                yield from self._run_local(function, tasks, bar)
+                yield from self._run_local(function, tasks, lost, bar)
 
     def _local_pool(self) -> FuturesExecutor:
         if self._pool is None:
@@ -109,17 +111,23 @@ class Executor:
                                                  initargs=(self._stop, self._counter, self._throttle, True))
         return self._pool
 
-    def _run_local(self, function, tasks, bar) -> Iterator[Any]:
+    def _run_local(self, function, tasks, lost, bar) -> Iterator[Any]:
         pool = self._local_pool()
         with self._counter.get_lock():
             self._counter.value = 0
-        pending = {pool.submit(function, *task) for task in tasks}
+        submitted = {pool.submit(function, *task): task for task in tasks}
+        pending = set(submitted)
         try:
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 bar.update(self._counter.value - bar.n)
                 for future in done:
-                    yield future.result()
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool as exc:  # a worker was killed (OOM, kill -9): the pool is gone
+                        log.error("A worker process died: %s", exc)
+                        self._pool = None
+                        yield lost(submitted[future], exc)
         except KeyboardInterrupt:
             log.warning("Interrupted: finishing the files at hand, then stopping")
             self._stop.set()
@@ -127,14 +135,20 @@ class Executor:
             raise
         bar.update(self._counter.value - bar.n)
 
-    def _run_dask(self, function, tasks, weights, bar) -> Iterator[Any]:
-        from distributed import as_completed
+    def _run_dask(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
+        from distributed import KilledWorker, as_completed
 
-        futures = {self.client.submit(function, *task, pure=False): weight for task, weight in zip(tasks, weights)}
+        futures = {self.client.submit(function, *task, pure=False): (task, weight)
+                   for task, weight in zip(tasks, weights)}
         try:
             for future in as_completed(futures):
-                bar.update(futures[future])
-                yield future.result()
+                task, weight = futures[future]
+                bar.update(weight)
+                try:
+                    yield future.result()
+                except KilledWorker as exc:  # the workers running it kept dying: Dask gave up on it
+                    log.error("Dask gave up on a task: %s", exc)
+                    yield lost(task, exc)
         except KeyboardInterrupt:
             log.warning("Interrupted: cancelling the cluster's tasks")
             self.client.cancel(list(futures))

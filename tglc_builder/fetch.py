@@ -114,6 +114,12 @@ def download_batch(base_url: str, fits_dir: str, gaia_ids: list[int], relpaths: 
 
 
 # ---- driver side -----------------------------------------------------------------------------------------------
+def _lost_batch(task: tuple, error: BaseException) -> DownloadSummary:
+    _, _, gaia_ids, relpaths, *_ = task
+    reason = f"the worker downloading it died ({type(error).__name__}); rerun to retry"
+    return DownloadSummary(failures=[Failure(g, p, "download", reason, 0) for g, p in zip(gaia_ids, relpaths)])
+
+
 def download_catalog(catalog, fits_dir: str | os.PathLike, mast_url: str, pool: executor.Executor | None = None,
                      batch_size: int = 5000, connections: int = DEFAULT_CONNECTIONS,
                      max_attempts: int = net.DEFAULT_MAX_ATTEMPTS) -> DownloadSummary:
@@ -132,7 +138,7 @@ def download_catalog(catalog, fits_dir: str | os.PathLike, mast_url: str, pool: 
              for i in range(0, len(paths), batch_size)]
     summary = DownloadSummary()
     for result in pool.run(download_batch, tasks, total=len(paths), desc="Downloading", unit="file",
-                           weights=[len(task[3]) for task in tasks]):
+                           weights=[len(task[3]) for task in tasks], lost=_lost_batch):
         summary.add(result)
     log.info("Downloads: %d new, %d already present, %d failed", summary.downloaded, summary.present,
              len(summary.failures))
