@@ -165,6 +165,7 @@ class TGLC_Downloader:
                                 (self.hdf5_output_dir, "hdf5_output_path")):
             pipeline.writable_dir(directory, what)
         with pipeline.exclusive([self.sector_dir, self.fits_dir, self.hdf5_output_dir]):
+            pipeline.remove_debris(self.sector_dir)
             self.summary = pipeline.BuildSummary()
             catalog = self.create_sector_catalog(save_catalog=True, tiny=tiny)
             # Light curves already in complete HDF5 files need no download (their FITS may have been cleaned).

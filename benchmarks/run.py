@@ -461,8 +461,8 @@ def stage_download(ctx: Ctx) -> list[dict]:
             "download", f"files/s, {ours['files']:,} files, archive latency {latency * 1000:.0f} ms per file, "
                         f"default settings (-n 2, {DEFAULT_CONNECTIONS} connections in all)",
             fmt_rate(ours["rate"], "files/s"), ours["rate"],
-            f"{fmt_rate(floor['rate'], 'files/s')} (minimal client: 2 processes x {DEFAULT_CONNECTIONS // 2} threads of "
-            "plain requests GETs)", floor["rate"],
+            f"{fmt_rate(floor['rate'], 'files/s')} (minimal client: 2 processes x {DEFAULT_CONNECTIONS // 2} "
+            "threads of plain requests GETs)", floor["rate"],
             ">= 300 files/s" if goal else "—", ours["rate"] >= GOALS["download_rate_50ms"] if goal else None,
             f"{ours['seconds']:.1f} s wall, {ours['cpu']:.1f} s CPU (driver + workers), "
             f"peak RSS (all processes) {fmt_bytes(ours['peak_tree'])}"))

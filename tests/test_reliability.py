@@ -122,7 +122,7 @@ def test_sigkill_then_rerun_finishes_identically(tmp_path, when):
     for path in complete:
         assert counts_after.get(path, 0) == counts_at_kill.get(path, 0), path
     _assert_same_data(reference / "out", killed / "out")
-    assert not _debris(killed / "fits", killed / "out")
+    assert not _debris(killed / "fits", killed / "out", killed / "data")
 
 
 def test_ctrl_c_stops_promptly_without_debris(tmp_path):

@@ -85,6 +85,13 @@ def write_failure_report(path: Path, failures: list[Failure]) -> None:
     write_text(path, text.getvalue())
 
 
+def remove_debris(directory: Path) -> None:
+    """Delete the temporary files a killed build left in ``directory`` (hidden, with ``.tmp-`` or ``.part-``)."""
+    for pattern in (".*.tmp-*", ".*.part-*"):
+        for stale in directory.glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write a small text file atomically (a temporary name, then a rename)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
