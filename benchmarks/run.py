@@ -544,7 +544,8 @@ def stage_convert(ctx: Ctx) -> list[dict]:
             raise BenchError(f"convert: {result['rows']} rows of {info['rows']}, {result['failures']} failures")
     ref = f"{fmt_rate(floor['rate'], 'files/s')} (open().read() + np.frombuffer, one core)"
     return [
-        row("convert", f"light curves/s on one core: convert_shard, one pixel (one shard) of {n:,} {N_CADENCES}-cadence v1 files",
+        row("convert", f"light curves/s on one core: convert_shard, one pixel (one shard) of {n:,} "
+                       f"{N_CADENCES}-cadence v1 files",
             fmt_rate(single["rate"], "/s"), single["rate"], ref, floor["rate"], ">= 3,000 /s/core",
             single["rate"] >= GOALS["convert_rate"],
             f"{single['seconds']:.1f} s wall, {single['cpu']:.1f} s CPU, peak RSS {fmt_bytes(single['peak_rss'])}; "
@@ -611,7 +612,10 @@ def task_output_size(scratch: Path, files: list[str], catalog: str, fits_dir: st
                 d = h5["time"]
                 filters = {name: dict(compression=h5[name].compression, compression_opts=h5[name].compression_opts,
                                       shuffle=h5[name].shuffle, chunks=h5[name].chunks) for name in columns}
-                filters["_describe"] = f"{d.compression}({d.compression_opts}) shuffle={d.shuffle} chunks={d.chunks}"
+                filters["_describe"] = ", ".join(
+                    f"{name} {h5[name].compression}" + (f"({h5[name].compression_opts})"
+                                                        if h5[name].compression_opts else "")
+                    + ("+shuffle" if h5[name].shuffle else "") for name in columns) + f", chunks {d.chunks}"
             for i in np.linspace(0, n - 1, min(n, max(1, sample // len(files)))).astype(int).tolist():
                 lc = read_tglc(os.path.join(fits_dir, by_gaia[int(h5["gaiadr3_id"][i])]))
                 m = int(h5["n_cadences"][i])

@@ -35,6 +35,23 @@ def _build(archive, root, client=None, n_processes=2):
     return downloader.download_sector()
 
 
+def _build_killing_a_worker(archive, root, client):
+    """A build on ``client``'s cluster during which one worker process is killed (SIGKILL) mid-download."""
+    worker_pids = list(client.run(os.getpid).values())
+    outcome = {}
+    build = threading.Thread(target=lambda: outcome.update(summary=_build(archive, root, client)))
+    build.start()
+    deadline = time.monotonic() + 120
+    while not ((root / "fits").exists() and sum(1 for _ in (root / "fits").rglob("*.fits")) >= 40):
+        assert build.is_alive() and time.monotonic() < deadline, "the build never got going"
+        time.sleep(0.02)
+    os.kill(worker_pids[0], signal.SIGKILL)  # the nanny starts a new worker; Dask reruns or gives up its tasks
+    build.join(300)
+    assert not build.is_alive()
+    assert worker_pids[0] not in client.run(os.getpid).values()  # the worker really died mid-build
+    return outcome["summary"]
+
+
 @pytest.fixture
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
@@ -60,20 +77,7 @@ def test_a_worker_killed_mid_build_changes_nothing(tmp_path, cluster, monkeypatc
     monkeypatch.setattr(build_parent_sample, "_BATCH_SIZE", 25)
     with LocalArchive(sector=23, n=300, seed=13, latency=0.01) as archive:
         reference = _build(archive, tmp_path / "reference")
-        worker_pids = list(client.run(os.getpid).values())
-        outcome = {}
-        build = threading.Thread(target=lambda: outcome.update(summary=_build(archive, tmp_path / "dask", client)))
-        build.start()
-        fits = tmp_path / "dask" / "fits"
-        deadline = time.monotonic() + 120
-        while not (fits.exists() and sum(1 for _ in fits.rglob("*.fits")) >= 40):
-            assert build.is_alive() and time.monotonic() < deadline, "the build never got going"
-            time.sleep(0.02)
-        os.kill(worker_pids[0], signal.SIGKILL)  # the nanny starts a new worker; Dask reruns its tasks
-        build.join(300)
-        assert not build.is_alive()
-        assert worker_pids[0] not in client.run(os.getpid).values()  # the worker really died mid-build
-    summary = outcome["summary"]
+        summary = _build_killing_a_worker(archive, tmp_path / "dask", client)
     assert summary.failures == [] and summary.converted == reference.converted
     assert _datasets(tmp_path / "dask" / "out") == _datasets(tmp_path / "reference" / "out")
     assert not [p for p in (tmp_path / "dask").rglob("*") if ".part-" in p.name or ".tmp-" in p.name]
@@ -107,18 +111,7 @@ def test_a_task_dask_gives_up_on_becomes_failures_then_a_rerun_finishes(tmp_path
             distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
             distributed.Client(c) as client, LocalArchive(sector=23, n=300, seed=14, latency=0.02) as archive:
         reference = _build(archive, tmp_path / "reference")
-        worker_pids = list(client.run(os.getpid).values())
-        outcome = {}
-        build = threading.Thread(target=lambda: outcome.update(summary=_build(archive, tmp_path / "dask", client)))
-        build.start()
-        fits = tmp_path / "dask" / "fits"
-        deadline = time.monotonic() + 120
-        while not (fits.exists() and sum(1 for _ in fits.rglob("*.fits")) >= 40):
-            assert build.is_alive() and time.monotonic() < deadline, "the build never got going"
-            time.sleep(0.02)
-        os.kill(worker_pids[0], signal.SIGKILL)
-        build.join(300)
-        summary = outcome["summary"]
+        summary = _build_killing_a_worker(archive, tmp_path / "dask", client)
         assert summary.failures and all("died" in f.reason for f in summary.failures)  # reported, not raised
         again = _build(archive, tmp_path / "dask", client)
     assert again.failures == []
