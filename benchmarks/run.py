@@ -846,8 +846,8 @@ def machine() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                                    text=True).stdout.strip())
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/RESULTS.md"],
+                                    cwd=REPO, capture_output=True, text=True).stdout.strip())
         commit += " (with uncommitted changes)" if dirty else ""
     except OSError:
         commit = "unknown"

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="build_parent_sample.py",
         description="Download a TESS sector's TGLC light curves from MAST and write them as HEALPix-partitioned "
                     "HDF5 (nside 16, nested) loadable with Hugging Face datasets.",
-        epilog="Rerunning the same command resumes an interrupted build: complete files and pixels are kept.",
+        epilog="Rerunning the same command resumes an interrupted build: complete FITS and HDF5 files are kept, and "
+               "the objects listed in failures.csv are tried again.",
     )
     parser.add_argument("-s", "--sector", type=_positive_int, required=True, help="TESS sector number, e.g. 23")
     parser.add_argument("--tglc_data_path", default="./tglc_data",
@@ -63,9 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--max-attempts", type=_positive_int, default=net.DEFAULT_MAX_ATTEMPTS,
                         help="tries per file before it is reported as failed (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="rewrite HEALPix pixels that are already complete")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rewrite HDF5 files that are already complete, and replace another build's pixels in "
+                             "the output folder")
     parser.add_argument("--clean-fits", action="store_true",
-                        help="delete each FITS file once its pixel is written (saves scratch space)")
+                        help="delete each FITS file once its light curve is in a finished HDF5 file (saves scratch "
+                             "space)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
