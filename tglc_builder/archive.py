@@ -68,12 +68,12 @@ def card(key: str, value=None, comment: str = "") -> str:
     elif isinstance(value, (float, np.floating)):
         text = f"{_format_float(value):>20}"
     else:
-        text = f"{repr_fits_string(str(value)):<20}"
+        text = f"{_fits_string(str(value)):<20}"
     line = f"{key:<8}= {text}" + (f" / {comment}" if comment else "")
     return line.ljust(CARD)[:CARD]
 
 
-def repr_fits_string(value: str) -> str:
+def _fits_string(value: str) -> str:
     return "'" + value.replace("'", "''").ljust(8) + "'"
 
 
