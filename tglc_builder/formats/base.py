@@ -1,0 +1,121 @@
+"""What an output format is: a :class:`Writer` that turns a shard's blocks of light curves into one file.
+
+A build reads each FITS file once, assembles :class:`Block` s of consecutive rows of one :class:`Shard`, and hands
+every block to each format's sink; a format never reads FITS files itself. A sink writes under a temporary name
+and takes the final name in :meth:`ShardSink.commit` only after verifying the closed file, so a file under a final
+name is whole. Driver-side methods (:meth:`Writer.prepare`, :meth:`Writer.finish`) run once per build, in the
+process that runs it; the rest runs in the workers, so a writer is plain, picklable settings.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..columns import ColumnSet
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One output file's rows: a slice of one HEALPix pixel's catalog rows, in catalog order (plain arrays)."""
+
+    pixel: int
+    index: int  # 1-based
+    count: int  # shards of this pixel
+    gaiadr3_id: np.ndarray  # int64
+    tic_id: np.ndarray  # int64
+    ra: np.ndarray  # float64
+    dec: np.ndarray  # float64
+    cam: np.ndarray  # int16
+    ccd: np.ndarray  # int16
+    path: np.ndarray  # bytes (S114), relative to the archive root
+
+    @property
+    def label(self) -> str:
+        return f"{self.index:03d}-of-{self.count:03d}"
+
+    def __len__(self) -> int:
+        return len(self.gaiadr3_id)
+
+    def take(self, rows: np.ndarray) -> "Shard":
+        """The same shard restricted to ``rows`` (indices or a mask)."""
+        return replace(self, **{name: getattr(self, name)[rows] for name in
+                                ("gaiadr3_id", "tic_id", "ra", "dec", "cam", "ccd", "path")})
+
+
+@dataclass
+class Block:
+    """Consecutive light curves of one shard, read once and handed to every format.
+
+    ``series[name]`` is ``(k, width)`` with ``width = n_cadences.max()``, padded beyond each row's length with the
+    column's pad value (NaN / 0); ``scalars[name]`` is ``(k,)``; both hold native-endian values equal bit for bit to
+    the FITS values. ``scalars`` holds TIC_ID, gaiadr3_id, RA, DEC and the header scalars of the column set.
+    """
+
+    rows: np.ndarray  # int64 indices into the shard, increasing
+    n_cadences: np.ndarray  # int32
+    series: dict[str, np.ndarray]
+    scalars: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class WriteError(Exception):
+    """An output file could not be written or did not verify; the message names the file and says why in plain
+    words (e.g. "no space left on device"). The shard's rows become failures; nothing takes the final name."""
+
+
+class ShardSink(abc.ABC):
+    """One shard file being written (under a temporary name)."""
+
+    @abc.abstractmethod
+    def append(self, block: Block) -> None:
+        """Write the block's rows after the rows already written. Raises WriteError."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Close, reopen and verify the file, mark it whole, and give it its final name. Raises WriteError (the
+        temporary file is then removed). A sink that received no row removes any file of the shard instead."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Remove the temporary file (idempotent; safe after a failed commit)."""
+
+
+class Writer(abc.ABC):
+    """An output format: plain settings (picklable, sent to workers) and the methods that write it."""
+
+    name: str  # "hdf5", "hats"
+    output_dir: Path
+
+    def __init__(self, output_dir: str | os.PathLike, sector: int, columns: ColumnSet):
+        self.output_dir, self.sector, self.columns = Path(output_dir), int(sector), columns
+
+    # -- worker side ------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def file(self, shard: Shard) -> Path:
+        """The shard's final file."""
+
+    @abc.abstractmethod
+    def complete_ids(self, shard: Shard, verify: bool = False) -> np.ndarray | None:
+        """The Gaia ids (in file order) of the shard's existing file when it is proven whole (written by a commit of
+        this sector and columns), else None. With ``verify``, every value is read and checked (checksums) first."""
+
+    @abc.abstractmethod
+    def open(self, shard: Shard) -> ShardSink:
+        """Start writing the shard's file."""
+
+    # -- driver side ------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def prepare(self, shards: list[Shard], overwrite: bool) -> None:
+        """Before anything is fetched: remove debris and superseded files of this build's pixels, and refuse (raise
+        UsageError) or, with ``overwrite``, remove files of another build (sector, size, columns)."""
+
+    @abc.abstractmethod
+    def finish(self, shards: list[Shard]) -> None:
+        """After every shard: the folder-level files (loading script, dataset card, catalog metadata)."""

@@ -1,0 +1,48 @@
+"""Where TGLC files come from, chosen in one place by the archive URL's scheme (see :mod:`.base`)."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from ..errors import UsageError
+from .base import DiskFull, Fetched, ListingCopy, Source, SourceError, is_present, quarantine_path
+
+DEFAULT_MAST_URL = "https://archive.stsci.edu/hlsps/tglc"
+MAST_URL_ENV = "TGLC_MAST_URL"
+DEFAULT_CONNECTIONS = 24  # in flight for the whole build, shared out among its workers
+
+__all__ = ["DEFAULT_MAST_URL", "MAST_URL_ENV", "DiskFull", "Fetched", "ListingCopy", "Source", "SourceError",
+           "is_present", "open_source", "quarantine_path", "resolve_url"]
+
+
+def resolve_url(url: str | None) -> str:
+    """The archive root: explicit argument, else ``$TGLC_MAST_URL``, else MAST; no trailing slash."""
+    url = url or os.environ.get(MAST_URL_ENV) or DEFAULT_MAST_URL
+    return url if url == "/" else url.rstrip("/")
+
+
+def open_source(url: str | None, *, connections: int = 12, max_attempts: int = 5, max_wait: float = 300.0
+                ) -> Source:
+    """The source for ``url``: ``http(s)://`` (an archive), ``s3://BUCKET/PREFIX`` (a bucket, e.g. MAST's cloud
+    copy), ``file:///path`` or a plain directory (a mirror read in place). ``connections``: files in flight per
+    worker process."""
+    url = resolve_url(url)
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        from .http import HttpSource
+
+        return HttpSource(url, connections=connections, max_attempts=max_attempts, max_wait=max_wait)
+    if scheme == "s3":
+        try:
+            from .s3 import S3Source
+        except ImportError as exc:
+            raise UsageError(f"reading {url} needs s3fs ({exc.name} is missing): pip install "
+                             "'tglc-builder[s3]'") from None
+        return S3Source(url, connections=connections, max_attempts=max_attempts, max_wait=max_wait)
+    if scheme in ("", "file"):
+        from .local import LocalSource
+
+        return LocalSource(url)
+    raise UsageError(f"archive URL {url!r} has an unknown scheme {scheme!r}; give an http(s):// URL, an "
+                     "s3://BUCKET/PREFIX, or a directory holding a MAST tree")
