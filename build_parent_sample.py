@@ -1,4 +1,4 @@
-"""Build a TESS sector's TGLC light curves into a HEALPix-partitioned HDF5 dataset.
+"""Build a TESS sector's TGLC light curves into a HEALPix-partitioned dataset (HDF5 and/or a HATS catalog).
 
 Command line::
 
@@ -12,92 +12,108 @@ Python::
     d = TGLC_Downloader(sector=23, tglc_data_path="./tglc_data", hdf5_output_dir="./out", fits_dir="./fits")
     d.download_sector(tiny=True)
 
-This module only wires the stages of the ``tglc_builder`` package together (listing -> fetch -> convert).
+This module only adapts the seed's interface to the ``tglc_builder`` package (``tglc_builder.run``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from astropy.table import Table
 
-from tglc_builder import cli, convert, executor, fetch, layout, listing, net, pipeline
-from tglc_builder.errors import UsageError
+from tglc_builder import cli, run
+from tglc_builder.arguments import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, TINY_SIZE, BuildArguments
+from tglc_builder.executor import Executor, run_interruptibly
+from tglc_builder.pipeline import BuildSummary, exclusive
+from tglc_builder.sources import DEFAULT_CONNECTIONS
 
 log = logging.getLogger("build_parent_sample")
 
-_TINY_SIZE = 100  # objects in a --tiny build
-_BATCH_SIZE = 5000  # files per download task
+_TINY_SIZE = TINY_SIZE  # objects in a --tiny build
+_BATCH_SIZE = 5000  # files per download task of batched_download
+
+
+@contextlib.contextmanager
+def demo_archive(sector: int, size: int):
+    """Serve a synthetic sector from the built-in local archive on 127.0.0.1 while the block runs; yields its URL."""
+    from tglc_builder.demo import LocalArchive
+
+    with LocalArchive(sector=sector, n=size) as archive:
+        log.info("Demo: serving a synthetic sector %d of %d objects at %s", sector, size, archive.url)
+        yield archive.url
 
 
 class TGLC_Downloader:
-    """Download one sector's TGLC light curves and convert them to the dataset's HDF5 files.
+    """Download one sector's TGLC light curves and write them as the dataset's files.
 
     Parameters
     ----------
     sector : TESS sector number.
     tglc_data_path : folder for the sector's listings, catalog and failure report (in ``sSSSS/``).
-    hdf5_output_dir : output folder of the dataset (``TGLC/healpix=<p>/*.hdf5`` and ``tglc.py``).
+    hdf5_output_dir : output folder of the HDF5 dataset (``TGLC/healpix=<p>/*.hdf5``, ``tglc.py``, ``README.md``).
     fits_dir : folder the FITS files are downloaded to, in MAST's layout.
     n_processes : worker processes for downloading and converting.
-    mast_url : archive root; default ``$TGLC_MAST_URL`` or MAST. ``"demo"`` serves a synthetic sector from the
-        project's local archive on 127.0.0.1 for the lifetime of this object.
-    client : a ``dask.distributed.Client``: run the downloads and conversions on its cluster instead of a local
-        process pool (its workers must share ``fits_dir`` and ``hdf5_output_dir`` with this process).
+    mast_url : archive root: an http(s) URL, ``s3://BUCKET/PREFIX`` or a directory; default ``$TGLC_MAST_URL`` or
+        MAST. ``"demo"`` serves a synthetic sector from the project's local archive on 127.0.0.1 while this object
+        is open.
+    client : a ``dask.distributed.Client``: run the work on its cluster instead of a local process pool (its
+        workers must share ``fits_dir`` and the output folders with this process).
+    format, columns, hats_output_dir, ... : as the command line's flags (see ``BuildArguments``).
     """
 
     def __init__(self, sector: int, tglc_data_path: str | os.PathLike, hdf5_output_dir: str | os.PathLike,
                  fits_dir: str | os.PathLike, n_processes: int = 1, mast_url: str | None = None, *,
-                 client: Any = None, connections: int = fetch.DEFAULT_CONNECTIONS,
-                 max_attempts: int = net.DEFAULT_MAX_ATTEMPTS, overwrite: bool = False, clean_fits: bool = False,
-                 demo_size: int = cli.DEFAULT_DEMO_SIZE):
-        for name, value in (("sector", sector), ("n_processes", n_processes), ("connections", connections),
-                            ("max_attempts", max_attempts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name} must be a positive integer, got {value!r}")
-        self.sector = sector
-        self.tglc_data_path = Path(tglc_data_path)
-        self.hdf5_output_dir = Path(hdf5_output_dir)
-        self.fits_dir = Path(fits_dir)
-        self.n_processes = n_processes
+                 client: Any = None, connections: int = DEFAULT_CONNECTIONS, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 max_wait: float = DEFAULT_MAX_WAIT, overwrite: bool = False, clean_fits: bool = False,
+                 format: str = "hdf5", columns: str = "seed", hats_output_dir: str | os.PathLike | None = None,
+                 hats_extras: bool = False, verify: bool = False, refresh_listings: bool = False,
+                 demo_size: int = cli.DEFAULT_DEMO_SIZE, rows_per_shard: int | None = None):
+        self.arguments = BuildArguments(
+            sector=sector, tglc_data_path=tglc_data_path, hdf5_output_dir=hdf5_output_dir, fits_dir=fits_dir,
+            hats_output_dir=hats_output_dir, mast_url=None if mast_url == "demo" else mast_url,
+            n_processes=n_processes, format=format, columns=columns, hats_extras=hats_extras,
+            connections=connections, max_attempts=max_attempts, max_wait=max_wait, overwrite=overwrite,
+            clean_fits=clean_fits, verify=verify, refresh_listings=refresh_listings, rows_per_shard=rows_per_shard,
+            batch_size=_BATCH_SIZE)
         self.client = client
-        self._pool: executor.Executor | None = None
-        self.connections, self.max_attempts = connections, max_attempts
-        self.overwrite, self.clean_fits = overwrite, clean_fits
-        self._archive = None
-        if mast_url == "demo":
-            from tglc_builder.archive import LocalArchive
+        self._demo_size = demo_size if mast_url == "demo" else None
+        self._stack = contextlib.ExitStack()
+        self._executor: Executor | None = None
+        self.summary = BuildSummary()
 
-            self._archive = LocalArchive(sector=sector, n=demo_size).start()
-            mast_url = self._archive.url
-            log.info("Demo: serving a synthetic sector %d of %d objects at %s", sector, demo_size, mast_url)
-        self.mast_url = layout.resolve_mast_url(mast_url)
-        self.summary = pipeline.BuildSummary()
+    # -- the seed's attributes -------------------------------------------------------------------------------------
+    sector = property(lambda self: self.arguments.sector)
+    tglc_data_path = property(lambda self: self.arguments.tglc_data_path)
+    hdf5_output_dir = property(lambda self: self.arguments.hdf5_output_dir)
+    fits_dir = property(lambda self: self.arguments.fits_dir)
+    n_processes = property(lambda self: self.arguments.n_processes)
+
+    def _args(self, **changes) -> BuildArguments:
+        """The arguments, with the demo archive's URL once it runs (started on first use, stopped by close())."""
+        if self._demo_size is not None and self.arguments.mast_url is None:
+            url = self._stack.enter_context(demo_archive(self.arguments.sector, self._demo_size))
+            self.arguments = replace(self.arguments, mast_url=url)
+        return replace(self.arguments, batch_size=_BATCH_SIZE, **changes)
 
     @property
-    def sector_dir(self) -> Path:
-        return Path(layout.sector_dir(self.tglc_data_path, self.sector))
-
-    @property
-    def pool(self) -> executor.Executor:
+    def pool(self) -> Executor:
         """The workers of this object's builds (started once, on first use)."""
-        if self._pool is None:
-            self._pool = executor.Executor(self.n_processes, self.client)
-        return self._pool
+        if self._executor is None:
+            self._executor = self._stack.enter_context(Executor(self.arguments.n_processes, self.client))
+        return self._executor
 
     def close(self) -> None:
         """Stop the worker processes, and the demo archive if this object started one."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-        if self._archive is not None:
-            self._archive.stop()
-            self._archive = None
+        self._stack.close()
+        self._executor = None
+        if self._demo_size is not None:
+            self.arguments = replace(self.arguments, mast_url=None)
 
     def __enter__(self) -> "TGLC_Downloader":
         return self
@@ -110,87 +126,52 @@ class TGLC_Downloader:
 
         Fetches the listings first when they are not in ``tglc_data_path`` yet.
         """
-        pipeline.writable_dir(self.sector_dir, "tglc_data_path")
-        listings = listing.fetch_listings(self.sector, self.tglc_data_path, self.mast_url, self.max_attempts)
-        bulk = listing.parse_bulk_script(listings.bulk_script, self.sector)
-        rejected = self.sector_dir / "rejected_listing_lines.txt"
-        if bulk.n_rejected:
-            pipeline.write_text(rejected, "\n".join(bulk.rejected) + "\n")
-            log.warning("%d listing line(s) skipped; the first %d are in %s", bulk.n_rejected, len(bulk.rejected),
-                        rejected)
-        else:
-            rejected.unlink(missing_ok=True)
-        catalog = listing.build_catalog(bulk, listing.read_target_list(listings.target_list), self.sector)
-        catalog.meta["mast_url"] = self.mast_url
-        if tiny:
-            catalog = catalog[:_TINY_SIZE]
-        if len(catalog) == 0:
-            raise UsageError(f"the sector {self.sector} catalog is empty: no object of {listings.bulk_script} is in "
-                             f"{listings.target_list}; check the sector and the archive URL")
-        if save_catalog:
-            listing.save_catalog(catalog, listing.catalog_path(self.tglc_data_path, self.sector, tiny))
-        return catalog
+        args = self._args(tiny=tiny)
+        return run.make_catalog(args, run.open_build_source(args), tiny=tiny, save=save_catalog)
 
-    def batched_download(self, catalog: Table, tiny: bool = False) -> fetch.DownloadSummary:
+    def batched_download(self, catalog: Table, tiny: bool = False) -> BuildSummary:
         """Download the catalog's FITS files into ``fits_dir`` in batches of ``_BATCH_SIZE`` over the pool."""
         if tiny:
             catalog = catalog[:_TINY_SIZE]
-        pipeline.writable_dir(self.fits_dir, "fits_output_path")
-        result = fetch.download_catalog(catalog, self.fits_dir, self.mast_url, self.pool, batch_size=_BATCH_SIZE,
-                                        connections=self.connections, max_attempts=self.max_attempts)
+        args = self._args()
+        with exclusive([run.writable_dir(args.fits_dir, "fits_output_path")]):
+            result = run.fetch_only(args, catalog, run.open_build_source(args, self.pool.workers), self.pool)
         self.summary.downloaded += result.downloaded
         self.summary.present += result.present
         self.summary.failures.extend(result.failures)
         return result
 
-    def convert_fits_to_standard_format(self, catalog: Table) -> list[convert.ConvertResult]:
-        """Write the HDF5 files of every HEALPix pixel and copy the ``tglc.py`` loading script beside them.
+    def convert_fits_to_standard_format(self, catalog: Table) -> BuildSummary:
+        """Write the output files of every HEALPix pixel from the FITS files in ``fits_dir`` (and the folder's
+        ``tglc.py`` and dataset card). Objects whose download failed (in this object's earlier
+        ``batched_download``) are left out."""
+        from tglc_builder.sources.local import LocalSource
 
-        Objects whose download failed (in this object's earlier ``batched_download``) are left out.
-        """
-        pipeline.writable_dir(self.hdf5_output_dir, "hdf5_output_path")
+        args = self._args()
         failed = np.array([f.gaiadr3_id for f in self.summary.failures if f.stage == "download"], np.int64)
-        results = convert.convert_catalog(catalog, self.fits_dir, self.hdf5_output_dir, self.sector, self.pool,
-                                          overwrite=self.overwrite, clean_fits=self.clean_fits, skip=failed)
-        for result in results:
-            if result.written:
-                self.summary.converted += result.n_rows
-                self.summary.files_written += 1
-            self.summary.failures.extend(result.failures)
-        return results
+        folders = [run.writable_dir(w.output_dir, w.name) for w in run.writers_of(args)]
+        with exclusive(folders):
+            result = run.write_outputs(args, catalog, LocalSource(str(args.fits_dir)), self.pool, skip=failed)
+        self.summary.converted += result.converted
+        self.summary.files_written += result.files_written
+        self.summary.failures.extend(result.failures)
+        return result
 
-    def download_sector(self, tiny: bool = False) -> pipeline.BuildSummary:
-        """The whole build: catalog, downloads, conversion, failure report. Rerun it to resume."""
-        for directory, what in ((self.sector_dir, "tglc_data_path"), (self.fits_dir, "fits_output_path"),
-                                (self.hdf5_output_dir, "hdf5_output_path")):
-            pipeline.writable_dir(directory, what)
-        with pipeline.exclusive([self.sector_dir, self.fits_dir, self.hdf5_output_dir]):
-            pipeline.remove_debris(self.sector_dir)
-            self.summary = pipeline.BuildSummary()
-            catalog = self.create_sector_catalog(save_catalog=True, tiny=tiny)
-            # Light curves already in complete HDF5 files need no download (their FITS may have been cleaned).
-            pending = np.ones(len(catalog), bool) if self.overwrite else convert.pending_rows(
-                catalog, self.hdf5_output_dir, self.sector)
-            self.summary.complete = int((~pending).sum())
-            self.batched_download(catalog[pending])
-            self.convert_fits_to_standard_format(catalog)
-            report = self.sector_dir / "failures.csv"
-            pipeline.write_failure_report(report, self.summary.failures)
-        log.info("Sector %d: %s", self.sector, self.summary.describe())
-        if self.summary.failures:
-            log.error("%d object(s) failed; see %s, then rerun the same command to retry them",
-                      len(self.summary.failures), report)
+    def download_sector(self, tiny: bool = False) -> BuildSummary:
+        """The whole build: catalog, then each shard fetched, converted and written. Rerun it to resume."""
+        self.summary = run.run(self._args(tiny=tiny), self.pool)
         return self.summary
 
 
 def _main(args: argparse.Namespace) -> int:
-    with cli.dask_client(args.scheduler, args.n_processes) as client, \
-            TGLC_Downloader(args.sector, args.tglc_data_path, args.hdf5_output_path, args.fits_output_path,
-                            n_processes=args.n_processes, mast_url=args.mast_url, client=client,
-                            connections=args.connections, max_attempts=args.max_attempts, overwrite=args.overwrite,
-                            clean_fits=args.clean_fits, demo_size=args.demo_size) as downloader:
-        summary = downloader.download_sector(tiny=args.tiny)
-    return cli.EXIT_FAILURES if summary.failures else cli.EXIT_OK
+    arguments = cli.arguments_of(args)
+    with contextlib.ExitStack() as stack:
+        if args.demo:
+            arguments = replace(arguments, mast_url=stack.enter_context(demo_archive(args.sector, args.demo_size)))
+        client = stack.enter_context(cli.dask_client(args.scheduler, args.n_processes))
+        executor = stack.enter_context(Executor(args.n_processes, client))
+        summary = run_interruptibly(lambda: run.run(arguments, executor), executor.kill)
+    return cli.EXIT_FAILURES if summary.failures or summary.fatal else cli.EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

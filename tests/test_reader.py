@@ -70,6 +70,12 @@ def _refused(tmp_path, data: bytes, match: str, **kwargs) -> None:
         read_tglc(path, **kwargs)
 
 
+def read_tglc_bytes(tmp_path, data: bytes, **kwargs):
+    path = tmp_path / "good.fits"
+    path.write_bytes(data)
+    return read_tglc(path, **kwargs)
+
+
 def test_truncated_files_are_refused(good):
     tmp_path, data = good
     _refused(tmp_path, b"", "not a whole number of FITS blocks")
@@ -85,7 +91,14 @@ def test_other_files_are_refused(good):
     _refused(tmp_path, data.replace(b"'LIGHTCURVE'", b"'SPECTRUM  '"), "not the LIGHTCURVE")
     _refused(tmp_path, data.replace(b"'psf_flux'", b"'psf_fluz'"), "no 'psf_flux' column")
     _refused(tmp_path, data.replace(b"TFORM8  = 'I       '", b"TFORM8  = 'J       '"), "format")
-    _refused(tmp_path, data, "holds Gaia DR3", gaiadr3_id=1)
+    _refused(tmp_path, data, "GAIADR3", gaiadr3_id=1)
+    header = read_tglc_bytes(tmp_path, data).primary
+    # a file of another sector, camera or CCD than its path says
+    _refused(tmp_path, data, "SECTOR = 23", sector=22)
+    _refused(tmp_path, data, "CAMERA", camera=header["CAMERA"] % 4 + 1)
+    _refused(tmp_path, data, "CCD", ccd=header["CCD"] % 4 + 1)
+    read_tglc_bytes(tmp_path, data, sector=23, camera=header["CAMERA"], ccd=header["CCD"],
+                    gaiadr3_id=header["GAIADR3"])
     # a scaled flags column: astropy would return other numbers than the stored ones
     header_end = data.index(b"END" + b" " * 77, 2880)
     assert data[header_end + 80:header_end + 160] == b" " * 80  # room for one more card in the header's block

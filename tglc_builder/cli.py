@@ -10,12 +10,25 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from . import __version__, layout, net
+from . import __version__
+from .arguments import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, BuildArguments
+from .columns import COLUMN_SETS
 from .errors import UsageError
-from .fetch import DEFAULT_CONNECTIONS
+from .formats import FORMATS
+from .sources import DEFAULT_CONNECTIONS, DEFAULT_MAST_URL, MAST_URL_ENV
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_DEMO_SIZE = 1000
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 0")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -49,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-t", "--tiny", action="store_true",
                         help="build only the first 100 objects of the catalog, for testing")
     parser.add_argument("--mast-url", default=None,
-                        help=f"archive root to download from (default: ${layout.MAST_URL_ENV} if set, else "
-                             f"{layout.DEFAULT_MAST_URL}); 'demo' uses the built-in local archive")
+                        help=f"archive root in MAST's layout: an http(s):// URL, s3://BUCKET/PREFIX (MAST's cloud "
+                             f"copy, needs tglc-builder[s3]) or a directory (a mirror, read in place) (default: "
+                             f"${MAST_URL_ENV} if set, else {DEFAULT_MAST_URL}); 'demo' uses the built-in local "
+                             "archive")
     parser.add_argument("--demo", action="store_true",
                         help="serve a synthetic sector from the built-in local archive on 127.0.0.1 for this run "
                              "(no network needed); same as --mast-url demo")
@@ -62,14 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--connections", type=_positive_int, default=DEFAULT_CONNECTIONS,
                         help="concurrent HTTP connections of the whole build, shared out among the processes "
                              "(default: %(default)s)")
-    parser.add_argument("--max-attempts", type=_positive_int, default=net.DEFAULT_MAX_ATTEMPTS,
+    parser.add_argument("--max-attempts", type=_positive_int, default=DEFAULT_MAX_ATTEMPTS,
                         help="tries per file before it is reported as failed (default: %(default)s)")
+    parser.add_argument("--max-wait", type=_seconds, default=DEFAULT_MAX_WAIT, metavar="SECONDS",
+                        help="longest pause a throttling archive's Retry-After may impose on the build "
+                             "(default: %(default)s)")
+    parser.add_argument("--format", choices=FORMATS, default="hdf5",
+                        help="output: HEALPix-partitioned HDF5, a HATS catalog (Parquet, for LSDB; needs "
+                             "tglc-builder[hats]) or both, from one read of each FITS file (default: %(default)s)")
+    parser.add_argument("--hats_output_path", default=None,
+                        help="folder of the HATS collection (default: <tglc_data_path>/sSSSS/hats)")
+    parser.add_argument("--hats-extras", action="store_true",
+                        help="with the HATS catalog, also a 10 arcsec margin cache and a gaiadr3_id index")
+    parser.add_argument("--columns", choices=COLUMN_SETS, default="seed",
+                        help="'seed': the five series and two errors of the seed; 'all': also cal_psf_flux, "
+                             "cal_aper_flux, background, cadence_num and the header values of use (default: "
+                             "%(default)s)")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every existing output file (and every FITS file reused) whole, checksums "
+                             "included, and rewrite what fails")
+    parser.add_argument("--refresh-listings", action="store_true",
+                        help="fetch the sector's two listings again even when complete copies are cached")
     parser.add_argument("--overwrite", action="store_true",
                         help="rewrite HDF5 files that are already complete, and replace another build's pixels in "
                              "the output folder")
     parser.add_argument("--clean-fits", action="store_true",
-                        help="delete each FITS file once its light curve is in a finished HDF5 file (saves scratch "
-                             "space)")
+                        help="delete each FITS file once its light curve is in the finished output files: the FITS "
+                             "files on disk are then only those of the shards in flight")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -106,15 +140,21 @@ def configure_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def arguments_of(args: argparse.Namespace) -> BuildArguments:
+    return BuildArguments(
+        sector=args.sector, tglc_data_path=args.tglc_data_path, hdf5_output_dir=args.hdf5_output_path,
+        fits_dir=args.fits_output_path, hats_output_dir=args.hats_output_path,
+        mast_url=None if args.demo else args.mast_url, n_processes=args.n_processes, tiny=args.tiny,
+        format=args.format, columns=args.columns, hats_extras=args.hats_extras, connections=args.connections,
+        max_attempts=args.max_attempts, max_wait=args.max_wait, overwrite=args.overwrite,
+        clean_fits=args.clean_fits, verify=args.verify, refresh_listings=args.refresh_listings)
+
+
 def run(main: Callable[[argparse.Namespace], int], argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run ``main`` and turn known errors into one-line messages and exit codes."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    if args.demo:
-        args.mast_url = "demo"
-    sector_dir = layout.sector_dir(args.tglc_data_path, args.sector)
-    args.hdf5_output_path = args.hdf5_output_path or os.path.join(sector_dir, "MultimodalUniverse")
-    args.fits_output_path = args.fits_output_path or os.path.join(sector_dir, "fits_lcs")
+    args.demo = args.demo or args.mast_url == "demo"
     try:
         return main(args)
     except UsageError as exc:

@@ -6,34 +6,51 @@ the driver or a Dask scheduler. Tasks must be idempotent (a worker may die and i
 stage writes under a temporary name and renames, and skips what is already complete. One executor serves a whole
 build, so its worker processes start once.
 
-Inside a task, :func:`stopping` says when the driver was interrupted (finish the file at hand, then return) and
-:func:`advance` reports progress as it happens (a local pool's bar moves per file, not per task).
+Inside a task, :func:`stopping` says when the driver was interrupted (finish the file at hand, then return),
+:func:`advance` reports progress as it happens (a local pool's bar moves per file, not per task) and
+:func:`shared_value` gives values every process of the pool shares (e.g. a pause the archive asked for). This
+module knows nothing of what the tasks do.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor as FuturesExecutor, ProcessPoolExecutor, ThreadPoolExecutor, \
-    wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import net
-
 log = logging.getLogger(__name__)
 
-_worker: dict[str, Any] = {"stop": None, "counter": None}
+STOP_GRACE = 8.0  # seconds running tasks get to return after Ctrl-C before their processes are killed
+TASK_RETRIES = 1  # a task whose worker process died is run again this many times before it is reported lost
+# Values shared by every worker of a local pool: name -> (ctypes code, initial value).
+SHARED_VALUES = {"throttle": ("d", 0.0)}
+
+_worker: dict[str, Any] = {"stop": None, "counter": None, "shared": {}}
 
 
 def stopping() -> bool:
-    """Whether the driver asked every task to stop (Ctrl-C)."""
+    """Whether the driver asked every task to stop (Ctrl-C, or a fatal error such as a full disk)."""
     stop = _worker["stop"]
     return stop is not None and stop.is_set()
+
+
+def stop_event():
+    """The event set when the build stops (``wait(timeout)`` on it is an interruptible sleep), or None."""
+    return _worker["stop"]
+
+
+def shared_value(name: str):
+    """A ``multiprocessing.Value`` shared by every process of the local pool (None on Dask or outside a pool)."""
+    return _worker["shared"].get(name)
 
 
 def advance(units: int = 1) -> None:
@@ -44,12 +61,11 @@ def advance(units: int = 1) -> None:
             counter.value += units
 
 
-def _init_worker(stop, counter, throttle, in_pool: bool) -> None:
+def _init_worker(stop, counter, shared: dict, in_pool: bool) -> None:
     if in_pool:
         # Ctrl-C is the driver's to handle: it sets ``stop``, and tasks end at the next file.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker.update(stop=stop, counter=counter)
-    net.install_shared_throttle(throttle)
+    _worker.update(stop=stop, counter=counter, shared=shared)
 
 
 class Executor:
@@ -58,10 +74,11 @@ class Executor:
 
     def __init__(self, n_processes: int = 1, client: Any = None):
         self.n_processes, self.client = n_processes, client
-        self._pool: FuturesExecutor | None = None
+        self._pool: ProcessPoolExecutor | ThreadPoolExecutor | None = None
         self._context = multiprocessing.get_context("spawn")  # no fork: the driver may hold threads (the demo)
-        self._stop, self._counter = self._context.Event(), self._context.Value("q", 0)
-        self._throttle = self._context.Value("d", 0.0)
+        self._stop = self._context.Event()
+        self._counter = self._context.Value("q", 0)
+        self._shared = {name: self._context.Value(code, value) for name, (code, value) in SHARED_VALUES.items()}
 
     @property
     def workers(self) -> int:
@@ -76,63 +93,117 @@ class Executor:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def stop(self) -> None:
+        """Ask every running task to return at its next file."""
+        self._stop.set()
+
+    @property
+    def stopping_requested(self) -> bool:
+        return self._stop.is_set()
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            if self.n_processes == 1:
-                _init_worker(None, None, None, in_pool=False)
+        """Stop the workers. Tasks still running get :data:`STOP_GRACE` seconds, then their processes are killed,
+        so closing never hangs (``ProcessPoolExecutor.shutdown`` can wait for good on a task being cancelled)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if isinstance(pool, ThreadPoolExecutor):
+            pool.shutdown(wait=True, cancel_futures=True)
+            _init_worker(None, None, {}, in_pool=False)
+            return
+        processes = list((pool._processes or {}).values())  # noqa: SLF001 - the only handle on the processes
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + STOP_GRACE
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
+    def kill(self) -> None:
+        """End every worker process at once (a second Ctrl-C)."""
+        pool = self._pool
+        if isinstance(pool, ProcessPoolExecutor):
+            for process in list((pool._processes or {}).values()):  # noqa: SLF001
+                process.kill()
 
     def run(self, function: Callable[..., Any], tasks: Sequence[tuple], *, total: int, desc: str, unit: str,
             weights: Sequence[int], lost: Callable[[tuple, BaseException], Any]) -> Iterator[Any]:
         """Run ``function(*task)`` for every task and yield the results as they complete.
 
         ``total`` units of work in all, of which task ``i`` is ``weights[i]``; a bar shows them. A task whose
-        worker died for good (a local process killed, Dask's retries used up) yields ``lost(task, error)`` instead,
-        so the stage reports its rows as failures and the build goes on. On Ctrl-C the tasks are asked to stop, the
-        pool is drained and ``KeyboardInterrupt`` propagates.
+        worker died (a local process killed, OOM) is run again (:data:`TASK_RETRIES` times; Dask applies its own
+        ``allowed-failures``); one that keeps dying yields ``lost(task, error)`` instead, so the stage reports its
+        rows as failures and the rest of the build goes on. On Ctrl-C the tasks are asked to stop, the workers are
+        stopped within seconds and ``KeyboardInterrupt`` propagates.
         """
         if not tasks:
             return
+        self._stop.clear()
         with tqdm(total=total, desc=desc, unit=unit, smoothing=0.05) as bar:
-            if self.client is not None:
-                yield from self._run_dask(function, tasks, weights, lost, bar)
-            else:
-                yield from self._run_local(function, tasks, lost, bar)
+            try:
+                if self.client is not None:
+                    yield from self._run_dask(function, tasks, weights, lost, bar)
+                else:
+                    yield from self._run_local(function, tasks, weights, lost, bar)
+            except BaseException:
+                self._stop.set()
+                raise
 
-    def _local_pool(self) -> FuturesExecutor:
+    def _local_pool(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
         if self._pool is None:
             if self.n_processes == 1:
-                _init_worker(self._stop, self._counter, self._throttle, in_pool=False)
+                _init_worker(self._stop, self._counter, self._shared, in_pool=False)
                 self._pool = ThreadPoolExecutor(1)
             else:
                 self._pool = ProcessPoolExecutor(self.n_processes, mp_context=self._context,
                                                  initializer=_init_worker,
-                                                 initargs=(self._stop, self._counter, self._throttle, True))
+                                                 initargs=(self._stop, self._counter, self._shared, True))
         return self._pool
 
-    def _run_local(self, function, tasks, lost, bar) -> Iterator[Any]:
-        pool = self._local_pool()
+    def _run_local(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
         with self._counter.get_lock():
             self._counter.value = 0
-        submitted = {pool.submit(function, *task): task for task in tasks}
-        pending = set(submitted)
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                bar.update(self._counter.value - bar.n)
-                for future in done:
-                    try:
-                        yield future.result()
-                    except BrokenProcessPool as exc:  # a worker was killed (OOM, kill -9): the pool is gone
-                        log.error("A worker process died: %s", exc)
-                        self._pool = None
-                        yield lost(submitted[future], exc)
-        except KeyboardInterrupt:
-            log.warning("Interrupted: finishing the files at hand, then stopping")
-            self._stop.set()
-            self.close()
-            raise
+        deaths = [0] * len(tasks)
+        queue = list(range(len(tasks)))  # task indices not yet submitted to the current pool
+        running: dict[Future, int] = {}
+        while queue or running:
+            pool = self._local_pool()
+            try:
+                while queue:
+                    i = queue.pop(0)
+                    running[pool.submit(function, *tasks[i])] = i
+            except BrokenProcessPool:  # broke between two submissions: resubmit once a new pool is up
+                queue.insert(0, i)
+            done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+            bar.update(self._counter.value - bar.n)
+            broken: BrokenProcessPool | None = None
+            for future in done:
+                i = running.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool as exc:
+                    # A worker died (kill -9, OOM) and took the pool with it: every unfinished task of that pool
+                    # fails here, not only the dead worker's. Run them again on a new pool; only a task that was
+                    # under way each time its pool broke is given up.
+                    broken = exc
+                    deaths[i] += 1
+                    if deaths[i] > TASK_RETRIES:
+                        log.error("A worker process died %d times running the same task; reporting its rows as "
+                                  "failed", deaths[i])
+                        yield lost(tasks[i], exc)
+                    else:
+                        queue.append(i)
+                    continue
+                yield result
+            if broken is not None:
+                log.warning("A worker process died (%s); starting a new pool and running its tasks again", broken)
+                self._pool = None
+                for future, i in list(running.items()):  # cannot be running any more
+                    running.pop(future)
+                    queue.append(i)
+                queue.sort()
         bar.update(self._counter.value - bar.n)
 
     def _run_dask(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
@@ -149,7 +220,29 @@ class Executor:
                 except KilledWorker as exc:  # the workers running it kept dying: Dask gave up on it
                     log.error("Dask gave up on a task: %s", exc)
                     yield lost(task, exc)
-        except KeyboardInterrupt:
-            log.warning("Interrupted: cancelling the cluster's tasks")
+        except BaseException:
+            log.warning("Stopping: cancelling the cluster's tasks")
             self.client.cancel(list(futures))
             raise
+
+
+def run_interruptibly(main: Callable[[], Any], on_interrupt: Callable[[], None]) -> Any:
+    """Run ``main()`` in this (main) thread; at the first Ctrl-C, ``KeyboardInterrupt`` unwinds it as usual, and a
+    second Ctrl-C during that unwinding calls ``on_interrupt`` (kill the workers) and exits at once with 130."""
+    if threading.current_thread() is not threading.main_thread():
+        return main()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def second(signum, frame):
+        on_interrupt()
+        os._exit(130)
+
+    def first(signum, frame):
+        signal.signal(signal.SIGINT, second)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        return main()
+    finally:
+        signal.signal(signal.SIGINT, previous)

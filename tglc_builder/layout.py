@@ -7,14 +7,10 @@ See ``TGLC-FORMAT.md``: ``BASE/sSSSS/cam{C}-ccd{D}/00{z[0:2]}/{z[2:6]}/{z[6:10]}
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
 
 import numpy as np
 
-from .errors import UsageError
 
-DEFAULT_MAST_URL = "https://archive.stsci.edu/hlsps/tglc"
-MAST_URL_ENV = "TGLC_MAST_URL"
 NSIDE = 16
 NEST = True
 
@@ -136,13 +132,9 @@ def objects_of_relpaths(paths: np.ndarray, lengths: np.ndarray, sector: int
     return (accepted, *(column[order] for column in columns))
 
 
-def resolve_mast_url(mast_url: str | None) -> str:
-    """The archive root: explicit argument, else ``$TGLC_MAST_URL``, else MAST; no trailing slash."""
-    url = mast_url or os.environ.get(MAST_URL_ENV) or DEFAULT_MAST_URL
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"archive URL {url!r} is not an http(s) URL; give e.g. --mast-url {DEFAULT_MAST_URL}")
-    return url.rstrip("/")
+def cadence_seconds(sector: int) -> int:
+    """FFI cadence of a sector: 1800 s in sectors 1-26, 600 s in 27-55, 200 s later."""
+    return 1800 if sector <= 26 else 600 if sector <= 55 else 200
 
 
 def sector_dir(tglc_data_path: str | os.PathLike, sector: int) -> str:

@@ -1,4 +1,4 @@
-"""What a whole build needs beyond the stages: one build per output folder, the failure report, the summary."""
+"""What a whole build needs beyond the stages: one build per folder, the failure report, the summary."""
 
 from __future__ import annotations
 
@@ -13,27 +13,40 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError
-from .fetch import Failure
+from .errors import Failure, UsageError
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".tglc-build.lock"
 FAILURE_COLUMNS = ("gaiadr3_id", "path", "stage", "reason", "attempts")
 
 
 @dataclass
 class BuildSummary:
     downloaded: int = 0  # FITS files fetched
-    present: int = 0  # FITS files already on disk
-    complete: int = 0  # light curves already in complete HDF5 files (nothing fetched or written for them)
-    converted: int = 0  # light curves written to HDF5
+    present: int = 0  # FITS files already on disk (or read in place from a mirror)
+    complete: int = 0  # light curves already in whole output files (nothing fetched or written for them)
+    carried: int = 0  # light curves copied from an earlier whole file of their shard (no FITS needed)
+    converted: int = 0  # light curves written now
     files_written: int = 0
     failures: list[Failure] = field(default_factory=list)
+    fatal: str | None = None  # what stopped the build early (a full disk)
+    not_attempted: int = 0  # light curves of work units stopped before they ran (Ctrl-C, a fatal error)
+
+    def add(self, result) -> None:
+        """Count a work unit's result (``units.UnitResult``)."""
+        self.downloaded += result.downloaded
+        self.present += result.present
+        self.carried += result.carried
+        self.converted += result.written
+        self.files_written += result.files_written
+        self.failures.extend(result.failures)
+        self.fatal = self.fatal or result.fatal
 
     def describe(self) -> str:
+        carried = f", {self.carried} carried over from earlier files" if self.carried else ""
         return (f"{self.downloaded} downloaded, {self.present} already present, {self.complete} already converted, "
-                f"{self.converted} converted into {self.files_written} HDF5 file(s), {len(self.failures)} failed")
+                f"{self.converted} converted into {self.files_written} file(s){carried}, "
+                f"{len(self.failures)} failed")
 
 
 def writable_dir(path: str | os.PathLike, what: str) -> Path:
@@ -53,23 +66,20 @@ def writable_dir(path: str | os.PathLike, what: str) -> Path:
 def exclusive(directories: Iterable[Path]) -> Iterator[None]:
     """Hold an advisory lock on each folder for the build, so a second build on the same folders stops at once.
 
-    ``flock`` locks vanish with their process, so a killed build never leaves a stale lock behind.
+    The lock is taken on the folder itself (``flock`` on a directory descriptor), so no lock file is left in a
+    dataset folder that people publish; ``flock`` locks vanish with their process, so a killed build leaves none.
     """
     with ExitStack() as stack:
         for directory in dict.fromkeys(Path(d).resolve() for d in directories):
-            handle = stack.enter_context(open(directory / LOCK_NAME, "a+"))
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            stack.callback(os.close, fd)
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                handle.seek(0)
-                owner = handle.read().strip() or "unknown"
-                raise UsageError(f"{directory} is in use by another build (pid {owner}); wait for it to finish "
-                                 "or choose other output folders") from None
-            handle.truncate(0)
-            handle.write(str(os.getpid()))
-            handle.flush()
+                raise UsageError(f"{directory} is in use by another build; wait for it to finish or choose other "
+                                 "folders") from None
         yield
 
 
@@ -86,8 +96,9 @@ def write_failure_report(path: Path, failures: list[Failure]) -> None:
 
 
 def remove_debris(directory: Path) -> None:
-    """Delete the temporary files a killed build left in ``directory`` (hidden, with ``.tmp-`` or ``.part-``)."""
-    for pattern in (".*.tmp-*", ".*.part-*"):
+    """Delete the temporary files a killed build left in ``directory`` (hidden, with ``.tmp-`` or ``.part-``), and
+    the lock files of earlier versions."""
+    for pattern in (".*.tmp-*", ".*.part-*", ".tglc-build.lock"):
         for stale in directory.glob(pattern):
             stale.unlink(missing_ok=True)
 

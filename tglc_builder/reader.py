@@ -200,14 +200,15 @@ class ReadBuffer:
         return self._buffer, done
 
 
-def read_tglc(path: str | os.PathLike, gaiadr3_id: int | None = None,
-              buffer: ReadBuffer | None = None) -> TGLCLightCurve:
+def read_tglc(path: str | os.PathLike, gaiadr3_id: int | None = None, buffer: ReadBuffer | None = None, *,
+              sector: int | None = None, camera: int | None = None, ccd: int | None = None) -> TGLCLightCurve:
     """Read and check a TGLC light curve; raise :class:`InvalidTGLCFile` for anything that is not one.
 
     Checked: whole FITS blocks, the primary header, HDU 1 a ``BINTABLE`` named ``LIGHTCURVE`` holding the columns of
-    :data:`REQUIRED_COLUMNS` with their formats and no scaling, and the table's bytes all present. With
-    ``gaiadr3_id``, the file must also be that object's (its ``GAIADR3`` card). With ``buffer``, the file is read
-    into it and the light curve's data are valid only until the buffer's next read.
+    :data:`REQUIRED_COLUMNS` with their formats and no scaling, and the table's bytes all present. Each of
+    ``gaiadr3_id``, ``sector``, ``camera`` and ``ccd`` that is given must equal the primary header's ``GAIADR3``,
+    ``SECTOR``, ``CAMERA``, ``CCD`` (what the file's path says it is). With ``buffer``, the file is read into it and
+    the light curve's data are valid only until the buffer's next read.
     """
     if buffer is None:
         with open(path, "rb") as f:
@@ -216,20 +217,23 @@ def read_tglc(path: str | os.PathLike, gaiadr3_id: int | None = None,
     else:
         raw, size = buffer.read(path)
     try:
-        return _parse(raw, size, path, gaiadr3_id)
+        return _parse(raw, size, path, {"GAIADR3": gaiadr3_id, "SECTOR": sector, "CAMERA": camera, "CCD": ccd})
     except (KeyError, TypeError) as exc:  # a card missing or of the wrong type
         raise InvalidTGLCFile(f"{path}: not a TGLC light curve ({exc})") from None
 
 
-def _parse(raw: bytes | bytearray, size: int, path: str | os.PathLike, gaiadr3_id: int | None) -> TGLCLightCurve:
+def _parse(raw: bytes | bytearray, size: int, path: str | os.PathLike, expected: dict[str, int | None]
+           ) -> TGLCLightCurve:
     """``raw[:size]`` is the file (``raw`` may be a longer, reused buffer)."""
     if size == 0 or size % BLOCK:
         raise InvalidTGLCFile(f"{path}: {size} bytes is not a whole number of FITS blocks (truncated?)")
     if not raw.startswith(b"SIMPLE  =                    T"):
         raise InvalidTGLCFile(f"{path}: not a FITS file")
     primary, offset = _read_header(raw, size, 0, path)
-    if gaiadr3_id is not None and primary.get("GAIADR3") != gaiadr3_id:
-        raise InvalidTGLCFile(f"{path}: holds Gaia DR3 {primary.get('GAIADR3')}, not {gaiadr3_id}")
+    for key, value in expected.items():
+        if value is not None and primary.get(key) != value:
+            raise InvalidTGLCFile(f"{path}: its header says {key} = {primary.get(key)!r}, its path {value!r} "
+                                  "(a file of another object, sector or CCD)")
     offset += -(-_data_size(primary) // BLOCK) * BLOCK  # v2 files carry a cut-out cube here
     if offset >= size:
         raise InvalidTGLCFile(f"{path}: no extension after the primary HDU (truncated?)")

@@ -1,0 +1,282 @@
+"""The HDF5 format: ``<out>/TGLC/healpix=<p>/<k>-of-<n>.hdf5`` plus ``tglc.py`` and the dataset card (see
+DATASET-CONTRACT.md).
+
+A shard streams through blocks into chunked, compressed datasets, so memory does not grow with the pixel. Every
+dataset carries HDF5's Fletcher32 chunk checksums, so a corrupted chunk raises on read in every reader. A file is
+written under a temporary name, closed, opened again and read whole (every checksum), and only then marked complete
+(an attribute written last) and renamed; so a file under a final name with that mark is whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .. import __version__, layout
+from ..columns import IDS_AND_POSITION, N_CADENCES, ColumnSet
+from ..errors import UsageError
+from .base import Block, Shard, ShardSink, WriteError, Writer
+
+log = logging.getLogger(__name__)
+
+BLOCK_ROWS = 256  # the build's blocks (a power of two: blocks fill whole chunks)
+CHUNK_BYTES = 1 << 19  # target size of an HDF5 chunk of a light-curve column (before compression)
+SCALAR_CHUNK = 4096  # rows per chunk of the per-light-curve columns (fewer in a smaller file)
+COMPLETE = "tglc_builder_complete"  # attribute written last, after verification: JSON of what the file holds
+# Lossless filters that every h5py ships, after a byte shuffle: DEFLATE at its fastest level where it pays (times
+# repeat across the stars of a CCD, flags and cadence numbers are regular), LZF for the noisy fluxes, whose low bytes
+# no coder shrinks and which DEFLATE would spend most of the conversion time on. Fletcher32 on everything.
+_DEFLATE: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True, "fletcher32": True}
+_LZF: dict[str, Any] = {"compression": "lzf", "shuffle": True, "fletcher32": True}
+_SCALAR: dict[str, Any] = {"fletcher32": True}  # 0.5% of the bytes: not worth decompressing
+_SHARD_NAME = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
+_TEMPORARY = ".tmp-"
+
+
+def _filters(dtype: np.dtype) -> dict[str, Any]:
+    return _LZF if dtype == np.float32 else _DEFLATE
+
+
+def pixel_dir(output_dir: str | os.PathLike, pixel: int) -> Path:
+    return Path(output_dir) / "TGLC" / f"healpix={pixel}"
+
+
+def plain_write_error(file: Path, exc: BaseException) -> str:
+    """What went wrong writing ``file``, in plain words (HDF5's messages bury the errno in a paragraph)."""
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in text or "No space left" in text:
+        return f"no space left on {file.parent} writing {file.name}"
+    if code == errno.EFBIG or "errno = 27" in text or "File too large" in text:
+        return f"file size limit reached on {file.parent} writing {file.name}"
+    return f"cannot write {file}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+class HDF5Writer(Writer):
+    name = "hdf5"
+
+    def file(self, shard: Shard) -> Path:
+        return pixel_dir(self.output_dir, shard.pixel) / f"{shard.label}.hdf5"
+
+    def _mark(self, n_rows: int) -> str:
+        return json.dumps({"sector": self.sector, "columns": self.columns.name, "rows": n_rows,
+                           "tglc_builder_version": __version__}, sort_keys=True)
+
+    def complete_ids(self, shard: Shard, verify: bool = False) -> np.ndarray | None:
+        file = self.file(shard)
+        try:
+            with h5py.File(file, "r") as h5:
+                mark = json.loads(h5.attrs.get(COMPLETE, "null"))
+                if not mark or mark["sector"] != self.sector or mark["columns"] != self.columns.name:
+                    return None
+                if verify:
+                    _verify(h5, mark["rows"], self.columns)
+                ids = h5["gaiadr3_id"][()]
+                return ids if len(ids) == mark["rows"] else None
+        except (OSError, KeyError, ValueError, TypeError, WriteError) as exc:
+            if file.exists():
+                log.warning("%s is not a whole shard (%s); it will be written again", file, exc)
+            return None
+
+    def open(self, shard: Shard) -> ShardSink:
+        return _HDF5Sink(self, shard)
+
+    def prepare(self, shards: list[Shard], overwrite: bool) -> None:
+        """Make ``TGLC/`` hold only this build's files: remove debris and superseded shards of its pixels; refuse
+        (or, with ``overwrite``, remove) pixels of another build, which would otherwise be loaded with this one."""
+        planned: dict[int, set[str]] = {}
+        for shard in shards:
+            planned.setdefault(shard.pixel, set()).add(self.file(shard).name)
+        root = self.output_dir / "TGLC"
+        foreign = []
+        for directory in sorted(root.glob("healpix=*")) if root.is_dir() else ():
+            pixel = int(directory.name[8:]) if directory.name[8:].isdigit() else None
+            for stale in directory.glob(f".*{_TEMPORARY}*"):
+                stale.unlink(missing_ok=True)
+            files = [f for f in directory.iterdir() if _SHARD_NAME.match(f.name)]
+            if pixel not in planned:
+                if files:
+                    foreign.append(directory)
+                continue
+            for file in files:
+                if file.name not in planned[pixel]:
+                    file.unlink()
+        if foreign and not overwrite:
+            raise UsageError(
+                f"{self.output_dir} already holds {len(foreign)} HEALPix pixel(s) that are not part of this build "
+                f"(e.g. {foreign[0].name}), from an earlier build of another sector or size; choose another "
+                "--hdf5_output_path, or pass --overwrite to replace that dataset")
+        for directory in foreign:
+            shutil.rmtree(directory)
+        if shards:  # another sector's or column set's files in this build's own pixels
+            for shard in shards:
+                file = self.file(shard)
+                if file.exists() and not overwrite and _foreign_mark(file, self.sector, self.columns.name):
+                    raise UsageError(
+                        f"{file} belongs to another build ({_foreign_mark(file, self.sector, self.columns.name)}); "
+                        "choose another --hdf5_output_path, or pass --overwrite to replace that dataset")
+
+    def finish(self, shards: list[Shard]) -> None:
+        from .card import write_card
+
+        source = Path(__file__).resolve().parents[1] / "tglc.py"
+        tmp = self.output_dir / f".tglc.py{_TEMPORARY}{os.getpid()}"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, self.output_dir / "tglc.py")
+        files = sorted({self.file(shard) for shard in shards if self.file(shard).exists()})
+        write_card(self.output_dir, fmt="hdf5", sector=self.sector, columns=self.columns,
+                   data_files=[str(f.relative_to(self.output_dir)) for f in files],
+                   n_rows=sum(_rows(f) for f in files))
+
+
+def _rows(file: Path) -> int:
+    with h5py.File(file, "r") as h5:
+        return int(len(h5["gaiadr3_id"]))
+
+
+def _foreign_mark(file: Path, sector: int, columns: str) -> str:
+    """What another build's file holds ('' when it is this build's, or unreadable: then it is rewritten)."""
+    try:
+        with h5py.File(file, "r") as h5:
+            mark = json.loads(h5.attrs.get(COMPLETE, "null"))
+    except (OSError, ValueError):
+        return ""
+    if not mark:
+        return ""
+    if mark["sector"] != sector:
+        return f"sector {mark['sector']}"
+    if mark["columns"] != columns:
+        return f"--columns {mark['columns']}"
+    return ""
+
+
+def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet) -> None:
+    """Read every value of a shard file (so every Fletcher32 checksum is checked) and check its shape."""
+    names = [*IDS_AND_POSITION, N_CADENCES[0], *(s.name for s in columns.scalars), *(s.name for s in columns.series)]
+    missing = [name for name in names if name not in h5]
+    if missing:
+        raise WriteError(f"{h5.filename}: no {', '.join(missing)} dataset")
+    lengths = h5[N_CADENCES[0]][()]
+    width = h5["time"].shape[1]
+    for name in names:
+        try:
+            values = h5[name][()]  # raises on a checksum mismatch
+        except OSError as exc:
+            raise WriteError(f"{h5.filename}: {name} does not read back ({exc})") from None
+        if len(values) != n_rows or (values.ndim == 2 and values.shape[1] != width):
+            raise WriteError(f"{h5.filename}: {name} has shape {values.shape}, expected {n_rows} rows")
+    if n_rows and (lengths.min() < 1 or lengths.max() != width):
+        raise WriteError(f"{h5.filename}: n_cadences outside 1..{width}")
+
+
+class _HDF5Sink(ShardSink):
+    def __init__(self, writer: HDF5Writer, shard: Shard):
+        self.writer, self.shard = writer, shard
+        self.file = writer.file(shard)
+        self.tmp = self.file.with_name(f".{self.file.name}{_TEMPORARY}{os.getpid()}")
+        self.h5: h5py.File | None = None
+        self.rows = self.width = 0
+
+    def _fail(self, exc: BaseException) -> WriteError:
+        self.abort()
+        return WriteError(plain_write_error(self.file, exc))
+
+    def append(self, block: Block) -> None:
+        try:
+            if self.h5 is None:
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                self.h5 = h5py.File(self.tmp, "w")
+                self.h5.attrs.update({"sector": self.writer.sector, "healpix": self.shard.pixel,
+                                      "nside": layout.NSIDE, "nest": layout.NEST, "shard": self.shard.label,
+                                      "columns": self.writer.columns.name, "tglc_builder_version": __version__})
+                self._create(int(block.n_cadences.max()))
+            self._append(block)
+        except WriteError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - h5py raises OSError, RuntimeError, ValueError for write errors
+            raise self._fail(exc) from None
+
+    def _create(self, width: int) -> None:
+        n = len(self.shard)
+        # A power of two, so that blocks (BLOCK_ROWS rows) fill whole chunks (a chunk written in two parts would be
+        # compressed, read back, decompressed and compressed again), and no more rows than the file will hold.
+        rows_fit = 1 << int(np.log2(np.clip(CHUNK_BYTES // (8 * width), 1, BLOCK_ROWS)))
+        chunk_rows = min(rows_fit, 1 << int(np.ceil(np.log2(max(n, 1)))))
+        scalar_chunk = (max(1, min(n, SCALAR_CHUNK)),)
+        scalars = {name: dtype for name, (dtype, _, _) in IDS_AND_POSITION.items()}
+        scalars[N_CADENCES[0]] = N_CADENCES[1]
+        scalars.update({s.name: s.dtype for s in self.writer.columns.scalars})
+        for name, dtype in scalars.items():
+            self.h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=scalar_chunk, **_SCALAR)
+        for series in self.writer.columns.series:
+            self.h5.create_dataset(series.name, shape=(0, width), maxshape=(None, None), dtype=series.dtype,
+                                   chunks=(chunk_rows, width), fillvalue=series.pad, **_filters(series.dtype))
+
+    def _append(self, block: Block) -> None:
+        k, used = len(block), int(block.n_cadences.max())
+        start, self.rows = self.rows, self.rows + k
+        width = max(self.width, used)
+        for dset in self.h5.values():
+            dset.resize(self.rows, axis=0)
+            if dset.ndim == 2 and width > dset.shape[1]:
+                dset.resize(width, axis=1)
+        self.width = width
+        rows = slice(start, self.rows)
+        self.h5[N_CADENCES[0]][rows] = block.n_cadences
+        for name, values in block.scalars.items():
+            self.h5[name][rows] = values
+        for name, values in block.series.items():
+            self.h5[name][rows, :values.shape[1]] = values
+
+    def commit(self) -> None:
+        if self.h5 is None:  # no row readable: no file (a stale one would hold rows that are no longer planned)
+            self.file.unlink(missing_ok=True)
+            return
+        try:
+            self.h5.close()
+            self.h5 = None
+            with h5py.File(self.tmp, "r") as h5:
+                _verify(h5, self.rows, self.writer.columns)
+            with h5py.File(self.tmp, "r+") as h5:
+                h5.attrs[COMPLETE] = self.writer._mark(self.rows)
+            with open(self.tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(self.tmp, self.file)
+        except WriteError as exc:
+            self.abort()
+            raise WriteError(f"{self.file}: verification failed before renaming: {exc}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(exc) from None
+
+    def abort(self) -> None:
+        if self.h5 is not None:
+            try:
+                self.h5.close()
+            except Exception:  # noqa: BLE001 - the file is being discarded anyway
+                pass
+            self.h5 = None
+        self.tmp.unlink(missing_ok=True)
+
+
+def read_rows(file: Path, file_rows: np.ndarray, columns: ColumnSet) -> dict[str, np.ndarray]:
+    """Rows (increasing indices) of a whole shard file, every column, to carry them into a new file of the same
+    shard without fetching their FITS files again. Series come back as wide as the longest of these rows."""
+    span = slice(int(file_rows[0]), int(file_rows[-1]) + 1)  # one contiguous read: h5py's fancy indexing is slow
+    picked = np.asarray(file_rows) - span.start
+    with h5py.File(file, "r") as h5:
+        out = {N_CADENCES[0]: h5[N_CADENCES[0]][span][picked]}
+        width = int(out[N_CADENCES[0]].max())
+        for name in [*IDS_AND_POSITION, *(s.name for s in columns.scalars)]:
+            out[name] = h5[name][span][picked]
+        for series in columns.series:
+            out[series.name] = h5[series.name][span, :width][picked]
+    return out

@@ -1,0 +1,75 @@
+"""One plan per build, computed once: the shards of the catalog and, for each, which formats still need writing.
+
+Every stage works from the plan; none decides again what is done (in the manner of hats-import's ResumePlan).
+A shard is done in a format when that format's file of it is proven whole (written by a verified commit of this
+sector and column set) and holds exactly the shard's planned rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import layout
+from .formats import Shard, Writer
+
+# Rows per shard file, by cadence: ~250 MB of light curves before compression, so a shard is also a bounded work
+# unit (its FITS files, ~0.6 GB, are all that one worker keeps on disk at a time).
+ROWS_PER_SHARD = {1800: 10_000, 600: 4_000, 200: 1_250}
+
+
+def rows_per_shard(sector: int) -> int:
+    return ROWS_PER_SHARD[layout.cadence_seconds(sector)]
+
+
+@dataclass
+class BuildPlan:
+    shards: list[Shard]  # every shard of the catalog, by pixel then index
+    pending: list[tuple[Shard, tuple[str, ...]]]  # shards with the formats still to write, largest first
+
+    @property
+    def complete_rows(self) -> int:
+        """Rows already whole in every format (nothing is fetched or written for them)."""
+        waiting = {(shard.pixel, shard.index) for shard, _ in self.pending}
+        return sum(len(s) for s in self.shards if (s.pixel, s.index) not in waiting)
+
+    @property
+    def pending_rows(self) -> int:
+        return sum(len(shard) for shard, _ in self.pending)
+
+
+def plan_shards(catalog, rows_per_shard: int) -> list[Shard]:
+    """The output files of a catalog: per pixel, its rows in catalog order cut into near-equal shards."""
+    healpix = np.asarray(catalog["healpix"], np.int64)
+    order = np.argsort(healpix, kind="stable")
+    pixels, starts = np.unique(healpix[order], return_index=True)
+    columns = {name: np.asarray(catalog[name]) for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "cam", "ccd",
+                                                            "path")}
+    shards = []
+    for pixel, rows in zip(pixels.tolist(), np.split(order, starts[1:])):
+        parts = np.array_split(rows, -(-len(rows) // rows_per_shard))
+        for index, part in enumerate(parts, start=1):
+            shards.append(Shard(pixel, index, len(parts), columns["gaiadr3_id"][part].astype(np.int64),
+                                columns["TIC_ID"][part].astype(np.int64), columns["RA"][part].astype(np.float64),
+                                columns["DEC"][part].astype(np.float64), columns["cam"][part].astype(np.int16),
+                                columns["ccd"][part].astype(np.int16), columns["path"][part].astype("S")))
+    return shards
+
+
+def make_plan(shards: list[Shard], writers: list[Writer], *, overwrite: bool = False,
+              verify: bool = False) -> BuildPlan:
+    """Which shards each format still needs. With ``overwrite`` everything is written again; with ``verify``
+    existing files are read whole (checksums) before they count as done."""
+    pending = []
+    for shard in shards:
+        todo = tuple(w.name for w in writers
+                     if overwrite or not _holds_exactly(w.complete_ids(shard, verify=verify), shard))
+        if todo:
+            pending.append((shard, todo))
+    pending.sort(key=lambda item: -len(item[0]))  # largest first: the pool ends together
+    return BuildPlan(shards, pending)
+
+
+def _holds_exactly(ids: np.ndarray | None, shard: Shard) -> bool:
+    return ids is not None and np.array_equal(np.asarray(ids, np.int64), shard.gaiadr3_id)

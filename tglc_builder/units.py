@@ -1,0 +1,295 @@
+"""The work units of a build, plain functions over plain data (they run in worker processes or on Dask).
+
+:func:`build_shard` is the streaming unit: it makes one shard's light curves readable through the source (downloads
+run ahead in threads while earlier files are converted), reads each FITS file once into blocks, hands every block to
+each pending output format, commits the files, and with ``clean_fits`` deletes the FITS files it brought into
+``fits_dir``. So the FITS files on disk at any moment are those of the shards in flight. Rows that an earlier run
+already wrote into a whole file of the same shard are carried over from that file instead of being fetched again.
+:func:`fetch_batch` only fetches (the seed's step-by-step ``batched_download``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import executor
+from .columns import ColumnSet
+from .errors import Failure
+from .formats import Block, Shard, WriteError, Writer
+from .formats.hdf5 import BLOCK_ROWS, HDF5Writer, read_rows
+from .reader import InvalidTGLCFile, ReadBuffer, TGLCLightCurve, read_tglc
+from .sources import DiskFull, Fetched, Source, quarantine_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """What every unit of a build shares (sent with each task; small)."""
+
+    sector: int
+    source: Source
+    fits_dir: str
+    writers: tuple[Writer, ...]  # every format of the build (a unit writes those its task names)
+    columns: ColumnSet
+    clean_fits: bool = False
+
+
+@dataclass
+class UnitResult:
+    rows: int = 0  # rows planned
+    written: int = 0  # rows now in every pending format's new file
+    files_written: int = 0
+    downloaded: int = 0
+    present: int = 0  # FITS files already on disk (or read in place)
+    carried: int = 0  # rows copied from an earlier whole file of the shard (no FITS needed)
+    failures: list[Failure] = field(default_factory=list)
+    fatal: str | None = None  # stop the whole build (a full disk)
+    stopped: bool = False
+
+
+def _validator(shard: Shard, rows: np.ndarray, sector: int):
+    def validate(path: Path, i: int) -> None:
+        j = rows[i]
+        read_tglc(path, int(shard.gaiadr3_id[j]), sector=sector, camera=int(shard.cam[j]), ccd=int(shard.ccd[j]))
+    return validate
+
+
+def _header_value(curve: TGLCLightCurve, card: str, hdu: int):
+    header = curve.primary if hdu == 0 else curve.header
+    return header.get(card)
+
+
+class _BlockBuilder:
+    """Up to BLOCK_ROWS consecutive rows of a shard in reused, padded arrays."""
+
+    def __init__(self, shard: Shard, columns: ColumnSet):
+        self.shard, self.columns = shard, columns
+        self.series = {s.name: np.empty((BLOCK_ROWS, 0), s.dtype) for s in columns.series}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows: list[int] = []
+        self.lengths: list[int] = []
+        self.values: dict[str, list] = {s.name: [] for s in self.columns.scalars}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _widen(self, n: int) -> None:
+        pos = len(self.rows)
+        for series in self.columns.series:
+            values = self.series[series.name]
+            if n > values.shape[1]:
+                wider = np.empty((BLOCK_ROWS, n), values.dtype)
+                wider[:pos, :values.shape[1]] = values[:pos]
+                wider[:pos, values.shape[1]:] = series.pad
+                self.series[series.name] = wider
+
+    def add_curve(self, row: int, curve: TGLCLightCurve) -> None:
+        """Row ``row`` of the shard from its FITS file (big-endian to native: a byte swap, values kept)."""
+        values = {}
+        for scalar in self.columns.scalars:  # first, so a missing card leaves the block untouched
+            value = _header_value(curve, scalar.card, scalar.hdu)
+            if value is None:
+                if scalar.required:
+                    raise InvalidTGLCFile(f"no {scalar.card} card in HDU {scalar.hdu}")
+                value = np.nan if scalar.dtype.kind == "f" else 0
+            values[scalar.name] = value
+        n = curve.n_cadences
+        self._widen(n)
+        pos = len(self.rows)
+        for series in self.columns.series:
+            target = self.series[series.name]
+            target[pos, :n] = curve.data[series.fits_column]
+            target[pos, n:] = series.pad
+        for name, value in values.items():
+            self.values[name].append(value)
+        self.rows.append(row)
+        self.lengths.append(n)
+
+    def add_carried(self, row: int, carried: dict[str, np.ndarray], j: int) -> None:
+        """Row ``row`` of the shard from row ``j`` of arrays read from an earlier file of the shard."""
+        n = int(carried["n_cadences"][j])
+        self._widen(n)
+        pos = len(self.rows)
+        for series in self.columns.series:
+            target = self.series[series.name]
+            target[pos, :n] = carried[series.name][j, :n]
+            target[pos, n:] = series.pad
+        for scalar in self.columns.scalars:
+            self.values[scalar.name].append(carried[scalar.name][j])
+        self.rows.append(row)
+        self.lengths.append(n)
+
+    def take(self) -> Block:
+        k = len(self.rows)
+        rows = np.array(self.rows, np.int64)
+        lengths = np.array(self.lengths, np.int32)
+        width = int(lengths.max())
+        shard = self.shard
+        scalars = {"TIC_ID": shard.tic_id[rows], "gaiadr3_id": shard.gaiadr3_id[rows], "RA": shard.ra[rows],
+                   "DEC": shard.dec[rows]}
+        scalars.update({s.name: np.array(self.values[s.name], s.dtype) for s in self.columns.scalars})
+        block = Block(rows=rows, n_cadences=lengths, scalars=scalars,
+                      series={name: values[:k, :width] for name, values in self.series.items()})
+        self._reset()
+        return block
+
+
+def _carry_source(settings: UnitSettings, shard: Shard) -> tuple[Path | None, dict[int, int]]:
+    """An earlier whole HDF5 file of this shard, and which of the shard's Gaia ids it holds (at which row)."""
+    for writer in settings.writers:
+        if isinstance(writer, HDF5Writer):
+            ids = writer.complete_ids(shard)
+            if ids is not None and len(ids):
+                return writer.file(shard), {int(g): j for j, g in enumerate(ids)}
+    return None, {}
+
+
+def build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings) -> UnitResult:
+    """Fetch, read and write one shard into each format named in ``pending``; failures are returned, never
+    raised (except KeyboardInterrupt)."""
+    result = UnitResult(rows=len(shard))
+    writers = [w for w in settings.writers if w.name in pending]
+    fits_dir = Path(settings.fits_dir)
+    carry_file, carry_rows = _carry_source(settings, shard)
+    carried_at = np.array([carry_rows.get(int(g), -1) for g in shard.gaiadr3_id], np.int64)
+    fetch_rows = np.flatnonzero(carried_at < 0)
+    items = [(int(shard.gaiadr3_id[j]), shard.path[j].decode()) for j in fetch_rows]
+    fetched = settings.source.fetch_many(items, fits_dir, _validator(shard, fetch_rows, settings.sector),
+                                         executor.stopping)
+    sinks = [w.open(shard) for w in writers]
+    builder = _BlockBuilder(shard, settings.columns)
+    buffer = ReadBuffer()
+    ours: list[Path] = []  # FITS files in fits_dir whose rows went into the outputs
+    next_fetch = 0  # index into fetch_rows of the next fetched row to come
+    try:
+        for start in range(0, len(shard), BLOCK_ROWS):
+            stop = min(start + BLOCK_ROWS, len(shard))
+            block_carried = np.flatnonzero(carried_at[start:stop] >= 0) + start
+            carried = read_rows(carry_file, carried_at[block_carried], settings.columns) if len(block_carried) \
+                else {}
+            where_carried = {int(row): j for j, row in enumerate(block_carried)}
+            for row in range(start, stop):
+                if row in where_carried:
+                    builder.add_carried(row, carried, where_carried[row])
+                    result.carried += 1
+                    continue
+                got = next(fetched, None)
+                if got is None:  # stopping: the source yields no more
+                    raise _Stopped
+                i, outcome = got
+                assert fetch_rows[i] == row and i == next_fetch, "sources yield in item order"
+                next_fetch += 1
+                curve = _read(outcome, shard, row, settings, buffer, result)
+                if curve is None:
+                    continue
+                try:
+                    builder.add_curve(row, curve)
+                except InvalidTGLCFile as exc:  # a card the dataset needs is missing
+                    result.failures.append(Failure(int(shard.gaiadr3_id[row]), shard.path[row].decode(), "convert",
+                                                   f"{outcome.path}: {exc}", 1))
+                    continue
+                if _inside(outcome.path, fits_dir):
+                    ours.append(outcome.path)
+            if len(builder):
+                block = builder.take()
+                for sink in sinks:
+                    sink.append(block)
+            executor.advance(stop - start)
+        for sink in sinks:
+            sink.commit()
+    except _Stopped:
+        for sink in sinks:
+            sink.abort()
+        result.stopped = True
+        return result
+    except DiskFull as exc:
+        for sink in sinks:
+            sink.abort()
+        result.fatal = exc.strerror
+        done = {f.gaiadr3_id for f in result.failures}
+        result.failures += [Failure(int(g), p.decode(), "download", exc.strerror, 0)
+                            for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
+        return result
+    except WriteError as exc:
+        for sink in sinks:
+            sink.abort()
+        result.fatal = str(exc) if "no space left" in str(exc) or "size limit" in str(exc) else None
+        done = {f.gaiadr3_id for f in result.failures}
+        result.failures += [Failure(int(g), p.decode(), "write", str(exc), 1)
+                            for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
+        return result
+    finally:
+        fetched.close()
+    result.written = len(shard) - len(result.failures) if writers else 0
+    result.files_written = len(writers) if result.written else 0
+    if settings.clean_fits:
+        for path in ours:
+            path.unlink(missing_ok=True)
+    return result
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+
+
+def _read(outcome: Fetched | Failure, shard: Shard, row: int, settings: UnitSettings, buffer: ReadBuffer,
+          result: UnitResult) -> TGLCLightCurve | None:
+    """The row's light curve, read and checked, or None with the failure recorded."""
+    if isinstance(outcome, Failure):
+        result.failures.append(outcome)
+        return None
+    if outcome.downloaded:
+        result.downloaded += 1
+    else:
+        result.present += 1
+    gaia, relpath = int(shard.gaiadr3_id[row]), shard.path[row].decode()
+    try:
+        curve = read_tglc(outcome.path, gaia, buffer, sector=settings.sector, camera=int(shard.cam[row]),
+                          ccd=int(shard.ccd[row]))
+        return curve
+    except InvalidTGLCFile as exc:
+        reason = str(exc)
+        if _inside(outcome.path, Path(settings.fits_dir)):  # ours to move aside; a mirror's is left where it is
+            aside = quarantine_path(settings.fits_dir, relpath)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(outcome.path, aside)
+            reason = f"{reason}; moved to {aside}"
+    except OSError as exc:
+        reason = f"cannot read the FITS file: {exc.strerror or exc}"
+    result.failures.append(Failure(gaia, relpath, "convert", reason, max(outcome.attempts, 1)))
+    return None
+
+
+def fetch_batch(items: list[tuple[int, str]], settings: UnitSettings) -> UnitResult:
+    """Fetch a batch of light curves into ``fits_dir`` (validated) without converting them."""
+    result = UnitResult(rows=len(items))
+    fits_dir = Path(settings.fits_dir)
+    sector = settings.sector
+
+    def validate(path: Path, i: int) -> None:
+        read_tglc(path, items[i][0], sector=sector)
+
+    try:
+        for _, outcome in settings.source.fetch_many(items, fits_dir, validate, executor.stopping):
+            if isinstance(outcome, Failure):
+                result.failures.append(outcome)
+            elif outcome.downloaded:
+                result.downloaded += 1
+            else:
+                result.present += 1
+            executor.advance()
+    except DiskFull as exc:
+        result.fatal = exc.strerror
+    return result
