@@ -99,7 +99,7 @@ class TGLC_Downloader:
         if self._demo_size is not None and self.arguments.mast_url is None:
             url = self._stack.enter_context(demo_archive(self.arguments.sector, self._demo_size))
             self.arguments = replace(self.arguments, mast_url=url)
-        return replace(self.arguments, batch_size=_BATCH_SIZE, **changes)
+        return replace(self.arguments, batch_size=_BATCH_SIZE, tiny_size=_TINY_SIZE, **changes)
 
     @property
     def pool(self) -> Executor:
@@ -164,7 +164,7 @@ class TGLC_Downloader:
 
 
 def _main(args: argparse.Namespace) -> int:
-    arguments = cli.arguments_of(args)
+    arguments = replace(cli.arguments_of(args), tiny_size=_TINY_SIZE, batch_size=_BATCH_SIZE)
     with contextlib.ExitStack() as stack:
         if args.demo:
             arguments = replace(arguments, mast_url=stack.enter_context(demo_archive(args.sector, args.demo_size)))

@@ -10,6 +10,7 @@ from . import layout
 from .columns import COLUMN_SETS, ColumnSet, column_set
 from .errors import UsageError
 from .formats import FORMATS
+from .formats.hdf5 import BLOCK_ROWS
 from .sources import DEFAULT_CONNECTIONS
 
 DEFAULT_MAX_ATTEMPTS = 5
@@ -31,6 +32,7 @@ class BuildArguments:
     mast_url: str | None = None  # archive root (http(s)://, s3://, a directory); None: $TGLC_MAST_URL or MAST
     n_processes: int = 1
     tiny: bool = False
+    tiny_size: int = TINY_SIZE  # objects in a tiny build
     format: str = "hdf5"
     columns: str = "seed"
     hats_extras: bool = False
@@ -43,9 +45,10 @@ class BuildArguments:
     refresh_listings: bool = False
     rows_per_shard: int | None = None  # default: plan.rows_per_shard(sector)
     batch_size: int = 5000  # files per task of the step-by-step download
+    block_rows: int = BLOCK_ROWS  # light curves read before each write
 
     def __post_init__(self) -> None:
-        for name in ("sector", "n_processes", "connections", "max_attempts", "batch_size"):
+        for name in ("sector", "n_processes", "connections", "max_attempts", "batch_size", "tiny_size", "block_rows"):
             _positive_int(name, getattr(self, name))
         if self.rows_per_shard is not None:
             _positive_int("rows_per_shard", self.rows_per_shard)

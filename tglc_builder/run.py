@@ -12,7 +12,7 @@ import numpy as np
 from astropy.table import Table
 
 from . import listing, plan, units
-from .arguments import TINY_SIZE, BuildArguments
+from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor
 from .formats import Shard, Writer, make_writers
@@ -52,7 +52,7 @@ def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = 
                                     listings=listings)
     catalog.meta["mast_url"] = source.describe()
     if tiny:
-        catalog = catalog[:TINY_SIZE]
+        catalog = catalog[:args.tiny_size]
     if len(catalog) == 0:
         raise UsageError(f"the sector {args.sector} catalog is empty: no object of {listings.bulk_script} is in "
                          f"{listings.target_list}; check the sector and the archive URL")
@@ -76,7 +76,7 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
     if skip is not None and len(skip):  # the step-by-step API: rows whose download failed are left out
         pending = [(shard.take(~np.isin(shard.gaiadr3_id, skip)), names) for shard, names in pending]
     settings = units.UnitSettings(args.sector, source, str(args.fits_dir), tuple(writers), args.column_set,
-                                  args.clean_fits)
+                                  args.clean_fits, args.block_rows)
     tasks = [(shard, names, settings) for shard, names in pending]
     total = sum(len(shard) for shard, _ in pending)
     log.info("Plan: %d shard file(s) in %d pixel(s); %d light curves to write, %d already complete",

@@ -38,6 +38,7 @@ class UnitSettings:
     writers: tuple[Writer, ...]  # every format of the build (a unit writes those its task names)
     columns: ColumnSet
     clean_fits: bool = False
+    block_rows: int = BLOCK_ROWS
 
 
 @dataclass
@@ -66,11 +67,11 @@ def _header_value(curve: TGLCLightCurve, card: str, hdu: int):
 
 
 class _BlockBuilder:
-    """Up to BLOCK_ROWS consecutive rows of a shard in reused, padded arrays."""
+    """Up to ``size`` consecutive rows of a shard in reused, padded arrays."""
 
-    def __init__(self, shard: Shard, columns: ColumnSet):
-        self.shard, self.columns = shard, columns
-        self.series = {s.name: np.empty((BLOCK_ROWS, 0), s.dtype) for s in columns.series}
+    def __init__(self, shard: Shard, columns: ColumnSet, size: int):
+        self.shard, self.columns, self.size = shard, columns, size
+        self.series = {s.name: np.empty((size, 0), s.dtype) for s in columns.series}
         self._reset()
 
     def _reset(self) -> None:
@@ -86,7 +87,7 @@ class _BlockBuilder:
         for series in self.columns.series:
             values = self.series[series.name]
             if n > values.shape[1]:
-                wider = np.empty((BLOCK_ROWS, n), values.dtype)
+                wider = np.empty((self.size, n), values.dtype)
                 wider[:pos, :values.shape[1]] = values[:pos]
                 wider[:pos, values.shape[1]:] = series.pad
                 self.series[series.name] = wider
@@ -165,13 +166,13 @@ def build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings) 
     fetched = settings.source.fetch_many(items, fits_dir, _validator(shard, fetch_rows, settings.sector),
                                          executor.stopping)
     sinks = [w.open(shard) for w in writers]
-    builder = _BlockBuilder(shard, settings.columns)
+    builder = _BlockBuilder(shard, settings.columns, settings.block_rows)
     buffer = ReadBuffer()
     ours: list[Path] = []  # FITS files in fits_dir whose rows went into the outputs
     next_fetch = 0  # index into fetch_rows of the next fetched row to come
     try:
-        for start in range(0, len(shard), BLOCK_ROWS):
-            stop = min(start + BLOCK_ROWS, len(shard))
+        for start in range(0, len(shard), settings.block_rows):
+            stop = min(start + settings.block_rows, len(shard))
             block_carried = np.flatnonzero(carried_at[start:stop] >= 0) + start
             carried = read_rows(carry_file, carried_at[block_carried], settings.columns) if len(block_carried) \
                 else {}
