@@ -1,4 +1,5 @@
-"""FITS -> HDF5: the real sample, light curves of several lengths across blocks, shards, bad and missing files."""
+"""FITS on disk -> HDF5 (the seed's convert step, through the same plan and units as a whole build): the real
+sample, light curves of several lengths across blocks, shards, bad and missing files, resume and stale shards."""
 
 from __future__ import annotations
 
@@ -12,8 +13,29 @@ from astropy.io import fits
 from astropy.table import Table
 
 from conftest import SAMPLE, assert_contract
-from tglc_builder import convert, layout
-from tglc_builder.archive import SyntheticSector
+from tglc_builder import layout, run
+from tglc_builder.arguments import BuildArguments
+from tglc_builder.errors import UsageError
+from tglc_builder.executor import Executor
+from tglc_builder.formats.hdf5 import pixel_dir
+from tglc_builder.sources.local import LocalSource
+
+try:
+    from tglc_builder.demo import SyntheticSector
+except ImportError:  # until the demo package lands
+    from tglc_builder.archive import SyntheticSector
+
+
+def _convert(tmp_path, catalog, sector: int = 23, **arguments):
+    """Write the catalog's files from ``tmp_path/fits`` into ``tmp_path/out``; the build's summary."""
+    args = BuildArguments(sector, tmp_path / "data", hdf5_output_dir=tmp_path / "out", fits_dir=tmp_path / "fits",
+                          mast_url=str(tmp_path / "fits"), **arguments)
+    with Executor(1) as executor:
+        return run.write_outputs(args, catalog, LocalSource(str(tmp_path / "fits")), executor)
+
+
+def _files(tmp_path) -> list[str]:
+    return sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.hdf5"))
 
 
 def _catalog(sector: int, gaia, tic, ra, dec, cam, ccd) -> Table:
@@ -48,27 +70,28 @@ def test_real_sample_converts_exactly(tmp_path):
     target = tmp_path / "fits" / catalog["path"][0]
     target.parent.mkdir(parents=True)
     shutil.copyfile(SAMPLE, target)
-    results = convert.convert_catalog(catalog, tmp_path / "fits", tmp_path / "out", sector=1)
-    assert [(r.n_rows, r.written, r.failures) for r in results] == [(1, True, [])]
+    summary = _convert(tmp_path, catalog, sector=1)
+    assert (summary.converted, summary.files_written, summary.failures) == (1, 1, [])
     assert_contract(tmp_path / "out", catalog, tmp_path / "fits")
-    with h5py.File(results[0].file, "r") as h5:
+    with h5py.File(tmp_path / "out" / _files(tmp_path)[0], "r") as h5:
         assert h5["TIC_ID"][0] == 389023759 and h5["gaiadr3_id"][0] == 6399196263939178880
         assert h5["n_cadences"][0] == 1282 and h5["time"].shape == (1, 1282)
         assert h5["psf_flux_err"][0] == 134.6365807514819 and h5["aper_flux_err"][0] == 111.4319265130583
         assert h5["time"][0, 0] == fits.getdata(SAMPLE, 1)["time"][0]  # float64 TBJD, unchanged
 
 
-def test_lengths_grow_across_blocks_and_shards_split_pixels(tmp_path, monkeypatch):
-    monkeypatch.setattr(convert, "BLOCK_ROWS", 7)  # many blocks; later ones hold longer light curves
+def test_lengths_grow_across_blocks_and_shards_split_pixels(tmp_path):
     catalog = _synthetic(tmp_path, 60, seed=9, one_pixel=True)
     order = np.argsort([SyntheticSector(23, 60, seed=9).n_cadences(int(c), int(d))
                         for c, d in zip(catalog["cam"], catalog["ccd"])], kind="stable")
     catalog = catalog[order]  # shortest first: the file's width grows as it is written
-    results = convert.convert_catalog(catalog, tmp_path / "fits", tmp_path / "out", sector=23, rows_per_shard=25)
-    assert [r.file.name for r in results] == ["001-of-003.hdf5", "002-of-003.hdf5", "003-of-003.hdf5"]
-    assert [r.n_rows for r in results] == [20, 20, 20]
+    # many blocks of 7 rows; later ones hold longer light curves
+    summary = _convert(tmp_path, catalog, rows_per_shard=25, block_rows=7)
+    files = _files(tmp_path)
+    assert [f.rsplit("/", 1)[1] for f in files] == ["001-of-003.hdf5", "002-of-003.hdf5", "003-of-003.hdf5"]
+    assert summary.converted == 60 and summary.files_written == 3
     assert_contract(tmp_path / "out", catalog, tmp_path / "fits")
-    with h5py.File(results[0].file, "r") as h5:
+    with h5py.File(tmp_path / "out" / files[0], "r") as h5:
         lengths = h5["n_cadences"][()]
         assert len(set(lengths.tolist())) > 1 and h5["time"].shape[1] == lengths.max()
         assert h5.attrs["shard"] == "001-of-003"
@@ -76,13 +99,14 @@ def test_lengths_grow_across_blocks_and_shards_split_pixels(tmp_path, monkeypatc
 
 def test_complete_files_are_kept_and_stale_shards_removed(tmp_path):
     catalog = _synthetic(tmp_path, 30, seed=4, one_pixel=True)
-    first = convert.convert_catalog(catalog, tmp_path / "fits", tmp_path / "out", sector=23, rows_per_shard=10)
-    stamps = {r.file: r.file.stat().st_mtime_ns for r in first}
-    again = convert.convert_catalog(catalog, tmp_path / "fits", tmp_path / "out", sector=23, rows_per_shard=10)
-    assert not any(r.written for r in again) and {r.file: r.file.stat().st_mtime_ns for r in again} == stamps
+    _convert(tmp_path, catalog, rows_per_shard=10)
+    stamps = {f: (tmp_path / "out" / f).stat().st_mtime_ns for f in _files(tmp_path)}
+    again = _convert(tmp_path, catalog, rows_per_shard=10)
+    assert again.files_written == 0 and again.complete == 30
+    assert {f: (tmp_path / "out" / f).stat().st_mtime_ns for f in _files(tmp_path)} == stamps
     # another plan for the same pixel replaces the old shards instead of adding to them
-    convert.convert_catalog(catalog, tmp_path / "fits", tmp_path / "out", sector=23)
-    pixel = convert.pixel_dir(tmp_path / "out", int(catalog["healpix"][0]))
+    _convert(tmp_path, catalog)
+    pixel = pixel_dir(tmp_path / "out", int(catalog["healpix"][0]))
     assert sorted(p.name for p in pixel.iterdir()) == ["001-of-001.hdf5"]
     assert_contract(tmp_path / "out", catalog, tmp_path / "fits")
 
@@ -92,11 +116,11 @@ def test_bad_and_missing_files_are_reported_not_fatal(tmp_path):
     bad, missing = catalog["path"][3], catalog["path"][8]
     (tmp_path / "fits" / bad).write_bytes(b"SIMPLE  =                    T".ljust(2880))
     (tmp_path / "fits" / missing).unlink()
-    results = convert.convert_catalog(catalog, tmp_path / "fits", tmp_path / "out", sector=23)
-    failures = {f.path: f for r in results for f in r.failures}
+    summary = _convert(tmp_path, catalog)
+    failures = {f.path: f for f in summary.failures}
     assert set(failures) == {bad, missing}
     assert failures[bad].stage == "convert" and "moved to" in failures[bad].reason
-    assert "missing" in failures[missing].reason
+    assert "not in the mirror" in failures[missing].reason
     assert (tmp_path / "fits" / "corrupt" / bad).exists() and not (tmp_path / "fits" / bad).exists()
     keep = [p not in (bad, missing) for p in catalog["path"]]
     assert_contract(tmp_path / "out", catalog[keep], tmp_path / "fits")
@@ -104,17 +128,47 @@ def test_bad_and_missing_files_are_reported_not_fatal(tmp_path):
 
 def test_another_builds_pixels_are_refused_then_replaced(tmp_path):
     catalog = _synthetic(tmp_path, 20, seed=8)
-    convert.convert_catalog(catalog, tmp_path / "fits", tmp_path / "out", sector=23)
+    _convert(tmp_path, catalog)
     smaller = catalog[:3]
-    with pytest.raises(convert.UsageError, match="not part of this build"):
-        convert.convert_catalog(smaller, tmp_path / "fits", tmp_path / "out", sector=23)
-    convert.convert_catalog(smaller, tmp_path / "fits", tmp_path / "out", sector=23, overwrite=True)
+    with pytest.raises(UsageError, match="not part of this build"):
+        _convert(tmp_path, smaller)
+    _convert(tmp_path, smaller, overwrite=True)
     assert_contract(tmp_path / "out", smaller, tmp_path / "fits")
 
 
 def test_clean_fits_removes_converted_files_only(tmp_path):
     catalog = _synthetic(tmp_path, 10, seed=2)
     (tmp_path / "fits" / catalog["path"][0]).write_bytes(b"junk".ljust(2880))
-    convert.convert_catalog(catalog, tmp_path / "fits", tmp_path / "out", sector=23, clean_fits=True)
+    _convert(tmp_path, catalog, clean_fits=True)
     assert sorted(p.relative_to(tmp_path / "fits").as_posix() for p in (tmp_path / "fits").rglob("*.fits")) == [
         f"corrupt/{catalog['path'][0]}"]
+
+
+def test_rows_missing_from_a_whole_file_are_added_without_refetching_the_others(tmp_path):
+    """A shard written without a row that failed is completed on rerun from the file itself: the other rows'
+    FITS files are not needed again (so --clean-fits never causes a second download)."""
+    catalog = _synthetic(tmp_path, 12, seed=6, one_pixel=True)
+    missing = catalog["path"][5]
+    kept = (tmp_path / "fits" / missing).read_bytes()
+    (tmp_path / "fits" / missing).unlink()
+    first = _convert(tmp_path, catalog, clean_fits=True)
+    assert [f.path for f in first.failures] == [missing] and first.converted == 11
+    assert not list((tmp_path / "fits").rglob("*.fits"))  # the others' FITS files are gone
+    (tmp_path / "fits" / missing).write_bytes(kept)  # it comes back (e.g. the archive recovered)
+    again = _convert(tmp_path, catalog, clean_fits=True)
+    assert again.failures == [] and again.carried == 11 and again.present == 1 and again.converted == 12
+    (tmp_path / "fits" / missing).write_bytes(kept)  # for the value-for-value check, only this one is needed
+    for i, path in enumerate(catalog["path"]):
+        if path != missing:
+            (tmp_path / "fits" / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "fits" / path).write_bytes(SyntheticSector(23, 12, seed=6).fits_bytes(i))
+    assert_contract(tmp_path / "out", catalog, tmp_path / "fits")
+
+
+def test_small_files_stay_small(tmp_path):
+    """One light curve per file (a --tiny build's pixels): the HDF5 file is smaller than its FITS file."""
+    catalog = _synthetic(tmp_path, 30, seed=3)
+    _convert(tmp_path, catalog)
+    fits_bytes = sum(p.stat().st_size for p in (tmp_path / "fits").rglob("*.fits"))
+    hdf5_bytes = sum(p.stat().st_size for p in (tmp_path / "out").rglob("*.hdf5"))
+    assert hdf5_bytes <= 1.2 * fits_bytes, (hdf5_bytes, fits_bytes)

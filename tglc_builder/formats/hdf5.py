@@ -133,14 +133,7 @@ class HDF5Writer(Writer):
         shutil.copyfile(source, tmp)
         os.replace(tmp, self.output_dir / "tglc.py")
         files = sorted({self.file(shard) for shard in shards if self.file(shard).exists()})
-        write_card(self.output_dir, fmt="hdf5", sector=self.sector, columns=self.columns,
-                   data_files=[str(f.relative_to(self.output_dir)) for f in files],
-                   n_rows=sum(_rows(f) for f in files))
-
-
-def _rows(file: Path) -> int:
-    with h5py.File(file, "r") as h5:
-        return int(len(h5["gaiadr3_id"]))
+        write_card(self.output_dir, fmt="hdf5", data_files=files, columns=self.columns, sectors=self.sector)
 
 
 def _foreign_mark(file: Path, sector: int, columns: str) -> str:
