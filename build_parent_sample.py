@@ -94,6 +94,11 @@ class TGLC_Downloader:
     fits_dir = property(lambda self: self.arguments.fits_dir)
     n_processes = property(lambda self: self.arguments.n_processes)
 
+    @property
+    def mast_url(self) -> str:
+        """The archive root this object builds from (the demo archive's URL once it runs)."""
+        return self._args().mast_url or run.open_build_source(self.arguments).url
+
     def _args(self, **changes) -> BuildArguments:
         """The arguments, with the demo archive's URL once it runs (started on first use, stopped by close())."""
         if self._demo_size is not None and self.arguments.mast_url is None:
