@@ -156,10 +156,28 @@ def _carry_source(settings: UnitSettings, shard: Shard) -> tuple[Path | None, di
 def build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings) -> UnitResult:
     """Fetch, read and write one shard into each format named in ``pending``; failures are returned, never
     raised (except KeyboardInterrupt)."""
+    try:
+        try:
+            return _build_shard(shard, pending, settings, carry=True)
+        except _CarryBroken as exc:  # the earlier file does not read back whole: fetch its rows instead
+            log.warning("%s; fetching its rows again", exc)
+            return _build_shard(shard, pending, settings, carry=False)
+    except Exception as exc:  # noqa: BLE001 - one shard's unforeseen error must not end a sector's build
+        log.exception("Shard %d/%s failed", shard.pixel, shard.label)
+        reason = f"unexpected error ({type(exc).__name__}: {exc}); please report it"
+        return UnitResult(rows=len(shard), failures=[Failure(int(g), p.decode(), "convert", reason, 1)
+                                                     for g, p in zip(shard.gaiadr3_id, shard.path)])
+
+
+class _CarryBroken(Exception):
+    pass
+
+
+def _build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings, carry: bool) -> UnitResult:
     result = UnitResult(rows=len(shard))
     writers = [w for w in settings.writers if w.name in pending]
     fits_dir = Path(settings.fits_dir)
-    carry_file, carry_rows = _carry_source(settings, shard)
+    carry_file, carry_rows = _carry_source(settings, shard) if carry else (None, {})
     carried_at = np.array([carry_rows.get(int(g), -1) for g in shard.gaiadr3_id], np.int64)
     fetch_rows = np.flatnonzero(carried_at < 0)
     items = [(int(shard.gaiadr3_id[j]), shard.path[j].decode()) for j in fetch_rows]
@@ -174,8 +192,7 @@ def build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings) 
         for start in range(0, len(shard), settings.block_rows):
             stop = min(start + settings.block_rows, len(shard))
             block_carried = np.flatnonzero(carried_at[start:stop] >= 0) + start
-            carried = read_rows(carry_file, carried_at[block_carried], settings.columns) if len(block_carried) \
-                else {}
+            carried = _read_carried(carry_file, carried_at[block_carried], settings) if len(block_carried) else {}
             where_carried = {int(row): j for j, row in enumerate(block_carried)}
             for row in range(start, stop):
                 if row in where_carried:
@@ -206,25 +223,21 @@ def build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings) 
             executor.advance(stop - start)
         for sink in sinks:
             sink.commit()
-    except _Stopped:
+    except BaseException as exc:
         for sink in sinks:
             sink.abort()
-        result.stopped = True
-        return result
-    except DiskFull as exc:
-        for sink in sinks:
-            sink.abort()
-        result.fatal = exc.strerror
+        if isinstance(exc, _Stopped):
+            result.stopped = True
+            return result
+        if isinstance(exc, DiskFull):
+            reason, stage = exc.strerror, "download"
+        elif isinstance(exc, WriteError):
+            reason, stage = str(exc), "write"
+        else:
+            raise
+        result.fatal = reason if isinstance(exc, DiskFull) or exc.disk_full else None
         done = {f.gaiadr3_id for f in result.failures}
-        result.failures += [Failure(int(g), p.decode(), "download", exc.strerror, 0)
-                            for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
-        return result
-    except WriteError as exc:
-        for sink in sinks:
-            sink.abort()
-        result.fatal = str(exc) if "no space left" in str(exc) or "size limit" in str(exc) else None
-        done = {f.gaiadr3_id for f in result.failures}
-        result.failures += [Failure(int(g), p.decode(), "write", str(exc), 1)
+        result.failures += [Failure(int(g), p.decode(), stage, reason, 1)
                             for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
         return result
     finally:
@@ -239,6 +252,13 @@ def build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings) 
 
 class _Stopped(Exception):
     pass
+
+
+def _read_carried(file: Path, rows: np.ndarray, settings: UnitSettings) -> dict[str, np.ndarray]:
+    try:
+        return read_rows(file, rows, settings.columns)
+    except (OSError, KeyError, ValueError) as exc:
+        raise _CarryBroken(f"{file} does not read back ({exc})") from None
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -67,7 +67,12 @@ class Block:
 
 class WriteError(Exception):
     """An output file could not be written or did not verify; the message names the file and says why in plain
-    words (e.g. "no space left on device"). The shard's rows become failures; nothing takes the final name."""
+    words (e.g. "no space left on device"). The shard's rows become failures; nothing takes the final name.
+    ``disk_full``: the disk (or a file-size limit) is full, so the whole build should stop."""
+
+    def __init__(self, message: str, disk_full: bool = False):
+        super().__init__(message)
+        self.disk_full = disk_full
 
 
 class ShardSink(abc.ABC):

@@ -50,15 +50,15 @@ def pixel_dir(output_dir: str | os.PathLike, pixel: int) -> Path:
     return Path(output_dir) / "TGLC" / f"healpix={pixel}"
 
 
-def plain_write_error(file: Path, exc: BaseException) -> str:
+def write_error(file: Path, exc: BaseException) -> WriteError:
     """What went wrong writing ``file``, in plain words (HDF5's messages bury the errno in a paragraph)."""
     text = str(exc)
     code = getattr(exc, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in text or "No space left" in text:
-        return f"no space left on {file.parent} writing {file.name}"
+        return WriteError(f"no space left on {file.parent} writing {file.name}", disk_full=True)
     if code == errno.EFBIG or "errno = 27" in text or "File too large" in text:
-        return f"file size limit reached on {file.parent} writing {file.name}"
-    return f"cannot write {file}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        return WriteError(f"file size limit reached on {file.parent} writing {file.name}", disk_full=True)
+    return WriteError(f"cannot write {file}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}")
 
 
 class HDF5Writer(Writer):
@@ -182,7 +182,7 @@ class _HDF5Sink(ShardSink):
 
     def _fail(self, exc: BaseException) -> WriteError:
         self.abort()
-        return WriteError(plain_write_error(self.file, exc))
+        return write_error(self.file, exc)
 
     def append(self, block: Block) -> None:
         try:
