@@ -1,14 +1,22 @@
-"""The sector's two MAST listings, parsed as untrusted data, joined into the sector catalog.
+"""The sector's two MAST listings, fetched whole or refused, parsed as untrusted data, joined into the catalog.
 
 The bulk-download script has one to two million lines, so every step here is vectorised (numpy scans of the file's
 bytes, pyarrow's CSV reader, numpy sorting); no Python code runs per line of a well-formed listing.
+
+A listing cut short looks like a smaller sector, so a copy is trusted only when it is recorded complete: the source
+proved it whole when it was fetched, and a manifest beside it (size, SHA-256, URL, the server's validators) still
+matches the file. And the two listings must describe the same sector: when too many objects of one are missing from
+the other, the build stops rather than silently shrinking.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +28,7 @@ from astropy.table import Table
 
 from . import layout
 from .errors import UsageError
-from .net import DEFAULT_MAX_ATTEMPTS, DownloadError, download_file, make_session
+from .sources.base import Source, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +39,9 @@ _OUTPUT_ARG = re.compile(rb"""--output\s+(?:'(?P<q1>[^']*)'|"(?P<q2>[^"]*)"|(?P<
 # Lines that carry nothing: the shebang, comments, white space.
 _IGNORABLE = re.compile(rb"\s*(#.*)?\s*$")
 _MAX_REPORTED_LINES = 1000
+_MAX_REPORTED_BYTES = 300  # of each rejected line: a hostile listing may hold a line of megabytes
+MAX_DISAGREEMENT = 0.05  # largest share of one listing's objects that the other may lack
+MANIFEST_SUFFIX = ".manifest.json"
 _SCAN = 1 << 26  # bytes per numpy scan of the listing
 _ROWS = 1 << 18  # listing lines validated at once
 
@@ -57,37 +68,88 @@ class BulkListing:
     ccd: np.ndarray
     n_lines: int = 0
     n_rejected: int = 0
-    rejected: list[str] = field(default_factory=list)  # the first _MAX_REPORTED_LINES rejected lines
+    rejected: list[str] = field(default_factory=list)  # the first _MAX_REPORTED_LINES rejected lines, cut short
 
 
-def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, mast_url: str | None = None,
-                   max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Listings:
-    """Download the two listings into ``<tglc_data_path>/sSSSS/``, reusing complete copies already there.
+def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, source: Source, refresh: bool = False
+                   ) -> Listings:
+    """The sector's two listings: read in place from a mirror, else copied into ``<tglc_data_path>/sSSSS/``.
 
-    Downloads land under a temporary name and are renamed when complete, so a file at the final name is complete.
+    A copy is reused only when recorded complete (its manifest matches it, and names the same URL); otherwise, and
+    for both when ``refresh``, it is fetched again. Raises :class:`ListingError` when a listing cannot be had.
     """
-    base = layout.resolve_mast_url(mast_url)
     directory = Path(layout.sector_dir(tglc_data_path, sector))
-    directory.mkdir(parents=True, exist_ok=True)
     paths = {}
-    session = make_session(max_attempts=max_attempts)
     for key, relpath in (("bulk_script", layout.bulk_script_relpath(sector)),
                          ("target_list", layout.target_list_relpath(sector))):
+        local = source.local_path(relpath)
+        if local is not None:
+            if not local.is_file():
+                raise ListingError(f"sector {sector}: {local} does not exist; check the sector number and that "
+                                   f"{source.describe()} is a copy of MAST's TGLC tree")
+            paths[key] = local
+            continue
         dest = directory / Path(relpath).name
-        if dest.exists():
-            log.info("Reusing %s", dest)
+        url = f"{source.url}/{relpath}"
+        stale = "--refresh-listings" if refresh else _why_not_complete(dest, url)
+        if stale is None:
+            log.info("Reusing %s (complete, as recorded in its manifest)", dest)
         else:
-            url = f"{base}/{relpath}"
-            log.info("Fetching %s", url)
-            try:
-                download_file(session, url, dest, max_attempts=max_attempts, progress=True)
-            except DownloadError as exc:
-                if exc.permanent:
-                    raise ListingError(f"sector {sector}: {url} answered {exc.reason}; the archive has no such "
-                                       "sector, check the sector number and the archive URL") from None
-                raise ListingError(f"cannot fetch {url}: {exc.reason}; check the network and --mast-url") from None
+            log.info("Fetching %s (%s)", url, stale)
+            _fetch_listing(source, relpath, dest, url, sector)
         paths[key] = dest
     return Listings(sector=sector, **paths)
+
+
+def manifest_path(listing: Path) -> Path:
+    return listing.with_name(listing.name + MANIFEST_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 23):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _why_not_complete(path: Path, url: str) -> str | None:
+    """None when ``path`` is recorded complete, else why it must be fetched again."""
+    try:
+        manifest = json.loads(manifest_path(path).read_text())
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "no copy recorded complete"
+    except (OSError, ValueError):
+        return "its manifest is unreadable"
+    if not isinstance(manifest, dict) or manifest.get("url") != url:
+        return "the copy came from another URL"
+    if manifest.get("size") != size or manifest.get("sha256") != _sha256(path):
+        return "the copy differs from the one recorded complete"
+    return None
+
+
+def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: int) -> None:
+    """Fetch a listing whole (the source writes it atomically), then record it complete."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    manifest = manifest_path(dest)
+    manifest.unlink(missing_ok=True)  # nothing is recorded complete while the copy changes
+    try:
+        copy = source.fetch_listing(relpath, dest)
+    except SourceError as exc:
+        if exc.permanent:
+            raise ListingError(f"sector {sector}: {url} answered {exc.reason}; the archive has no such listing: "
+                               "check the sector number and --mast-url") from None
+        raise ListingError(f"cannot fetch {url} whole: {exc.reason} (after {exc.attempts} attempt(s)); check the "
+                           "network and --mast-url, then rerun") from None
+    record = {"url": url, "size": dest.stat().st_size, "sha256": _sha256(dest), "validators": copy.validators,
+              "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, manifest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _positions(raw: np.ndarray, byte: int) -> np.ndarray:
@@ -162,8 +224,7 @@ def parse_bulk_script(path: str | os.PathLike, sector: int) -> BulkListing:
 
     rejected_rows = [row for row in np.flatnonzero(~accepted)
                      if not _IGNORABLE.match(raw[line_start[row]:line_end[row]].tobytes())]
-    rejected = [raw[line_start[row]:line_end[row]].tobytes().decode("utf-8", "backslashreplace").rstrip("\r")
-                for row in rejected_rows[:_MAX_REPORTED_LINES]]
+    rejected = [_reported(raw[line_start[row]:line_end[row]]) for row in rejected_rows[:_MAX_REPORTED_LINES]]
     if rejected:
         log.warning("%s: %d line(s) rejected (not a TGLC light curve of sector %d), e.g. %r",
                     path, len(rejected_rows), sector, rejected[0][:200])
@@ -171,6 +232,12 @@ def parse_bulk_script(path: str | os.PathLike, sector: int) -> BulkListing:
         (np.empty(0, np.int64), np.empty(0, np.int16), np.empty(0, np.int16))
     return BulkListing(gaiadr3_id=gaia, cam=cam, ccd=ccd, n_lines=len(line_start), n_rejected=len(rejected_rows),
                        rejected=rejected)
+
+
+def _reported(line: np.ndarray) -> str:
+    """A rejected line as text for the report, cut to its first _MAX_REPORTED_BYTES bytes."""
+    text = line[:_MAX_REPORTED_BYTES].tobytes().decode("utf-8", "backslashreplace").rstrip("\r")
+    return text if len(line) <= _MAX_REPORTED_BYTES else f"{text}... [{len(line)} bytes, cut]"
 
 
 def read_target_list(path: str | os.PathLike) -> Table:
@@ -183,8 +250,8 @@ def read_target_list(path: str | os.PathLike) -> Table:
     if not header.startswith("#") or missing:
         raise ListingError(
             f"{path}: the target list's header must start with '#' and name the columns "
-            f"{', '.join(TARGET_COLUMNS)} (missing: {', '.join(missing) or 'none'}); delete the file to fetch it again"
-        )
+            f"{', '.join(TARGET_COLUMNS)} (missing: {', '.join(missing) or 'none'}); fetch it again with "
+            "--refresh-listings")
     types = {"GAIADR3_ID": pa.int64(), "TIC_ID": pa.int64(), "RA": pa.float64(), "DEC": pa.float64()}
     try:
         table = pacsv.read_csv(
@@ -193,7 +260,8 @@ def read_target_list(path: str | os.PathLike) -> Table:
             convert_options=pacsv.ConvertOptions(include_columns=list(TARGET_COLUMNS), column_types=types),
         )
     except (pa.ArrowInvalid, ValueError) as exc:
-        raise ListingError(f"{path}: cannot read the target list ({exc}); delete the file to fetch it again") from exc
+        raise ListingError(f"{path}: cannot read the target list ({exc}); fetch it again with --refresh-listings"
+                           ) from exc
     table = table.drop_null()
     return Table({name: table.column(name).to_numpy() for name in TARGET_COLUMNS})
 
@@ -207,13 +275,43 @@ def _distinct_sorted(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[starts], first
 
 
-def build_catalog(bulk: BulkListing, targets: Table, sector: int) -> Table:
-    """Join the listings: objects in both, each once, in bulk-listing order, with their HEALPix index."""
+def check_agreement(sector: int, listed: int, targeted: int, both: int, bulk_script: str | os.PathLike = "",
+                    target_list: str | os.PathLike = "") -> None:
+    """Raise :class:`ListingError` when the listings do not describe the same sector: more than
+    :data:`MAX_DISAGREEMENT` of the ``targeted`` distinct objects of the target list have no light curve among the
+    ``listed`` distinct objects of the bulk-download script, or the other way round (``both``: in both). A few
+    objects in only one listing are normal; more mean a listing cut short, stale, or of another sector."""
+    no_light_curve, no_row = targeted - both, listed - both
+    if no_light_curve <= MAX_DISAGREEMENT * targeted and no_row <= MAX_DISAGREEMENT * listed:
+        return
+    raise ListingError(
+        f"the sector {sector} listings disagree: {no_light_curve} of the {targeted} objects of the target list"
+        f"{_named(target_list)} ({_share(no_light_curve, targeted)}) have no light curve in the bulk-download script"
+        f"{_named(bulk_script)}, and {no_row} of its {listed} light curves ({_share(no_row, listed)}) have no row in "
+        f"the target list (at most {MAX_DISAGREEMENT:.0%} is normal); fetch both again with --refresh-listings, and "
+        "check the sector number and --mast-url")
+
+
+def _named(path: str | os.PathLike) -> str:
+    return f" {path}" if path else ""
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
+
+
+def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: Listings | None = None) -> Table:
+    """Join the listings: objects in both, each once, in bulk-listing order, with their HEALPix index.
+
+    Raises :class:`ListingError` when the listings disagree (see :func:`check_agreement`; ``listings`` names the
+    files in its message)."""
     listed, listed_first = _distinct_sorted(bulk.gaiadr3_id)
     known, known_first = _distinct_sorted(np.asarray(targets["GAIADR3_ID"], np.int64))
     # Both sides sorted: one merge-like pass (searching sorted keys is cache-friendly even for millions).
     pos = np.searchsorted(known, listed).clip(max=max(len(known) - 1, 0))
     found = known[pos] == listed if len(known) else np.zeros(len(listed), bool)
+    check_agreement(sector, len(listed), len(known), int(found.sum()),
+                    *((listings.bulk_script, listings.target_list) if listings else ()))
     in_both = np.zeros(len(bulk.gaiadr3_id), bool)  # back to listing order without sorting again
     in_both[listed_first[found]] = True
     target_row = np.empty(len(bulk.gaiadr3_id), np.int64)

@@ -1,0 +1,364 @@
+"""HTTP downloads against real servers on 127.0.0.1: bodies whole or refused, the build-wide throttle, and the HTTP
+source end to end (invalid files, 404, stopping, a full disk)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import multiprocessing
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import run_env
+from tglc_builder import executor, layout, listing, net
+from tglc_builder.demo.server import LocalArchive
+from tglc_builder.errors import Failure
+from tglc_builder.reader import read_tglc
+from tglc_builder.sources import Fetched, SourceError, open_source, quarantine_path
+from tglc_builder.sources.http import HttpSource
+
+BODY = bytes(range(256)) * 400  # 102,400 bytes
+ETAG, LAST_MODIFIED = '"v1-abc"', "Tue, 24 Nov 2026 10:00:00 GMT"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "_Server"
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        owner = self.server.owner
+        with owner.lock:
+            k = owner.requests[self.path]
+            owner.requests[self.path] += 1
+        script = owner.scripts.get(self.path, ["404"])
+        how = script[min(k, len(script) - 1)]
+        body = owner.bodies.get(self.path, b"")
+        if how == "404":
+            return self._head(404, {"Content-Length": "0"})
+        if how.startswith("429"):
+            if owner.gate is not None:
+                owner.gate.wait(10)  # answer together, as to requests of many workers in flight at once
+            return self._head(429, {"Content-Length": "0", "Retry-After": how.split(":")[1]})
+        validators = {"ETag": ETAG, "Last-Modified": LAST_MODIFIED}
+        if how == "length":
+            self._head(200, {"Content-Length": str(len(body)), **validators})
+            self.wfile.write(body)
+        elif how == "cut":  # announces the whole body, sends half, hangs up
+            self._head(200, {"Content-Length": str(len(body)), **validators})
+            self.wfile.write(body[:len(body) // 2])
+            self.close_connection = True
+        elif how == "close":  # no length, not chunked: the body ends when the connection does
+            self._head(200, {"Connection": "close", **validators})
+            self.wfile.write(body)
+            self.close_connection = True
+        elif how in ("chunked", "chunked-cut"):
+            self._head(200, {"Transfer-Encoding": "chunked", **validators})
+            half = len(body) // 2
+            for piece in (body[:half], body[half:]) if how == "chunked" else (body[:half],):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            if how == "chunked":
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.close_connection = True
+        else:
+            raise ValueError(how)
+
+    def _head(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    owner: "FramingServer"
+
+
+class FramingServer:
+    """Answers each path by a script, one entry per request (the last repeats): ``length``, ``chunked``, ``close``
+    (no Content-Length), ``cut`` (half the announced body), ``chunked-cut`` (no final chunk), ``429:<Retry-After>``,
+    ``404``. ``gate``: a barrier the 429 answers wait at."""
+
+    def __init__(self, scripts: dict[str, list[str]], bodies: dict[str, bytes] | None = None,
+                 gate: threading.Barrier | None = None):
+        self.scripts, self.gate = scripts, gate
+        self.bodies = bodies or {path: BODY for path in scripts}
+        self.requests: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> "FramingServer":
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.owner = self
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def build_state(monkeypatch):
+    """A stop event and a throttle of this test's own, as a pool's initializer gives every worker."""
+    stop = threading.Event()
+    monkeypatch.setitem(executor._worker, "stop", stop)
+    monkeypatch.setitem(executor._worker, "shared", {"throttle": multiprocessing.Value("d", 0.0)})
+    return stop
+
+
+def _no_debris(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if ".part-" in p.name or ".tmp-" in p.name]
+
+
+def _download(server: FramingServer, path: str, dest: Path, max_attempts: int = 3, **kwargs) -> net.Download:
+    session = net.make_session(max_attempts=max_attempts, connections=4, backoff=0.01,
+                               max_wait=kwargs.pop("max_wait", 300.0))
+    return net.download_file(session, server.url + path, dest, max_attempts=max_attempts, backoff=0.01, **kwargs)
+
+
+# ---- whole bodies or none ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["length", "chunked"])
+def test_a_body_proved_whole_is_accepted(tmp_path, how):
+    with FramingServer({"/f": [how]}) as server:
+        got = _download(server, "/f", tmp_path / "f")
+    assert (tmp_path / "f").read_bytes() == BODY
+    assert got.size == len(BODY) and got.attempts == 1
+    expected = {"ETag": ETAG, "Last-Modified": LAST_MODIFIED}
+    if how == "length":
+        expected["Content-Length"] = str(len(BODY))
+    assert got.validators == expected
+    assert _no_debris(tmp_path)
+
+
+@pytest.mark.parametrize("how, words", [
+    ("close", "neither a Content-Length nor chunked"),
+    ("cut", f"IncompleteRead({len(BODY) // 2} bytes read, {len(BODY) // 2} more expected)"),  # urllib3 counts
+    ("chunked-cut", "ChunkedEncodingError"),
+])
+def test_a_body_not_proved_whole_is_asked_again_then_refused(tmp_path, how, words):
+    with FramingServer({"/f": [how]}) as server:
+        with pytest.raises(SourceError) as caught:
+            _download(server, "/f", tmp_path / "f", max_attempts=3)
+        assert server.requests["/f"] == 3
+    assert caught.value.attempts == 3 and not caught.value.permanent
+    assert "incomplete body" in caught.value.reason and words in caught.value.reason
+    assert not (tmp_path / "f").exists() and _no_debris(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["close", "cut", "chunked-cut"])
+def test_a_body_whole_on_a_later_try_is_accepted(tmp_path, how):
+    with FramingServer({"/f": [how, how, "chunked"]}) as server:
+        got = _download(server, "/f", tmp_path / "f", max_attempts=3)
+    assert got.attempts == 3 and (tmp_path / "f").read_bytes() == BODY
+
+
+def test_a_listing_that_never_arrives_whole_is_refused(tmp_path):
+    script = layout.bulk_script_relpath(23)
+    with FramingServer({f"/{script}": ["close"]}) as server:
+        with pytest.raises(listing.ListingError) as caught:
+            listing.fetch_listings(23, tmp_path, HttpSource(server.url, max_attempts=2))
+        assert server.requests[f"/{script}"] == 2
+    message = str(caught.value)
+    assert f"cannot fetch {server.url}/{script} whole" in message and "Content-Length" in message
+    assert "after 2 attempt(s)" in message and "\n" not in message
+    assert not list((tmp_path / "s0023").iterdir())  # neither a listing nor a manifest
+
+
+def test_a_listing_that_arrives_whole_later_is_kept_with_its_manifest(tmp_path):
+    script, targets = layout.bulk_script_relpath(23), layout.target_list_relpath(23)
+    with FramingServer({f"/{script}": ["cut", "close", "length"], f"/{targets}": ["chunked-cut", "chunked"]},
+                       bodies={f"/{script}": b"#!/bin/sh\n" * 5000, f"/{targets}": b"#GAIADR3_ID\n" * 4000}) as server:
+        got = listing.fetch_listings(23, tmp_path, HttpSource(server.url))
+    assert got.bulk_script.read_bytes() == b"#!/bin/sh\n" * 5000
+    assert got.target_list.read_bytes() == b"#GAIADR3_ID\n" * 4000
+    manifest = json.loads(listing.manifest_path(got.bulk_script).read_text())
+    assert manifest["url"] == f"{server.url}/{script}" and manifest["size"] == 50000
+    assert manifest["validators"] == {"Content-Length": "50000", "ETag": ETAG, "Last-Modified": LAST_MODIFIED}
+    assert json.loads(listing.manifest_path(got.target_list).read_text())["validators"] == {
+        "ETag": ETAG, "Last-Modified": LAST_MODIFIED}
+
+
+def test_not_found_is_permanent(tmp_path):
+    with FramingServer({"/f": ["404"]}) as server:
+        with pytest.raises(SourceError) as caught:
+            _download(server, "/f", tmp_path / "f", max_attempts=5)
+        assert server.requests["/f"] == 1
+    assert caught.value.permanent and caught.value.reason == "HTTP 404 Not Found" and caught.value.attempts == 1
+
+
+# ---- throttling -------------------------------------------------------------------------------------------------
+def test_retry_after_pauses_everyone_once_up_to_max_wait(tmp_path, caplog):
+    """Four downloads in flight get 429 "wait an hour" together: one pause of max_wait, logged once."""
+    paths = [f"/f{k}" for k in range(4)]
+    with FramingServer({path: ["429:3600", "length"] for path in paths}, gate=threading.Barrier(4)) as server:
+        session = net.make_session(max_attempts=3, connections=4, max_wait=1.0)
+        errors: list[BaseException] = []
+
+        def fetch(path: str) -> None:
+            try:
+                net.download_file(session, server.url + path, tmp_path / path[1:], max_attempts=3)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=fetch, args=(path,)) for path in paths]
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="tglc_builder.net"):
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+        elapsed = time.monotonic() - started
+    assert not errors
+    assert 0.9 <= elapsed < 3.0  # max_wait, not the hour asked for (and not urllib3 sleeping on its own)
+    assert all((tmp_path / path[1:]).read_bytes() == BODY for path in paths)
+    pauses = [r.getMessage() for r in caplog.records if "pausing" in r.getMessage()]
+    host = server.url.removeprefix("http://")
+    assert pauses == [f"archive {host} asked to wait 3600 s (HTTP 429 Retry-After); pausing all downloads for 1 s "
+                      "(--max-wait)"]
+
+
+def test_a_pause_ends_at_once_when_the_build_stops(tmp_path, build_state):
+    with FramingServer({"/f": ["429:3600", "length"]}) as server:
+        outcome: list[BaseException] = []
+
+        def fetch() -> None:
+            try:
+                _download(server, "/f", tmp_path / "f", max_wait=300.0)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=fetch)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while server.requests["/f"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # well into the 300 s pause
+        stopped = time.monotonic()
+        build_state.set()
+        thread.join(10)
+        assert time.monotonic() - stopped < 0.5
+        assert server.requests["/f"] == 1
+    assert len(outcome) == 1 and isinstance(outcome[0], net.Stopped)
+    assert not (tmp_path / "f").exists() and _no_debris(tmp_path)
+
+
+def _wait_on(shared, ready, go, waited) -> None:
+    ready.set()
+    go.wait(60)
+    started = time.monotonic()
+    net.Throttle(shared).wait(lambda: False)
+    waited.value = time.monotonic() - started
+
+
+def test_a_pause_holds_back_other_processes():
+    context = multiprocessing.get_context("spawn")
+    shared, waited = context.Value("d", 0.0), context.Value("d", 0.0)
+    ready, go = context.Event(), context.Event()
+    child = context.Process(target=_wait_on, args=(shared, ready, go, waited))
+    child.start()
+    assert ready.wait(60)
+    assert net.Throttle(shared).pause(3600, 2.0, "archive.example", 429) == 2.0
+    go.set()
+    child.join(60)
+    assert child.exitcode == 0 and 1.5 <= waited.value <= 2.1
+
+
+# ---- the HTTP source --------------------------------------------------------------------------------------------
+def _items(archive: LocalArchive, n: int) -> list[tuple[int, str]]:
+    return [(int(archive.sector.gaia_ids[i]), archive.sector.relpath(i)) for i in range(n)]
+
+
+def test_fetch_many_end_to_end(tmp_path):
+    with LocalArchive(sector=23, n=12, seed=3, faults={"truncate": 0.3, "500": 0.2, "reset": 0.1}) as archive:
+        items = _items(archive, 12)
+        items[3] = (items[4][0], items[3][1])  # served whole, but not that object's light curve
+        missing = layout.lc_relpath(1234567890123, 23, 1, 1)
+        items.append((1234567890123, missing))
+        source = open_source(archive.url, connections=4, max_attempts=5)
+        assert isinstance(source, HttpSource)
+        fits = tmp_path / "fits"
+
+        def validate(path: Path, i: int) -> None:
+            read_tglc(path, items[i][0])
+
+        results = list(source.fetch_many(items, fits, validate, lambda: False))
+        assert [i for i, _ in results] == list(range(13))
+        for i, outcome in results:
+            if i in (3, 12):
+                continue
+            assert isinstance(outcome, Fetched) and outcome.downloaded and outcome.path == fits / items[i][1]
+            assert outcome.path.read_bytes() == archive.sector.fits_bytes(i)
+        invalid, absent = results[3][1], results[12][1]
+        assert isinstance(invalid, Failure) and invalid.stage == "download" and "invalid file" in invalid.reason
+        assert not (fits / items[3][1]).exists()
+        assert quarantine_path(fits, items[3][1]).read_bytes() == archive.sector.fits_bytes(3)
+        assert absent == Failure(1234567890123, missing, "download", "HTTP 404 Not Found", 1)
+        assert archive.fits_requests()[missing] == 1
+        assert _no_debris(fits)
+
+        before = archive.fits_requests()
+        again = list(source.fetch_many(items, fits, validate, lambda: False))
+        assert all(isinstance(o, Fetched) and not o.downloaded for i, o in again if i not in (3, 12))
+        after = archive.fits_requests()
+        assert {p for p in after if after[p] != before.get(p)} == {items[3][1], missing}
+
+
+def test_fetch_many_stops_cleanly(tmp_path):
+    with LocalArchive(sector=23, n=40, seed=5, latency=0.1) as archive:
+        items = _items(archive, 40)
+        got: list[int] = []
+        source = HttpSource(archive.url, connections=4)
+        for i, outcome in source.fetch_many(items, tmp_path, lambda path, i: None, lambda: len(got) >= 3):
+            assert isinstance(outcome, Fetched)
+            got.append(i)
+        assert got == [0, 1, 2]
+        assert sum(archive.fits_requests().values()) < 12
+    assert _no_debris(tmp_path)
+    for path in tmp_path.rglob("*.fits"):  # whatever reached its name is whole
+        assert path.read_bytes() == archive.sector.fits_bytes(archive.sector.index_of(str(path.relative_to(tmp_path))))
+
+
+_FULL_DISK_CHILD = """
+import json, resource, signal, sys
+from pathlib import Path
+from tglc_builder.sources import DiskFull
+from tglc_builder.sources.http import HttpSource
+
+url, folder, items = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+yielded = 0
+try:
+    for _ in HttpSource(url, connections=3).fetch_many([tuple(x) for x in items], folder, lambda p, i: None,
+                                                       lambda: False):
+        yielded += 1
+except DiskFull as exc:
+    print(json.dumps({"folder": exc.folder, "message": str(exc), "yielded": yielded}))
+"""
+
+
+def test_a_full_disk_stops_every_download(tmp_path):
+    """For real: a file-size limit makes every write past 20 KB fail (EFBIG), as a full disk would."""
+    with LocalArchive(sector=23, n=60, seed=2) as archive:
+        folder = tmp_path / "fits"
+        result = subprocess.run([sys.executable, "-c", _FULL_DISK_CHILD, archive.url, str(folder),
+                                 json.dumps(_items(archive, 60))], capture_output=True, text=True, timeout=120,
+                                env=run_env(PYTHONDONTWRITEBYTECODE="1"))
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report == {"folder": str(folder), "yielded": 0, "message": report["message"]}
+        assert report["message"].startswith(f"[Errno 27] no space left on {folder} (")
+        assert sum(archive.fits_requests().values()) <= 3  # the downloads in flight, none started after
+    assert _no_debris(folder) and not list(folder.rglob("*.fits"))

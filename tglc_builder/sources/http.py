@@ -1,0 +1,105 @@
+"""An archive reached over HTTP(S), such as MAST: many downloads in flight per process, every file checked.
+
+Downloads wait on the network, so concurrency comes from ``connections`` threads sharing one pooled requests session
+per process (the worker processes only spread the CPU cost of HTTP and validation). The source object holds only
+its settings, so it pickles to every worker; each process opens its session the first time it needs one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from .. import net
+from ..errors import Failure
+from .base import DISK_FULL_ERRNOS, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, is_present, \
+    quarantine_path
+
+_sessions: dict[tuple, requests.Session] = {}  # (pid, settings) -> this process's session
+_sessions_lock = threading.Lock()
+
+
+class HttpSource(Source):
+    """``http(s)://`` root of a tree in MAST's layout. ``connections``: downloads in flight per process;
+    ``max_attempts``: requests per file before it is reported failed; ``max_wait``: the longest pause (seconds) a
+    ``Retry-After`` imposes on the whole build."""
+
+    def __init__(self, url: str, connections: int = 12, max_attempts: int = net.DEFAULT_MAX_ATTEMPTS,
+                 max_wait: float = net.DEFAULT_MAX_WAIT):
+        self.url = url.rstrip("/")
+        self.connections, self.max_attempts, self.max_wait = connections, max_attempts, max_wait
+
+    def describe(self) -> str:
+        return self.url
+
+    def _session(self) -> requests.Session:
+        # Keyed by process too: a session (its open sockets) must not be shared with a forked child.
+        key = (os.getpid(), self.connections, self.max_attempts, self.max_wait)
+        with _sessions_lock:
+            if key not in _sessions:
+                _sessions[key] = net.make_session(max_attempts=self.max_attempts, connections=self.connections,
+                                                  max_wait=self.max_wait)
+            return _sessions[key]
+
+    def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
+        download = net.download_file(self._session(), f"{self.url}/{relpath}", dest, max_attempts=self.max_attempts,
+                                     progress=True)
+        return ListingCopy(download.size, download.validators)
+
+    def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
+                   stopping: Callable[[], bool]) -> Iterator[tuple[int, Fetched | Failure]]:
+        fits_dir = Path(fits_dir)
+        session = self._session()
+        halt = threading.Event()  # set by the first download that finds the disk full
+        threads = ThreadPoolExecutor(self.connections, thread_name_prefix="tglc-http")
+        futures = [threads.submit(self._fetch_one, session, fits_dir, i, gaia, relpath, validate, stopping, halt)
+                   for i, (gaia, relpath) in enumerate(items)]
+        try:
+            for i, future in enumerate(futures):
+                outcome = future.result()  # raises DiskFull
+                if outcome is None or stopping():  # stopped, or another download found the disk full
+                    break
+                yield i, outcome
+        finally:
+            halt.set()  # what still runs is abandoned, what is queued returns at once
+            threads.shutdown(wait=True, cancel_futures=True)
+        for future in futures:
+            if future.done() and not future.cancelled() and isinstance(future.exception(), DiskFull):
+                raise future.exception()
+
+    def _fetch_one(self, session: requests.Session, fits_dir: Path, i: int, gaia: int, relpath: str,
+                   validate: Validator, stopping: Callable[[], bool], halt: threading.Event
+                   ) -> Fetched | Failure | None:
+        """One item's download: Fetched, a Failure, or None when stopped (or halted) before it ended."""
+
+        def stop() -> bool:
+            return halt.is_set() or stopping()
+
+        if stop():
+            return None
+        dest = fits_dir / relpath
+        if is_present(dest):
+            return Fetched(dest, downloaded=False)
+        try:
+            if dest.parent.is_dir():
+                for debris in dest.parent.glob(f".{dest.name}.part-*"):  # of a run that was killed
+                    debris.unlink(missing_ok=True)
+            download = net.download_file(session, f"{self.url}/{relpath}", dest,
+                                         validate=lambda tmp: validate(tmp, i),
+                                         quarantine=quarantine_path(fits_dir, relpath),
+                                         max_attempts=self.max_attempts, stopping=stop)
+        except net.Stopped:
+            return None
+        except SourceError as exc:
+            return Failure(gaia, relpath, "download", exc.reason, exc.attempts)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            halt.set()  # no other download starts
+            raise DiskFull(fits_dir, exc) from exc
+        return Fetched(dest, downloaded=True, attempts=download.attempts)
