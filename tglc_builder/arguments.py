@@ -44,14 +44,16 @@ class BuildArguments:
     verify: bool = False
     refresh_listings: bool = False
     rows_per_shard: int | None = None  # default: plan.rows_per_shard(sector)
+    unit_rows: int | None = None  # most rows a work unit groups from small shards; default: plan.unit_rows(sector)
     batch_size: int = 5000  # files per task of the step-by-step download
     block_rows: int = BLOCK_ROWS  # light curves read before each write
 
     def __post_init__(self) -> None:
         for name in ("sector", "n_processes", "connections", "max_attempts", "batch_size", "tiny_size", "block_rows"):
             _positive_int(name, getattr(self, name))
-        if self.rows_per_shard is not None:
-            _positive_int("rows_per_shard", self.rows_per_shard)
+        for name in ("rows_per_shard", "unit_rows"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
         if not isinstance(self.max_wait, (int, float)) or isinstance(self.max_wait, bool) or self.max_wait < 0:
             raise UsageError(f"max_wait must be a number of seconds >= 0, got {self.max_wait!r}")
         if self.format not in FORMATS:

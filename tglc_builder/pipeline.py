@@ -40,6 +40,7 @@ class BuildSummary:
         self.converted += result.written
         self.files_written += result.files_written
         self.failures.extend(result.failures)
+        self.not_attempted += result.not_attempted
         self.fatal = self.fatal or result.fatal
 
     def describe(self) -> str:

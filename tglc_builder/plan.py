@@ -23,6 +23,11 @@ def rows_per_shard(sector: int) -> int:
     return ROWS_PER_SHARD[layout.cadence_seconds(sector)]
 
 
+def unit_rows(sector: int) -> int:
+    """The most rows a work unit groups from small shards (a larger shard is a unit of its own)."""
+    return rows_per_shard(sector) // 5
+
+
 @dataclass
 class BuildPlan:
     shards: list[Shard]  # every shard of the catalog, by pixel then index
@@ -73,3 +78,29 @@ def make_plan(shards: list[Shard], writers: list[Writer], *, overwrite: bool = F
 
 def _holds_exactly(ids: np.ndarray | None, shard: Shard) -> bool:
     return ids is not None and np.array_equal(np.asarray(ids, np.int64), shard.gaiadr3_id)
+
+
+def work_units(pending: list[tuple[Shard, tuple[str, ...]]], workers: int, max_rows: int
+               ) -> list[list[tuple[Shard, tuple[str, ...]]]]:
+    """Group the pending shards (largest first) into work units of decreasing size.
+
+    One unit streams its fetches across all its shards, so a unit's start and end (the idle connections of its
+    last files, a pool starting the next unit) are paid once for many small pixels; units shrink towards the end
+    (a share of what is left, as in guided self-scheduling), so the workers finish together. A unit holds at most
+    ``max_rows`` rows unless one shard alone is larger.
+    """
+    remaining = sum(len(shard) for shard, _ in pending)
+    units: list[list[tuple[Shard, tuple[str, ...]]]] = []
+    current: list[tuple[Shard, tuple[str, ...]]] = []
+    size = 0
+    for item in pending:
+        target = min(max_rows, max(1, remaining // (2 * workers)))
+        if current and size + len(item[0]) > target:
+            units.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += len(item[0])
+        remaining -= len(item[0])
+    if current:
+        units.append(current)
+    return units

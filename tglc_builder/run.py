@@ -76,29 +76,29 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
     if skip is not None and len(skip):  # the step-by-step API: rows whose download failed are left out
         pending = [(shard.take(~np.isin(shard.gaiadr3_id, skip)), names) for shard, names in pending]
     settings = units.UnitSettings(args.sector, source, str(args.fits_dir), tuple(writers), args.column_set,
-                                  args.clean_fits, args.block_rows)
-    tasks = [(shard, names, settings) for shard, names in pending]
+                                  args.clean_fits, args.block_rows, args.verify)
+    work = plan.work_units(pending, executor.workers, args.unit_rows or plan.unit_rows(args.sector))
+    tasks = [(unit, settings) for unit in work]
     total = sum(len(shard) for shard, _ in pending)
-    log.info("Plan: %d shard file(s) in %d pixel(s); %d light curves to write, %d already complete",
-             len(shards), len({s.pixel for s in shards}), total, summary.complete)
-    for result in executor.run(units.build_shard, tasks, total=total, desc="Building", unit="lc",
-                               weights=[len(shard) for shard, _ in pending], lost=_lost_shard):
+    log.info("Plan: %d shard file(s) in %d pixel(s); %d light curves to write in %d work unit(s), %d already "
+             "complete", len(shards), len({s.pixel for s in shards}), total, len(work), summary.complete)
+    for result in executor.run(units.build_unit, tasks, total=total, desc="Building", unit="lc",
+                               weights=[sum(len(shard) for shard, _ in unit) for unit in work], lost=_lost_unit):
         summary.add(result)
         if result.fatal and not executor.stopping_requested:
             log.error("Stopping the build: %s", result.fatal)
             executor.stop()
-        if result.stopped:
-            summary.not_attempted += result.rows
     for writer in writers:
         writer.finish(shards)
     return summary
 
 
-def _lost_shard(task: tuple, error: BaseException) -> units.UnitResult:
-    shard: Shard = task[0]
+def _lost_unit(task: tuple, error: BaseException) -> units.UnitResult:
+    work: list[tuple[Shard, tuple[str, ...]]] = task[0]
     reason = f"the worker building it died ({type(error).__name__}); rerun to retry"
-    return units.UnitResult(rows=len(shard), failures=[Failure(int(g), p.decode(), "convert", reason, 0)
-                                                       for g, p in zip(shard.gaiadr3_id, shard.path)])
+    return units.UnitResult(rows=sum(len(shard) for shard, _ in work),
+                            failures=[Failure(int(g), p.decode(), "convert", reason, 0) for shard, _ in work
+                                      for g, p in zip(shard.gaiadr3_id, shard.path)])
 
 
 def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: Executor) -> BuildSummary:

@@ -1,9 +1,9 @@
 """The work units of a build, plain functions over plain data (they run in worker processes or on Dask).
 
-:func:`build_shard` is the streaming unit: it makes one shard's light curves readable through the source (downloads
-run ahead in threads while earlier files are converted), reads each FITS file once into blocks, hands every block to
-each pending output format, commits the files, and with ``clean_fits`` deletes the FITS files it brought into
-``fits_dir``. So the FITS files on disk at any moment are those of the shards in flight. Rows that an earlier run
+:func:`build_unit` is the streaming unit: for a few shards, it makes their light curves readable through the source
+(downloads run ahead in threads while earlier files are converted), reads each FITS file once into blocks, hands
+every block to each pending output format, commits each shard's files, and with ``clean_fits`` then deletes the FITS
+files it brought into ``fits_dir``. So the FITS files on disk at any moment are those of the shards in flight. Rows that an earlier run
 already wrote into a whole file of the same shard are carried over from that file instead of being fetched again.
 :func:`fetch_batch` only fetches (the seed's step-by-step ``batched_download``).
 """
@@ -39,6 +39,7 @@ class UnitSettings:
     columns: ColumnSet
     clean_fits: bool = False
     block_rows: int = BLOCK_ROWS
+    verify: bool = False  # read earlier files whole (checksums) before carrying rows from them
 
 
 @dataclass
@@ -52,11 +53,13 @@ class UnitResult:
     failures: list[Failure] = field(default_factory=list)
     fatal: str | None = None  # stop the whole build (a full disk)
     stopped: bool = False
+    not_attempted: int = 0  # rows of shards not written because the unit stopped (Ctrl-C, a full disk)
 
 
-def _validator(shard: Shard, rows: np.ndarray, sector: int):
+def _validator(rows: list[tuple[Shard, int]], sector: int):
+    """Check that item ``i``'s file is the light curve its path names (object, sector, camera, CCD)."""
     def validate(path: Path, i: int) -> None:
-        j = rows[i]
+        shard, j = rows[i]
         read_tglc(path, int(shard.gaiadr3_id[j]), sector=sector, camera=int(shard.cam[j]), ccd=int(shard.ccd[j]))
     return validate
 
@@ -147,52 +150,79 @@ def _carry_source(settings: UnitSettings, shard: Shard) -> tuple[Path | None, di
     """An earlier whole HDF5 file of this shard, and which of the shard's Gaia ids it holds (at which row)."""
     for writer in settings.writers:
         if isinstance(writer, HDF5Writer):
-            ids = writer.complete_ids(shard)
+            ids = writer.complete_ids(shard, verify=settings.verify)
             if ids is not None and len(ids):
                 return writer.file(shard), {int(g): j for j, g in enumerate(ids)}
     return None, {}
 
 
-def build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings) -> UnitResult:
-    """Fetch, read and write one shard into each format named in ``pending``; failures are returned, never
-    raised (except KeyboardInterrupt)."""
+@dataclass
+class _ShardWork:
+    """One shard of a unit: where each row comes from (an earlier file, or the source)."""
+
+    shard: Shard
+    writers: list[Writer]
+    carry_file: Path | None
+    carried_at: np.ndarray  # per row: its row in carry_file, or -1 (fetch it)
+    first_item: int = 0  # index, in the unit's stream of fetches, of this shard's first fetched row
+
+    @property
+    def fetch_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.carried_at < 0)
+
+
+def build_unit(work: list[tuple[Shard, tuple[str, ...]]], settings: UnitSettings) -> UnitResult:
+    """Fetch, read and write shards, each into the formats named with it; failures are returned, never raised
+    (except KeyboardInterrupt). One stream of fetches runs across all the unit's shards, so the connections stay
+    busy from the first file to the last."""
+    result = UnitResult(rows=sum(len(shard) for shard, _ in work))
     try:
+        plans = []
+        for shard, pending in work:
+            carry_file, carry_rows = _carry_source(settings, shard)
+            carried_at = np.array([carry_rows.get(int(g), -1) for g in shard.gaiadr3_id], np.int64)
+            plans.append(_ShardWork(shard, [w for w in settings.writers if w.name in pending], carry_file,
+                                    carried_at))
+        items, validators = [], []
+        for plan in plans:
+            plan.first_item = len(items)
+            rows = plan.fetch_rows
+            items += [(int(plan.shard.gaiadr3_id[j]), plan.shard.path[j].decode()) for j in rows]
+            validators += [(plan.shard, int(j)) for j in rows]
+        fetched = settings.source.fetch_many(items, Path(settings.fits_dir), _validator(validators, settings.sector),
+                                             executor.stopping)
         try:
-            return _build_shard(shard, pending, settings, carry=True)
-        except _CarryBroken as exc:  # the earlier file does not read back whole: fetch its rows instead
-            log.warning("%s; fetching its rows again", exc)
-            return _build_shard(shard, pending, settings, carry=False)
-    except Exception as exc:  # noqa: BLE001 - one shard's unforeseen error must not end a sector's build
-        log.exception("Shard %d/%s failed", shard.pixel, shard.label)
+            for k, plan in enumerate(plans):
+                if result.fatal or result.stopped:
+                    result.not_attempted += sum(len(p.shard) for p in plans[k:])
+                    break
+                _build_shard(plan, fetched, settings, result)
+        finally:
+            fetched.close()
+    except Exception as exc:  # noqa: BLE001 - one unit's unforeseen error must not end a sector's build
+        log.exception("A work unit failed")
         reason = f"unexpected error ({type(exc).__name__}: {exc}); please report it"
-        return UnitResult(rows=len(shard), failures=[Failure(int(g), p.decode(), "convert", reason, 1)
-                                                     for g, p in zip(shard.gaiadr3_id, shard.path)])
+        done = {f.gaiadr3_id for f in result.failures}
+        result.failures += [Failure(int(g), p.decode(), "convert", reason, 1) for shard, _ in work
+                            for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
+    return result
 
 
-class _CarryBroken(Exception):
-    pass
-
-
-def _build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings, carry: bool) -> UnitResult:
-    result = UnitResult(rows=len(shard))
-    writers = [w for w in settings.writers if w.name in pending]
-    fits_dir = Path(settings.fits_dir)
-    carry_file, carry_rows = _carry_source(settings, shard) if carry else (None, {})
-    carried_at = np.array([carry_rows.get(int(g), -1) for g in shard.gaiadr3_id], np.int64)
-    fetch_rows = np.flatnonzero(carried_at < 0)
-    items = [(int(shard.gaiadr3_id[j]), shard.path[j].decode()) for j in fetch_rows]
-    fetched = settings.source.fetch_many(items, fits_dir, _validator(shard, fetch_rows, settings.sector),
-                                         executor.stopping)
-    sinks = [w.open(shard) for w in writers]
+def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: UnitResult) -> None:
+    """Write one shard from its carried rows and its next items of ``fetched`` (consumed in order)."""
+    shard, carried_at = plan.shard, plan.carried_at
+    sinks = [w.open(shard) for w in plan.writers]
     builder = _BlockBuilder(shard, settings.columns, settings.block_rows)
     buffer = ReadBuffer()
+    fits_dir = Path(settings.fits_dir)
     ours: list[Path] = []  # FITS files in fits_dir whose rows went into the outputs
-    next_fetch = 0  # index into fetch_rows of the next fetched row to come
+    failed_before = len(result.failures)
     try:
         for start in range(0, len(shard), settings.block_rows):
             stop = min(start + settings.block_rows, len(shard))
             block_carried = np.flatnonzero(carried_at[start:stop] >= 0) + start
-            carried = _read_carried(carry_file, carried_at[block_carried], settings) if len(block_carried) else {}
+            carried = _read_carried(plan.carry_file, carried_at[block_carried], settings) if len(block_carried) \
+                else {}
             where_carried = {int(row): j for j, row in enumerate(block_carried)}
             for row in range(start, stop):
                 if row in where_carried:
@@ -200,11 +230,11 @@ def _build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings,
                     result.carried += 1
                     continue
                 got = next(fetched, None)
+                while got is not None and got[0] < plan.first_item:  # left by a shard that failed before its end
+                    got = next(fetched, None)
                 if got is None:  # stopping: the source yields no more
                     raise _Stopped
-                i, outcome = got
-                assert fetch_rows[i] == row and i == next_fetch, "sources yield in item order"
-                next_fetch += 1
+                outcome = got[1]
                 curve = _read(outcome, shard, row, settings, buffer, result)
                 if curve is None:
                     continue
@@ -228,26 +258,32 @@ def _build_shard(shard: Shard, pending: tuple[str, ...], settings: UnitSettings,
             sink.abort()
         if isinstance(exc, _Stopped):
             result.stopped = True
-            return result
+            result.not_attempted += len(shard)
+            return
         if isinstance(exc, DiskFull):
-            reason, stage = exc.strerror, "download"
+            reason, stage, result.fatal = exc.strerror, "download", exc.strerror
         elif isinstance(exc, WriteError):
             reason, stage = str(exc), "write"
+            result.fatal = reason if exc.disk_full else result.fatal
+        elif isinstance(exc, _CarryBroken):
+            reason, stage = f"{exc}; rerun with --verify to write the shard again from its FITS files", "convert"
         else:
             raise
-        result.fatal = reason if isinstance(exc, DiskFull) or exc.disk_full else None
         done = {f.gaiadr3_id for f in result.failures}
         result.failures += [Failure(int(g), p.decode(), stage, reason, 1)
                             for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
-        return result
-    finally:
-        fetched.close()
-    result.written = len(shard) - len(result.failures) if writers else 0
-    result.files_written = len(writers) if result.written else 0
+        return
+    written = len(shard) - (len(result.failures) - failed_before)
+    if plan.writers and written:
+        result.written += written
+        result.files_written += len(plan.writers)
     if settings.clean_fits:
         for path in ours:
             path.unlink(missing_ok=True)
-    return result
+
+
+class _CarryBroken(Exception):
+    pass
 
 
 class _Stopped(Exception):
