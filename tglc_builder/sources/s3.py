@@ -1,0 +1,328 @@
+"""MAST's tree in an S3 bucket (``s3://BUCKET/PREFIX``, e.g. MAST's public cloud copy), through s3fs.
+
+Requests are anonymous (unsigned) unless ``TGLC_S3_ANON=0``, which signs them with the usual AWS credentials
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws``, an instance role). The endpoint is
+AWS's unless ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` names another. Both are read when the source is made
+and travel with it to every worker; the credentials themselves are read where the requests are made.
+
+Every worker process opens one s3fs file system of its own (never one inherited through fork) and runs many GETs
+at once on fsspec's event loop. botocore's own retries are off: this module retries throttling (503 SlowDown),
+5xx and dropped or short bodies itself, with exponential backoff and jitter, so that attempts are counted exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import s3fs
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
+                                 FlexibleChecksumError, HTTPClientError, IncompleteReadError, NoCredentialsError)
+from botocore.parsers import ResponseParserError
+from fsspec.asyn import sync
+
+from ..errors import Failure, UsageError
+from .base import (DISK_FULL_ERRNOS, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, is_present,
+                   quarantine_path)
+from .local import is_contained
+
+ANON_ENV = "TGLC_S3_ANON"  # "0" (or "false", "no"): sign requests with the usual AWS credentials
+ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+BACKOFF = 0.5  # seconds before the second attempt; doubles with each attempt, times a random 0.5-1.5
+CONNECT_TIMEOUT, READ_TIMEOUT = 5, 60  # seconds
+CHECK_TIMEOUT = 10  # seconds for check() to answer, whatever the endpoint does
+WINDOW = 4  # items started ahead of the one being yielded, per connection
+_CHUNK = 1 << 18
+_RETRY_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                          "ServiceUnavailable", "RequestLimitExceeded"})
+_NETWORK_ERRORS = (HTTPClientError, BotoConnectionError, IncompleteReadError, FlexibleChecksumError,
+                   ResponseParserError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+
+class _ShortBody(Exception):
+    pass
+
+
+# ---- one file system per worker process ------------------------------------------------------------------------
+_filesystems: dict[tuple, s3fs.S3FileSystem] = {}
+_filesystems_lock = threading.Lock()
+
+
+def _new_filesystem(anon: bool, endpoint: str | None, connections: int) -> s3fs.S3FileSystem:
+    return s3fs.S3FileSystem(
+        anon=anon, endpoint_url=endpoint, skip_instance_cache=True,
+        config_kwargs={"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT,
+                       "max_pool_connections": connections, "retries": {"total_max_attempts": 1}})
+
+
+def _filesystem(anon: bool, endpoint: str | None, connections: int) -> s3fs.S3FileSystem:
+    """This process's file system for these settings. Keyed by process id and kept out of fsspec's instance cache,
+    so that a forked worker never uses its parent's connections or event loop."""
+    key = (os.getpid(), anon, endpoint, connections)
+    with _filesystems_lock:
+        if key not in _filesystems:
+            _filesystems[key] = _new_filesystem(anon, endpoint, connections)
+        return _filesystems[key]
+
+
+def _error_code(exc: ClientError) -> tuple[str, int]:
+    return exc.response.get("Error", {}).get("Code", ""), exc.response.get("ResponseMetadata", {}).get(
+        "HTTPStatusCode", 0)
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        code, status = _error_code(exc)
+        return code in _RETRY_CODES or status >= 500
+    return isinstance(exc, (*_NETWORK_ERRORS, _ShortBody))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        code, status = _error_code(exc)
+        if code in ("NoSuchKey", "404"):
+            return "not found (NoSuchKey)"
+        return f"{code or status}: {exc.response.get('Error', {}).get('Message', exc)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class S3Source(Source):
+    """``s3://BUCKET/PREFIX``: the tree below PREFIX is laid out as MAST's (``download_scripts/``, ...).
+    ``connections``: GETs in flight per process; ``max_attempts``: tries per object; ``max_wait``: the longest
+    pause between two tries (seconds)."""
+
+    def __init__(self, url: str, connections: int = 12, max_attempts: int = 5, max_wait: float = 300.0):
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise UsageError(f"{url}: give an S3 location as s3://BUCKET/PREFIX")
+        self.url = url
+        self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
+        self.connections, self.max_attempts, self.max_wait = int(connections), int(max_attempts), float(max_wait)
+        self.anon = os.environ.get(ANON_ENV, "1").strip().lower() not in ("0", "false", "no")
+        self.endpoint = next((os.environ[name] for name in ENDPOINT_ENVS if os.environ.get(name)), None)
+
+    def describe(self) -> str:
+        return self.url if self.endpoint is None else f"{self.url} at {self.endpoint}"
+
+    def _key(self, relpath: str) -> str:
+        return f"{self.prefix}/{relpath}" if self.prefix else relpath
+
+    def _fs(self) -> s3fs.S3FileSystem:
+        return _filesystem(self.anon, self.endpoint, self.connections)
+
+    # ---- check -------------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        fs = _new_filesystem(self.anon, self.endpoint, 1)  # not cached: credentials as they are now
+        try:
+            found = sync(fs.loop, asyncio.wait_for, self._probe(fs), CHECK_TIMEOUT)
+        except ClientError as exc:
+            code, _ = _error_code(exc)
+            if code == "NoSuchBucket":
+                raise UsageError(f"{self.describe()}: bucket {self.bucket!r} does not exist") from None
+            if code in ("AccessDenied", "403") and self.anon:
+                raise UsageError(f"{self.describe()}: access denied to anonymous requests; set {ANON_ENV}=0 to "
+                                 "sign them with your AWS credentials") from None
+            raise UsageError(f"{self.describe()}: {_reason(exc)}") from None
+        except NoCredentialsError:
+            raise UsageError(f"{self.describe()}: {ANON_ENV}=0 asks for AWS credentials and none were found; set "
+                             f"them up, or unset {ANON_ENV} to read anonymously") from None
+        except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            # unreachable or invalid endpoint, timeout, DNS, TLS...
+            where = self.endpoint or "AWS"
+            raise UsageError(f"{self.describe()}: cannot reach the S3 endpoint {where} ({_reason(exc)}); check the "
+                             f"network or {ENDPOINT_ENVS[1]}") from None
+        if not found:
+            raise UsageError(f"{self.describe()}: nothing under this prefix; give the s3://BUCKET/PREFIX that holds "
+                             "download_scripts/, target_lists/ and sSSSS/")
+
+    async def _probe(self, fs: s3fs.S3FileSystem) -> bool:
+        s3 = await fs.set_session()
+        listed = await s3.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+        return bool(listed.get("KeyCount"))
+
+    # ---- one object to a local file, retried -------------------------------------------------------------------
+    async def _get(self, s3, key: str, tmp: Path, disk: Path) -> tuple[int, dict]:
+        """Stream ``key`` to ``tmp``; return the attempts it took and the response. Raises SourceError (tmp
+        removed) or DiskFull (``disk``: the folder to name)."""
+        attempts = 0
+        try:
+            while True:
+                attempts += 1
+                try:
+                    return attempts, await self._stream(s3, key, tmp)
+                except Exception as exc:
+                    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+                        raise DiskFull(disk, exc) from None
+                    if not _retryable(exc):
+                        if isinstance(exc, (ClientError, BotoCoreError)):
+                            raise SourceError(f"s3://{self.bucket}/{key}", _reason(exc), attempts,
+                                              permanent=True) from None
+                        raise
+                    if attempts >= self.max_attempts:
+                        raise SourceError(f"s3://{self.bucket}/{key}", _reason(exc), attempts) from None
+                await asyncio.sleep(min(self.max_wait, BACKOFF * 2 ** (attempts - 1) * (0.5 + random.random())))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    async def _stream(self, s3, key: str, tmp: Path) -> dict:
+        response = await s3.get_object(Bucket=self.bucket, Key=key)
+        body, expected = response["Body"], response["ContentLength"]
+        written = 0
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as out:
+                while chunk := await body.read(_CHUNK):
+                    out.write(chunk)
+                    written += len(chunk)
+        finally:
+            body.close()
+        if written != expected:
+            raise _ShortBody(f"body of {written} bytes, the object has {expected}")
+        return response
+
+    # ---- listings ----------------------------------------------------------------------------------------------
+    def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
+        if not is_contained(relpath):
+            raise SourceError(relpath, "not a relative path inside the bucket", 0, permanent=True)
+        fs = self._fs()
+        tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
+
+        async def copy() -> tuple[int, dict]:
+            return await self._get(await fs.set_session(), self._key(relpath), tmp, dest.parent)
+
+        _, response = sync(fs.loop, copy)
+        os.replace(tmp, dest)
+        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        validators = {"ETag": response.get("ETag"), "Last-Modified": headers.get("last-modified"),
+                      "Content-Length": str(response["ContentLength"])}
+        return ListingCopy(response["ContentLength"], {k: v for k, v in validators.items() if v})
+
+    # ---- light curves ------------------------------------------------------------------------------------------
+    def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
+                   stopping: Callable[[], bool]) -> Iterator[tuple[int, Fetched | Failure]]:
+        """GETs run ``connections`` at a time on the event loop, at most ``WINDOW`` x ``connections`` items ahead
+        of the item being yielded; each whole file is validated here, in the consuming thread."""
+        fits_dir = Path(fits_dir)
+        transfers = _Transfers(self, self._fs(), fits_dir)
+        temporary: dict[int, Path] = {}  # items being fetched -> their temporary names
+        window, ahead = WINDOW * self.connections, 0  # items[:ahead] are started, or need no fetching
+        try:
+            for i, (gaia, relpath) in enumerate(items):
+                if stopping():
+                    return
+                if ahead <= i + window // 2:
+                    started = range(ahead, min(len(items), i + window))
+                    temporary.update((j, tmp) for j in started
+                                     if (tmp := _temporary_name(fits_dir, items[j][1])) is not None)
+                    transfers.start([(j, self._key(items[j][1]), temporary[j]) for j in started if j in temporary])
+                    ahead = started.stop
+                if i not in temporary:
+                    if not is_contained(relpath):
+                        yield i, Failure(gaia, relpath, "download", "not a relative path inside the bucket", 0)
+                    else:
+                        yield i, Fetched(fits_dir / relpath, downloaded=False)
+                    continue
+                outcome = transfers.outcome(i, stopping)
+                if outcome is None:
+                    return
+                if isinstance(outcome, SourceError):
+                    yield i, Failure(gaia, relpath, "download", outcome.reason, outcome.attempts)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    yield i, self._settle(i, gaia, relpath, fits_dir, temporary.pop(i), outcome, validate)
+        finally:
+            transfers.cancel()
+            for tmp in temporary.values():
+                tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _settle(i: int, gaia: int, relpath: str, fits_dir: Path, tmp: Path, attempts: int,
+                validate: Validator) -> Fetched | Failure:
+        """Validate a whole download: give it its name, or quarantine it."""
+        dest = fits_dir / relpath
+        try:
+            try:
+                validate(tmp, i)
+            except ValueError as exc:
+                bad = quarantine_path(fits_dir, relpath)
+                bad.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, bad)
+                return Failure(gaia, relpath, "download", f"invalid file: {exc}", attempts)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise DiskFull(fits_dir, exc) from None
+            raise
+        return Fetched(dest, downloaded=True, attempts=attempts)
+
+
+def _temporary_name(fits_dir: Path, relpath: str) -> Path | None:
+    """Where ``relpath`` is fetched to before it is checked; None when it needs no fetching (or is refused)."""
+    dest = fits_dir / relpath
+    if not is_contained(relpath) or is_present(dest):
+        return None
+    if dest.parent.is_dir():
+        for stale in dest.parent.glob(f".{dest.name}.part-*"):
+            stale.unlink(missing_ok=True)  # debris of a run that was killed
+    return dest.with_name(f".{dest.name}.part-{os.getpid()}")
+
+
+class _Transfers:
+    """The GETs of one ``fetch_many`` on the file system's event loop, reported to the consuming thread."""
+
+    def __init__(self, source: S3Source, fs: s3fs.S3FileSystem, fits_dir: Path):
+        self.source, self.fs, self.fits_dir = source, fs, fits_dir
+        self.arrived: queue.SimpleQueue = queue.SimpleQueue()  # (item, attempts | exception)
+        self.arrivals: dict[int, int | Exception] = {}
+        self.tasks: list[asyncio.Task] = []
+        self.gate: asyncio.Semaphore | None = None
+
+    def start(self, jobs: list[tuple[int, str, Path]]) -> None:
+        """Queue ``(item, key, temporary name)`` jobs."""
+        if jobs:
+            sync(self.fs.loop, self._start, jobs)
+
+    async def _start(self, jobs: list[tuple[int, str, Path]]) -> None:
+        s3 = await self.fs.set_session()
+        self.gate = self.gate or asyncio.Semaphore(self.source.connections)
+        self.tasks = [task for task in self.tasks if not task.done()]
+        self.tasks += [asyncio.create_task(self._one(s3, *job)) for job in jobs]
+
+    async def _one(self, s3, i: int, key: str, tmp: Path) -> None:
+        try:
+            async with self.gate:
+                attempts, _ = await self.source._get(s3, key, tmp, self.fits_dir)
+            self.arrived.put((i, attempts))
+        except Exception as exc:  # handed over to the consuming thread
+            self.arrived.put((i, exc))
+
+    def outcome(self, i: int, stopping: Callable[[], bool]) -> int | Exception | None:
+        """Item ``i``'s attempts or error, once it has arrived; None when ``stopping()`` first."""
+        while i not in self.arrivals:
+            try:
+                j, outcome = self.arrived.get(timeout=0.2)
+            except queue.Empty:
+                if stopping():
+                    return None
+                continue
+            self.arrivals[j] = outcome
+        return self.arrivals.pop(i)
+
+    def cancel(self) -> None:
+        """Cancel what is queued or in flight, and wait until every task has removed its temporary file."""
+        if self.tasks:
+            sync(self.fs.loop, self._cancel)
+
+    async def _cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
