@@ -156,7 +156,8 @@ class TGLC_Downloader:
         failed = np.array([f.gaiadr3_id for f in self.summary.failures if f.stage == "download"], np.int64)
         folders = [run.writable_dir(w.output_dir, w.name) for w in run.writers_of(args)]
         with exclusive(folders):
-            result = run.write_outputs(args, catalog, LocalSource(str(args.fits_dir)), self.pool, skip=failed)
+            result = run.write_outputs(args, catalog, LocalSource(str(args.fits_dir), owns_files=True), self.pool,
+                                       skip=failed)
         self.summary.converted += result.converted
         self.summary.files_written += result.files_written
         self.summary.failures.extend(result.failures)

@@ -15,15 +15,11 @@ from astropy.table import Table
 from conftest import SAMPLE, assert_contract
 from tglc_builder import layout, run
 from tglc_builder.arguments import BuildArguments
+from tglc_builder.demo import SyntheticSector
 from tglc_builder.errors import UsageError
 from tglc_builder.executor import Executor
 from tglc_builder.formats.hdf5 import pixel_dir
 from tglc_builder.sources.local import LocalSource
-
-try:
-    from tglc_builder.demo import SyntheticSector
-except ImportError:  # until the demo package lands
-    from tglc_builder.archive import SyntheticSector
 
 
 def _convert(tmp_path, catalog, sector: int = 23, **arguments):
@@ -31,7 +27,7 @@ def _convert(tmp_path, catalog, sector: int = 23, **arguments):
     args = BuildArguments(sector, tmp_path / "data", hdf5_output_dir=tmp_path / "out", fits_dir=tmp_path / "fits",
                           mast_url=str(tmp_path / "fits"), **arguments)
     with Executor(1) as executor:
-        return run.write_outputs(args, catalog, LocalSource(str(tmp_path / "fits")), executor)
+        return run.write_outputs(args, catalog, LocalSource(str(tmp_path / "fits"), owns_files=True), executor)
 
 
 def _files(tmp_path) -> list[str]:

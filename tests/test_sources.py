@@ -203,7 +203,7 @@ def temporary_files(folder: Path) -> list[Path]:
 @pytest.mark.parametrize("as_url", [False, True])
 def test_mirror_is_read_in_place(mirror, sector, items, tmp_path, as_url):
     source = open_source(mirror.as_uri() if as_url else str(mirror))
-    assert source.in_place and source.describe() == str(mirror)
+    assert not source.owns_files and source.describe() == str(mirror)
     source.check()
     ghost = (123456789012345678, layout.lc_relpath(123456789012345678, SECTOR, 1, 1))
     fits_dir = tmp_path / "fits"
@@ -262,7 +262,7 @@ def test_mirror_listing_is_copied_whole(mirror, sector, tmp_path):
 # ---- a bucket --------------------------------------------------------------------------------------------------
 def test_s3_fetches_exact_bytes_anonymously(s3_env, proxy, sector, items, tmp_path):
     source = s3_source(s3_env, proxy.url, connections=4)
-    assert not source.in_place and source.anon and proxy.url in source.describe()
+    assert source.owns_files and source.anon and proxy.url in source.describe()
     source.check()
     fits_dir = tmp_path / "fits"
     debris = fits_dir / Path(items[0][1]).with_name(f".{Path(items[0][1]).name}.part-99999")

@@ -244,7 +244,7 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
                     result.failures.append(Failure(int(shard.gaiadr3_id[row]), shard.path[row].decode(), "convert",
                                                    f"{outcome.path}: {exc}", 1))
                     continue
-                if _inside(outcome.path, fits_dir):
+                if settings.source.owns_files and _inside(outcome.path, fits_dir):
                     ours.append(outcome.path)
             if len(builder):
                 block = builder.take()
@@ -318,7 +318,7 @@ def _read(outcome: Fetched | Failure, shard: Shard, row: int, settings: UnitSett
         return curve
     except InvalidTGLCFile as exc:
         reason = str(exc)
-        if _inside(outcome.path, Path(settings.fits_dir)):  # ours to move aside; a mirror's is left where it is
+        if settings.source.owns_files and _inside(outcome.path, Path(settings.fits_dir)):  # a mirror's stays put
             aside = quarantine_path(settings.fits_dir, relpath)
             aside.parent.mkdir(parents=True, exist_ok=True)
             os.replace(outcome.path, aside)

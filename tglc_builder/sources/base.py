@@ -62,7 +62,9 @@ class Source(abc.ABC):
     """A tree in MAST's layout."""
 
     url: str  # the root, as given (no trailing slash)
-    in_place: bool = False  # files are read where they are: nothing is copied to fits_dir, cleaned or quarantined
+    # The files it yields are copies it made in fits_dir, ours to quarantine when invalid and to delete with
+    # --clean-fits. False for a mirror read in place: its files are never moved or deleted.
+    owns_files: bool = True
 
     @abc.abstractmethod
     def describe(self) -> str:
