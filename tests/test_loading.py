@@ -1,14 +1,20 @@
-"""The loader: HDF5 files written per the dataset contract come back as exactly the contract's examples.
+"""The loader: HDF5 files written per the dataset contract, and HATS catalogs, come back as exactly the contract's
+examples.
 
-Both load paths are checked against the same expected examples: ``load_tglc`` (any datasets release) and, where
-the installed datasets still runs loading scripts (< 4), the seed's ``load_dataset("<out>/tglc.py", ...)``.
+Every load path is checked against the same expected examples: ``load_tglc`` (any datasets release, both formats)
+and, where the installed datasets still runs loading scripts (< 4), the seed's ``load_dataset("<out>/tglc.py", ...)``.
+Besides a small synthetic dataset written with h5py, real builds (``TGLC_Downloader`` on a local mirror holding the
+real sample and shortened copies of it: files of 1282 and 1252 cadences) are loaded with both column sets and both
+formats, and compared with the FITS values read with astropy.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +22,14 @@ import datasets
 import h5py
 import numpy as np
 import pytest
+from astropy.io import fits
 
 import tglc_builder.tglc as tglc_module
-from tglc_builder.loading import load_tglc
+from tglc_builder import layout
+from tglc_builder.columns import (EXTRA_SCALARS, EXTRA_SERIES, IDS_AND_POSITION, SEED_SCALARS, SEED_SERIES,
+                                  ColumnSet, column_set)
+from tglc_builder.formats.card import example_features
+from tglc_builder.loading import hats_data_files, load_tglc
 
 DATASETS_MAJOR = int(datasets.__version__.split(".")[0])
 LIGHTCURVE = {"time": np.float64, "psf_flux": np.float32, "aper_flux": np.float32,
@@ -30,6 +41,11 @@ FILES = [(77, "001-of-001.hdf5", [5, 1, 3]),
          (1234, "001-of-002.hdf5", [4, 7, 2, 6, 7, 3, 5]),
          (1234, "002-of-002.hdf5", [2, 8])]
 SPECIAL_GAIA = [6399196263939178880, 4295806720, 2**63 - 1]
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_NAME = "hlsp_tglc_tess_ffi_gaiaid-6399196263939178880-s0001-cam2-ccd1_tess_v1_llc.fits"
+SAMPLE = next((p for p in (REPO / "tests" / "data" / SAMPLE_NAME, REPO.parent / "shared" / "data" / SAMPLE_NAME)
+               if p.is_file()), None)
 
 
 def _rows(rng: np.random.Generator, lengths: list[int], first_gaia: int, err_dtype: type) -> dict[str, np.ndarray]:
@@ -80,7 +96,8 @@ def write_dataset(out: str | os.PathLike, seed: int = 0) -> list[dict[str, Any]]
         with h5py.File(path, "w") as h5:
             for name, values in cols.items():
                 chunks = (2,) + values.shape[1:]  # chunked and compressed like the builder's files
-                h5.create_dataset(name, data=values, chunks=chunks, compression="gzip", shuffle=True)
+                h5.create_dataset(name, data=values, chunks=chunks, compression="gzip", shuffle=True,
+                                  fletcher32=True)
             h5.attrs.update({"sector": 23, "healpix": pixel, "nside": 16, "nest": True,
                              "tglc_builder_version": "test"})
     shutil.copyfile(tglc_module.__file__, out / "tglc.py")
@@ -122,6 +139,119 @@ def assert_same_examples(got: list[dict[str, Any]], expected: list[dict[str, Any
                 index, name)
         for name in IDS:
             assert type(ours[name]) in (str, np.str_) and ours[name] == theirs[name], (index, name)
+
+
+# -- real builds from FITS files -------------------------------------------------------------------------------------
+
+# Copies of the real sample, cut shorter and moved, so that the files of a build differ in width:
+# (Gaia DR3 id, TIC id, RA, DEC, camera, CCD, cadences kept). The first lands in the sample's pixel.
+VARIANTS = [(6399196263939178881, 389023760, 332.70, -65.50, 2, 1, 1270),
+            (4295806720, 12, 10.0, -30.0, 4, 4, 1252),
+            (4295806721, 13, 10.01, -30.01, 4, 4, 1252)]
+
+
+def write_mirror(root: Path) -> list[Path]:
+    """A sector-1 MAST tree on disk (both listings and the FITS files): the real sample and its VARIANTS, written
+    with astropy. Returns the FITS files."""
+    if SAMPLE is None:
+        pytest.skip(f"{SAMPLE_NAME} is in neither tests/data nor ../shared/data")
+    relpaths = [layout.lc_relpath(6399196263939178880, 1, 2, 1)]
+    (root / relpaths[0]).parent.mkdir(parents=True)
+    shutil.copyfile(SAMPLE, root / relpaths[0])
+    targets = ["#GAIADR3_ID,TIC_ID,RA,DEC", "6399196263939178880,389023759,332.6683820898813,-65.51867725247051"]
+    for gaia, tic, ra, dec, cam, ccd, kept in VARIANTS:
+        relpaths.append(layout.lc_relpath(gaia, 1, cam, ccd))
+        (root / relpaths[-1]).parent.mkdir(parents=True, exist_ok=True)
+        with fits.open(SAMPLE) as hdul:
+            primary, table = hdul[0].copy(), hdul["LIGHTCURVE"]
+            primary.header.update(GAIADR3=gaia, TICID=str(tic), RA_OBJ=ra, DEC_OBJ=dec, CAMERA=cam, CCD=ccd,
+                                  OBJECT=f"Gaia DR3 {gaia}")
+            curve = fits.BinTableHDU(table.data[:kept], header=table.header.copy())
+            curve.header.update(GAIADR3=gaia, RA_OBJ=ra, DEC_OBJ=dec, OBJECT=f"Gaia DR3 {gaia}")
+            fits.HDUList([primary, curve]).writeto(root / relpaths[-1])
+        targets.append(f"{gaia},{tic},{ra!r},{dec!r}")
+    bulk = "#!/bin/sh\n" + "".join(f"curl -f --create-dirs --output '{r}' https://archive.stsci.edu/hlsps/tglc/{r}\n"
+                                   for r in relpaths)
+    for relpath, text in ((layout.bulk_script_relpath(1), bulk), (layout.target_list_relpath(1), "\n".join(targets))):
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / relpath).write_text(text + "\n")
+    return [root / r for r in relpaths]
+
+
+@dataclass
+class Build:
+    """A real build of the mirror: the HDF5 folder, the HATS collection (None without hats), the FITS values."""
+
+    out: Path
+    hats: Path | None
+    columns: ColumnSet
+    rows: dict[str, dict[str, Any]]  # by Gaia id (a string, as the examples give it), read_fits
+
+    def examples(self, ids: list[str]) -> list[dict[str, Any]]:
+        return [as_example(self.rows[gaia], self.columns) for gaia in ids]
+
+
+def build_mirror(root: Path, columns: str) -> Build:
+    """Build the mirror of :func:`write_mirror` with the public API: HDF5, and HATS too when hats is installed."""
+    from build_parent_sample import TGLC_Downloader
+
+    files = write_mirror(root / "mirror")
+    hats = root / "hats" if importlib.util.find_spec("hats") else None
+    with TGLC_Downloader(1, root / "data", root / "out", root / "fits", 1, str(root / "mirror"), columns=columns,
+                         format="both" if hats else "hdf5", hats_output_dir=hats) as downloader:
+        summary = downloader.download_sector()
+    assert summary.converted == len(files) and not summary.failures, summary.describe()
+    rows = [read_fits(path, column_set(columns)) for path in files]
+    return Build(root / "out", hats, column_set(columns), {str(int(row["gaiadr3_id"])): row for row in rows})
+
+
+def read_fits(path: Path, columns: ColumnSet) -> dict[str, Any]:
+    """A light curve's values as the contract defines them, read with astropy (native byte order, same bits)."""
+    with fits.open(path) as hdul:
+        headers, table = (hdul[0].header, hdul[1].header), hdul["LIGHTCURVE"].data
+        row: dict[str, Any] = {"TIC_ID": np.int64(int(headers[0]["TICID"])),
+                               "gaiadr3_id": np.int64(headers[0]["GAIADR3"]),
+                               "RA": np.float64(headers[0]["RA_OBJ"]), "DEC": np.float64(headers[0]["DEC_OBJ"])}
+        for series in columns.series:
+            row[series.name] = np.asarray(table[series.fits_column]).astype(series.dtype)
+        for scalar in columns.scalars:
+            value = headers[scalar.hdu].get(scalar.card)
+            if value is None:  # a card only some files carry (CONTAMRT): NaN / 0, as the contract says
+                assert not scalar.required, (path, scalar.card)
+                value = np.nan if scalar.dtype.kind == "f" else 0
+            row[scalar.name] = scalar.dtype.type(value)
+    row["n_cadences"] = np.int32(len(row["time"]))
+    return row
+
+
+def as_example(row: dict[str, Any], columns: ColumnSet) -> dict[str, Any]:
+    """A row of :func:`read_fits` as the examples of tglc.py / load_tglc."""
+    example: dict[str, Any] = {"lightcurve": {s.name: row[s.name] for s in columns.series}}
+    example.update({name: str(int(row[name])) for name in IDS})
+    example.update({name: np.float64(row[name]) for name in ("RA", "DEC")})
+    example.update({s.name: row[s.name].astype(np.float64) if s.dtype.kind == "f" else row[s.name]
+                    for s in columns.scalars})
+    return example
+
+
+def assert_examples_exact(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """Bit-for-bit equality (NaN payloads included) of examples of any column set, as numpy arrays (stored dtypes)
+    or plain Python values."""
+    assert len(got) == len(expected)
+    for index, (ours, theirs) in enumerate(zip(got, expected)):
+        assert list(ours) == list(theirs), index
+        assert list(ours["lightcurve"]) == list(theirs["lightcurve"]), index
+        for name, want in theirs["lightcurve"].items():
+            value = ours["lightcurve"][name]
+            assert not isinstance(value, np.ndarray) or value.dtype == want.dtype, (index, name, value.dtype)
+            assert np.asarray(value, want.dtype).tobytes() == want.tobytes(), (index, name)
+        for name, want in theirs.items():
+            if name == "lightcurve":
+                continue
+            if isinstance(want, str):
+                assert type(ours[name]) in (str, np.str_) and ours[name] == want, (index, name)
+            else:
+                assert np.asarray(ours[name], want.dtype).tobytes() == want.tobytes(), (index, name, ours[name])
 
 
 @pytest.fixture
@@ -205,6 +335,79 @@ def test_builder_is_self_contained():
     assert imported <= {"__future__", "os", "typing", "datasets", "h5py", "numpy", "pyarrow"}, imported
 
 
+def test_example_column_order_is_the_column_tables():
+    """tglc.py cannot import columns.py; its order of the columns must still be the table's."""
+    assert tglc_module.SERIES_ORDER == tuple(s.name for s in SEED_SERIES + EXTRA_SERIES)
+    assert tglc_module.SCALAR_ORDER == (*IDS_AND_POSITION, *(s.name for s in SEED_SCALARS + EXTRA_SCALARS))
+
+
+@pytest.fixture(scope="module", params=["seed", "all"])
+def real_build(request, tmp_path_factory) -> Build:
+    return build_mirror(tmp_path_factory.mktemp(f"build_{request.param}"), request.param)
+
+
+def test_both_column_sets_of_a_real_build(real_build, hf_cache):
+    ds = load_tglc(real_build.out, cache_dir=hf_cache)
+    assert ds.features == example_features(real_build.columns)  # read off the files by tglc.py: the card's examples
+    assert list(ds.features["lightcurve"]) == [s.name for s in real_build.columns.series]
+    assert sorted(ds["gaiadr3_id"]) == sorted(real_build.rows)
+    expected = real_build.examples(ds["gaiadr3_id"])
+    assert sorted(len(e["lightcurve"]["time"]) for e in expected) == [1252, 1252, 1270, 1282]
+    assert_examples_exact(list(ds.with_format("numpy", dtype=None)), expected)
+    assert_examples_exact(list(ds), expected)
+    assert_examples_exact(list(load_tglc(real_build.out, streaming=True, cache_dir=hf_cache)), expected)
+
+
+def test_hats_loads_like_hdf5(real_build, hf_cache):
+    if real_build.hats is None:
+        pytest.skip("hats is not installed")
+    catalog = real_build.hats / "tglc_s0001"
+    assert hats_data_files(catalog) == sorted(catalog.glob("dataset/Norder=*/Dir=*/Npix=*.parquet"))
+    hdf5 = load_tglc(real_build.out, cache_dir=hf_cache)
+    for path in (real_build.hats, catalog):  # the collection or its main catalog
+        ds = load_tglc(path, cache_dir=hf_cache)
+        assert ds.features == hdf5.features and ds.num_rows == len(real_build.rows)
+        assert_examples_exact(list(ds.with_format("numpy", dtype=None)), real_build.examples(ds["gaiadr3_id"]))
+        stream = list(load_tglc(path, streaming=True, cache_dir=hf_cache))
+        assert_examples_exact(stream, real_build.examples([e["gaiadr3_id"] for e in stream]))
+
+
+def test_a_file_without_the_first_files_columns_is_refused(built, hf_cache):
+    out, _ = built
+    with h5py.File(out / "TGLC" / "healpix=77" / "001-of-001.hdf5", "a") as h5:
+        del h5["tglc_flags"]
+    with pytest.raises(ValueError, match="lacks"):
+        list(load_tglc(out, streaming=True, cache_dir=hf_cache))
+
+
+def _corrupt_a_chunk(file: Path, name: str) -> None:
+    """Flip one byte inside the first stored chunk of a dataset (its Fletcher32 checksum no longer matches)."""
+    with h5py.File(file, "r") as h5:
+        chunk = h5[name].id.get_chunk_info(0)
+    with open(file, "r+b") as f:
+        f.seek(chunk.byte_offset + chunk.size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("name", ["psf_flux", "RA"])
+def test_a_corrupted_chunk_raises(real_build, hf_cache, tmp_path, name):
+    out = tmp_path / "out"
+    shutil.copytree(real_build.out, out)
+    _corrupt_a_chunk(next(out.glob("TGLC/healpix=*/*.hdf5")), name)
+    with pytest.raises(OSError, match="filter|checksum"):
+        list(load_tglc(out, streaming=True, cache_dir=hf_cache))
+    with pytest.raises(Exception) as error:
+        load_tglc(out, cache_dir=hf_cache)
+    assert any(isinstance(e, OSError) for e in (error.value, error.value.__cause__, error.value.__context__))
+
+
+def test_load_tglc_names_a_folder_it_cannot_load(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither"):
+        load_tglc(tmp_path)
+
+
 @pytest.mark.skipif(DATASETS_MAJOR >= 4, reason=f"datasets {datasets.__version__} no longer runs loading scripts; "
                                                  "run .ci/datasets3.sh for this path")
 def test_loading_script_matches_load_tglc(built, hf_cache):
@@ -227,3 +430,15 @@ def test_loading_script_matches_load_tglc(built, hf_cache):
                                      cache_dir=str(hf_cache / "stream"))
     assert_same_examples(list(streamed), expected)
 
+
+
+@pytest.mark.skipif(DATASETS_MAJOR >= 4, reason=f"datasets {datasets.__version__} no longer runs loading scripts; "
+                                                 "run .ci/datasets3.sh for this path")
+def test_loading_script_yields_both_column_sets(real_build, hf_cache):
+    from datasets.data_files import DataFilesPatternsDict
+
+    ds = datasets.load_dataset(str(real_build.out / "tglc.py"), split="train", trust_remote_code=True,
+                               cache_dir=str(hf_cache),
+                               data_files=DataFilesPatternsDict.from_patterns({"train": ["TGLC/healpix=*/*.hdf5"]}))
+    assert ds.features == example_features(real_build.columns)
+    assert_examples_exact(list(ds.with_format("numpy", dtype=None)), real_build.examples(ds["gaiadr3_id"]))
