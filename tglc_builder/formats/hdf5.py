@@ -179,6 +179,7 @@ class _HDF5Sink(ShardSink):
         self.file = writer.file(shard)
         self.tmp = self.file.with_name(f".{self.file.name}{_TEMPORARY}{os.getpid()}")
         self.h5: h5py.File | None = None
+        self.datasets: dict[str, h5py.Dataset] = {}  # looked up once: h5py's name lookup is slow
         self.rows = self.width = 0
 
     def _fail(self, exc: BaseException) -> WriteError:
@@ -211,32 +212,33 @@ class _HDF5Sink(ShardSink):
         scalars[N_CADENCES[0]] = N_CADENCES[1]
         scalars.update({s.name: s.dtype for s in self.writer.columns.scalars})
         for name, dtype in scalars.items():
-            self.h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=scalar_chunk, **_SCALAR)
+            self.datasets[name] = self.h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
+                                                         chunks=scalar_chunk, **_SCALAR)
         for series in self.writer.columns.series:
-            self.h5.create_dataset(series.name, shape=(0, width), maxshape=(None, None), dtype=series.dtype,
-                                   chunks=(chunk_rows, width), fillvalue=series.pad, **_filters(series.dtype))
+            self.datasets[series.name] = self.h5.create_dataset(
+                series.name, shape=(0, width), maxshape=(None, None), dtype=series.dtype, chunks=(chunk_rows, width),
+                fillvalue=series.pad, **_filters(series.dtype))
 
     def _append(self, block: Block) -> None:
         k, used = len(block), int(block.n_cadences.max())
         start, self.rows = self.rows, self.rows + k
         width = max(self.width, used)
-        for dset in self.h5.values():
-            dset.resize(self.rows, axis=0)
-            if dset.ndim == 2 and width > dset.shape[1]:
-                dset.resize(width, axis=1)
+        for dset in self.datasets.values():
+            dset.resize((self.rows, width) if dset.ndim == 2 else (self.rows,))
         self.width = width
         rows = slice(start, self.rows)
-        self.h5[N_CADENCES[0]][rows] = block.n_cadences
+        self.datasets[N_CADENCES[0]][rows] = block.n_cadences
         for name, values in block.scalars.items():
-            self.h5[name][rows] = values
+            self.datasets[name][rows] = values
         for name, values in block.series.items():
-            self.h5[name][rows, :values.shape[1]] = values
+            self.datasets[name][rows, :values.shape[1]] = values
 
     def commit(self) -> None:
         if self.h5 is None:  # no row readable: no file (a stale one would hold rows that are no longer planned)
             self.file.unlink(missing_ok=True)
             return
         try:
+            self.datasets = {}
             self.h5.close()
             self.h5 = None
             with h5py.File(self.tmp, "r") as h5:
@@ -253,6 +255,7 @@ class _HDF5Sink(ShardSink):
             raise self._fail(exc) from None
 
     def abort(self) -> None:
+        self.datasets = {}
         if self.h5 is not None:
             try:
                 self.h5.close()
