@@ -147,8 +147,10 @@ def test_card_is_replaced_whole(real_build, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(real_build.out, out)
     (out / "README.md").write_text("stale")
-    write_card(out, "hdf5", data_files(real_build), real_build.columns, sectors=1)  # paths relative to the folder
+    write_card(out, "hdf5", data_files(real_build), real_build.columns, sectors=1,  # paths relative to the folder
+               note="These are the demo archive's synthetic light curves.")
     assert front_matter(out / "README.md")["configs"][0]["data_files"][0]["path"] == data_files(real_build)
+    assert "\n\nThese are the demo archive's synthetic light curves.\n\n" in (out / "README.md").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "TGLC", "tglc.py"]  # no temporary file left
     assert oct((out / "README.md").stat().st_mode & 0o777) == "0o644"
 
