@@ -132,6 +132,8 @@ class HDF5Writer(Writer):
         tmp = self.output_dir / f".tglc.py{_TEMPORARY}{os.getpid()}"
         shutil.copyfile(source, tmp)
         os.replace(tmp, self.output_dir / "tglc.py")
+        for stale in (self.output_dir / "TGLC").glob(f"healpix=*/.*{_TEMPORARY}*"):  # of a worker that died
+            stale.unlink(missing_ok=True)
         files = sorted({self.file(shard) for shard in shards if self.file(shard).exists()})
         if files:  # none when the build stopped before its first file (a full disk): no card to write
             write_card(self.output_dir, fmt="hdf5", data_files=[f.relative_to(self.output_dir) for f in files],
