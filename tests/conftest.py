@@ -31,7 +31,7 @@ def _offline_hf(monkeypatch, tmp_path_factory):
 @pytest.fixture(scope="session")
 def archive():
     """A 300-object synthetic sector 23, served on 127.0.0.1 for the whole test session."""
-    from tglc_builder.archive import LocalArchive
+    from tglc_builder.demo import LocalArchive
 
     with LocalArchive(sector=23, n=300, seed=7) as served:
         yield served

@@ -35,7 +35,7 @@ def test_help_explains_every_flag(tmp_path):
 
 def test_full_sector_build_with_two_processes(tmp_path):
     """A full (not tiny) build of a 2,000-object synthetic sector, through the CLI."""
-    from tglc_builder.archive import LocalArchive
+    from tglc_builder.demo import LocalArchive
 
     with LocalArchive(sector=23, n=2000, seed=3) as archive:
         result = _run(["-s", "23", *_paths(tmp_path), "--n_processes", "2", "--mast-url", archive.url], tmp_path)

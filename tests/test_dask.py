@@ -16,7 +16,7 @@ from astropy.table import Table
 import build_parent_sample
 from build_parent_sample import TGLC_Downloader
 from conftest import REPO, assert_contract, run_env
-from tglc_builder.archive import LocalArchive
+from tglc_builder.demo import LocalArchive
 
 distributed = pytest.importorskip("distributed")
 

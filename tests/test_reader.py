@@ -7,7 +7,8 @@ import pytest
 from astropy.io import fits
 
 from conftest import SAMPLE
-from tglc_builder.archive import SyntheticSector, card, header_bytes
+from tglc_builder.demo import SyntheticSector
+from tglc_builder.demo.fits import card, header_bytes
 from tglc_builder.reader import InvalidTGLCFile, parse_value, read_tglc
 
 

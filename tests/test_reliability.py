@@ -18,7 +18,7 @@ from astropy.table import Table
 from build_parent_sample import TGLC_Downloader
 from conftest import REPO, assert_contract, run_env
 from tglc_builder import layout, pipeline
-from tglc_builder.archive import LocalArchive
+from tglc_builder.demo import LocalArchive
 
 SCRIPT = str(REPO / "build_parent_sample.py")
 

@@ -1,0 +1,215 @@
+"""The local archive: a :class:`SyntheticSector` served in MAST's TGLC layout over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import http.server
+import logging
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from urllib.parse import unquote, urlsplit
+
+from .. import layout
+from .sector import SyntheticSector
+
+log = logging.getLogger(__name__)
+
+FAULTS = ("429", "500", "truncate", "reset")
+FAULTY_ATTEMPTS = 2  # faults hit only a file's first two requests, so every file arrives within three
+LISTING_MODES = ("length", "chunked", "close")
+LISTING_DATE = email.utils.formatdate(1_700_000_000, usegmt=True)  # the listings' Last-Modified
+_CHUNK = 1 << 14  # bytes per chunk of a chunked listing
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as MAST
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        archive = self.server.archive
+        relpath = unquote(urlsplit(self.path).path).lstrip("/")
+        attempt = archive._count(relpath)
+        if archive.latency:
+            time.sleep(archive.latency)
+        listing = archive._listing(relpath)
+        if listing is not None:
+            return self._send_listing(*listing, cut=attempt < archive.listing_cuts)
+        body = archive._fits(relpath)
+        if body is None:
+            return self._answer(404, b"not found\n")
+        fault = archive._fault(relpath, attempt)
+        if fault == "429":
+            return self._answer(429, b"slow down\n", {"Retry-After": str(archive.retry_after)})
+        if fault == "500":
+            return self._answer(500, b"internal error\n")
+        if fault == "reset":
+            # RST instead of an answer: what a dropped connection looks like to the client
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return None
+        if fault == "truncate":
+            self.close_connection = True
+            return self._answer(200, body, cut=len(body) // 2)
+        return self._answer(200, body)
+
+    def _answer(self, status: int, body: bytes, headers: dict | None = None, cut: int | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/fits" if status == 200 else "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body if cut is None else body[:cut])
+
+    def _send_listing(self, body: bytes, etag: str, cut: bool) -> None:
+        """A listing in the archive's listing mode; ``cut``: only its lines up to about the middle, then close."""
+        mode = self.server.archive.listing_mode
+        if mode == "close":
+            self.protocol_version = "HTTP/1.0"  # the body ends where the connection does
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", LISTING_DATE)
+        if mode == "length":
+            self.send_header("Content-Length", str(len(body)))
+        elif mode == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        end = body.rfind(b"\n", 0, len(body) // 2) + 1 if cut else len(body)
+        data = memoryview(body)[:end]
+        if mode == "chunked":
+            for start in range(0, len(data), _CHUNK):
+                piece = data[start:start + _CHUNK]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            if not cut:
+                self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.wfile.write(data)
+        if cut or mode == "close":
+            self.close_connection = True
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    archive: LocalArchive
+
+
+class LocalArchive:
+    """Serve a :class:`SyntheticSector` in MAST's TGLC layout on ``http://127.0.0.1:<port>`` (a background thread).
+
+    ``sector``, ``n``, ``seed``, ``flavour``, ``tamper`` and ``extra_listing_lines`` make the sector (see
+    :class:`SyntheticSector`). ``latency`` delays every answer (seconds). ``faults`` maps ``"429"``, ``"500"``,
+    ``"truncate"`` (a body cut short) and ``"reset"`` (the connection reset) to the fraction of FITS requests answered
+    that way; which requests is decided by a hash of the path, so runs repeat exactly, and only a file's first two
+    requests are hit. ``retry_after`` is the ``Retry-After`` of the 429 answers (seconds).
+
+    Listings carry an ``ETag`` (the quoted SHA-256 of the body) and ``Last-Modified``. ``listing_mode`` is how their
+    length is told: ``"length"`` (``Content-Length``), ``"chunked"`` (``Transfer-Encoding: chunked``) or ``"close"``
+    (HTTP/1.0 style: neither; the body ends when the server closes the connection). The first ``listing_cuts``
+    requests of each listing get only its lines up to about the middle, then the connection is closed: fewer bytes
+    than ``Content-Length``, no final chunk, or, in ``"close"`` mode, nothing to tell. Later requests get it whole.
+    """
+
+    def __init__(self, sector: int = 23, n: int = 1000, seed: int = 0, *, flavour: str = "v1",
+                 tamper: Mapping[int, Mapping[str, object]] | None = None, extra_listing_lines: Iterable[str] = (),
+                 latency: float = 0.0, faults: Mapping[str, float] | None = None, retry_after: int = 1,
+                 listing_mode: str = "length", listing_cuts: int = 0, host: str = "127.0.0.1", port: int = 0):
+        unknown = set(faults or {}) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault(s) {sorted(unknown)}; choose from {FAULTS}")
+        if listing_mode not in LISTING_MODES:
+            raise ValueError(f"unknown listing mode {listing_mode!r}; choose from {LISTING_MODES}")
+        self.sector = SyntheticSector(sector, n, seed, flavour=flavour, tamper=tamper,
+                                      extra_listing_lines=extra_listing_lines)
+        self.latency, self.faults, self.retry_after = float(latency), dict(faults or {}), int(retry_after)
+        self.listing_mode, self.listing_cuts = listing_mode, int(listing_cuts)
+        self.host, self.port = host, port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._requests: Counter[str] = Counter()
+        self._listings: dict[str, tuple[bytes, str]] = {}
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the archive is not running: call start() first")
+        return f"http://{self.host}:{self._server.server_address[1]}"
+
+    def start(self) -> LocalArchive:
+        self._server = _Server((self.host, self.port), _Handler)
+        self._server.archive = self
+        self._thread = threading.Thread(target=self._server.serve_forever, name="tglc-archive", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> LocalArchive:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def request_count(self) -> int:
+        """Requests answered so far (listings, light curves, 404s, faults)."""
+        with self._lock:
+            return sum(self._requests.values())
+
+    def fits_requests(self) -> dict[str, int]:
+        """Requests per light-curve path (relative to the archive root)."""
+        with self._lock:
+            return {path: k for path, k in self._requests.items() if path.endswith(".fits")}
+
+    # -- serving ----------------------------------------------------------------------------------------------------
+    def _count(self, relpath: str) -> int:
+        with self._lock:
+            attempt = self._requests[relpath]
+            self._requests[relpath] += 1
+        return attempt
+
+    def _listing(self, relpath: str) -> tuple[bytes, str] | None:
+        """The listing at ``relpath`` and its ETag (made once), or None when it is not a listing."""
+        make = {layout.bulk_script_relpath(self.sector.sector): self.sector.bulk_script,
+                layout.target_list_relpath(self.sector.sector): self.sector.target_list}.get(relpath)
+        if make is None:
+            return None
+        with self._lock:
+            if relpath not in self._listings:
+                body = make()
+                self._listings[relpath] = body, f'"{hashlib.sha256(body).hexdigest()}"'
+            return self._listings[relpath]
+
+    def _fits(self, relpath: str) -> bytes | None:
+        try:
+            return self.sector.fits_bytes(self.sector.index_of(relpath))
+        except KeyError:
+            return None
+
+    def _fault(self, relpath: str, attempt: int) -> str | None:
+        if attempt >= FAULTY_ATTEMPTS or not self.faults:
+            return None
+        u = zlib.crc32(f"{self.sector.seed}:{attempt}:{relpath}".encode()) / 2**32
+        for name in FAULTS:
+            share = self.faults.get(name, 0.0)
+            if u < share:
+                return name
+            u -= share
+        return None
