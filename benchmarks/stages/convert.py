@@ -1,0 +1,130 @@
+"""Convert: light curves/s from FITS files on disk into the HDF5 output, one pixel on one core (the work unit
+``units.build_unit``) and a whole sector over two processes (``run.write_outputs``), beside a bare read of the
+same files."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..clients import started_executor
+from ..data import ensure_tree, read_catalog
+from ..harness import N_CADENCES, SECTOR, BenchError, Ctx, Timer, TreePeak, current_rss, maxrss, task
+from ..report import fmt_bytes, fmt_rate, row
+
+NAME = "convert"
+SIZES = {"full": dict(n=20_000), "quick": dict(n=1_000)}
+
+
+def unit_settings(root: str, output_dir: str, fmt: str = "hdf5", hats_dir: str | None = None):
+    """What a build's units share, for FITS files already on disk under ``root`` (read in place)."""
+    from tglc_builder import units
+    from tglc_builder.columns import column_set
+    from tglc_builder.formats import make_writers
+    from tglc_builder.sources.local import LocalSource
+
+    writers = make_writers(fmt, SECTOR, column_set("seed"), output_dir, hats_dir)
+    return units.UnitSettings(SECTOR, LocalSource(root), root, tuple(writers), column_set("seed")), writers
+
+
+@task
+def build_pixel(catalog: str, root: str, output_dir: str, repeat_to: int | None = None) -> dict:
+    """One pixel as one shard, one work unit (``units.build_unit``), in this process: light curves per second on one
+    core (``repeat_to``: the catalog's rows repeated to that many, for a big pixel from few files)."""
+    import numpy as np
+    from tglc_builder import plan, units
+
+    table = read_catalog(catalog)
+    if repeat_to:
+        table = table[np.arange(repeat_to) % len(table)]
+    table["healpix"] = int(table["healpix"][0])
+    [shard] = plan.plan_shards(table, rows_per_shard=len(table))
+    settings, writers = unit_settings(root, output_dir)
+    base = current_rss()
+    with Timer() as t:
+        result = units.build_unit([(shard, tuple(w.name for w in writers))], settings)
+    return dict(seconds=t.seconds, rows=result.written, rate=result.written / t.seconds, cpu=t.cpu,
+                failures=len(result.failures), first_failures=[str(f) for f in result.failures[:3]],
+                peak_rss=maxrss(), base_rss=base, files=[str(w.file(shard)) for w in writers])
+
+
+def build_args(root: str, output_dir: str, n_processes: int, fmt: str = "hdf5", hats_dir: str | None = None):
+    from tglc_builder.arguments import BuildArguments
+
+    work = Path(output_dir)
+    return BuildArguments(sector=SECTOR, tglc_data_path=work / "data", hdf5_output_dir=work / "hdf5",
+                          hats_output_dir=hats_dir or work / "hats", fits_dir=root, n_processes=n_processes,
+                          format=fmt, overwrite=True)
+
+
+@task
+def write_sector(catalog: str, root: str, output_dir: str, n_processes: int = 2, fmt: str = "hdf5") -> dict:
+    """The seed's ``convert_fits_to_standard_format`` step: ``run.write_outputs`` over the build's executor, from
+    the FITS files on disk (``LocalSource``), in ``fmt``."""
+    from tglc_builder import run
+    from tglc_builder.sources.local import LocalSource
+
+    table = read_catalog(catalog)
+    args = build_args(root, output_dir, n_processes, fmt)
+    with started_executor(n_processes) as executor, TreePeak() as tree, Timer() as t:
+        summary = run.write_outputs(args, table, LocalSource(root), executor)
+    return dict(seconds=t.seconds, rows=summary.converted, rate=summary.converted / t.seconds,
+                cpu=t.cpu + t.cpu_children, failures=len(summary.failures), files=summary.files_written,
+                peak_tree=tree.peak, hdf5=str(args.hdf5_output_dir), hats=str(args.hats_output_dir))
+
+
+@task
+def read_floor(catalog: str, root: str) -> dict:
+    """The floor: open().read() every file and np.frombuffer its binary table (columns left big-endian)."""
+    import numpy as np
+
+    table = read_catalog(catalog)
+    paths = [os.path.join(root, p) for p in table["path"]]
+    naxis = re.compile(rb"NAXIS2  =\s*(\d+)")
+    with Timer() as t:
+        for path in paths:
+            with open(path, "rb") as f:
+                data = f.read()
+            # HDU 0 is header-only in v1; HDU 1's header ends at the first END card after block 1.
+            end = data.find(b"END" + b" " * 77, 2880)
+            start = (end // 2880 + 1) * 2880
+            n = int(naxis.search(data, 2880).group(1))
+            width = (len(data) - start) // max(n, 1)
+            np.frombuffer(data, dtype=np.dtype((np.void, width)) if width else np.uint8, count=n, offset=start)
+    return dict(seconds=t.seconds, rows=len(paths), rate=len(paths) / t.seconds)
+
+
+def check(result: dict, expected: int, what: str) -> None:
+    if result["failures"] or result["rows"] != expected:
+        raise BenchError(f"{what}: {result['rows']} rows of {expected}, {result['failures']} failures "
+                         f"{result.get('first_failures', '')}")
+
+
+def measure(ctx: Ctx) -> list[dict]:
+    n = ctx.sizes["n"]
+    info = ensure_tree(ctx, n)
+    out = ctx.dir("convert", fresh=True)
+    ref = ctx.task(read_floor, catalog=info["catalog"], root=info["root"])  # also warms the page cache
+    ref = ctx.task(read_floor, catalog=info["catalog"], root=info["root"])
+    single = ctx.task(build_pixel, catalog=info["catalog"], root=info["root"], output_dir=str(out / "one-pixel"))
+    check(single, info["rows"], "convert one pixel")
+    pool = ctx.task(write_sector, catalog=info["catalog"], root=info["root"], output_dir=str(out / "sector"))
+    check(pool, info["rows"], "convert the sector")
+    reference = f"{fmt_rate(ref['rate'], 'files/s')} (open().read() + np.frombuffer, one core)"
+    return [
+        row("convert.one_core", "convert",
+            f"light curves/s on one core: units.build_unit, one pixel (one shard) of {info['rows']:,} "
+            f"{N_CADENCES}-cadence v1 files", fmt_rate(single["rate"], "/s"), single["rate"], reference, ref["rate"],
+            f"{single['seconds']:.1f} s wall, {single['cpu']:.1f} s CPU, peak RSS {fmt_bytes(single['peak_rss'])}; "
+            f"the demo archive generates such a file in {info['ms_per_file']:.2f} ms"),
+        row("convert.sector", "convert",
+            f"light curves/s per core: run.write_outputs -n 2, the same {info['rows']:,} files as a sector "
+            f"({info['pixels']} pixels, ~{info['rows'] // max(info['pixels'], 1)} rows each)",
+            fmt_rate(pool["rate"] / 2, "/s/core"), pool["rate"] / 2, reference, ref["rate"],
+            f"{pool['rate']:,.0f} /s in total, {pool['seconds']:.1f} s wall, {pool['cpu']:.1f} s CPU, peak RSS "
+            f"(all processes) {fmt_bytes(pool['peak_tree'])}; includes the plan and the dataset card"),
+        row("convert.peak_rss", "convert", "peak RSS of the one-pixel conversion above",
+            fmt_bytes(single["peak_rss"]), single["peak_rss"],
+            note=f"before converting (python + imports + catalog): {fmt_bytes(single['base_rss'])}"),
+    ]
