@@ -45,6 +45,7 @@ class BuildArguments:
     refresh_listings: bool = False
     rows_per_shard: int | None = None  # default: plan.rows_per_shard(sector)
     unit_rows: int | None = None  # most rows a work unit groups from small shards; default: plan.unit_rows(sector)
+    card_note: str = ""  # a paragraph for the dataset cards (the demo says its light curves are synthetic)
     batch_size: int = 5000  # files per task of the step-by-step download
     block_rows: int = BLOCK_ROWS  # light curves read before each write
 

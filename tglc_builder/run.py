@@ -33,7 +33,7 @@ def open_build_source(args: BuildArguments, workers: int = 1) -> Source:
 
 def writers_of(args: BuildArguments) -> list[Writer]:
     return make_writers(args.format, args.sector, args.column_set, args.hdf5_output_dir, args.hats_output_dir,
-                        args.hats_extras)
+                        args.hats_extras, args.card_note)
 
 
 def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = True) -> Table:

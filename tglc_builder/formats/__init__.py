@@ -14,7 +14,8 @@ __all__ = ["FORMATS", "Block", "Shard", "ShardSink", "WriteError", "Writer", "ma
 
 
 def make_writers(fmt: str, sector: int, columns: ColumnSet, hdf5_output_dir: str | os.PathLike,
-                 hats_output_dir: str | os.PathLike | None = None, hats_extras: bool = False) -> list[Writer]:
+                 hats_output_dir: str | os.PathLike | None = None, hats_extras: bool = False, note: str = ""
+                 ) -> list[Writer]:
     """The writers of a build: ``hdf5``, ``hats`` or ``both`` (every FITS file is still read once)."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -22,12 +23,12 @@ def make_writers(fmt: str, sector: int, columns: ColumnSet, hdf5_output_dir: str
     if fmt in ("hdf5", "both"):
         from .hdf5 import HDF5Writer
 
-        writers.append(HDF5Writer(hdf5_output_dir, sector, columns))
+        writers.append(HDF5Writer(hdf5_output_dir, sector, columns, note=note))
     if fmt in ("hats", "both"):
         try:
             from .hats import HatsWriter
         except ImportError as exc:
             raise UsageError(f"--format {fmt} needs hats ({exc.name} is missing): pip install "
                              "'tglc-builder[hats]'") from None
-        writers.append(HatsWriter(hats_output_dir, sector, columns, extras=hats_extras))
+        writers.append(HatsWriter(hats_output_dir, sector, columns, extras=hats_extras, note=note))
     return writers

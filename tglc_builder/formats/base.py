@@ -98,8 +98,9 @@ class Writer(abc.ABC):
     name: str  # "hdf5", "hats"
     output_dir: Path
 
-    def __init__(self, output_dir: str | os.PathLike, sector: int, columns: ColumnSet):
-        self.output_dir, self.sector, self.columns = Path(output_dir), int(sector), columns
+    def __init__(self, output_dir: str | os.PathLike, sector: int, columns: ColumnSet, note: str = ""):
+        """``note``: a paragraph for the dataset card (e.g. that the light curves are the demo's synthetic ones)."""
+        self.output_dir, self.sector, self.columns, self.note = Path(output_dir), int(sector), columns, note
 
     # -- worker side ------------------------------------------------------------------------------------------------
     @abc.abstractmethod

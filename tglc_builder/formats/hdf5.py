@@ -137,7 +137,7 @@ class HDF5Writer(Writer):
         files = sorted({self.file(shard) for shard in shards if self.file(shard).exists()})
         if files:  # none when the build stopped before its first file (a full disk): no card to write
             write_card(self.output_dir, fmt="hdf5", data_files=[f.relative_to(self.output_dir) for f in files],
-                       columns=self.columns, sectors=self.sector)
+                       columns=self.columns, sectors=self.sector, note=self.note)
 
 
 def _foreign_mark(file: Path, sector: int, columns: str) -> str:
