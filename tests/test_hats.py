@@ -1,0 +1,518 @@
+"""The HATS writer on real blocks of real FITS files: a collection hats accepts (strict), LSDB opens, cone-searches
+and cross-matches, and ``datasets`` loads, with the FITS values bit for bit; resume, corruption and write failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import healpy
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("hats")
+
+from _blocks import Sector, blocks, build, plan_shards, single_file_sector, synthetic_sector, write_shard  # noqa: E402
+from conftest import SAMPLE  # noqa: E402
+from tglc_builder.columns import column_set  # noqa: E402
+from tglc_builder.errors import UsageError  # noqa: E402
+from tglc_builder.formats.hats import (DIR_SUFFIX, FILE_SUFFIX, MARK_KEY, HatsWriter, catalog_name,  # noqa: E402
+                                       plain_write_error, read_mark)
+from tglc_builder.reader import read_tglc  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+SEED, ALL = column_set("seed"), column_set("all")
+CLUSTER = 150  # rows of the synthetic sector moved into one pixel, so that a pixel has many rows
+
+
+def _clustered(sector: Sector) -> tuple[Sector, int]:
+    """The sector with its first CLUSTER objects placed within 0.4 degrees of one pixel's centre (catalog
+    positions come from the target list, not the FITS files, so the files stay as served)."""
+    pixel = int(sector.healpix[0])
+    ra0, dec0 = healpy.pix2ang(16, pixel, nest=True, lonlat=True)
+    rng = np.random.default_rng(11)
+    ra, dec = sector.ra.copy(), sector.dec.copy()
+    dec[:CLUSTER] = dec0 + rng.uniform(-0.4, 0.4, CLUSTER)
+    ra[:CLUSTER] = ra0 + rng.uniform(-0.4, 0.4, CLUSTER) / np.cos(np.radians(dec[:CLUSTER]))
+    clustered = replace(sector, ra=ra, dec=dec)
+    assert np.all(clustered.healpix[:CLUSTER] == pixel)
+    return clustered, pixel
+
+
+@pytest.fixture(scope="module")
+def sector(tmp_path_factory) -> Sector:
+    """200 synthetic sector-23 light curves (1,252-1,282 cadences), 150 of them in one pixel."""
+    return _clustered(synthetic_sector(tmp_path_factory.mktemp("fits"), sector=23, n=200, seed=3))[0]
+
+
+@pytest.fixture(scope="module")
+def one_file_build(sector, tmp_path_factory) -> tuple[HatsWriter, list]:
+    """Every pixel one shard: the standard layout, Npix=<p>.parquet with _metadata."""
+    writer = HatsWriter(tmp_path_factory.mktemp("hats") / "collection", 23, SEED)
+    shards = plan_shards(sector)
+    build(writer, shards, sector.fits_dir)
+    return writer, shards
+
+
+@pytest.fixture(scope="module")
+def split_build(sector, tmp_path_factory) -> tuple[HatsWriter, list]:
+    """The 150-row pixel cut into 4 shards: every pixel a directory of shard files."""
+    writer = HatsWriter(tmp_path_factory.mktemp("hats") / "collection", 23, SEED)
+    shards = plan_shards(sector, rows_per_shard=40)
+    assert max(s.count for s in shards) == 4
+    build(writer, shards, sector.fits_dir)
+    return writer, shards
+
+
+def _pixel_files(writer: HatsWriter) -> list[Path]:
+    return sorted((writer.catalog_dir / "dataset").glob("Norder=4/Dir=*/Npix=*[0-9]*"))
+
+
+# ---- the collection -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("build_name", ["one_file_build", "split_build"])
+def test_collection_is_valid_hats(build_name, request):
+    from hats import read_hats
+    from hats.io.validation import is_valid_catalog
+
+    writer, shards = request.getfixturevalue(build_name)
+    out, catalog = writer.output_dir, writer.catalog_dir
+    assert catalog.name == catalog_name(23) == "tglc_s0023"
+    assert is_valid_catalog(out, strict=True) and is_valid_catalog(catalog, strict=True)
+    for name in ("hats.properties", "partition_info.csv", "point_map.fits", "dataset/_common_metadata"):
+        assert (catalog / name).is_file(), name
+    assert (out / "collection.properties").is_file() and (out / "README.md").is_file()
+    collection = read_hats(out)
+    assert collection.main_catalog_dir.name == "tglc_s0023"
+    main = collection.main_catalog
+    assert main.catalog_info.total_rows == 200
+    assert {p.order for p in main.get_healpix_pixels()} == {4}
+    assert sorted(p.pixel for p in main.get_healpix_pixels()) == sorted({s.pixel for s in shards})
+    files = _pixel_files(writer)
+    if build_name == "one_file_build":  # the contract's layout
+        assert main.catalog_info.npix_suffix == FILE_SUFFIX and (catalog / "dataset/_metadata").is_file()
+        assert all(f.is_file() and f.name == f"Npix={f.name[5:-8]}.parquet" for f in files)
+        assert len(files) == len(shards)
+    else:  # hats' pixel directories; no _metadata (hats' strict check rejects one listing several files a pixel)
+        assert main.catalog_info.npix_suffix == DIR_SUFFIX and not (catalog / "dataset/_metadata").exists()
+        assert all(f.is_dir() for f in files)
+        big = max(files, key=lambda f: len(list(f.iterdir())))
+        assert sorted(p.name for p in big.iterdir()) == [f"{k:03d}-of-004.parquet" for k in range(1, 5)]
+    assert not list(catalog.rglob(".*.tmp-*")), "temporary files left behind"
+
+
+def test_pixel_files_follow_the_contract(one_file_build, sector):
+    writer, shards = one_file_build
+    big = next(s for s in shards if len(s) == CLUSTER)
+    table = pq.read_table(writer.file(big))
+    assert table.schema.names == ["_healpix_29", "TIC_ID", "gaiadr3_id", "RA", "DEC", "sector", "camera", "ccd",
+                                  "psf_flux_err", "aper_flux_err", "n_cadences", "lightcurve"]
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types["_healpix_29"] == types["TIC_ID"] == types["gaiadr3_id"] == "int64"
+    assert types["RA"] == types["DEC"] == types["psf_flux_err"] == types["aper_flux_err"] == "double"
+    assert types["sector"] == types["camera"] == types["ccd"] == "int16" and types["n_cadences"] == "int32"
+    assert types["lightcurve"] == ("struct<time: list<element: double>, psf_flux: list<element: float>, aper_flux: "
+                                   "list<element: float>, tess_flags: list<element: int16>, tglc_flags: "
+                                   "list<element: int16>>")
+    spatial = table.column("_healpix_29").to_numpy()
+    assert np.all(np.diff(spatial) >= 0) and np.all(spatial >> 50 == big.pixel)
+    from hats.pixel_math.spatial_index import compute_spatial_index
+    ids = table.column("gaiadr3_id").to_numpy()
+    at = {int(g): i for i, g in enumerate(big.gaiadr3_id)}
+    rows = np.array([at[int(g)] for g in ids])
+    assert np.array_equal(spatial, compute_spatial_index(big.ra[rows], big.dec[rows]))
+    assert np.array_equal(table.column("camera").to_numpy(), big.cam[rows])
+    assert np.array_equal(table.column("ccd").to_numpy(), big.ccd[rows])
+    assert set(table.column("sector").to_numpy()) == {23}
+    meta = pq.read_metadata(writer.file(big))
+    assert meta.num_row_groups == 1 and meta.row_group(0).num_rows == CLUSTER  # < ROW_GROUP_ROWS
+    mark = json.loads(meta.metadata[MARK_KEY.encode()])
+    assert mark == {"sector": 23, "columns": "seed", "pixel": big.pixel, "shard": "001-of-001", "rows": CLUSTER,
+                    "tglc_builder_version": mark["tglc_builder_version"]}
+    column = meta.row_group(0).column(meta.num_columns - 5)  # lightcurve.time
+    assert column.path_in_schema == "lightcurve.time.list.element" and column.compression == "ZSTD"
+    assert "BYTE_STREAM_SPLIT" in column.encodings
+    _assert_rows_equal_fits(table, sector)
+
+
+def _assert_rows_equal_fits(table: pa.Table, sector: Sector, columns=SEED) -> None:
+    """Every row of an Arrow table (pyarrow or datasets' arrow format) against its FITS file, bit for bit."""
+    curve_col = table.column("lightcurve").combine_chunks()
+    ids = [int(g) for g in table.column("gaiadr3_id").to_pylist()]
+    for i, gaia in enumerate(ids):
+        curve = read_tglc(sector.file_of(gaia), gaiadr3_id=gaia)
+        for s in columns.series:
+            values = curve_col.field(s.name)[i].values.to_numpy(zero_copy_only=False)
+            expected = curve.data[s.fits_column].astype(s.dtype)
+            assert values.dtype == s.dtype and values.tobytes() == expected.tobytes(), (gaia, s.name)
+        for s in columns.scalars:
+            if s.name in table.column_names:
+                value = np.array(table.column(s.name)[i].as_py(), s.dtype)
+                header = curve.primary if s.hdu == 0 else curve.header
+                expected = np.array(header.get(s.card, np.nan), s.dtype)
+                assert value.tobytes() == expected.tobytes(), (gaia, s.name)
+        if "n_cadences" in table.column_names:
+            assert table.column("n_cadences")[i].as_py() == curve.n_cadences
+
+
+# ---- readers: LSDB and datasets -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("build_name", ["one_file_build", "split_build"])
+def test_lsdb_cone_search_and_crossmatch(build_name, request, sector):
+    lsdb = pytest.importorskip("lsdb")
+
+    writer, _ = request.getfixturevalue(build_name)
+    tglc = lsdb.open_catalog(writer.output_dir)
+    assert tglc.hc_structure.catalog_info.total_rows == 200
+    ra0, dec0 = float(np.mean(sector.ra[:CLUSTER])), float(np.mean(sector.dec[:CLUSTER]))
+    radius = 0.15  # degrees
+    found = tglc.cone_search(ra=ra0, dec=dec0, radius_arcsec=radius * 3600).compute()
+    sep = np.degrees(np.arccos(np.clip(
+        np.sin(np.radians(dec0)) * np.sin(np.radians(sector.dec)) +
+        np.cos(np.radians(dec0)) * np.cos(np.radians(sector.dec)) * np.cos(np.radians(sector.ra - ra0)), -1, 1)))
+    expected = set(sector.gaiadr3_id[sep < radius].tolist())
+    assert 5 <= len(expected) < CLUSTER
+    assert set(found["gaiadr3_id"].tolist()) == expected
+    assert "lightcurve" in found.columns
+    # a crossmatch of the cone's stars against the whole catalog: each finds itself, at distance 0
+    matched = tglc.cone_search(ra=ra0, dec=dec0, radius_arcsec=radius * 3600).crossmatch(
+        tglc, radius_arcsec=1.0, n_neighbors=1, suffixes=("", "_all")).compute()
+    assert sorted(matched["gaiadr3_id"]) == sorted(expected)
+    assert np.array_equal(matched["gaiadr3_id"].to_numpy(), matched["gaiadr3_id_all"].to_numpy())
+    assert np.all(matched["_dist_arcsec"].to_numpy() < 1e-6)
+
+
+@pytest.mark.parametrize("build_name", ["one_file_build", "split_build"])
+def test_load_dataset_gives_the_main_catalog_rows(build_name, request, sector, tmp_path):
+    from datasets import load_dataset
+
+    writer, _ = request.getfixturevalue(build_name)
+    ds = load_dataset(str(writer.output_dir), split="train", cache_dir=str(tmp_path / "cache"))
+    assert ds.num_rows == 200
+    assert sorted(ds.column_names) == sorted(["lightcurve", "RA", "DEC", "TIC_ID", "gaiadr3_id", "psf_flux_err",
+                                              "aper_flux_err"])
+    assert sorted(int(g) for g in ds["gaiadr3_id"]) == sorted(sector.gaiadr3_id.tolist())
+    example = ds[0]
+    assert isinstance(example["TIC_ID"], str) and isinstance(example["gaiadr3_id"], str)
+    gaia = int(example["gaiadr3_id"])
+    i = int(np.flatnonzero(sector.gaiadr3_id == gaia)[0])
+    assert example["TIC_ID"] == str(sector.tic_id[i]) and example["RA"] == sector.ra[i]
+    lc = ds.with_format("numpy", dtype=None)[0]["lightcurve"]
+    assert lc["time"].dtype == np.float64 and lc["psf_flux"].dtype == np.float32
+    assert lc["tess_flags"].dtype == np.int16
+    assert len(lc["time"]) == read_tglc(sector.file_of(gaia)).n_cadences  # trimmed
+    _assert_rows_equal_fits(ds.with_format("arrow")[:], sector)
+
+
+def test_card_names_exactly_the_main_catalog_files(split_build):
+    import yaml
+
+    writer, shards = split_build
+    text = (writer.output_dir / "README.md").read_text()
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["license"] == "cc-by-4.0"
+    (config,) = front["configs"]
+    (files,) = config["data_files"]
+    assert files["split"] == "train"
+    assert sorted(files["path"]) == sorted(str(writer.file(s).relative_to(writer.output_dir)) for s in shards)
+    assert [f["name"] for f in front["dataset_info"]["features"]] == config["columns"]
+    for needle in ("Han & Brandt 2023", "10.17909/610m-9474", "lsdb.open_catalog", "load_dataset", "n_cadences",
+                   "sector 23", "200 light curves", "Npix=<p>/", "no `_metadata`"):
+        assert needle in text, needle
+
+
+# ---- bit for bit ----------------------------------------------------------------------------------------------------
+def test_nan_payloads_survive(sector, tmp_path):
+    """A NaN's payload bits reach the file and come back (floats are never dictionary-encoded)."""
+    writer = HatsWriter(tmp_path / "out", 23, SEED)
+    shard = next(s for s in plan_shards(sector) if len(s) == CLUSTER)
+    writer.prepare([shard], False)
+    block = next(blocks(shard, sector.fits_dir, SEED, block_rows=3))
+    block.series["time"][0, 3] = np.array(0x7FF0_0000_0000_BEEF, np.uint64).view(np.float64)  # signalling NaN
+    block.series["psf_flux"][1, 5] = np.array(0xFFC0_1234, np.uint32).view(np.float32)  # negative quiet NaN
+    block.scalars["psf_flux_err"][0] = np.array(0x7FF8_0000_0000_0042, np.uint64).view(np.float64)
+    sink = writer.open(shard)
+    sink.append(block)
+    sink.commit()
+    table = pq.read_table(writer.file(shard))
+    by_id = {g: i for i, g in enumerate(table.column("gaiadr3_id").to_pylist())}
+    curve = table.column("lightcurve").combine_chunks()
+    row0, row1 = by_id[int(block.scalars["gaiadr3_id"][0])], by_id[int(block.scalars["gaiadr3_id"][1])]
+    time0 = curve.field("time")[row0].values.to_numpy()
+    assert time0.view(np.uint64)[3] == 0x7FF0_0000_0000_BEEF
+    assert curve.field("psf_flux")[row1].values.to_numpy().view(np.uint32)[5] == 0xFFC0_1234
+    err = table.column("psf_flux_err").to_numpy()
+    assert err.view(np.uint64)[row0] == 0x7FF8_0000_0000_0042
+
+
+# ---- resume ---------------------------------------------------------------------------------------------------------
+def test_complete_ids_only_after_commit_and_in_catalog_order(sector, tmp_path):
+    writer = HatsWriter(tmp_path / "out", 23, SEED)
+    shards = plan_shards(sector)
+    shard = next(s for s in shards if len(s) == CLUSTER)
+    writer.prepare(shards, False)
+    assert writer.complete_ids(shard) is None
+    sink = writer.open(shard)
+    for block in blocks(shard, sector.fits_dir, SEED, block_rows=32):
+        sink.append(block)
+        assert writer.complete_ids(shard) is None  # nothing under the final name yet
+    assert [p.name for p in writer.file(shard).parent.iterdir()] != [writer.file(shard).name]
+    sink.commit()
+    ids = writer.complete_ids(shard)
+    assert np.array_equal(ids, shard.gaiadr3_id)  # catalog order, though the file is in _healpix_29 order
+    assert not np.array_equal(pq.read_table(writer.file(shard), columns=["gaiadr3_id"]).column(0).to_numpy(),
+                              shard.gaiadr3_id)
+    assert np.array_equal(writer.complete_ids(shard, verify=True), shard.gaiadr3_id)
+    # another sector's or another column set's writer does not take the file for its own
+    assert HatsWriter(tmp_path / "out", 24, SEED).complete_ids(replace(shard)) is None
+    assert HatsWriter(tmp_path / "out", 23, ALL).complete_ids(shard) is None
+    # a fresh writer (a worker that did not prepare) finds the layout in the stamp
+    fresh = HatsWriter(tmp_path / "out", 23, SEED)
+    assert fresh.file(shard) == writer.file(shard) and np.array_equal(fresh.complete_ids(shard), shard.gaiadr3_id)
+    # rows that failed to read are missing: the ids say so, and the core writes the shard again
+    write_shard(writer, shard, sector.fits_dir, skip={0, 5, 149})
+    ids = writer.complete_ids(shard)
+    assert np.array_equal(ids, np.delete(shard.gaiadr3_id, [0, 5, 149]))
+    # an aborted rewrite leaves the whole file as it was, and no temporary file
+    sink = writer.open(shard)
+    sink.append(next(blocks(shard, sector.fits_dir, SEED)))
+    sink.abort()
+    sink.abort()
+    assert np.array_equal(writer.complete_ids(shard), ids)
+    assert [p.name for p in writer.file(shard).parent.iterdir()] == [writer.file(shard).name]
+    # a sink that receives no row removes the shard's file
+    empty = writer.open(shard)
+    empty.commit()
+    assert not writer.file(shard).exists() and writer.complete_ids(shard) is None
+
+
+def test_corruption_is_detected(sector, tmp_path):
+    writer = HatsWriter(tmp_path / "out", 23, SEED)
+    shards = plan_shards(sector)
+    shard = next(s for s in shards if len(s) == CLUSTER)
+    writer.prepare(shards, False)
+    write_shard(writer, shard, sector.fits_dir)
+    file = writer.file(shard)
+    good = file.read_bytes()
+    # a bit flipped inside a page of light-curve data: the page checksum catches it
+    meta = pq.read_metadata(file)
+    chunk = meta.row_group(0).column(meta.num_columns - 4)  # lightcurve.psf_flux
+    assert chunk.path_in_schema == "lightcurve.psf_flux.list.element"
+    flipped = bytearray(good)
+    flipped[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0x10
+    file.write_bytes(flipped)
+    assert writer.complete_ids(shard, verify=True) is None
+    with pytest.raises((OSError, pa.ArrowException)):
+        pq.read_table(file, page_checksum_verification=True)
+    with pytest.raises((OSError, pa.ArrowException)):  # so do LSDB's reads of the file
+        pq.ParquetFile(file, page_checksum_verification=True).read_row_group(0)
+    # a truncated file is not whole, verified or not
+    file.write_bytes(good[:len(good) // 2])
+    assert writer.complete_ids(shard) is None and writer.complete_ids(shard, verify=True) is None
+    file.write_bytes(good)
+    assert np.array_equal(writer.complete_ids(shard, verify=True), shard.gaiadr3_id)
+
+
+_CHILD = """
+import resource, signal, sys
+sys.path[:0] = [{tests!r}, {repo!r}]
+from pathlib import Path
+from _blocks import blocks, plan_shards, synthetic_sector
+from tglc_builder.columns import column_set
+from tglc_builder.formats import WriteError
+from tglc_builder.formats.hats import HatsWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing the process
+sector = synthetic_sector(Path({fits!r}), sector=23, n=40, seed=5)
+shard = max(plan_shards(sector), key=len)
+writer = HatsWriter({out!r}, 23, column_set("seed"))
+writer.prepare([shard], False)
+todo = list(blocks(shard, sector.fits_dir, writer.columns, block_rows=2))
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+print("FILE:", writer.file(shard))
+for phase in ("append", "commit"):  # the limit hits the temporary Arrow file, then the Parquet file
+    sink = writer.open(shard)
+    try:
+        if phase == "append":
+            resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+        for block in todo:
+            sink.append(block)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+        sink.commit()
+        print(phase, "no error")
+    except WriteError as exc:
+        sink.abort()
+        print(phase, "WriteError:", exc)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+"""
+
+
+def test_a_real_write_failure_raises_write_error(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes the writes fail for real, in the temporary Arrow
+    file (append) and in the Parquet file (commit): WriteError in plain words, nothing under the final name."""
+    code = _CHILD.format(tests=str(TESTS), repo=str(TESTS.parent), fits=str(tmp_path / "fits"),
+                         out=str(tmp_path / "out"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = Path(done.stdout.split("FILE: ", 1)[1].splitlines()[0])
+    for phase in ("append", "commit"):
+        message = done.stdout.split(f"{phase} WriteError: ", 1)[1].splitlines()[0]
+        print(message)
+        assert "file size limit reached" in message and final.name in message, done.stdout
+    assert not final.exists()
+    assert not [p for p in final.parent.iterdir()], "temporary files left behind"
+
+
+def test_write_errors_in_plain_words():
+    """The words the build looks for to stop at once (a full disk stops every worker)."""
+    import errno
+
+    file = Path("/data/out/Npix=5.parquet")
+    assert plain_write_error(file, OSError(errno.ENOSPC, "No space left on device")) == \
+        "no space left on /data/out writing Npix=5.parquet"
+    assert plain_write_error(file, OSError("IOError: error writing bytes to file. Detail: [errno 28] No space left "
+                                           "on device")).startswith("no space left")
+    assert plain_write_error(file, OSError(errno.EFBIG, "File too large")).startswith("file size limit reached")
+    assert plain_write_error(file, OSError(errno.EACCES, "denied")) == \
+        "cannot write /data/out/Npix=5.parquet: Permission denied"
+
+
+# ---- prepare: one build per folder ----------------------------------------------------------------------------------
+def test_prepare_refuses_another_build_and_removes_debris(sector, tmp_path):
+    out = tmp_path / "out"
+    shards = plan_shards(sector)
+    build(HatsWriter(out, 23, SEED), shards, sector.fits_dir)
+    # debris of killed writers goes; the build's files stay
+    writer = HatsWriter(out, 23, SEED)
+    pixel_dir = writer.file(shards[0]).parent
+    for name in (f".{writer.file(shards[0]).name}.tmp-999", f".{writer.file(shards[0]).name}.tmp-999.arrow"):
+        (pixel_dir / name).write_bytes(b"half")
+    writer.prepare(shards, False)
+    assert not list(pixel_dir.glob(".*")) and all(writer.complete_ids(s) is not None for s in shards)
+    assert not (writer.catalog_dir / "hats.properties").exists()  # unfinished until finish()
+    writer.finish(shards)
+    # another sector in the same folder
+    with pytest.raises(UsageError, match="tglc_s0023"):
+        HatsWriter(out, 24, SEED).prepare([replace(s) for s in shards], False)
+    # another column set
+    with pytest.raises(UsageError, match="--columns seed"):
+        HatsWriter(out, 23, ALL).prepare(shards, False)
+    # a smaller build (e.g. --tiny after a full build): pixels outside the plan
+    tiny = [s for s in shards if len(s) == CLUSTER]
+    with pytest.raises(UsageError, match="not in this build"):
+        HatsWriter(out, 23, SEED).prepare(tiny, False)
+    assert all(HatsWriter(out, 23, SEED).complete_ids(s) is not None for s in shards)  # nothing was removed
+    # --overwrite: the other build's files go
+    writer = HatsWriter(out, 23, SEED)
+    writer.prepare(tiny, True)
+    assert [f for f in writer._data_files()] == [writer.file(tiny[0])]
+    # the same pixels cut into more shards: the old files are superseded and removed, the layout changes
+    split = plan_shards(sector, rows_per_shard=40)
+    writer.prepare(split, False)
+    assert writer.layout() == DIR_SUFFIX and writer._data_files() == []
+    other = HatsWriter(out, 24, SEED)
+    other.prepare([replace(s) for s in shards], True)
+    assert not (out / "tglc_s0023").exists()
+
+
+# ---- the real TGLC file, every column, and the size of a light curve -------------------------------------------------
+@pytest.mark.skipif(not SAMPLE.exists(), reason="the real TGLC sample in ../shared/data is absent")
+def test_real_sample_all_columns(tmp_path):
+    from datasets import load_dataset
+    from hats.io.validation import is_valid_catalog
+
+    sample = single_file_sector(SAMPLE)
+    writer = HatsWriter(tmp_path / "out", 1, ALL)
+    shards = plan_shards(sample)
+    build(writer, shards, sample.fits_dir)
+    assert is_valid_catalog(writer.output_dir, strict=True)
+    table = pq.read_table(writer.file(shards[0]))
+    assert table.num_rows == 1 and table.column("TIC_ID")[0].as_py() == 389023759
+    assert table.column("camera")[0].as_py() == 2 and table.column("ccd")[0].as_py() == 1
+    assert np.isnan(table.column("contamrt")[0].as_py())  # a v1 file has no CONTAMRT
+    assert table.schema.field("lightcurve").type.names == [s.name for s in ALL.series]
+    _assert_rows_equal_fits(table, sample, ALL)
+    ds = load_dataset(str(writer.output_dir), split="train", cache_dir=str(tmp_path / "cache"))
+    assert ds.num_rows == 1 and ds[0]["gaiadr3_id"] == "6399196263939178880"
+    assert "cal_aper_flux" in ds[0]["lightcurve"] and "tessmag" in ds.column_names
+    _assert_rows_equal_fits(ds.with_format("arrow")[:], sample, ALL)
+    print(f"\nreal sample, one light curve alone in a file: {os.path.getsize(writer.file(shards[0]))} bytes")
+
+
+def test_bytes_per_light_curve(one_file_build, sector):
+    """The size goal: <= 9 KB per 1,282-cadence light curve (measured on the 150-row pixel file, where the
+    footer is shared by many light curves, as in a real build)."""
+    writer, shards = one_file_build
+    big = next(s for s in shards if len(s) == CLUSTER)
+    file = writer.file(big)
+    cadences = int(pq.read_table(file, columns=["n_cadences"]).column(0).to_numpy().sum())
+    per_lc = os.path.getsize(file) / cadences * 1282
+    print(f"\nHATS: {per_lc:.0f} bytes per 1,282-cadence light curve ({os.path.getsize(file)} bytes for "
+          f"{CLUSTER} light curves)")
+    assert per_lc <= 9 * 1024
+
+
+def test_mark_is_written_last(one_file_build):
+    """The mark lives in the footer, which Parquet writes when the file is closed: a file cut anywhere has none."""
+    writer, shards = one_file_build
+    file = writer.file(shards[0])
+    assert read_mark(file)["rows"] == len(shards[0])
+    data = file.read_bytes()
+    assert MARK_KEY.encode() in data[-len(data) // 4:] and MARK_KEY.encode() not in data[:len(data) // 2]
+
+
+# ---- extras: margin cache and Gaia id index -------------------------------------------------------------------------
+def _straddling(sector: Sector) -> tuple[Sector, np.ndarray]:
+    """40 rows: 20 of the cluster, and 20 on a line across the northern edge of its pixel, 10 each side within
+    3.6 arcsec of it (so each pixel's margin holds the other side's 10)."""
+    pixel = int(sector.healpix[0])
+    ra0, dec0 = healpy.pix2ang(16, pixel, nest=True, lonlat=True)
+    low, high = dec0, dec0 + 5.0  # bisect for the edge along the meridian ra0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if healpy.ang2pix(16, ra0, mid, nest=True, lonlat=True) == pixel else (low, mid)
+    steps = 1e-4 * np.arange(1, 11)
+    keep = np.arange(40)
+    sub = replace(sector, **{name: getattr(sector, name)[keep] for name in
+                             ("gaiadr3_id", "tic_id", "ra", "dec", "cam", "ccd", "path")})
+    sub.ra[20:] = ra0
+    sub.dec[20:] = np.concatenate([low - steps, high + steps])
+    edge = sub.gaiadr3_id[20:]
+    assert len(set(sub.healpix.tolist())) == 2
+    return sub, edge
+
+
+def test_extras_margin_cache_and_index(sector, tmp_path):
+    lsdb = pytest.importorskip("lsdb")
+    pytest.importorskip("hats_import")
+    from datasets import load_dataset
+    from hats import read_hats
+    from hats.io.validation import is_valid_catalog
+
+    sub, edge = _straddling(sector)
+    writer = HatsWriter(tmp_path / "out", 23, SEED, extras=True)
+    build(writer, plan_shards(sub), sub.fits_dir)
+    out = writer.output_dir
+    assert is_valid_catalog(out, strict=True)
+    collection = read_hats(out)
+    assert collection.default_margin == "tglc_s0023_10arcs"
+    assert collection.all_indexes == {"gaiadr3_id": "tglc_s0023_gaiadr3_id"}
+    margin = pq.read_table(out / "tglc_s0023_10arcs" / "dataset", columns=["gaiadr3_id"]).column(0).to_pylist()
+    assert sorted(margin) == sorted(edge.tolist())  # each side of the edge is in the other pixel's margin
+    tglc = lsdb.open_catalog(out)
+    assert tglc.margin is not None
+    gaia = int(sub.gaiadr3_id[7])
+    assert tglc.id_search(values={"gaiadr3_id": gaia}).compute()["gaiadr3_id"].tolist() == [gaia]
+    # the edge stars' neighbours within 10 arcsec include the stars across the edge (found through the margin)
+    edge_cat = tglc.cone_search(ra=float(sub.ra[20]), dec=float(sub.dec[29]), radius_arcsec=5)
+    matched = edge_cat.crossmatch(tglc, radius_arcsec=10, n_neighbors=20, suffixes=("", "_n")).compute()
+    assert set(matched["gaiadr3_id_n"]) == set(edge.tolist())
+    ds = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert ds.num_rows == 40  # the margin cache and the index are not rows of the dataset
+    assert "10 arcsec margin cache" in (out / "README.md").read_text()
+    # the next build removes the derived catalogs until its own finish
+    writer.prepare(plan_shards(sub), False)
+    assert not (out / "tglc_s0023_10arcs").exists() and not (out / "collection.properties").exists()

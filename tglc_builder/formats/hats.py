@@ -1,0 +1,733 @@
+"""The HATS format (``--format hats``): a HATS collection that LSDB opens, cross-matches and cone-searches, and that
+``datasets.load_dataset(<folder>, split="train")`` loads (see DATASET-CONTRACT.md, "HATS output")::
+
+    <output_dir>/
+        collection.properties                 the collection (hats' CollectionProperties)
+        README.md                             the dataset card: data_files name exactly the main catalog's files
+        tglc_sSSSS/                           the main catalog, partitioned at HEALPix order 4 (nside 16, nested)
+            hats.properties                   written last by finish(): a catalog without it is unfinished
+            partition_info.csv, point_map.fits, skymap.fits
+            .tglc_build.json                  this build's sector, columns and pixel layout (for resume)
+            dataset/_common_metadata, dataset/_metadata   (_metadata in the one-file-per-pixel layout only)
+            dataset/Norder=4/Dir=<d>/Npix=<p>.parquet          a pixel of one shard: one file
+            dataset/Norder=4/Dir=<d>/Npix=<p>/<k>-of-<n>.parquet   (the layout of builds with multi-shard pixels)
+        tglc_sSSSS_10arcs/, tglc_sSSSS_gaiadr3_id/   with ``extras``: margin cache (hats-import), Gaia id index
+
+One row per light curve: ``_healpix_29`` (rows of a file sorted by it), ids, position, ``sector``/``camera``/``ccd``,
+the header errors, ``n_cadences``, the header scalars of the column set, and ``lightcurve``, a struct of lists
+trimmed to ``n_cadences``. Values are the FITS values bit for bit (NaN payloads included: floats are never
+dictionary-encoded, whose hashing folds NaNs together).
+
+**Several files per pixel.** hats 0.11 reads a pixel stored as a directory of Parquet files (``hats_npix_suffix =
+/``), but only catalog-wide (every pixel a directory, or none), and its strict validator
+(``is_valid_catalog(strict=True)``) rejects a ``_metadata`` file that lists several files of one pixel (it compares
+the files' pixels, duplicates included, with ``partition_info.csv``). So the layout is chosen per build, from the
+plan, in :meth:`HatsWriter.prepare`: when every pixel is one shard, the standard ``Npix=<p>.parquet`` with
+``_metadata``; when some pixel has several shards, every pixel is a directory ``Npix=<p>/`` holding its shards'
+files ``<k>-of-<n>.parquet`` and the catalog has ``_common_metadata`` but no ``_metadata`` (hats' own writer with
+``create_metadata=False``). Both are valid with ``strict=True``; LSDB and ``datasets`` read both. Rows are sorted by
+``_healpix_29`` within each file (a pixel directory is the concatenation of sorted files).
+
+**Integrity.** A shard's rows arrive in catalog order; each block is appended to a temporary Arrow IPC file, and
+:meth:`~_HatsSink.commit` memory-maps it and writes the Parquet file under a temporary name in ``_healpix_29``
+order, one row group (:data:`ROW_GROUP_ROWS` light curves) at a time, so memory holds a few row groups, never the
+shard (measured: ~4 row groups of light curves at the peak, 55 MB each at 10,700 cadences). Every
+page carries a CRC checksum (``write_page_checksum``), so a corrupted page raises on read in pyarrow (with
+``page_checksum_verification``). The footer's key-value metadata, written last when the file is closed, records
+the sector, columns, pixel, shard and row count (:data:`MARK_KEY`); the file is then reopened and read whole
+(checksums, row count, schema, each list's length against ``n_cadences``, ids and sort order), synced and only
+then renamed. A file under a final name with a matching mark is therefore whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import __version__, layout
+from ..columns import IDS_AND_POSITION, N_CADENCES, ColumnSet
+from ..errors import UsageError
+from .base import Block, Shard, ShardSink, WriteError, Writer
+from .card import write_card
+
+log = logging.getLogger(__name__)
+
+ORDER = 4  # HEALPix order of the partitions: nside 16, the pixels of the HDF5 folders
+assert 1 << ORDER == layout.NSIDE and layout.NEST
+SPATIAL_INDEX = "_healpix_29"
+SPATIAL_ORDER = 29
+ROW_GROUP_ROWS = 256  # light curves per Parquet row group (~6.5 MB before compression at 1,282 cadences)
+# zstd level and page size, measured on the demo sector (1,282 cadences, rows of 256): 8.6 KB per light curve at
+# level 3 with 1 MB pages (pyarrow's default page size); hats' 128 KB pages cost 11.2 KB (zstd sees too little of the
+# times, which repeat across stars), level 9 saves 1% for twice the time, level 15 2% for fifteen times.
+COMPRESSION_LEVEL = 3
+DATA_PAGE_SIZE = 1 << 20
+SKYMAP_ORDER = 10  # order of point_map.fits / skymap.fits (hats-import's default)
+MARGIN_ARCSEC = 10.0  # margin cache of the extras
+MARGIN_NAME = f"{int(MARGIN_ARCSEC)}arcs"
+MARK_KEY = "tglc_builder"  # footer key-value metadata, written last: what a whole file holds
+STAMP = ".tglc_build.json"  # in the catalog folder: sector, columns and layout of the build that prepared it
+FILE_SUFFIX, DIR_SUFFIX = ".parquet", "/"
+_TEMPORARY = ".tmp-"
+_SHARD_FILE = re.compile(r"^\d{3,}-of-\d{3,}\.parquet$")
+_PIXEL_FILE = re.compile(r"^Npix=(\d+)\.parquet$")
+_PIXEL_DIR = re.compile(r"^Npix=(\d+)$")
+# Catalog-level files that finish() writes (and prepare() removes, so that an unfinished build never looks finished)
+_CATALOG_FILES = ("hats.properties", "properties", "partition_info.csv", "point_map.fits", "skymap.fits",
+                  "data_thumbnail.parquet", "dataset/_metadata", "dataset/_common_metadata")
+# Base columns taken from the catalog/shard: header scalars of the same name (``camera``, ``ccd`` of --columns all)
+# are not repeated.
+_SHARD_SCALARS = {"sector": "TESS sector", "camera": "TESS camera", "ccd": "TESS CCD"}
+
+
+def catalog_name(sector: int) -> str:
+    return f"tglc_s{int(sector):04d}"
+
+
+# ---- schema -----------------------------------------------------------------------------------------------------
+def _field(name: str, type_: pa.DataType, unit: str = "", description: str = "") -> pa.Field:
+    meta = {k: v for k, v in (("unit", unit), ("description", description)) if v}
+    return pa.field(name, type_, metadata=meta or None)
+
+
+def extra_scalars(columns: ColumnSet) -> list:
+    """The header scalars that are columns of their own (``psf_flux_err``, ... but not ``camera``/``ccd``)."""
+    seed = {"psf_flux_err", "aper_flux_err"}
+    return [s for s in columns.scalars if s.name not in seed and s.name not in _SHARD_SCALARS]
+
+
+def arrow_schema(columns: ColumnSet) -> pa.Schema:
+    """The catalog's schema: the contract's columns in its order, then the extra header scalars, then the light
+    curve (list value fields are named ``element``, as Parquet stores them, so the schema reads back equal)."""
+    by_name = {s.name: s for s in columns.scalars}
+    fields = [_field(SPATIAL_INDEX, pa.int64(), "", "HEALPix order-29 nested index of (RA, DEC): HATS' spatial index")]
+    for name, (dtype, unit, description) in IDS_AND_POSITION.items():
+        fields.append(_field(name, pa.from_numpy_dtype(dtype), unit, description))
+    fields += [_field(name, pa.int16(), "", description) for name, description in _SHARD_SCALARS.items()]
+    for name in ("psf_flux_err", "aper_flux_err"):
+        s = by_name[name]
+        fields.append(_field(name, pa.from_numpy_dtype(s.dtype), s.unit, s.description))
+    fields.append(_field(N_CADENCES[0], pa.from_numpy_dtype(N_CADENCES[1]), N_CADENCES[2],
+                         "true length of the light curve: every list of lightcurve is this long"))
+    fields += [_field(s.name, pa.from_numpy_dtype(s.dtype), s.unit, s.description) for s in extra_scalars(columns)]
+    series = [_field(s.name, pa.list_(pa.field("element", pa.from_numpy_dtype(s.dtype))), s.unit, s.description)
+              for s in columns.series]
+    fields.append(_field("lightcurve", pa.struct(series), "", "the light curve, each list n_cadences long"))
+    return pa.schema(fields)
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """``pq.ParquetWriter`` options: hats' defaults for the schema (BYTE_STREAM_SPLIT for floats, delta for the
+    spatial index, dictionary for the other integers), zstd at :data:`COMPRESSION_LEVEL` in pages of
+    :data:`DATA_PAGE_SIZE`, page checksums; the cadence number (``--columns all``) is a counter, so delta too."""
+    from hats.io.file_io.file_io import get_parquet_write_table_kwargs
+
+    encodings = {"lightcurve.cadence_num.list.element": "DELTA_BINARY_PACKED"} \
+        if "cadence_num" in schema.field("lightcurve").type.names else {}
+    kwargs = get_parquet_write_table_kwargs(schema, write_table_kwargs={
+        "compression_level": COMPRESSION_LEVEL, "column_encoding": encodings, "write_page_checksum": True,
+        "data_page_size": DATA_PAGE_SIZE, "dictionary_pagesize_limit": DATA_PAGE_SIZE})
+    kwargs.pop("row_group_size", None)  # one row group per write_table call
+    return kwargs
+
+
+# ---- errors -----------------------------------------------------------------------------------------------------
+def plain_write_error(file: Path, exc: BaseException) -> str:
+    """What went wrong writing ``file``, in plain words (pyarrow words it as "IOError: ... [errno 28] ...")."""
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    low = text.lower()
+    if code in (errno.ENOSPC, errno.EDQUOT) or "errno 28" in low or "errno = 28" in low or "no space left" in low \
+            or "quota exceeded" in low:
+        return f"no space left on {file.parent} writing {file.name}"
+    if code == errno.EFBIG or "errno 27" in low or "errno = 27" in low or "file too large" in low:
+        return f"file size limit reached on {file.parent} writing {file.name}"
+    reason = os.strerror(code) if isinstance(code, int) and code else (text.splitlines() or [type(exc).__name__])[0]
+    return f"cannot write {file}: {reason}"
+
+
+# ---- reading a shard file back ------------------------------------------------------------------------------------
+def read_mark(file: Path | str) -> dict | None:
+    """The mark of a pixel file (None when it has none or is not a readable Parquet file)."""
+    try:
+        meta = pq.read_metadata(file).metadata or {}
+        return json.loads(meta[MARK_KEY.encode()])
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+
+
+def verify_file(file: Path, schema: pa.Schema, mark: dict | None = None, full: bool = True,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Check a pixel file and return its (gaiadr3_id, _healpix_29) in file order; raise WriteError if it is not
+    whole. Checked: the mark (equal to ``mark`` when given), the schema, the row count, every column chunk's value
+    count, no nulls, ids, the spatial index sorted and inside the mark's pixel. With ``full``, every value is read
+    (every page checksum verified) and each list's length is held against ``n_cadences``."""
+    pf = None
+    try:
+        pf = pq.ParquetFile(file, page_checksum_verification=True)
+        meta = pf.metadata
+        found = json.loads((meta.metadata or {}).get(MARK_KEY.encode(), b"null"))
+        if not isinstance(found, dict) or not {"rows", "pixel"} <= found.keys():
+            raise WriteError(f"{file}: no {MARK_KEY} mark in its footer (not a finished shard file)")
+        if mark is not None and found != mark:
+            raise WriteError(f"{file}: its mark {found} is not the expected {mark}")
+        if not pf.schema_arrow.equals(schema, check_metadata=False):
+            raise WriteError(f"{file}: its columns differ from the build's ({pf.schema_arrow.names})")
+        if meta.num_rows != found["rows"]:
+            raise WriteError(f"{file}: {meta.num_rows} rows, its mark says {found['rows']}")
+        n_series = len(schema.field("lightcurve").type)
+        n_scalar = meta.num_columns - n_series
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(n_scalar):
+                if group.column(c).num_values != group.num_rows:
+                    raise WriteError(f"{file}: column {group.column(c).path_in_schema} of row group {g} holds "
+                                     f"{group.column(c).num_values} values for {group.num_rows} rows")
+        if full:
+            ids, spatial = [], []
+            for g in range(meta.num_row_groups):
+                table = pf.read_row_group(g)  # raises on a checksum mismatch
+                _check_table(file, table, g)
+                ids.append(table.column("gaiadr3_id").to_numpy())
+                spatial.append(table.column(SPATIAL_INDEX).to_numpy())
+            ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+            spatial = np.concatenate(spatial) if spatial else np.zeros(0, np.int64)
+        else:
+            table = pf.read(columns=["gaiadr3_id", SPATIAL_INDEX])
+            ids, spatial = table.column("gaiadr3_id").to_numpy(), table.column(SPATIAL_INDEX).to_numpy()
+    except WriteError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+        raise WriteError(f"{file}: does not read back ({exc})") from None
+    finally:
+        if pf is not None:
+            pf.close()
+    if len(ids) != found["rows"]:
+        raise WriteError(f"{file}: {len(ids)} ids, its mark says {found['rows']} rows")
+    if len(spatial) and (np.any(np.diff(spatial) < 0) or
+                         np.any(spatial >> (2 * (SPATIAL_ORDER - ORDER)) != found["pixel"])):
+        raise WriteError(f"{file}: {SPATIAL_INDEX} is not sorted or not inside pixel {found['pixel']}")
+    return ids, spatial
+
+
+def _check_table(file: Path, table: pa.Table, group: int) -> None:
+    for name in table.column_names:
+        if table.column(name).null_count:
+            raise WriteError(f"{file}: nulls in column {name} of row group {group}")
+    lengths = table.column(N_CADENCES[0]).to_numpy()
+    start = 0
+    for chunk in table.column("lightcurve").chunks:
+        expected = lengths[start:start + len(chunk)]
+        start += len(chunk)
+        for i, field in enumerate(chunk.type):
+            child = chunk.field(i)
+            if child.null_count or not np.array_equal(pc.list_value_length(child).to_numpy(zero_copy_only=False),
+                                                      expected):
+                raise WriteError(f"{file}: lightcurve.{field.name} of row group {group} is not n_cadences long")
+
+
+def catalog_order(ids: np.ndarray, shard: Shard) -> np.ndarray:
+    """``ids`` (a file's, in ``_healpix_29`` order) reordered as the shard's rows, i.e. catalog order; ids the
+    shard does not plan, if any, come last in file order."""
+    planned = np.asarray(shard.gaiadr3_id, np.int64)
+    if not len(planned) or not len(ids):
+        return ids
+    sorter = np.argsort(planned, kind="stable")
+    row = sorter[np.minimum(np.searchsorted(planned, ids, sorter=sorter), len(planned) - 1)]
+    rank = np.where(planned[row] == ids, row, len(planned) + np.arange(len(ids)))
+    return ids[np.argsort(rank, kind="stable")]
+
+
+# ---- the writer ---------------------------------------------------------------------------------------------------
+class HatsWriter(Writer):
+    """A HATS collection at ``output_dir`` holding the catalog ``tglc_sSSSS`` (and with ``extras`` a margin cache
+    and a ``gaiadr3_id`` index, built at :meth:`finish`). The dataset card is :func:`.card.write_card`'s."""
+
+    name = "hats"
+
+    def __init__(self, output_dir: str | os.PathLike, sector: int, columns: ColumnSet, extras: bool = False,
+                 note: str = ""):
+        super().__init__(output_dir, sector, columns, note)
+        self.extras = bool(extras)
+        self.npix_suffix: str | None = None  # the build's layout, decided by prepare() (else read from the stamp)
+        self._schema: pa.Schema | None = None
+
+    # -- names ------------------------------------------------------------------------------------------------------
+    @property
+    def catalog_dir(self) -> Path:
+        return self.output_dir / catalog_name(self.sector)
+
+    @property
+    def schema(self) -> pa.Schema:
+        if self._schema is None:
+            self._schema = arrow_schema(self.columns)
+        return self._schema
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_schema": None}
+
+    def layout(self, shard: Shard | None = None) -> str:
+        """The build's pixel layout: ``.parquet`` (a file per pixel) or ``/`` (a directory per pixel). Decided by
+        :meth:`prepare`; a writer that has not prepared reads the decision from the catalog's stamp; without one, a
+        shard of a split pixel can only be in a directory."""
+        if self.npix_suffix is None:
+            stamp = self._read_stamp()
+            if stamp and stamp.get("sector") == self.sector and stamp.get("columns") == self.columns.name:
+                return stamp["npix_suffix"]
+            return DIR_SUFFIX if shard is not None and shard.count > 1 else FILE_SUFFIX
+        return self.npix_suffix
+
+    def _path(self, pixel: int, label: str, suffix: str) -> Path:
+        pixel_dir = self.catalog_dir / "dataset" / f"Norder={ORDER}" / f"Dir={pixel // 10_000 * 10_000}"
+        if suffix == DIR_SUFFIX:
+            return pixel_dir / f"Npix={pixel}" / f"{label}.parquet"
+        return pixel_dir / f"Npix={pixel}.parquet"
+
+    def file(self, shard: Shard) -> Path:
+        return self._path(shard.pixel, shard.label, self.layout(shard))
+
+    def mark(self, shard: Shard, rows: int) -> dict:
+        return {"sector": self.sector, "columns": self.columns.name, "pixel": int(shard.pixel),
+                "shard": shard.label, "rows": int(rows), "tglc_builder_version": __version__}
+
+    # -- worker side ------------------------------------------------------------------------------------------------
+    def complete_ids(self, shard: Shard, verify: bool = False) -> np.ndarray | None:
+        """The Gaia ids of the shard's whole file **in catalog order** (the shard's order; ids the shard does not
+        plan, if any, come last), else None."""
+        file = self.file(shard)
+        if not file.is_file():
+            return None
+        mark = read_mark(file)
+        expected = self.mark(shard, mark.get("rows", 0) if mark else 0)
+        if not mark or any(mark.get(key) != expected[key] for key in ("sector", "columns", "pixel", "shard")):
+            log.warning("%s is not a whole shard file of this build; it will be written again", file)
+            return None
+        try:
+            ids, _ = verify_file(file, self.schema, mark, full=verify)
+        except WriteError as exc:
+            log.warning("%s; it will be written again", exc)
+            return None
+        return catalog_order(ids, shard)
+
+    def open(self, shard: Shard) -> ShardSink:
+        return _HatsSink(self, shard)
+
+    # -- driver side ------------------------------------------------------------------------------------------------
+    def _read_stamp(self) -> dict | None:
+        try:
+            return json.loads((self.catalog_dir / STAMP).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def prepare(self, shards: list[Shard], overwrite: bool) -> None:
+        """Decide the layout, then make the folder hold only this build: remove debris, superseded files of its
+        pixels and the catalog-level files of an earlier finish; refuse (UsageError) or, with ``overwrite``,
+        remove another build's files (another sector's catalog, pixels outside this build, files of other
+        columns). Nothing is removed before the refusal."""
+        suffix = DIR_SUFFIX if any(s.count > 1 for s in shards) else FILE_SUFFIX
+        planned = {self._path(s.pixel, s.label, suffix) for s in shards}
+        pixels = {int(s.pixel) for s in shards}
+        foreign: list[tuple[Path, str]] = []
+        superseded: list[Path] = []
+        for entry in sorted(self.output_dir.iterdir()) if self.output_dir.is_dir() else ():
+            ours = entry == self.catalog_dir or entry.name.startswith(self.catalog_dir.name + "_")
+            if entry.is_dir() and not ours and (re.fullmatch(r"tglc_s\d{4}", entry.name) or
+                                                (entry / "hats.properties").is_file() or (entry / STAMP).is_file()):
+                foreign.append((entry, f"the catalog {entry.name}, not this build's"))
+        stamp = self._read_stamp()
+        if stamp and (stamp.get("sector"), stamp.get("columns")) != (self.sector, self.columns.name):
+            what = f"sector {stamp.get('sector')}" if stamp.get("sector") != self.sector else \
+                f"--columns {stamp.get('columns')}"
+            foreign.append((self.catalog_dir, what))
+        for file in self._data_files():
+            mark = read_mark(file)
+            pixel = _pixel_of(file)
+            if mark and mark.get("sector") != self.sector:
+                foreign.append((file, f"sector {mark.get('sector')}"))
+            elif mark and mark.get("columns") != self.columns.name:
+                foreign.append((file, f"--columns {mark.get('columns')}"))
+            elif pixel not in pixels:
+                foreign.append((file, f"pixel {pixel}, not in this build"))
+            elif file not in planned:
+                superseded.append(file)
+        if foreign and not overwrite:
+            path, why = foreign[0]
+            raise UsageError(
+                f"{self.output_dir} already holds files of another build ({len(foreign)}, e.g. {path}: {why}); "
+                "choose another --hats_output_path, or pass --overwrite to replace that dataset")
+        for path, _ in foreign:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        for file in superseded:
+            file.unlink(missing_ok=True)
+        self._remove_debris()
+        self._remove_catalog_files()
+        self.catalog_dir.mkdir(parents=True, exist_ok=True)
+        _write_text(self.catalog_dir / STAMP, json.dumps(
+            {"sector": self.sector, "columns": self.columns.name, "npix_suffix": suffix,
+             "tglc_builder_version": __version__}, sort_keys=True) + "\n")
+        self.npix_suffix = suffix
+
+    def _data_files(self) -> list[Path]:
+        """Every pixel file under the catalog's ``dataset/`` (final names only)."""
+        root = self.catalog_dir / "dataset"
+        if not root.is_dir():
+            return []
+        found = []
+        for pixel_dir in root.glob("Norder=*/Dir=*"):
+            for entry in pixel_dir.iterdir():
+                if entry.is_file() and _PIXEL_FILE.match(entry.name):
+                    found.append(entry)
+                elif entry.is_dir() and _PIXEL_DIR.match(entry.name):
+                    found += [f for f in entry.iterdir() if f.is_file() and _SHARD_FILE.match(f.name)]
+        return sorted(found)
+
+    def _remove_debris(self) -> None:
+        """Temporary files of killed writers, and empty pixel folders."""
+        root = self.catalog_dir / "dataset"
+        if not root.is_dir():
+            return
+        for stale in root.rglob(f".*{_TEMPORARY}*"):
+            stale.unlink(missing_ok=True)
+        for directory in sorted(root.glob("Norder=*/Dir=*/Npix=*"), reverse=True) + \
+                sorted(root.glob("Norder=*/Dir=*"), reverse=True) + sorted(root.glob("Norder=*"), reverse=True):
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+
+    def _remove_catalog_files(self) -> None:
+        for name in _CATALOG_FILES:
+            (self.catalog_dir / name).unlink(missing_ok=True)
+        for skymap in self.catalog_dir.glob("skymap.*.fits"):
+            skymap.unlink()
+        (self.output_dir / "collection.properties").unlink(missing_ok=True)
+        card = self.output_dir / "README.md"
+        if card.is_file() and "tglc-builder" in card.read_text(errors="replace"):  # card.write_card's
+            card.unlink()
+        for derived in (self.output_dir / f"{self.catalog_dir.name}_{MARGIN_NAME}",
+                        self.output_dir / f"{self.catalog_dir.name}_gaiadr3_id"):
+            if derived.is_dir():
+                shutil.rmtree(derived)
+
+    def finish(self, shards: list[Shard]) -> None:
+        """Write the catalog's metadata with hats' functions from the pixel files present (partition_info.csv,
+        _common_metadata and, in the one-file-per-pixel layout, _metadata; the point map and skymap;
+        hats.properties last), the extras, collection.properties and the dataset card; then check the collection
+        with ``is_valid_catalog(strict=True)``."""
+        from hats.catalog.dataset.collection_properties import CollectionProperties
+        from hats.catalog.dataset.table_properties import TableProperties
+        from hats.catalog.partition_info import PartitionInfo
+        from hats.io import paths
+        from hats.io.file_io import write_fits_image
+        from hats.io.parquet_metadata import write_parquet_metadata
+        from hats.io.skymap import write_skymap
+        from hats.pixel_math.healpix_pixel import HealpixPixel
+
+        self._remove_debris()
+        self._remove_catalog_files()
+        files = sorted({f for f in (self.file(s) for s in shards) if f.is_file()})
+        if not files:
+            log.warning("No HATS pixel file was written; %s holds no catalog", self.output_dir)
+            return
+        suffix = self.layout(shards[0])
+        catalog = self.catalog_dir
+        pixels = sorted({_pixel_of(f) for f in files})
+        partition_info = PartitionInfo.from_healpix([HealpixPixel(ORDER, p) for p in pixels])
+        partition_info.write_to_file(paths.get_partition_info_pointer(catalog))
+        total = write_parquet_metadata(catalog, create_metadata=(suffix == FILE_SUFFIX))
+        histogram = np.zeros(12 * 4 ** SKYMAP_ORDER, np.int64)
+        rows_per_pixel: dict[int, int] = {}
+        for file in files:
+            spatial = pq.read_table(file, columns=[SPATIAL_INDEX]).column(0).to_numpy()
+            cells, counts = np.unique(spatial >> (2 * (SPATIAL_ORDER - SKYMAP_ORDER)), return_counts=True)
+            histogram[cells] += counts
+            rows_per_pixel[_pixel_of(file)] = rows_per_pixel.get(_pixel_of(file), 0) + len(spatial)
+        if histogram.sum() != total:
+            raise WriteError(f"{catalog}: the files hold {total} rows but {histogram.sum()} spatial indices")
+        write_fits_image(histogram, paths.get_point_map_file_pointer(catalog))
+        write_skymap(histogram, catalog)
+        properties = TableProperties.new_provenance_dict(catalog, builder=f"tglc_builder v{__version__}") | {
+            "catalog_name": catalog.name, "catalog_type": "object", "total_rows": total, "ra_column": "RA",
+            "dec_column": "DEC", "healpix_column": SPATIAL_INDEX, "healpix_order": SPATIAL_ORDER,
+            "npix_suffix": suffix, "skymap_order": SKYMAP_ORDER, "hats_max_rows": max(rows_per_pixel.values()),
+            "moc_sky_fraction": f"{partition_info.calculate_fractional_coverage():0.5f}", "hats_order": ORDER,
+            "obs_title": f"TESS-Gaia Light Curves (TGLC), sector {self.sector}",
+            "tglc_sector": self.sector, "tglc_columns": self.columns.name}
+        TableProperties(**properties).to_properties_file(catalog)
+        margins = indexes = None
+        if self.extras:
+            margins, indexes = self._build_extras(files)
+        collection = {"name": f"{catalog.name}_collection", "hats_primary_table_url": catalog.name}
+        if margins:
+            collection |= {"all_margins": margins, "default_margin": margins[0]}
+        if indexes:
+            collection |= {"all_indexes": indexes}
+        CollectionProperties(**collection).to_properties_file(self.output_dir)
+        write_card(self.output_dir, "hats", [f.relative_to(self.output_dir) for f in files], self.columns,
+                   self.sector, note=self._card_note(suffix, margins, indexes))
+        complaints = _hats_complaints(self.output_dir)
+        if complaints:
+            raise WriteError(f"{self.output_dir}: hats does not accept the collection: {'; '.join(complaints)}")
+        log.info("HATS collection %s: %d light curves in %d pixel(s), %d file(s)", self.output_dir, total,
+                 len(pixels), len(files))
+
+    def _card_note(self, suffix: str, margins: list[str] | None, indexes: dict[str, str] | None) -> str:
+        """What the card must add for this build: the pixel-folder layout, the extras."""
+        note = []
+        if suffix == DIR_SUFFIX:
+            note.append("Some HEALPix pixels of this build hold more light curves than one shard, so every pixel is a "
+                        "folder `Npix=<p>/` of shard files `<k>-of-<n>.parquet` (HATS' `hats_npix_suffix=/`; rows "
+                        "are sorted by `_healpix_29` within each file), and the catalog has no `_metadata` file "
+                        "(hats 0.11 does not accept one that lists several files of a pixel).")
+        if margins:
+            note.append(f"The collection also holds a {MARGIN_ARCSEC:g} arcsec margin cache (`{margins[0]}`), so "
+                        "that LSDB cross-matches across pixel edges, and an index catalog on `gaiadr3_id` "
+                        f"(`{indexes['gaiadr3_id']}`): `lsdb.open_catalog(...).id_search(values={{\"gaiadr3_id\": "
+                        "...})` finds a star by its Gaia id.")
+        return " ".join(note)
+
+    def _build_extras(self, files: list[Path]) -> tuple[list[str], dict[str, str]]:
+        """A margin cache of :data:`MARGIN_ARCSEC` (hats-import's margin pipeline on a small in-process Dask
+        client) and a ``gaiadr3_id`` index catalog (:func:`write_index`)."""
+        from dask.distributed import Client
+        from hats_import.margin_cache.margin_cache_arguments import MarginCacheArguments
+        from hats_import.pipeline import pipeline_with_client
+
+        catalog = self.catalog_dir
+        margin_name, index_name = f"{catalog.name}_{MARGIN_NAME}", f"{catalog.name}_gaiadr3_id"
+        tmp = self.output_dir / f".hats-import{_TEMPORARY}{os.getpid()}"
+        try:
+            with Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as client:
+                pipeline_with_client(MarginCacheArguments(
+                    input_catalog_path=catalog, output_path=self.output_dir, output_artifact_name=margin_name,
+                    margin_threshold=MARGIN_ARCSEC, tmp_dir=tmp, progress_bar=False, resume=False), client)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        # hats-import's margin pipeline writes nothing when no row lies within the margin of another pixel
+        margins = [margin_name] if (self.output_dir / margin_name / "hats.properties").is_file() else []
+        write_index(self.output_dir / index_name, catalog, files, "gaiadr3_id")
+        return margins, {"gaiadr3_id": index_name}
+
+
+def write_index(index_dir: Path, catalog: Path, files: list[Path], column: str,
+                rows_per_file: int = 1_000_000) -> int:
+    """A HATS index catalog of ``column``, as hats-import's index pipeline writes it (``dataset/index/part.<i>
+    .parquet``: the column sorted, with the ``Norder``/``Npix`` of each row's partition; hats' write options and
+    metadata; an ``index`` hats.properties). Written here because hats-import's pipeline refuses to run on Python
+    3.11 with a Dask other than 2025.3 (and it needs none: the whole index of a sector is a few tens of MB)."""
+    from hats.catalog.dataset.table_properties import TableProperties
+    from hats.io.file_io import get_parquet_write_table_kwargs
+    from hats.io.parquet_metadata import write_parquet_metadata
+
+    ids, npix = [], []
+    for file in files:
+        values = pq.read_table(file, columns=[column]).column(0).to_numpy()
+        ids.append(values)
+        npix.append(np.full(len(values), _pixel_of(file), np.uint64))
+    ids, npix = np.concatenate(ids), np.concatenate(npix)
+    order = np.argsort(ids, kind="stable")
+    table = pa.table({column: ids[order], "Norder": np.full(len(ids), ORDER, np.uint8), "Npix": npix[order]})
+    options = get_parquet_write_table_kwargs(table.schema, write_table_kwargs={
+        "data_page_size": 16 * 1024, "sorting_columns": pq.SortingColumn.from_ordering(
+            table.schema, [(column, "ascending")]), "write_page_checksum": True})
+    options.pop("row_group_size", None)
+    if index_dir.exists():
+        shutil.rmtree(index_dir)
+    (index_dir / "dataset" / "index").mkdir(parents=True)
+    for part, start in enumerate(range(0, len(table), rows_per_file)):
+        pq.write_table(table.slice(start, rows_per_file), index_dir / "dataset" / "index" / f"part.{part}.parquet",
+                       row_group_size=rows_per_file, **options)
+    write_parquet_metadata(index_dir, order_by_healpix=False)
+    TableProperties(**(TableProperties.new_provenance_dict(index_dir, builder=f"tglc_builder v{__version__}") | {
+        "catalog_name": index_dir.name, "catalog_type": "index", "total_rows": len(table),
+        "primary_catalog": str(catalog), "indexing_column": column})).to_properties_file(index_dir)
+    return len(table)
+
+
+def _hats_complaints(path: Path) -> list[str]:
+    """Why ``is_valid_catalog(path, strict=True)`` fails (empty when it holds). hats logs its findings on the root
+    logger, including warnings about what is normal here (a collection, no _metadata in the folder layout): they are
+    kept out of the build's log and returned only when the collection is not valid."""
+    from hats.io.validation import is_valid_catalog
+
+    messages: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage().replace("\n", " "))
+
+    root = logging.getLogger()
+    handlers, root.handlers = root.handlers, [_Keep(logging.WARNING)]
+    try:
+        valid = is_valid_catalog(path, strict=True)
+    finally:
+        root.handlers = handlers
+    return [] if valid else (messages or ["is_valid_catalog(strict=True) is False"])
+
+
+def _pixel_of(file: Path) -> int | None:
+    for part in (file.name, file.parent.name):
+        match = re.match(r"^Npix=(\d+)", part)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}{_TEMPORARY}{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---- the sink ------------------------------------------------------------------------------------------------------
+class _HatsSink(ShardSink):
+    """Blocks -> a temporary Arrow IPC file (catalog order) -> at commit, the Parquet file in _healpix_29 order."""
+
+    def __init__(self, writer: HatsWriter, shard: Shard):
+        self.writer, self.shard = writer, shard
+        self.file = writer.file(shard)
+        self.tmp = self.file.with_name(f".{self.file.name}{_TEMPORARY}{os.getpid()}")
+        self.ipc_path = self.file.with_name(f".{self.file.name}{_TEMPORARY}{os.getpid()}.arrow")
+        self.schema = writer.schema
+        self._ipc: pa.ipc.RecordBatchFileWriter | None = None
+        self._ipc_file = None
+        self._spatial: list[np.ndarray] = []
+        self.rows = 0
+
+    def _fail(self, exc: BaseException) -> WriteError:
+        self.abort()
+        return WriteError(plain_write_error(self.file, exc))
+
+    def append(self, block: Block) -> None:
+        if not len(block):
+            return
+        try:
+            batch = self._batch(block)
+            if self._ipc is None:
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                for stale in self.file.parent.glob(f".{self.file.name}{_TEMPORARY}*"):
+                    stale.unlink(missing_ok=True)  # debris of a killed writer of this shard
+                self._ipc_file = pa.OSFile(str(self.ipc_path), "wb")
+                self._ipc = pa.ipc.new_file(self._ipc_file, self.schema)
+            self._ipc.write_batch(batch)
+        except (OSError, pa.ArrowException) as exc:
+            raise self._fail(exc) from None
+        self._spatial.append(batch.column(0).to_numpy())
+        self.rows += len(block)
+
+    def _batch(self, block: Block) -> pa.RecordBatch:
+        """The block as the catalog's columns, each list trimmed to its n_cadences (values copied, bits kept)."""
+        from hats.pixel_math.spatial_index import compute_spatial_index
+
+        shard, s = self.shard, block.scalars
+        n = np.asarray(block.n_cadences, np.int32)
+        ra, dec = np.asarray(s["RA"], np.float64), np.asarray(s["DEC"], np.float64)
+        columns = {SPATIAL_INDEX: np.asarray(compute_spatial_index(ra, dec), np.int64),
+                   "TIC_ID": np.asarray(s["TIC_ID"], np.int64), "gaiadr3_id": np.asarray(s["gaiadr3_id"], np.int64),
+                   "RA": ra, "DEC": dec, "sector": np.full(len(n), self.writer.sector, np.int16),
+                   "camera": shard.cam[block.rows].astype(np.int16), "ccd": shard.ccd[block.rows].astype(np.int16),
+                   "psf_flux_err": s["psf_flux_err"], "aper_flux_err": s["aper_flux_err"], N_CADENCES[0]: n}
+        columns.update({x.name: s[x.name] for x in extra_scalars(self.writer.columns)})
+        arrays = [pa.array(np.asarray(columns[f.name], f.type.to_pandas_dtype())) for f in self.schema
+                  if f.name != "lightcurve"]
+        offsets = pa.array(np.concatenate([[0], np.cumsum(n, dtype=np.int64)]).astype(np.int32))
+        curve_type = self.schema.field("lightcurve").type
+        children = []
+        for field in curve_type:
+            values = block.series[field.name]
+            width = values.shape[1]
+            if len(n) and int(n.max()) > width:
+                raise ValueError(f"block series {field.name} is {width} wide, n_cadences up to {int(n.max())}")
+            flat = values[np.arange(width) < n[:, None]]  # row-major: each light curve's values in turn
+            children.append(pa.ListArray.from_arrays(offsets, pa.array(flat, field.type.value_type)))
+        arrays.append(pa.StructArray.from_arrays(children, fields=list(curve_type)))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def commit(self) -> None:
+        if self._ipc is None:  # no row: no file (a stale one would hold rows that are no longer planned)
+            self.abort()
+            self.file.unlink(missing_ok=True)
+            return
+        mark = self.writer.mark(self.shard, self.rows)
+        try:
+            self._ipc.close()
+            self._ipc_file.close()
+            self._ipc = self._ipc_file = None
+            spatial = np.concatenate(self._spatial)
+            order = np.argsort(spatial, kind="stable")
+            with pa.memory_map(str(self.ipc_path), "r") as source:
+                reader = pa.ipc.open_file(source)
+                batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]  # views of the map
+                if sum(len(b) for b in batches) != self.rows:
+                    raise WriteError(f"{self.ipc_path}: {sum(len(b) for b in batches)} rows read back, "
+                                     f"{self.rows} written")
+                writer = pq.ParquetWriter(str(self.tmp), self.schema, **parquet_options(self.schema))
+                try:
+                    for start in range(0, len(order), ROW_GROUP_ROWS):
+                        writer.write_table(_take(batches, order[start:start + ROW_GROUP_ROWS]))
+                    writer.add_key_value_metadata({MARK_KEY: json.dumps(mark, sort_keys=True)})
+                finally:
+                    writer.close()
+                del batches, reader
+            self.ipc_path.unlink(missing_ok=True)
+            ids, sorted_spatial = verify_file(self.tmp, self.schema, mark, full=True)
+            if not np.array_equal(sorted_spatial, spatial[order]):
+                raise WriteError(f"{self.tmp}: {SPATIAL_INDEX} read back differs from what was written")
+            with open(self.tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(self.tmp, self.file)
+            _fsync_dir(self.file.parent)
+        except WriteError as exc:
+            self.abort()
+            raise WriteError(f"{self.file}: verification failed before renaming: {exc}") from None
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise self._fail(exc) from None
+
+    def abort(self) -> None:
+        for handle in (self._ipc, self._ipc_file):
+            if handle is not None:
+                try:
+                    handle.close()
+                except Exception:  # noqa: BLE001 - the file is being discarded anyway
+                    pass
+        self._ipc = self._ipc_file = None
+        self.tmp.unlink(missing_ok=True)
+        self.ipc_path.unlink(missing_ok=True)
+
+
+def _take(batches: list[pa.RecordBatch], rows: np.ndarray) -> pa.Table:
+    """Rows ``rows`` (indices into the concatenation of ``batches``), in that order, copying only those rows.
+    (``Table.take`` would first concatenate every chunk of a nested column: a copy of the whole shard.)"""
+    starts = np.cumsum([0] + [len(b) for b in batches])
+    which = np.searchsorted(starts, rows, side="right") - 1
+    pieces, placed = [], []
+    for b in np.unique(which):
+        mine = np.flatnonzero(which == b)
+        pieces.append(batches[b].take(pa.array(rows[mine] - starts[b])))
+        placed.append(mine)
+    table = pa.Table.from_batches(pieces).combine_chunks()  # one row group's rows, grouped by batch
+    return table.take(pa.array(np.argsort(np.concatenate(placed), kind="stable")))
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
