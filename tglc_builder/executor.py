@@ -114,12 +114,14 @@ class Executor:
         processes = list((pool._processes or {}).values())  # noqa: SLF001 - the only handle on the processes
         pool.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + STOP_GRACE
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-                process.join(5)
+        try:
+            for process in processes:
+                process.join(max(0.0, deadline - time.monotonic()))
+        finally:  # also when a second Ctrl-C interrupts the wait: then at once
+            for process in processes:
+                if process.is_alive():
+                    process.kill()
+                    process.join(5)
 
     def kill(self) -> None:
         """End every worker process at once (a second Ctrl-C)."""
@@ -170,12 +172,17 @@ class Executor:
         running: dict[Future, int] = {}
         while queue or running:
             pool = self._local_pool()
+            # submit() starts the worker processes. They inherit SIGINT blocked, so a Ctrl-C sent to the whole
+            # process group cannot kill one still importing (with a traceback) before its initializer ignores it.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
                 while queue:
                     i = queue.pop(0)
                     running[pool.submit(function, *tasks[i])] = i
             except BrokenProcessPool:  # broke between two submissions: resubmit once a new pool is up
                 queue.insert(0, i)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
             bar.update(self._counter.value - bar.n)
             broken: BrokenProcessPool | None = None

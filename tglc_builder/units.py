@@ -219,6 +219,8 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
     failed_before = len(result.failures)
     try:
         for start in range(0, len(shard), settings.block_rows):
+            if executor.stopping():  # rows carried from an earlier file never ask the source, which would notice
+                raise _Stopped
             stop = min(start + settings.block_rows, len(shard))
             block_carried = np.flatnonzero(carried_at[start:stop] >= 0) + start
             carried = _read_carried(plan.carry_file, carried_at[block_carried], settings) if len(block_carried) \

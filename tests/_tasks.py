@@ -1,0 +1,66 @@
+"""Small task functions for tests/test_executor.py, at module level so that spawned worker processes import them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from tglc_builder import executor
+
+
+def square(x: int) -> int:
+    executor.advance()
+    return x * x
+
+
+def whoami(delay: float = 0.0) -> int:
+    time.sleep(delay)
+    return os.getpid()
+
+
+def slow_square(x: int, delay: float) -> int:
+    time.sleep(delay)
+    executor.advance()
+    return x * x
+
+
+def die(tag: str) -> str:
+    """Killed as the OOM killer would, every time."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)
+    return tag
+
+
+def die_once(marker: str, tag: str) -> str:
+    """Killed the first time it runs (``marker`` records that it ran), then returns ``tag``."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(60)
+    return tag
+
+
+def poll_until_stopped(limit: float) -> str:
+    """A task that checks ``stopping()`` between small pieces of work, as every unit of a build does."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if executor.stopping():
+            return "stopped"
+        time.sleep(0.02)
+    return "ran out"
+
+
+def ignore_stop(seconds: float, started: str | None = None) -> str:
+    """A task stuck in a call that never looks at ``stopping()`` (a hung read, a C library)."""
+    if started:
+        Path(started).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "finished"
+
+
+def dispatch(kind: str, args: tuple):
+    """One task list mixing kinds of tasks: ``("die", (tag,))`` or ``("square", (x, delay))``."""
+    return {"die": die, "square": slow_square}[kind](*args)
