@@ -20,8 +20,8 @@ import numpy as np
 from . import executor
 from .columns import ColumnSet
 from .errors import Failure
-from .formats import Block, Shard, WriteError, Writer
-from .formats.hdf5 import BLOCK_ROWS, HDF5Writer, read_rows
+from .formats import Block, RowSource, Shard, WriteError, Writer
+from .formats.hdf5 import BLOCK_ROWS
 from .reader import InvalidTGLCFile, ReadBuffer, TGLCLightCurve, read_tglc
 from .sources import DiskFull, Fetched, Source, quarantine_path
 
@@ -146,13 +146,13 @@ class _BlockBuilder:
         return block
 
 
-def _carry_source(settings: UnitSettings, shard: Shard) -> tuple[Path | None, dict[int, int]]:
-    """An earlier whole HDF5 file of this shard, and which of the shard's Gaia ids it holds (at which row)."""
+def _carry_source(settings: UnitSettings, shard: Shard) -> tuple[RowSource | None, dict[int, int]]:
+    """An earlier whole file of this shard (in any format of the build that can read its rows back), and which of
+    the shard's Gaia ids it holds (at which row)."""
     for writer in settings.writers:
-        if isinstance(writer, HDF5Writer):
-            ids = writer.complete_ids(shard, verify=settings.verify)
-            if ids is not None and len(ids):
-                return writer.file(shard), {int(g): j for j, g in enumerate(ids)}
+        rows = writer.rows_of(shard, verify=settings.verify)
+        if rows is not None:
+            return rows, {int(g): j for j, g in enumerate(rows.ids)}
     return None, {}
 
 
@@ -162,8 +162,8 @@ class _ShardWork:
 
     shard: Shard
     writers: list[Writer]
-    carry_file: Path | None
-    carried_at: np.ndarray  # per row: its row in carry_file, or -1 (fetch it)
+    carry: RowSource | None
+    carried_at: np.ndarray  # per row: its row in the earlier file, or -1 (fetch it)
     first_item: int = 0  # index, in the unit's stream of fetches, of this shard's first fetched row
 
     @property
@@ -179,9 +179,9 @@ def build_unit(work: list[tuple[Shard, tuple[str, ...]]], settings: UnitSettings
     try:
         plans = []
         for shard, pending in work:
-            carry_file, carry_rows = _carry_source(settings, shard)
+            carry, carry_rows = _carry_source(settings, shard)
             carried_at = np.array([carry_rows.get(int(g), -1) for g in shard.gaiadr3_id], np.int64)
-            plans.append(_ShardWork(shard, [w for w in settings.writers if w.name in pending], carry_file,
+            plans.append(_ShardWork(shard, [w for w in settings.writers if w.name in pending], carry,
                                     carried_at))
         items, validators = [], []
         for plan in plans:
@@ -223,8 +223,7 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
                 raise _Stopped
             stop = min(start + settings.block_rows, len(shard))
             block_carried = np.flatnonzero(carried_at[start:stop] >= 0) + start
-            carried = _read_carried(plan.carry_file, carried_at[block_carried], settings) if len(block_carried) \
-                else {}
+            carried = _read_carried(plan.carry, carried_at[block_carried]) if len(block_carried) else {}
             where_carried = {int(row): j for j, row in enumerate(block_carried)}
             for row in range(start, stop):
                 if row in where_carried:
@@ -292,11 +291,11 @@ class _Stopped(Exception):
     pass
 
 
-def _read_carried(file: Path, rows: np.ndarray, settings: UnitSettings) -> dict[str, np.ndarray]:
+def _read_carried(carry: RowSource, rows: np.ndarray) -> dict[str, np.ndarray]:
     try:
-        return read_rows(file, rows, settings.columns)
+        return carry.read(rows)
     except (OSError, KeyError, ValueError) as exc:
-        raise _CarryBroken(f"{file} does not read back ({exc})") from None
+        raise _CarryBroken(f"an earlier file of the shard does not read back ({exc})") from None
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -6,11 +6,11 @@ import os
 
 from ..columns import ColumnSet
 from ..errors import UsageError
-from .base import Block, Shard, ShardSink, WriteError, Writer
+from .base import Block, RowSource, Shard, ShardSink, WriteError, Writer
 
 FORMATS = ("hdf5", "hats", "both")
 
-__all__ = ["FORMATS", "Block", "Shard", "ShardSink", "WriteError", "Writer", "make_writers"]
+__all__ = ["FORMATS", "Block", "RowSource", "Shard", "ShardSink", "WriteError", "Writer", "make_writers"]
 
 
 def make_writers(fmt: str, sector: int, columns: ColumnSet, hdf5_output_dir: str | os.PathLike,

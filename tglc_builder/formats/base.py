@@ -92,6 +92,19 @@ class ShardSink(abc.ABC):
         """Remove the temporary file (idempotent; safe after a failed commit)."""
 
 
+class RowSource(abc.ABC):
+    """The rows of an earlier whole file of a shard, read back to carry them into the shard's new file (so rows
+    already written never need their FITS files again)."""
+
+    ids: np.ndarray  # the Gaia ids in the file, in file order
+
+    @abc.abstractmethod
+    def read(self, file_rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows ``file_rows`` (increasing) of the file: ``n_cadences``, TIC_ID, gaiadr3_id, RA, DEC, the column
+        set's scalars, and its series padded to the longest of these rows. Raises OSError/ValueError when the file
+        does not read back."""
+
+
 class Writer(abc.ABC):
     """An output format: plain settings (picklable, sent to workers) and the methods that write it."""
 
@@ -115,6 +128,10 @@ class Writer(abc.ABC):
     @abc.abstractmethod
     def open(self, shard: Shard) -> ShardSink:
         """Start writing the shard's file."""
+
+    def rows_of(self, shard: Shard, verify: bool = False) -> RowSource | None:
+        """The rows of the shard's existing whole file, if this format can read them back (default: it cannot)."""
+        return None
 
     # -- driver side ------------------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -24,7 +24,7 @@ import numpy as np
 from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, ColumnSet
 from ..errors import UsageError
-from .base import Block, Shard, ShardSink, WriteError, Writer
+from .base import Block, RowSource, Shard, ShardSink, WriteError, Writer
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,10 @@ class HDF5Writer(Writer):
 
     def open(self, shard: Shard) -> ShardSink:
         return _HDF5Sink(self, shard)
+
+    def rows_of(self, shard: Shard, verify: bool = False) -> RowSource | None:
+        ids = self.complete_ids(shard, verify=verify)
+        return _HDF5Rows(self.file(shard), ids, self.columns) if ids is not None and len(ids) else None
 
     def prepare(self, shards: list[Shard], overwrite: bool) -> None:
         """Make ``TGLC/`` hold only this build's files: remove debris and superseded shards of its pixels; refuse
@@ -267,16 +271,18 @@ class _HDF5Sink(ShardSink):
         self.tmp.unlink(missing_ok=True)
 
 
-def read_rows(file: Path, file_rows: np.ndarray, columns: ColumnSet) -> dict[str, np.ndarray]:
-    """Rows (increasing indices) of a whole shard file, every column, to carry them into a new file of the same
-    shard without fetching their FITS files again. Series come back as wide as the longest of these rows."""
-    span = slice(int(file_rows[0]), int(file_rows[-1]) + 1)  # one contiguous read: h5py's fancy indexing is slow
-    picked = np.asarray(file_rows) - span.start
-    with h5py.File(file, "r") as h5:
-        out = {N_CADENCES[0]: h5[N_CADENCES[0]][span][picked]}
-        width = int(out[N_CADENCES[0]].max())
-        for name in [*IDS_AND_POSITION, *(s.name for s in columns.scalars)]:
-            out[name] = h5[name][span][picked]
-        for series in columns.series:
-            out[series.name] = h5[series.name][span, :width][picked]
-    return out
+class _HDF5Rows(RowSource):
+    def __init__(self, file: Path, ids: np.ndarray, columns: ColumnSet):
+        self.file, self.ids, self.columns = file, ids, columns
+
+    def read(self, file_rows: np.ndarray) -> dict[str, np.ndarray]:
+        span = slice(int(file_rows[0]), int(file_rows[-1]) + 1)  # one contiguous read: h5py's fancy indexing is slow
+        picked = np.asarray(file_rows) - span.start
+        with h5py.File(self.file, "r") as h5:
+            out = {N_CADENCES[0]: h5[N_CADENCES[0]][span][picked]}
+            width = int(out[N_CADENCES[0]].max())
+            for name in [*IDS_AND_POSITION, *(s.name for s in self.columns.scalars)]:
+                out[name] = h5[name][span][picked]
+            for series in self.columns.series:
+                out[series.name] = h5[series.name][span, :width][picked]
+        return out
