@@ -407,6 +407,8 @@ class HatsWriter(Writer):
                 directory.rmdir()
 
     def _remove_catalog_files(self) -> None:
+        for stale in self.output_dir.glob(f".hats-import{_TEMPORARY}*"):  # of a finish that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         for name in _CATALOG_FILES:
             (self.catalog_dir / name).unlink(missing_ok=True)
         for skymap in self.catalog_dir.glob("skymap.*.fits"):
@@ -508,6 +510,8 @@ class HatsWriter(Writer):
         margin_name, index_name = f"{catalog.name}_{MARGIN_NAME}", f"{catalog.name}_gaiadr3_id"
         tmp = self.output_dir / f".hats-import{_TEMPORARY}{os.getpid()}"
         try:
+            # hats-import wants this client as the default; distributed keeps a stack of defaults, so a build's own
+            # client is the default again once this one is closed
             with Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as client:
                 pipeline_with_client(MarginCacheArguments(
                     input_catalog_path=catalog, output_path=self.output_dir, output_artifact_name=margin_name,
