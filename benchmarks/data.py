@@ -50,8 +50,7 @@ def gen_tree(n: int, directory: str, everything: bool = False) -> dict:
     index = {g: i for i, g in enumerate(sector.gaia_ids.tolist())}
     wanted = np.arange(sector.n) if everything else np.array([index[g] for g in catalog["gaiadr3_id"].tolist()])
     generating = 0.0
-    files = sector.fits_files(wanted) if hasattr(sector, "fits_files") else \
-        ((i, sector.fits_bytes(i)) for i in wanted.tolist())
+    files = sector.fits_files(wanted)
     made = set()
     started = time.perf_counter()
     for i, data in files:

@@ -70,6 +70,11 @@ def goal_text(key: str) -> str:
     return "; ".join(g.text for g in goals_of(key)) or "—"
 
 
+def missed(row: dict, full: bool) -> list[str]:
+    """The texts of the row's goals that it misses."""
+    return [g.text for g in goals_of(row["key"]) if g.met(row, full) is False]
+
+
 def met(row: dict, full: bool) -> bool | None:
     """All of the row's goals met (True), one missed (False), or nothing to judge (None)."""
     results = [g.met(row, full) for g in goals_of(row["key"])]

@@ -270,25 +270,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def demo_module_cli() -> str:
-    """The demo archive's command (``tglc_builder.demo``; ``tglc_builder.archive`` until the move is in)."""
-    try:
-        if importlib.util.find_spec("tglc_builder.demo.__main__") is not None:
-            return "tglc_builder.demo"
-    except ImportError:
-        pass
-    return "tglc_builder.archive"
-
-
 def demo_sector(n: int, seed: int = 0):
     """The demo archive's synthetic sector of ``n`` objects (as the archive serves it)."""
-    try:
-        from tglc_builder.demo import SyntheticSector
-    except ImportError:
-        try:
-            from tglc_builder.demo.sector import SyntheticSector
-        except ImportError:
-            from tglc_builder.archive import SyntheticSector
+    from tglc_builder.demo import SyntheticSector
+
     return SyntheticSector(SECTOR, n, seed=seed)
 
 
@@ -324,7 +309,7 @@ def _server(ctx: Ctx, cmd: list[str], port: int, what: str, extra_env: dict | No
 def archive_process(ctx: Ctx, n: int, latency: float, seed: int = 0) -> Iterator[str]:
     """The project's demo archive (its command line) in its own process, so it shares no GIL with the client."""
     port = free_port()
-    cmd = [sys.executable, "-m", demo_module_cli(), "--sector", str(SECTOR), "--n", str(n), "--port", str(port),
+    cmd = [sys.executable, "-m", "tglc_builder.demo", "--sector", str(SECTOR), "--n", str(n), "--port", str(port),
            "--seed", str(seed), "--latency", str(latency)]
     with _server(ctx, cmd, port, "the demo archive"):
         yield f"http://127.0.0.1:{port}"

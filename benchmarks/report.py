@@ -51,6 +51,8 @@ def table(rows: list[dict], full: bool) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         met = {True: "yes", False: "**no**", None: "—"}[goals.met(r, full)]
+        if len(goals.goals_of(r["key"])) > 1 and goals.met(r, full) is False:
+            met += f" ({'; '.join(goals.missed(r, full))})"
         lines.append(f"| {r['stage']} | {r['measure']} | {r['ours']} | {before(r, full)} | {r['reference']} | "
                      f"{ratio(r)} | {goals.goal_text(r['key'])} | {met} |")
     return "\n".join(lines)
@@ -59,7 +61,7 @@ def table(rows: list[dict], full: bool) -> str:
 def console(rows: list[dict], full: bool) -> str:
     out = []
     for r in rows:
-        met = {True: "met", False: "NOT MET", None: ""}[goals.met(r, full)]
+        met = {True: "met", False: f"NOT MET: {'; '.join(goals.missed(r, full))}", None: ""}[goals.met(r, full)]
         out.append(f"    {r['measure']}: {r['ours']}  vs {r['reference']}  ratio {ratio(r)}  "
                    f"goal {goals.goal_text(r['key'])} {met}".rstrip())
     return "\n".join(out)
