@@ -290,6 +290,35 @@ def test_complete_ids_only_after_commit_and_in_catalog_order(sector, tmp_path):
     assert not writer.file(shard).exists() and writer.complete_ids(shard) is None
 
 
+@pytest.mark.parametrize("columns", [SEED, ALL], ids=["seed", "all"])
+def test_rows_of_reads_whole_rows_back(columns, sector, tmp_path):
+    """A whole file's rows come back as a build would carry them into a new file: ids in file order, any rows in any
+    order, every column of the set, series padded (NaN / 0) to the longest of the rows asked, bits unchanged."""
+    writer = HatsWriter(tmp_path / "out", 23, columns)
+    shards = plan_shards(sector)
+    shard = next(s for s in shards if len(s) == CLUSTER)
+    writer.prepare(shards, False)
+    assert writer.rows_of(shard) is None
+    write_shard(writer, shard, sector.fits_dir, skip={3, 4})
+    source = writer.rows_of(shard, verify=True)
+    assert np.array_equal(source.ids, pq.read_table(writer.file(shard), columns=["gaiadr3_id"]).column(0).to_numpy())
+    (whole,) = blocks(shard, sector.fits_dir, columns, block_rows=len(shard))
+    row_of = {int(g): i for i, g in enumerate(whole.scalars["gaiadr3_id"])}
+    file_rows = np.random.default_rng(1).permutation(len(source.ids))[:40]
+    got = source.read(file_rows)
+    expected_rows = np.array([row_of[int(g)] for g in source.ids[file_rows]])
+    assert np.array_equal(got["gaiadr3_id"], source.ids[file_rows])
+    assert np.array_equal(got["n_cadences"], whole.n_cadences[expected_rows])
+    for name, values in whole.scalars.items():
+        assert got[name].dtype == values.dtype and got[name].tobytes() == values[expected_rows].tobytes(), name
+    width = int(got["n_cadences"].max())
+    for s in columns.series:
+        assert got[s.name].shape == (40, width) and got[s.name].dtype == s.dtype
+        assert got[s.name].tobytes() == whole.series[s.name][expected_rows, :width].tobytes(), s.name
+    assert source.read(file_rows[::-1])["gaiadr3_id"].tolist() == source.ids[file_rows[::-1]].tolist()
+    assert [p.name for p in writer.file(shard).parent.iterdir()] == [writer.file(shard).name]  # no temporary file
+
+
 def test_corruption_is_detected(sector, tmp_path):
     writer = HatsWriter(tmp_path / "out", 23, SEED)
     shards = plan_shards(sector)

@@ -57,7 +57,7 @@ import pyarrow.parquet as pq
 from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, ColumnSet
 from ..errors import UsageError
-from .base import Block, Shard, ShardSink, WriteError, Writer
+from .base import Block, RowSource, Shard, ShardSink, WriteError, Writer
 from .card import write_card
 
 log = logging.getLogger(__name__)
@@ -322,6 +322,11 @@ class HatsWriter(Writer):
     def open(self, shard: Shard) -> ShardSink:
         return _HatsSink(self, shard)
 
+    def rows_of(self, shard: Shard, verify: bool = False) -> RowSource | None:
+        """The rows of the shard's whole file, to carry into its new file (ids in file order, as RowSource says)."""
+        ids = self.complete_ids(shard, verify=verify)
+        return _HatsRows(self.file(shard), self.columns) if ids is not None and len(ids) else None
+
     # -- driver side ------------------------------------------------------------------------------------------------
     def _read_stamp(self) -> dict | None:
         try:
@@ -486,7 +491,7 @@ class HatsWriter(Writer):
 
     def _card_note(self, suffix: str, margins: list[str] | None, indexes: dict[str, str] | None) -> str:
         """What the card must add for this build: the pixel-folder layout, the extras."""
-        note = []
+        note = [self.note] if self.note else []
         if suffix == DIR_SUFFIX:
             note.append("Some HEALPix pixels of this build hold more light curves than one shard, so every pixel is a "
                         "folder `Npix=<p>/` of shard files `<k>-of-<n>.parquet` (HATS' `hats_npix_suffix=/`; rows "
@@ -497,7 +502,7 @@ class HatsWriter(Writer):
                         "that LSDB cross-matches across pixel edges, and an index catalog on `gaiadr3_id` "
                         f"(`{indexes['gaiadr3_id']}`): `lsdb.open_catalog(...).id_search(values={{\"gaiadr3_id\": "
                         "...})` finds a star by its Gaia id.")
-        return " ".join(note)
+        return "\n\n".join(note)
 
     def _build_extras(self, files: list[Path]) -> tuple[list[str], dict[str, str]]:
         """A margin cache of :data:`MARGIN_ARCSEC` (hats-import's margin pipeline on a small in-process Dask
@@ -708,6 +713,54 @@ class _HatsSink(ShardSink):
         self._ipc = self._ipc_file = None
         self.tmp.unlink(missing_ok=True)
         self.ipc_path.unlink(missing_ok=True)
+
+
+class _HatsRows(RowSource):
+    """A whole pixel file's rows, read back in any order. The file is decoded once, at the first read, into an
+    uncompressed Arrow file beside it, memory-mapped and unlinked at once: a shard's blocks come in catalog order,
+    which visits every row group of a file sorted by _healpix_29, so reading the Parquet file for each block would
+    decompress it once per block."""
+
+    def __init__(self, file: Path, columns: ColumnSet):
+        self.file, self.columns = file, columns
+        self.ids = pq.read_table(file, columns=["gaiadr3_id"]).column(0).to_numpy()
+        self._batches: list[pa.RecordBatch] | None = None
+
+    def _load(self) -> list[pa.RecordBatch]:
+        tmp = self.file.with_name(f".{self.file.name}{_TEMPORARY}{os.getpid()}.carry.arrow")
+        try:
+            with pq.ParquetFile(self.file, page_checksum_verification=True) as pf:
+                if pf.metadata.num_rows != len(self.ids):
+                    raise ValueError(f"{self.file} changed since it was found whole")
+                with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, pf.schema_arrow) as out:
+                    for group in range(pf.num_row_groups):
+                        out.write_table(pf.read_row_group(group))
+            reader = pa.ipc.open_file(pa.memory_map(str(tmp), "r"))
+            return [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        finally:
+            tmp.unlink(missing_ok=True)  # the mapping outlives the name
+
+    def read(self, file_rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows ``file_rows`` of the file (in the order given): ids, position, ``n_cadences``, the column set's
+        scalars (``camera``/``ccd`` from the file's columns) and its series padded to the longest of these rows."""
+        if self._batches is None:
+            self._batches = self._load()
+        table = _take(self._batches, np.asarray(file_rows, np.int64))
+        n = table.column(N_CADENCES[0]).to_numpy()
+        out = {N_CADENCES[0]: n}
+        for name, (dtype, _, _) in IDS_AND_POSITION.items():
+            out[name] = table.column(name).to_numpy().astype(dtype, copy=False)
+        for scalar in self.columns.scalars:
+            out[scalar.name] = table.column(scalar.name).to_numpy().astype(scalar.dtype, copy=False)
+        width = int(n.max()) if len(n) else 0
+        inside = np.arange(width) < n[:, None]
+        curve = table.column("lightcurve").combine_chunks()
+        for series in self.columns.series:
+            values = np.full((len(n), width), series.pad, series.dtype)
+            lists = pc.struct_field(curve, series.name)
+            values[inside] = lists.flatten().to_numpy(zero_copy_only=False)  # bits kept
+            out[series.name] = values
+        return out
 
 
 def _take(batches: list[pa.RecordBatch], rows: np.ndarray) -> pa.Table:
