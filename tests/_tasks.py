@@ -64,3 +64,36 @@ def ignore_stop(seconds: float, started: str | None = None) -> str:
 def dispatch(kind: str, args: tuple):
     """One task list mixing kinds of tasks: ``("die", (tag,))`` or ``("square", (x, delay))``."""
     return {"die": die, "square": slow_square}[kind](*args)
+
+
+def throttled_download(url: str, dest: str) -> tuple[int, float, float]:
+    """Download ``url`` through the build's HTTP code; return this process's id, the seconds it took and the moment
+    (``time.time()``) until which the pool's shared throttle then held every download back."""
+    from tglc_builder import net
+
+    started = time.monotonic()
+    net.download_file(net.make_session(max_attempts=3), url, Path(dest))
+    return os.getpid(), time.monotonic() - started, executor.shared_value("throttle").value
+
+
+def pause_downloads(seconds: float, busy: float) -> int:
+    """Pause every download of the pool for ``seconds`` (as a 429 would), then stay busy ``busy`` seconds."""
+    from tglc_builder import net
+
+    net.throttle().pause(seconds, 600.0, "127.0.0.1:test", 429)
+    time.sleep(busy)
+    return os.getpid()
+
+
+def wait_for_downloads(delay: float) -> tuple[int, float, bool]:
+    """After ``delay`` seconds, wait as a download would before its request; return the seconds waited."""
+    from tglc_builder import net
+
+    time.sleep(delay)
+    started = time.monotonic()
+    free = net.throttle().wait(executor.stopping)
+    return os.getpid(), time.monotonic() - started, free
+
+
+def dispatch_throttle(kind: str, args: tuple):
+    return {"pause": pause_downloads, "wait": wait_for_downloads}[kind](*args)
