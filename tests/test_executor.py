@@ -91,8 +91,6 @@ def test_a_worker_killed_among_other_tasks_fails_nobody(tmp_path):
     assert sorted(results) == sorted(["survivor"] + [f"t{i}" for i in range(7)])
 
 
-@pytest.mark.xfail(strict=True, reason="executor bug: every task of a broken pool counts a death, so when one task "
-                   "kills its worker twice, the tasks that were queued beside it are reported lost too")
 def test_a_task_that_keeps_killing_its_worker_is_lost_alone():
     """Retried once, then reported through ``lost``; the tasks that ran beside it are not lost."""
     tasks = [("doomed",)] + [(i, 0.3) for i in range(8)]

@@ -34,7 +34,7 @@ TASK_RETRIES = 1  # a task whose worker process died is run again this many time
 # Values shared by every worker of a local pool: name -> (ctypes code, initial value).
 SHARED_VALUES = {"throttle": ("d", 0.0)}
 
-_worker: dict[str, Any] = {"stop": None, "counter": None, "shared": {}}
+_worker: dict[str, Any] = {"stop": None, "counter": None, "shared": {}, "slots": None, "slot": 0}
 
 
 def stopping() -> bool:
@@ -61,11 +61,29 @@ def advance(units: int = 1) -> None:
             counter.value += units
 
 
-def _init_worker(stop, counter, shared: dict, in_pool: bool) -> None:
+def _init_worker(stop, counter, shared: dict, in_pool: bool, slots=None, claimed=None) -> None:
     if in_pool:
         # Ctrl-C is the driver's to handle: it sets ``stop``, and tasks end at the next file.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker.update(stop=stop, counter=counter, shared=shared)
+    slot = 0
+    if claimed is not None:  # this process's pair in ``slots``: (pid, index of the task it runs or -1)
+        with claimed.get_lock():
+            slot, claimed.value = claimed.value, claimed.value + 1
+        slot %= len(slots) // 2
+    _worker.update(stop=stop, counter=counter, shared=shared, slots=slots, slot=slot)
+
+
+def _tracked(index: int, function: Callable[..., Any], *args: Any) -> Any:
+    """Run a task, recording in the shared slots which task this process runs, so that when a worker dies the
+    driver knows whose task it was (ProcessPoolExecutor fails every unfinished task of the pool alike)."""
+    slots, at = _worker["slots"], 2 * _worker["slot"]
+    if slots is not None:
+        slots[at], slots[at + 1] = os.getpid(), index
+    try:
+        return function(*args)
+    finally:
+        if slots is not None:
+            slots[at + 1] = -1
 
 
 class Executor:
@@ -79,6 +97,8 @@ class Executor:
         self._stop = self._context.Event()
         self._counter = self._context.Value("q", 0)
         self._shared = {name: self._context.Value(code, value) for name, (code, value) in SHARED_VALUES.items()}
+        self._slots = self._context.Array("q", 2 * n_processes, lock=False)
+        self._claimed = self._context.Value("i", 0)
 
     @property
     def workers(self) -> int:
@@ -159,9 +179,12 @@ class Executor:
                 _init_worker(self._stop, self._counter, self._shared, in_pool=False)
                 self._pool = ThreadPoolExecutor(1)
             else:
+                self._slots[:] = [0, -1] * self.n_processes
+                self._claimed.value = 0
                 self._pool = ProcessPoolExecutor(self.n_processes, mp_context=self._context,
                                                  initializer=_init_worker,
-                                                 initargs=(self._stop, self._counter, self._shared, True))
+                                                 initargs=(self._stop, self._counter, self._shared, True, self._slots,
+                                                           self._claimed))
         return self._pool
 
     def _run_local(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
@@ -178,7 +201,7 @@ class Executor:
             try:
                 while queue:
                     i = queue.pop(0)
-                    running[pool.submit(function, *tasks[i])] = i
+                    running[pool.submit(_tracked, i, function, *tasks[i])] = i
             except BrokenProcessPool:  # broke between two submissions: resubmit once a new pool is up
                 queue.insert(0, i)
             finally:
@@ -192,26 +215,38 @@ class Executor:
                     result = future.result()
                 except BrokenProcessPool as exc:
                     # A worker died (kill -9, OOM) and took the pool with it: every unfinished task of that pool
-                    # fails here, not only the dead worker's. Run them again on a new pool; only a task that was
-                    # under way each time its pool broke is given up.
+                    # fails here, not only the dead worker's. They all run again on a new pool; only the dead
+                    # worker's task counts a death, and one that kills its worker again is given up.
                     broken = exc
-                    deaths[i] += 1
-                    if deaths[i] > TASK_RETRIES:
-                        log.error("A worker process died %d times running the same task; reporting its rows as "
-                                  "failed", deaths[i])
-                        yield lost(tasks[i], exc)
-                    else:
-                        queue.append(i)
+                    queue.append(i)
                     continue
                 yield result
             if broken is not None:
+                culprits = self._culprits(pool)
                 log.warning("A worker process died (%s); starting a new pool and running its tasks again", broken)
                 self._pool = None
                 for future, i in list(running.items()):  # cannot be running any more
                     running.pop(future)
                     queue.append(i)
+                for i in culprits:
+                    deaths[i] += 1
+                    if deaths[i] > TASK_RETRIES:
+                        log.error("A worker process died %d times running the same task; reporting its rows as "
+                                  "failed", deaths[i])
+                        queue.remove(i)
+                        yield lost(tasks[i], broken)
                 queue.sort()
         bar.update(self._counter.value - bar.n)
+
+    def _culprits(self, pool: ProcessPoolExecutor) -> set[int]:
+        """The tasks that were running in worker processes that died of their own (not the SIGTERM the pool sends
+        the others once it is broken); all running tasks when that cannot be told."""
+        exit_codes = {pid: process.exitcode for pid, process in (pool._processes or {}).items()}  # noqa: SLF001
+        pairs = [(self._slots[k], self._slots[k + 1]) for k in range(0, len(self._slots), 2)]
+        running = {index for _, index in pairs if index >= 0}
+        dead = {index for pid, index in pairs
+                if index >= 0 and exit_codes.get(pid) not in (None, 0, -signal.SIGTERM)}
+        return dead or running
 
     def _run_dask(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
         from distributed import KilledWorker, as_completed
