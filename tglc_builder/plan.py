@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import layout
-from .formats import Shard, Writer
+from .formats import RowSource, Shard, Writer
 
 # Rows per shard file, by cadence: ~250 MB of light curves before compression, so a shard is also a bounded work
 # unit (its FITS files, ~0.6 GB, are all that one worker keeps on disk at a time).
@@ -29,19 +29,28 @@ def unit_rows(sector: int) -> int:
 
 
 @dataclass
+class ShardTask:
+    """A shard some format still needs: which formats, and an earlier whole file of it whose rows can be carried
+    into the new files instead of being fetched again (a shard rewritten to add a row that failed before)."""
+
+    shard: Shard
+    formats: tuple[str, ...]
+    carry: RowSource | None = None
+
+
+@dataclass
 class BuildPlan:
     shards: list[Shard]  # every shard of the catalog, by pixel then index
-    pending: list[tuple[Shard, tuple[str, ...]]]  # shards with the formats still to write, largest first
+    pending: list[ShardTask]  # largest first
 
     @property
     def complete_rows(self) -> int:
         """Rows already whole in every format (nothing is fetched or written for them)."""
-        waiting = {(shard.pixel, shard.index) for shard, _ in self.pending}
-        return sum(len(s) for s in self.shards if (s.pixel, s.index) not in waiting)
+        return sum(len(s) for s in self.shards) - self.pending_rows
 
     @property
     def pending_rows(self) -> int:
-        return sum(len(shard) for shard, _ in self.pending)
+        return sum(len(task.shard) for task in self.pending)
 
 
 def plan_shards(catalog, rows_per_shard: int) -> list[Shard]:
@@ -64,15 +73,22 @@ def plan_shards(catalog, rows_per_shard: int) -> list[Shard]:
 
 def make_plan(shards: list[Shard], writers: list[Writer], *, overwrite: bool = False,
               verify: bool = False) -> BuildPlan:
-    """Which shards each format still needs. With ``overwrite`` everything is written again; with ``verify``
-    existing files are read whole (checksums) before they count as done."""
+    """Which shards each format still needs, and what can be carried from earlier files. With ``overwrite``
+    everything is written again from the FITS files; with ``verify`` existing files are read whole (checksums)
+    before they count as done or are carried from."""
     pending = []
     for shard in shards:
-        todo = tuple(w.name for w in writers
-                     if overwrite or not _holds_exactly(w.complete_ids(shard, verify=verify), shard))
+        todo, whole = [], []
+        for writer in writers:
+            ids = None if overwrite else writer.complete_ids(shard, verify=verify)
+            if ids is not None and len(ids):
+                whole.append(writer)
+            if not _holds_exactly(ids, shard):
+                todo.append(writer.name)
         if todo:
-            pending.append((shard, todo))
-    pending.sort(key=lambda item: -len(item[0]))  # largest first: the pool ends together
+            carry = next((rows for rows in (w.rows_of(shard) for w in whole) if rows is not None), None)
+            pending.append(ShardTask(shard, tuple(todo), carry))
+    pending.sort(key=lambda task: -len(task.shard))  # largest first: the pool ends together
     return BuildPlan(shards, pending)
 
 
@@ -80,8 +96,7 @@ def _holds_exactly(ids: np.ndarray | None, shard: Shard) -> bool:
     return ids is not None and np.array_equal(np.asarray(ids, np.int64), shard.gaiadr3_id)
 
 
-def work_units(pending: list[tuple[Shard, tuple[str, ...]]], workers: int, max_rows: int
-               ) -> list[list[tuple[Shard, tuple[str, ...]]]]:
+def work_units(pending: list[ShardTask], workers: int, max_rows: int) -> list[list[ShardTask]]:
     """Group the pending shards (largest first) into work units of decreasing size.
 
     One unit streams its fetches across all its shards, so a unit's start and end (the idle connections of its
@@ -89,18 +104,18 @@ def work_units(pending: list[tuple[Shard, tuple[str, ...]]], workers: int, max_r
     (a share of what is left, as in guided self-scheduling), so the workers finish together. A unit holds at most
     ``max_rows`` rows unless one shard alone is larger.
     """
-    remaining = sum(len(shard) for shard, _ in pending)
-    units: list[list[tuple[Shard, tuple[str, ...]]]] = []
-    current: list[tuple[Shard, tuple[str, ...]]] = []
+    remaining = sum(len(task.shard) for task in pending)
+    units: list[list[ShardTask]] = []
+    current: list[ShardTask] = []
     size = 0
-    for item in pending:
+    for task in pending:
         target = min(max_rows, max(1, remaining // (2 * workers)))
-        if current and size + len(item[0]) > target:
+        if current and size + len(task.shard) > target:
             units.append(current)
             current, size = [], 0
-        current.append(item)
-        size += len(item[0])
-        remaining -= len(item[0])
+        current.append(task)
+        size += len(task.shard)
+        remaining -= len(task.shard)
     if current:
         units.append(current)
     return units

@@ -7,6 +7,7 @@ Nothing here touches a light curve: the stages are plain functions over plain da
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 from astropy.table import Table
@@ -15,7 +16,7 @@ from . import listing, plan, units
 from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor
-from .formats import Shard, Writer, make_writers
+from .formats import Writer, make_writers
 from .pipeline import BuildSummary, exclusive, remove_debris, writable_dir, write_failure_report, write_text
 from .sources import Source, open_source
 
@@ -74,16 +75,16 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
     summary = BuildSummary(complete=build_plan.complete_rows)
     pending = build_plan.pending
     if skip is not None and len(skip):  # the step-by-step API: rows whose download failed are left out
-        pending = [(shard.take(~np.isin(shard.gaiadr3_id, skip)), names) for shard, names in pending]
+        pending = [replace(task, shard=task.shard.take(~np.isin(task.shard.gaiadr3_id, skip))) for task in pending]
     settings = units.UnitSettings(args.sector, source, str(args.fits_dir), tuple(writers), args.column_set,
-                                  args.clean_fits, args.block_rows, args.verify)
+                                  args.clean_fits, args.block_rows)
     work = plan.work_units(pending, executor.workers, args.unit_rows or plan.unit_rows(args.sector))
     tasks = [(unit, settings) for unit in work]
-    total = sum(len(shard) for shard, _ in pending)
+    total = sum(len(task.shard) for task in pending)
     log.info("Plan: %d shard file(s) in %d pixel(s); %d light curves to write in %d work unit(s), %d already "
              "complete", len(shards), len({s.pixel for s in shards}), total, len(work), summary.complete)
     for result in executor.run(units.build_unit, tasks, total=total, desc="Building", unit="lc",
-                               weights=[sum(len(shard) for shard, _ in unit) for unit in work], lost=_lost_unit):
+                               weights=[sum(len(task.shard) for task in unit) for unit in work], lost=_lost_unit):
         summary.add(result)
         if result.fatal and not executor.stopping_requested:
             log.error("Stopping the build: %s", result.fatal)
@@ -94,11 +95,11 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
 
 
 def _lost_unit(task: tuple, error: BaseException) -> units.UnitResult:
-    work: list[tuple[Shard, tuple[str, ...]]] = task[0]
+    work: list[plan.ShardTask] = task[0]
     reason = f"the worker building it died ({type(error).__name__}); rerun to retry"
-    return units.UnitResult(rows=sum(len(shard) for shard, _ in work),
-                            failures=[Failure(int(g), p.decode(), "convert", reason, 0) for shard, _ in work
-                                      for g, p in zip(shard.gaiadr3_id, shard.path)])
+    return units.UnitResult(rows=sum(len(t.shard) for t in work),
+                            failures=[Failure(int(g), p.decode(), "convert", reason, 0) for t in work
+                                      for g, p in zip(t.shard.gaiadr3_id, t.shard.path)])
 
 
 def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: Executor) -> BuildSummary:

@@ -3,8 +3,9 @@
 :func:`build_unit` is the streaming unit: for a few shards, it makes their light curves readable through the source
 (downloads run ahead in threads while earlier files are converted), reads each FITS file once into blocks, hands
 every block to each pending output format, commits each shard's files, and with ``clean_fits`` then deletes the FITS
-files it brought into ``fits_dir``. So the FITS files on disk at any moment are those of the shards in flight. Rows that an earlier run
-already wrote into a whole file of the same shard are carried over from that file instead of being fetched again.
+files it brought into ``fits_dir``. So the FITS files on disk at any moment are those of the shards in flight.
+Rows that an earlier run already wrote into a whole file of the same shard (the plan's ``carry``) are copied from
+that file instead of being fetched again.
 :func:`fetch_batch` only fetches (the seed's step-by-step ``batched_download``).
 """
 
@@ -22,6 +23,7 @@ from .columns import ColumnSet
 from .errors import Failure
 from .formats import Block, RowSource, Shard, WriteError, Writer
 from .formats.hdf5 import BLOCK_ROWS
+from .plan import ShardTask
 from .reader import InvalidTGLCFile, ReadBuffer, TGLCLightCurve, read_tglc
 from .sources import DiskFull, Fetched, Source, quarantine_path
 
@@ -39,7 +41,6 @@ class UnitSettings:
     columns: ColumnSet
     clean_fits: bool = False
     block_rows: int = BLOCK_ROWS
-    verify: bool = False  # read earlier files whole (checksums) before carrying rows from them
 
 
 @dataclass
@@ -146,16 +147,6 @@ class _BlockBuilder:
         return block
 
 
-def _carry_source(settings: UnitSettings, shard: Shard) -> tuple[RowSource | None, dict[int, int]]:
-    """An earlier whole file of this shard (in any format of the build that can read its rows back), and which of
-    the shard's Gaia ids it holds (at which row)."""
-    for writer in settings.writers:
-        rows = writer.rows_of(shard, verify=settings.verify)
-        if rows is not None:
-            return rows, {int(g): j for j, g in enumerate(rows.ids)}
-    return None, {}
-
-
 @dataclass
 class _ShardWork:
     """One shard of a unit: where each row comes from (an earlier file, or the source)."""
@@ -171,18 +162,18 @@ class _ShardWork:
         return np.flatnonzero(self.carried_at < 0)
 
 
-def build_unit(work: list[tuple[Shard, tuple[str, ...]]], settings: UnitSettings) -> UnitResult:
+def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
     """Fetch, read and write shards, each into the formats named with it; failures are returned, never raised
     (except KeyboardInterrupt). One stream of fetches runs across all the unit's shards, so the connections stay
     busy from the first file to the last."""
-    result = UnitResult(rows=sum(len(shard) for shard, _ in work))
+    result = UnitResult(rows=sum(len(task.shard) for task in work))
     try:
         plans = []
-        for shard, pending in work:
-            carry, carry_rows = _carry_source(settings, shard)
-            carried_at = np.array([carry_rows.get(int(g), -1) for g in shard.gaiadr3_id], np.int64)
-            plans.append(_ShardWork(shard, [w for w in settings.writers if w.name in pending], carry,
-                                    carried_at))
+        for task in work:
+            at = {int(g): j for j, g in enumerate(task.carry.ids)} if task.carry is not None else {}
+            carried_at = np.array([at.get(int(g), -1) for g in task.shard.gaiadr3_id], np.int64)
+            plans.append(_ShardWork(task.shard, [w for w in settings.writers if w.name in task.formats],
+                                    task.carry, carried_at))
         items, validators = [], []
         for plan in plans:
             plan.first_item = len(items)
@@ -203,8 +194,8 @@ def build_unit(work: list[tuple[Shard, tuple[str, ...]]], settings: UnitSettings
         log.exception("A work unit failed")
         reason = f"unexpected error ({type(exc).__name__}: {exc}); please report it"
         done = {f.gaiadr3_id for f in result.failures}
-        result.failures += [Failure(int(g), p.decode(), "convert", reason, 1) for shard, _ in work
-                            for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
+        result.failures += [Failure(int(g), p.decode(), "convert", reason, 1) for task in work
+                            for g, p in zip(task.shard.gaiadr3_id, task.shard.path) if int(g) not in done]
     return result
 
 

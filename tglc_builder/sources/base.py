@@ -74,9 +74,8 @@ class Source(abc.ABC):
         """Where ``relpath`` already is on this machine when the source is read in place (a mirror), else None."""
         return None
 
-    def check(self) -> None:
-        """Raise UsageError (one line naming the root) when the source cannot be used at all; default: no check
-        beyond fetching the listings."""
+    def check(self) -> None:  # noqa: B027 - optional: most sources need no check beyond fetching the listings
+        """Raise UsageError (one line naming the root) when the source cannot be used at all."""
 
     @abc.abstractmethod
     def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
