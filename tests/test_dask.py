@@ -13,7 +13,6 @@ import h5py
 import pytest
 from astropy.table import Table
 
-import build_parent_sample
 from build_parent_sample import TGLC_Downloader
 from conftest import REPO, assert_contract, run_env
 from tglc_builder.demo import LocalArchive
@@ -59,9 +58,8 @@ def cluster():
         yield c, client
 
 
-def test_dask_builds_the_same_dataset_as_the_process_pool(tmp_path, cluster, monkeypatch):
+def test_dask_builds_the_same_dataset_as_the_process_pool(tmp_path, cluster):
     _, client = cluster
-    monkeypatch.setattr(build_parent_sample, "_BATCH_SIZE", 40)  # several download tasks
     with LocalArchive(sector=23, n=200, seed=12) as archive:
         local = _build(archive, tmp_path / "local")
         on_dask = _build(archive, tmp_path / "dask", client=client)
@@ -72,9 +70,8 @@ def test_dask_builds_the_same_dataset_as_the_process_pool(tmp_path, cluster, mon
     assert _datasets(tmp_path / "dask" / "out") == _datasets(tmp_path / "local" / "out")  # value for value
 
 
-def test_a_worker_killed_mid_build_changes_nothing(tmp_path, cluster, monkeypatch):
+def test_a_worker_killed_mid_build_changes_nothing(tmp_path, cluster):
     _, client = cluster
-    monkeypatch.setattr(build_parent_sample, "_BATCH_SIZE", 25)
     with LocalArchive(sector=23, n=300, seed=13, latency=0.01) as archive:
         reference = _build(archive, tmp_path / "reference")
         summary = _build_killing_a_worker(archive, tmp_path / "dask", client)
@@ -103,10 +100,9 @@ def test_scheduler_without_dask_explains_how_to_install(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_task_dask_gives_up_on_becomes_failures_then_a_rerun_finishes(tmp_path, monkeypatch):
+def test_a_task_dask_gives_up_on_becomes_failures_then_a_rerun_finishes(tmp_path):
     import dask
 
-    monkeypatch.setattr(build_parent_sample, "_BATCH_SIZE", 25)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
             distributed.Client(c) as client, LocalArchive(sector=23, n=300, seed=14, latency=0.02) as archive:

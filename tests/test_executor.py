@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 import _tasks
-from tglc_builder import executor as executor_module
 from tglc_builder.executor import Executor
 
 
@@ -127,10 +126,9 @@ def test_interrupt_then_close_is_prompt_when_tasks_poll(n):
     assert time.monotonic() - started < 3
 
 
-def test_close_kills_a_task_that_ignores_stop(tmp_path, monkeypatch):
-    monkeypatch.setattr(executor_module, "STOP_GRACE", 1.0)
+def test_close_kills_a_task_that_ignores_stop(tmp_path):
     markers = [str(tmp_path / f"started-{i}") for i in range(2)]
-    ex = Executor(2)
+    ex = Executor(2, stop_grace=1.0)
     try:
         with pytest.raises(_Interrupt), _interrupt_after(2.0):
             _run(ex, _tasks.ignore_stop, [(300.0, m) for m in markers])

@@ -435,11 +435,11 @@ except DiskFull as exc:
 
 
 # ---- whole builds ------------------------------------------------------------------------------------------------
-def _build(root: Path, mast_url: str):
+def _build(root: Path, mast_url: str, **kwargs):
     from build_parent_sample import TGLC_Downloader
 
     with TGLC_Downloader(sector=SECTOR, tglc_data_path=root / "data", hdf5_output_dir=root / "out",
-                         fits_dir=root / "fits", n_processes=2, mast_url=mast_url) as downloader:
+                         fits_dir=root / "fits", n_processes=2, mast_url=mast_url, **kwargs) as downloader:
         return downloader.download_sector(tiny=True)
 
 
@@ -478,3 +478,21 @@ def test_build_from_s3_equals_the_http_build(archive, http_build, moto_url, s3_e
     assert summary.failures == [] and summary.downloaded == summary.converted == 100
     assert _hdf5_values(tmp_path / "build" / "out") == _hdf5_values(http_build[0] / "out")
     assert not temporary_files(tmp_path / "build" / "fits")
+
+
+def test_builds_from_a_mirror_and_from_s3_on_dask(archive, http_build, moto_url, s3_env, tmp_path):
+    """Each Dask worker opens the source itself: the mirror's files and the bucket's objects, with --clean-fits."""
+    distributed = pytest.importorskip("distributed")
+    mirror = write_mirror(tmp_path / "mirror", archive)
+    upload(moto_url, mirror, "dask")
+    s3_env.setenv("AWS_ENDPOINT_URL", moto_url)
+    reference = _hdf5_values(http_build[0] / "out")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+        for name, url in (("mirror", str(mirror)), ("s3", f"s3://{BUCKET}/dask")):
+            summary = _build(tmp_path / name, url, client=client, clean_fits=True)
+            assert summary.failures == [] and summary.converted == 100, name
+            assert summary.downloaded == (100 if name == "s3" else 0), name
+            assert _hdf5_values(tmp_path / name / "out") == reference, name
+            assert not [p for p in (tmp_path / name / "fits").rglob("*") if not p.is_dir()], name  # cleaned / none
+    assert len(list(mirror.rglob("*.fits"))) == archive.sector.n  # the mirror is untouched

@@ -90,8 +90,8 @@ class Executor:
     """Runs tasks over ``n_processes`` local processes (in a thread of this process when 1, so Ctrl-C stays
     responsive), or on the cluster of a ``dask.distributed.Client``. Close it (or use ``with``) when done."""
 
-    def __init__(self, n_processes: int = 1, client: Any = None):
-        self.n_processes, self.client = n_processes, client
+    def __init__(self, n_processes: int = 1, client: Any = None, stop_grace: float = STOP_GRACE):
+        self.n_processes, self.client, self.stop_grace = n_processes, client, stop_grace
         self._pool: ProcessPoolExecutor | ThreadPoolExecutor | None = None
         self._context = multiprocessing.get_context("spawn")  # no fork: the driver may hold threads (the demo)
         self._stop = self._context.Event()
@@ -122,7 +122,7 @@ class Executor:
         return self._stop.is_set()
 
     def close(self) -> None:
-        """Stop the workers. Tasks still running get :data:`STOP_GRACE` seconds, then their processes are killed,
+        """Stop the workers. Tasks still running get ``stop_grace`` seconds, then their processes are killed,
         so closing never hangs (``ProcessPoolExecutor.shutdown`` can wait for good on a task being cancelled)."""
         pool, self._pool = self._pool, None
         if pool is None:
@@ -133,7 +133,7 @@ class Executor:
             return
         processes = list((pool._processes or {}).values())  # noqa: SLF001 - the only handle on the processes
         pool.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + self.stop_grace
         try:
             for process in processes:
                 process.join(max(0.0, deadline - time.monotonic()))
