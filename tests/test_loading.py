@@ -302,10 +302,12 @@ def test_streaming_yields_the_same(built, hf_cache):
     assert_same_examples(list(stream.with_format("numpy")), expected, numpy_default=True)
 
 
-def test_rows_read_in_blocks_across_block_edges(built, hf_cache, monkeypatch):
+def test_rows_read_in_blocks_across_block_edges(built, hf_cache):
     out, expected = built
-    monkeypatch.setattr(tglc_module, "_BLOCK_ROWS", 3)
-    assert_same_examples(list(load_tglc(out, streaming=True, cache_dir=hf_cache)), expected)
+    builder = tglc_module.TGLC(base_path=str(out), data_files={"train": [tglc_module.DEFAULT_DATA_FILES]},
+                               cache_dir=str(hf_cache), block_rows=3)
+    assert builder.config.block_rows == 3
+    assert_same_examples(list(builder.as_streaming_dataset(split="train")), expected)
 
 
 def test_rebuilt_files_are_not_served_from_the_cache(built, hf_cache):

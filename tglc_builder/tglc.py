@@ -12,6 +12,7 @@ object is made per value.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import datasets
@@ -60,13 +61,20 @@ SCALAR_ORDER = ("TIC_ID", "gaiadr3_id", "RA", "DEC", "psf_flux_err", "aper_flux_
                 "loc_bg", "star_x", "star_y", "cut_x", "cut_y", "camera", "ccd", "contamrt")
 _IDS = ("TIC_ID", "gaiadr3_id")
 _N_CADENCES = "n_cadences"
-_BLOCK_ROWS = 1000  # rows read from HDF5 at once: whole-block reads instead of one h5py call per row
+
+
+@dataclass
+class TGLCConfig(datasets.BuilderConfig):
+    """``block_rows``: rows read from HDF5 at once (whole-block reads instead of one h5py call per row)."""
+
+    block_rows: int = 1000
 
 
 class TGLC(datasets.ArrowBasedBuilder):
     """TGLC light curves from ``TGLC/healpix=<p>/*.hdf5``; the columns are those of the first file."""
 
     VERSION = datasets.Version("1.0.0")
+    BUILDER_CONFIG_CLASS = TGLCConfig
 
     def __init__(self, *args: Any, data_files: Any = None, base_path: str | None = None, **kwargs: Any):
         # Without data_files, take every HDF5 file of the folder; resolving them here (not in a default config)
@@ -105,8 +113,9 @@ class TGLC(datasets.ArrowBasedBuilder):
                     raise ValueError(f"{path} lacks {sorted(missing)}, which the first file has: the files of a "
                                      "dataset must have the same columns")
                 n_rows = len(h5[_N_CADENCES])
-                for start in range(0, n_rows, _BLOCK_ROWS):
-                    rows = slice(start, min(start + _BLOCK_ROWS, n_rows))
+                block = self.config.block_rows
+                for start in range(0, n_rows, block):
+                    rows = slice(start, min(start + block, n_rows))
                     yield f"{file_index}_{start}", _block_table(h5, rows, series, scalars, schema)
 
 
