@@ -611,7 +611,7 @@ def _workers(pid: int) -> list[int]:
 
 def test_a_killed_worker_fails_only_its_own_rows_and_the_counts_are_true(reference, tmp_path):
     root = tmp_path / "build"
-    with LocalArchive(sector=23, n=N, seed=SEED, latency=0.05) as archive:
+    with LocalArchive(sector=23, n=N, seed=SEED, latency=0.03) as archive:
         process, log = _start(root, archive.url, "-n", "2", "--connections", "4")
         _wait_for_text(log, "Plan:", process)
         deadline = time.monotonic() + 60
