@@ -22,8 +22,8 @@ from _blocks import Sector, blocks, build, plan_shards, single_file_sector, synt
 from conftest import SAMPLE  # noqa: E402
 from tglc_builder.columns import column_set  # noqa: E402
 from tglc_builder.errors import UsageError  # noqa: E402
-from tglc_builder.formats.hats import (DIR_SUFFIX, FILE_SUFFIX, MARK_KEY, HatsWriter, catalog_name,  # noqa: E402
-                                       plain_write_error, read_mark)
+from tglc_builder.formats.base import write_error  # noqa: E402
+from tglc_builder.formats.hats import DIR_SUFFIX, FILE_SUFFIX, MARK_KEY, HatsWriter, catalog_name, read_mark  # noqa: E402
 from tglc_builder.reader import read_tglc  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
@@ -396,17 +396,21 @@ def test_a_real_write_failure_raises_write_error(tmp_path):
 
 
 def test_write_errors_in_plain_words():
-    """The words the build looks for to stop at once (a full disk stops every worker)."""
+    """Plain words for h5py's and pyarrow's errors, and whether the disk is full (which stops every worker)."""
     import errno
 
     file = Path("/data/out/Npix=5.parquet")
-    assert plain_write_error(file, OSError(errno.ENOSPC, "No space left on device")) == \
-        "no space left on /data/out writing Npix=5.parquet"
-    assert plain_write_error(file, OSError("IOError: error writing bytes to file. Detail: [errno 28] No space left "
-                                           "on device")).startswith("no space left")
-    assert plain_write_error(file, OSError(errno.EFBIG, "File too large")).startswith("file size limit reached")
-    assert plain_write_error(file, OSError(errno.EACCES, "denied")) == \
-        "cannot write /data/out/Npix=5.parquet: Permission denied"
+    full = write_error(file, OSError(errno.ENOSPC, "No space left on device"))
+    assert str(full) == "no space left on /data/out writing Npix=5.parquet" and full.disk_full
+    assert str(write_error(file, OSError("IOError: error writing bytes to file. Detail: [errno 28] No space left "
+                                         "on device"))).startswith("no space left")
+    assert str(write_error(file, RuntimeError("Can't write data (file write failed: time = Wed, filename = 'x', "
+                                              "errno = 28, error message = 'No space left on device')"))
+               ).startswith("no space left")
+    limit = write_error(file, OSError(errno.EFBIG, "File too large"))
+    assert str(limit).startswith("file size limit reached") and limit.disk_full
+    denied = write_error(file, OSError(errno.EACCES, "denied"))
+    assert str(denied) == "cannot write /data/out/Npix=5.parquet: Permission denied" and not denied.disk_full
 
 
 # ---- prepare: one build per folder ----------------------------------------------------------------------------------

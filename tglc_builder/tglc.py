@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pyarrow as pa
 
-_CITATION = r"""@ARTICLE{2023AJ....165...71H,
+CITATION = r"""@ARTICLE{2023AJ....165...71H,
        author = {{Han}, Te and {Brandt}, Timothy D.},
         title = "{TESS-Gaia Light Curve: A PSF-based TESS FFI Light Curve Product}",
       journal = {The Astronomical Journal},
@@ -87,7 +87,7 @@ class TGLC(datasets.ArrowBasedBuilder):
     def _info(self) -> datasets.DatasetInfo:
         # The features are read off the first data file in _split_generators.
         return datasets.DatasetInfo(description=_DESCRIPTION, homepage=_HOMEPAGE, license=_LICENSE,
-                                    citation=_CITATION)
+                                    citation=CITATION)
 
     def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
         if not self.config.data_files:

@@ -10,6 +10,7 @@ process that runs it; the rest runs in the workers, so a writer is plain, pickla
 from __future__ import annotations
 
 import abc
+import errno
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,6 +74,21 @@ class WriteError(Exception):
     def __init__(self, message: str, disk_full: bool = False):
         super().__init__(message)
         self.disk_full = disk_full
+
+
+def write_error(file: Path, exc: BaseException) -> WriteError:
+    """What went wrong writing ``file``, in plain words: h5py and pyarrow bury the errno in a paragraph ("file write
+    failed ... errno = 28", "IOError: ... [errno 28]")."""
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    low = text.lower()
+    if code in (errno.ENOSPC, errno.EDQUOT) or any(word in low for word in ("errno 28", "errno = 28", "no space left",
+                                                                            "quota exceeded")):
+        return WriteError(f"no space left on {file.parent} writing {file.name}", disk_full=True)
+    if code == errno.EFBIG or any(word in low for word in ("errno 27", "errno = 27", "file too large")):
+        return WriteError(f"file size limit reached on {file.parent} writing {file.name}", disk_full=True)
+    reason = os.strerror(code) if isinstance(code, int) and code else (text.splitlines() or [type(exc).__name__])[0]
+    return WriteError(f"cannot write {file}: {reason}")
 
 
 class ShardSink(abc.ABC):

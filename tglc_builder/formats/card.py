@@ -26,6 +26,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from .. import __version__
+from .. import tglc as tglc_script
 from ..columns import EXTRA_SCALARS, EXTRA_SERIES, IDS_AND_POSITION, N_CADENCES, SEED_SCALARS, SEED_SERIES, ColumnSet
 
 CARD_FORMATS = ("hdf5", "hats")
@@ -39,27 +40,8 @@ _DESCRIPTIONS.update({N_CADENCES[0]: (N_CADENCES[2], N_CADENCES[3]), "sector": (
 _SIZES = ((10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"), (10**7, "1M<n<10M"),
           (10**8, "10M<n<100M"), (10**9, "100M<n<1B"))  # the Hub's size_categories
 
-CITATION = """\
-@ARTICLE{2023AJ....165...71H,
-       author = {{Han}, Te and {Brandt}, Timothy D.},
-        title = "{TESS-Gaia Light Curve: A PSF-based TESS FFI Light Curve Product}",
-      journal = {The Astronomical Journal},
-         year = 2023,
-       volume = {165},
-       number = {2},
-          eid = {71},
-        pages = {71},
-          doi = {10.3847/1538-3881/acaaa7},
-archivePrefix = {arXiv},
-       eprint = {2301.03704},
-}
-@MISC{tglc_data,
-       author = {{Han}, Te and {Brandt}, Timothy D.},
-        title = "{TESS-Gaia Light Curve (TGLC)}",
-    publisher = {MAST},
-         year = 2023,
-          doi = {10.17909/610m-9474},
-}"""
+CITATION = tglc_script.CITATION.rstrip()  # tglc.py is copied alone into the output: it keeps the text
+
 
 
 def hdf5_features(columns: ColumnSet) -> datasets.Features:

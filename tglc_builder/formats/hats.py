@@ -41,7 +41,6 @@ then renamed. A file under a final name with a matching mark is therefore whole.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -57,7 +56,7 @@ import pyarrow.parquet as pq
 from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, ColumnSet
 from ..errors import UsageError
-from .base import Block, RowSource, Shard, ShardSink, WriteError, Writer
+from .base import Block, RowSource, Shard, ShardSink, WriteError, Writer, write_error
 from .card import write_card
 
 log = logging.getLogger(__name__)
@@ -142,20 +141,6 @@ def parquet_options(schema: pa.Schema) -> dict:
 
 
 # ---- errors -----------------------------------------------------------------------------------------------------
-def plain_write_error(file: Path, exc: BaseException) -> str:
-    """What went wrong writing ``file``, in plain words (pyarrow words it as "IOError: ... [errno 28] ...")."""
-    text = str(exc)
-    code = getattr(exc, "errno", None)
-    low = text.lower()
-    if code in (errno.ENOSPC, errno.EDQUOT) or "errno 28" in low or "errno = 28" in low or "no space left" in low \
-            or "quota exceeded" in low:
-        return f"no space left on {file.parent} writing {file.name}"
-    if code == errno.EFBIG or "errno 27" in low or "errno = 27" in low or "file too large" in low:
-        return f"file size limit reached on {file.parent} writing {file.name}"
-    reason = os.strerror(code) if isinstance(code, int) and code else (text.splitlines() or [type(exc).__name__])[0]
-    return f"cannot write {file}: {reason}"
-
-
 # ---- reading a shard file back ------------------------------------------------------------------------------------
 def read_mark(file: Path | str) -> dict | None:
     """The mark of a pixel file (None when it has none or is not a readable Parquet file)."""
@@ -616,7 +601,7 @@ class _HatsSink(ShardSink):
 
     def _fail(self, exc: BaseException) -> WriteError:
         self.abort()
-        return WriteError(plain_write_error(self.file, exc))
+        return write_error(self.file, exc)
 
     def append(self, block: Block) -> None:
         if not len(block):

@@ -9,7 +9,6 @@ written under a temporary name, closed, opened again and read whole (every check
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import numpy as np
 from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, ColumnSet
 from ..errors import UsageError
-from .base import Block, RowSource, Shard, ShardSink, WriteError, Writer
+from .base import Block, RowSource, Shard, ShardSink, WriteError, Writer, write_error
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +47,6 @@ def _filters(dtype: np.dtype) -> dict[str, Any]:
 
 def pixel_dir(output_dir: str | os.PathLike, pixel: int) -> Path:
     return Path(output_dir) / "TGLC" / f"healpix={pixel}"
-
-
-def write_error(file: Path, exc: BaseException) -> WriteError:
-    """What went wrong writing ``file``, in plain words (HDF5's messages bury the errno in a paragraph)."""
-    text = str(exc)
-    code = getattr(exc, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in text or "No space left" in text:
-        return WriteError(f"no space left on {file.parent} writing {file.name}", disk_full=True)
-    if code == errno.EFBIG or "errno = 27" in text or "File too large" in text:
-        return WriteError(f"file size limit reached on {file.parent} writing {file.name}", disk_full=True)
-    return WriteError(f"cannot write {file}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}")
 
 
 class HDF5Writer(Writer):
