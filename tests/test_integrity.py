@@ -186,7 +186,8 @@ def _tracebacks(stderr: str) -> list[str]:
     """Python tracebacks in a build's stderr, except h5py's "Exception ignored in ObjectID.__dealloc__" noise (the
     identifiers of a file that failed to close, printed as they are freed; reported in issue 10's notes)."""
     blocks = stderr.split("Traceback (most recent call last):")[1:]
-    return [block[:600] for block in blocks if "h5py/_objects.pyx" not in block.split("\n", 2)[1]]
+    # (two processes may print at once: a header can be followed at once by the next one's)
+    return [block[:600] for block in blocks if block.strip() and "h5py/_objects.pyx" not in block[:400]]
 
 
 def _error_lines(stderr: str) -> list[str]:
