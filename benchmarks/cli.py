@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -69,30 +70,33 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="tglc-bench-"))
     log = scratch / "bench.log"
     print(f"Scratch folder: {scratch} (log: {log})", flush=True)
-    rows, failed, t0 = [], [], time.perf_counter()
+    rows, failed, loads, t0 = [], [], [], time.perf_counter()
     try:
         for stage in stages:
             print(f"[{stage}] running ...", flush=True)
+            load_before = os.getloadavg()[0]
             try:
                 result = spawn(["--stage", stage, "--scratch", str(scratch), "--size", size], log)
             except BenchError as exc:
+                loads.append((stage, load_before, os.getloadavg()[0]))
                 print(f"[{stage}] FAILED: {exc}", flush=True)
                 failed.append(stage)
                 rows.append(report.row(f"{stage}.failed", stage.replace("_", " "), "(failed: see the log)",
                                        "failed", None, note=str(exc).splitlines()[0]))
                 continue
+            loads.append((stage, load_before, os.getloadavg()[0]))
             rows.extend(result["rows"])
             print(f"[{stage}] done in {result['seconds']:.0f} s\n{report.console(result['rows'], full)}", flush=True)
             if args.out:  # after every stage, so a run cut short still leaves what it measured
-                report.write(Path(args.out), rows, machine(), command + f"  (in progress: {len(rows)} rows)",
-                             time.perf_counter() - t0, full)
+                report.write(Path(args.out), rows, dict(machine(), load=loads),
+                             command + f"  (in progress: {len(rows)} rows)", time.perf_counter() - t0, full)
     finally:
         elapsed = time.perf_counter() - t0
         if args.keep or failed:
             print(f"Scratch kept: {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
-    info = machine()
+    info = dict(machine(), load=loads)
     print()
     print(report.table(rows, full))
     print(f"\n{len(stages)} stage(s) in {elapsed / 60:.1f} min on {info['cpu']}, {info['usable_cores']} cores")

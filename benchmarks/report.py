@@ -71,6 +71,15 @@ def notes(rows: list[dict]) -> str:
     return "\n".join(f"- **{r['stage']}**, {r['measure']}: {r['note']}" for r in rows if r.get("note"))
 
 
+def load_line(info: dict) -> str:
+    """The machine's 1-minute load average at each stage's start and end (other work on a shared machine)."""
+    loads = info.get("load") or []
+    if not loads:
+        return ""
+    text = ", ".join(f"{stage} {a:.1f}-{b:.1f}" for stage, a, b in loads)
+    return f"**Load** (1-minute load average at each stage's start and end, on {info['usable_cores']} cores): {text}.\n"
+
+
 def markdown(rows: list[dict], info: dict, command: str, elapsed: float, full: bool, analysis: str = "") -> str:
     v = info["versions"]
     curl = f"; curl {info['curl']}" if info.get("curl") else ""
@@ -83,6 +92,7 @@ Produced by `{command}` (from the repository root) in {elapsed / 60:.1f} min, at
 Everything runs on this machine over loopback: the demo archive (`python -m tglc_builder.demo`) and the S3 server
 (moto) each in a process of their own. The machine is shared: other work may have run at the same time.
 
+{load_line(info)}
 `ratio` is ours / reference. For a rate (files/s, rows/s) higher is better; for a time, a size or memory lower is
 better. Each reference is measured in the same run on the same data. `before` is the same measure in
 benchmarks/RESULTS.md at commit {BEFORE_COMMIT}, before the redesign (one plan, streaming units, formats and sources

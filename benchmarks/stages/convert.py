@@ -1,6 +1,6 @@
 """Convert: light curves/s from FITS files on disk into the HDF5 output, one pixel on one core (the work unit
-``units.build_unit``) and a whole sector over two processes (``run.write_outputs``), beside a bare read of the
-same files."""
+``units.build_unit``, planned as a build plans it) and a whole sector over two processes (``run.write_outputs``),
+beside a bare read of the same files."""
 
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ def unit_settings(root: str, output_dir: str, fmt: str = "hdf5", hats_dir: str |
 
 @task
 def build_pixel(catalog: str, root: str, output_dir: str, repeat_to: int | None = None) -> dict:
-    """One pixel as one shard, one work unit (``units.build_unit``), in this process: light curves per second on one
-    core (``repeat_to``: the catalog's rows repeated to that many, for a big pixel from few files)."""
+    """One pixel in this process, planned as a build plans it (shards of at most ``plan.rows_per_shard`` rows,
+    grouped into work units) and written unit after unit with ``units.build_unit``: light curves per second on one
+    core, and peak memory (``repeat_to``: the catalog's rows repeated to that many, for a big pixel from few
+    files)."""
     import numpy as np
     from tglc_builder import plan, units
 
@@ -39,14 +41,20 @@ def build_pixel(catalog: str, root: str, output_dir: str, repeat_to: int | None 
     if repeat_to:
         table = table[np.arange(repeat_to) % len(table)]
     table["healpix"] = int(table["healpix"][0])
-    [shard] = plan.plan_shards(table, rows_per_shard=len(table))
+    shards = plan.plan_shards(table, plan.rows_per_shard(SECTOR))
     settings, writers = unit_settings(root, output_dir)
+    work = plan.work_units(plan.make_plan(shards, writers, overwrite=True).pending, 1, plan.unit_rows(SECTOR))
     base = current_rss()
+    written, failures = 0, []
     with Timer() as t:
-        result = units.build_unit([(shard, tuple(w.name for w in writers))], settings)
-    return dict(seconds=t.seconds, rows=result.written, rate=result.written / t.seconds, cpu=t.cpu,
-                failures=len(result.failures), first_failures=[str(f) for f in result.failures[:3]],
-                peak_rss=maxrss(), base_rss=base, files=[str(w.file(shard)) for w in writers])
+        for unit in work:
+            result = units.build_unit(unit, settings)
+            written += result.written
+            failures += result.failures
+    return dict(seconds=t.seconds, rows=written, rate=written / t.seconds, cpu=t.cpu, failures=len(failures),
+                first_failures=[str(f) for f in failures[:3]], peak_rss=maxrss(), base_rss=base,
+                shards=len(shards), shard_rows=max(len(s) for s in shards), units=len(work),
+                files=[str(w.file(shard)) for w in writers for shard in shards])
 
 
 def build_args(root: str, output_dir: str, n_processes: int, fmt: str = "hdf5", hats_dir: str | None = None):
@@ -70,7 +78,7 @@ def write_sector(catalog: str, root: str, output_dir: str, n_processes: int = 2,
     with started_executor(n_processes) as executor, TreePeak() as tree, Timer() as t:
         summary = run.write_outputs(args, table, LocalSource(root), executor)
     return dict(seconds=t.seconds, rows=summary.converted, rate=summary.converted / t.seconds,
-                cpu=t.cpu + t.cpu_children, failures=len(summary.failures), files=summary.files_written,
+                cpu=tree.cpu, failures=len(summary.failures), files=summary.files_written,
                 peak_tree=tree.peak, hdf5=str(args.hdf5_output_dir), hats=str(args.hats_output_dir))
 
 
@@ -114,15 +122,18 @@ def measure(ctx: Ctx) -> list[dict]:
     reference = f"{fmt_rate(ref['rate'], 'files/s')} (open().read() + np.frombuffer, one core)"
     return [
         row("convert.one_core", "convert",
-            f"light curves/s on one core: units.build_unit, one pixel (one shard) of {info['rows']:,} "
-            f"{N_CADENCES}-cadence v1 files", fmt_rate(single["rate"], "/s"), single["rate"], reference, ref["rate"],
-            f"{single['seconds']:.1f} s wall, {single['cpu']:.1f} s CPU, peak RSS {fmt_bytes(single['peak_rss'])}; "
+            f"light curves/s on one core: units.build_unit, one pixel of {info['rows']:,} {N_CADENCES}-cadence v1 "
+            f"files ({single['shards']} shard(s) of <= {single['shard_rows']:,} rows, as a build plans it)",
+            fmt_rate(single["rate"], "/s"), single["rate"], reference, ref["rate"],
+            f"{single['seconds']:.1f} s wall, {single['cpu']:.1f} s CPU ({single['rows'] / single['cpu']:,.0f} light "
+            f"curves per CPU second), peak RSS {fmt_bytes(single['peak_rss'])}; "
             f"the demo archive generates such a file in {info['ms_per_file']:.2f} ms"),
         row("convert.sector", "convert",
             f"light curves/s per core: run.write_outputs -n 2, the same {info['rows']:,} files as a sector "
             f"({info['pixels']} pixels, ~{info['rows'] // max(info['pixels'], 1)} rows each)",
             fmt_rate(pool["rate"] / 2, "/s/core"), pool["rate"] / 2, reference, ref["rate"],
-            f"{pool['rate']:,.0f} /s in total, {pool['seconds']:.1f} s wall, {pool['cpu']:.1f} s CPU, peak RSS "
+            f"{pool['rate']:,.0f} /s in total, {pool['seconds']:.1f} s wall, {pool['cpu']:.1f} s CPU (driver and "
+            f"workers: {pool['rows'] / pool['cpu']:,.0f} light curves per CPU second), peak RSS "
             f"(all processes) {fmt_bytes(pool['peak_tree'])}; includes the plan and the dataset card"),
         row("convert.peak_rss", "convert", "peak RSS of the one-pixel conversion above",
             fmt_bytes(single["peak_rss"]), single["peak_rss"],

@@ -1,4 +1,5 @@
-"""Convert memory: peak RSS of one pixel's conversion as the pixel grows (it must stay flat)."""
+"""Convert memory: peak RSS of one pixel's conversion as the pixel grows (it must stay flat): the build cuts a large
+pixel into shards of at most ``plan.rows_per_shard`` rows, so memory is bounded by a shard, not a pixel."""
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ def measure(ctx: Ctx) -> list[dict]:
         growth = (r["peak_rss"] - first["peak_rss"]) / max(k - first_k, 1) * 10_000
         rows.append(row(
             "convert_memory.largest" if largest else f"convert_memory.{k}", "convert memory",
-            f"peak RSS, units.build_unit on a pixel (one shard) of {k:,} light curves ({info['rows']} distinct "
-            "files, repeated)", fmt_bytes(r["peak_rss"]), r["peak_rss"], f"{fmt_bytes(raw)} (the pixel's raw arrays)",
-            raw, f"{r['rate']:,.0f} /s; before converting (python + imports + catalog): {fmt_bytes(r['base_rss'])}"
+            f"peak RSS, units.build_unit on a pixel of {k:,} light curves ({info['rows']} distinct files, repeated; "
+            f"{r['shards']} shard(s) of <= {r['shard_rows']:,} rows in {r['units']} unit(s), as a build plans it)",
+            fmt_bytes(r["peak_rss"]), r["peak_rss"], f"{fmt_bytes(raw)} (the pixel's raw arrays)", raw,
+            f"{r['rate']:,.0f} /s; before converting (python + imports + catalog): {fmt_bytes(r['base_rss'])}"
             + (f"; growth {fmt_bytes(max(growth, 0))} per 10,000 rows since {first_k:,}" if k != first_k else "")))
     return rows

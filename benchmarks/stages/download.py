@@ -33,7 +33,7 @@ def fetch(url: str, directory: str, n_processes: int = N_PROCESSES) -> dict:
         raise BenchError(f"{summary.downloaded} of {len(catalog)} downloaded, {len(summary.failures)} failed: "
                          f"{summary.failures[:3]}")
     (work / "paths.txt").write_text("\n".join(p.decode() if isinstance(p, bytes) else p for p in catalog["path"]))
-    return dict(seconds=t.seconds, files=len(catalog), rate=len(catalog) / t.seconds, cpu=t.cpu + t.cpu_children,
+    return dict(seconds=t.seconds, files=len(catalog), rate=len(catalog) / t.seconds, cpu=tree.cpu,
                 peak_tree=tree.peak, paths=str(work / "paths.txt"), connections=args.connections)
 
 
