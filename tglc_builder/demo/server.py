@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import logging
 import socket
+import sys
 import struct
 import threading
 import time
@@ -105,6 +106,13 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
     archive: LocalArchive
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that goes away mid-answer (a killed worker, Ctrl-C) is routine here, not a traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            log.debug("%s went away: %s", client_address, sys.exc_info()[1])
+        else:
+            super().handle_error(request, client_address)
 
 
 class LocalArchive:

@@ -9,11 +9,14 @@ written under a temporary name, closed, opened again and read whole (every check
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,24 @@ _LZF: dict[str, Any] = {"compression": "lzf", "shuffle": True, "fletcher32": Tru
 _SCALAR: dict[str, Any] = {"fletcher32": True}  # 0.5% of the bytes: not worth decompressing
 _SHARD_NAME = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
 _TEMPORARY = ".tmp-"
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Discard what is written to file descriptor 2 for a moment. Closing a file whose writes failed makes h5py print
+    a traceback per open handle ("Unable to flush raw data ... errno = 28") straight to stderr, from destructors that
+    no Python code can catch; the sink has already turned that error into one WriteError naming the file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()  # what Python buffered meanwhile goes to /dev/null too
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _filters(dtype: np.dtype) -> dict[str, Any]:
@@ -232,6 +253,7 @@ class _HDF5Sink(ShardSink):
             self.file.unlink(missing_ok=True)
             return
         try:
+            self.h5.flush()  # a write that fails here fails loudly; then closing has nothing left to write
             self.datasets = {}
             self.h5.close()
             self.h5 = None
@@ -249,13 +271,15 @@ class _HDF5Sink(ShardSink):
             raise self._fail(exc) from None
 
     def abort(self) -> None:
-        self.datasets = {}
         if self.h5 is not None:
-            try:
-                self.h5.close()
-            except Exception:  # noqa: BLE001 - the file is being discarded anyway
-                pass
-            self.h5 = None
+            with _stderr_silenced():
+                self.datasets = {}
+                try:
+                    self.h5.close()
+                except Exception:  # noqa: BLE001 - the file is being discarded anyway
+                    pass
+                self.h5 = None
+        self.datasets = {}
         self.tmp.unlink(missing_ok=True)
 
 

@@ -33,7 +33,8 @@ class DiskFull(OSError):
     """Writing into ``folder`` failed for lack of space (or a file-size limit): every download should stop."""
 
     def __init__(self, folder: str | os.PathLike, error: OSError):
-        super().__init__(error.errno, f"no space left on {folder} ({error.strerror or error})")
+        what = "file size limit reached" if error.errno == errno.EFBIG else "no space left"
+        super().__init__(error.errno, f"{what} on {folder} ({error.strerror or error})")
         self.folder = str(folder)
 
 
