@@ -480,19 +480,37 @@ def test_build_from_s3_equals_the_http_build(archive, http_build, moto_url, s3_e
     assert not temporary_files(tmp_path / "build" / "fits")
 
 
+def h5py_ids(out: Path) -> list[int]:
+    import h5py
+
+    ids = []
+    for path in sorted(out.rglob("*.hdf5")):
+        with h5py.File(path, "r") as h5:
+            ids += h5["gaiadr3_id"][()].tolist()
+    return ids
+
+
 def test_builds_from_a_mirror_and_from_s3_on_dask(archive, http_build, moto_url, s3_env, tmp_path):
-    """Each Dask worker opens the source itself: the mirror's files and the bucket's objects, with --clean-fits."""
+    """Each Dask worker opens the source itself: the mirror's files and the bucket's objects, with --clean-fits,
+    into both formats."""
     distributed = pytest.importorskip("distributed")
-    mirror = write_mirror(tmp_path / "mirror", archive)
+    pq = pytest.importorskip("pyarrow.parquet")
+    is_valid_catalog = pytest.importorskip("hats.io.validation").is_valid_catalog
+    mirror = write_mirror(tmp_path / "tree", archive)
     upload(moto_url, mirror, "dask")
     s3_env.setenv("AWS_ENDPOINT_URL", moto_url)
     reference = _hdf5_values(http_build[0] / "out")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
             distributed.Client(c) as client:
         for name, url in (("mirror", str(mirror)), ("s3", f"s3://{BUCKET}/dask")):
-            summary = _build(tmp_path / name, url, client=client, clean_fits=True)
+            summary = _build(tmp_path / name, url, client=client, clean_fits=True, format="both",
+                             hats_output_dir=tmp_path / name / "hats")
             assert summary.failures == [] and summary.converted == 100, name
             assert summary.downloaded == (100 if name == "s3" else 0), name
             assert _hdf5_values(tmp_path / name / "out") == reference, name
             assert not [p for p in (tmp_path / name / "fits").rglob("*") if not p.is_dir()], name  # cleaned / none
+            catalog = tmp_path / name / "hats" / f"tglc_s{SECTOR:04d}"  # noqa: E231
+            assert is_valid_catalog(catalog, strict=True), name
+            ids = pq.read_table(catalog / "dataset", columns=["gaiadr3_id"]).column(0).to_numpy()
+            assert sorted(ids) == sorted(h5py_ids(tmp_path / name / "out")), name
     assert len(list(mirror.rglob("*.fits"))) == archive.sector.n  # the mirror is untouched
