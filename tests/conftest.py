@@ -13,8 +13,10 @@ import pytest
 from astropy.io import fits
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-SAMPLE = SHARED_DATA / "hlsp_tglc_tess_ffi_gaiaid-6399196263939178880-s0001-cam2-ccd1_tess_v1_llc.fits"
+SAMPLE_NAME = "hlsp_tglc_tess_ffi_gaiaid-6399196263939178880-s0001-cam2-ccd1_tess_v1_llc.fits"
+# The real TGLC sample (Han & Brandt 2023, CC BY 4.0): the repository's copy, else the team's shared one.
+SAMPLE = next((p for p in (REPO / "tests" / "data" / SAMPLE_NAME, REPO.parent / "shared" / "data" / SAMPLE_NAME)
+               if p.exists()), REPO / "tests" / "data" / SAMPLE_NAME)
 
 sys.path.insert(0, str(REPO))  # build_parent_sample.py is a top-level script
 

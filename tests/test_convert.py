@@ -57,7 +57,7 @@ def _synthetic(tmp_path, n: int, seed: int = 0, one_pixel: bool = False):
     return catalog
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="the real TGLC sample in ../shared/data is absent")
+@pytest.mark.skipif(not SAMPLE.exists(), reason="the real TGLC sample (tests/data) is absent")
 def test_real_sample_converts_exactly(tmp_path):
     with fits.open(SAMPLE) as hdul:
         header = hdul[0].header

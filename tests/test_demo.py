@@ -57,7 +57,7 @@ def _half(body: bytes) -> bytes:
     return cut
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="the real TGLC sample in ../shared/data is absent")
+@pytest.mark.skipif(not SAMPLE.exists(), reason="the real TGLC sample (tests/data) is absent")
 def test_generated_file_has_the_structure_of_the_real_one(tmp_path):
     sector = SyntheticSector(1, 50, seed=5)
     path = tmp_path / "generated.fits"

@@ -452,7 +452,7 @@ def test_prepare_refuses_another_build_and_removes_debris(sector, tmp_path):
 
 
 # ---- the real TGLC file, every column, and the size of a light curve -------------------------------------------------
-@pytest.mark.skipif(not SAMPLE.exists(), reason="the real TGLC sample in ../shared/data is absent")
+@pytest.mark.skipif(not SAMPLE.exists(), reason="the real TGLC sample (tests/data) is absent")
 def test_real_sample_all_columns(tmp_path):
     from datasets import load_dataset
     from hats.io.validation import is_valid_catalog

@@ -349,7 +349,7 @@ def test_listings_that_disagree_are_refused(tmp_path):
     assert not (tmp_path / "out" / "TGLC").exists()
 
 
-# ---- 3. interrupts ----------------------------------------------------------------------------------------------------
+# ---- 3. interrupts ---------------------------------------------------------------------------------------------------
 def test_ctrl_c_at_random_moments(reference, tmp_path):
     rng = random.Random()
     seed = rng.randrange(2**32)
@@ -424,7 +424,7 @@ def test_a_second_ctrl_c_ends_the_build_at_once(tmp_path):
             _assert_unlocked(root)
 
 
-# ---- 4. throttling ----------------------------------------------------------------------------------------------------
+# ---- 4. throttling ---------------------------------------------------------------------------------------------------
 def test_a_long_retry_after_is_capped_and_logged(tmp_path):
     with LocalArchive(sector=23, n=60, seed=SEED, retry_after=3600, faults={"429": 0.1}) as archive:
         started = time.monotonic()
@@ -489,7 +489,7 @@ def test_files_of_another_sector_camera_ccd_or_object_are_quarantined(tmp_path):
     assert_contract(tmp_path / "out", kept, tmp_path / "fits")  # every other object converted, value for value
 
 
-# ---- 6. bit rot -------------------------------------------------------------------------------------------------------
+# ---- 6. bit rot ------------------------------------------------------------------------------------------------------
 def test_bit_rot_is_caught_on_read_and_repaired_by_verify(archive, reference, tmp_path):
     from tglc_builder.loading import load_tglc
 
@@ -510,9 +510,10 @@ def test_bit_rot_is_caught_on_read_and_repaired_by_verify(archive, reference, tm
     with pytest.raises(Exception) as caught:  # noqa: PT011 - datasets wraps the reader's error
         load_tglc(root / "out", cache_dir=tmp_path / "cache")
     assert "checksum" in _chain(caught.value).lower() or "filter" in _chain(caught.value).lower()
-    with pytest.raises(Exception):  # noqa: PT011
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - datasets wraps the reader's error
         for _ in load_tglc(root / "out", streaming=True):
             pass
+    assert "checksum" in _chain(caught.value).lower() or "filter" in _chain(caught.value).lower()
 
     # and another shard under its final name but without the mark written last (as a crash before it would leave
     # it, were it renamed early): its ids are all there, yet it does not count as whole

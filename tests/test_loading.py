@@ -26,6 +26,7 @@ import pytest
 from astropy.io import fits
 
 import tglc_builder.tglc as tglc_module
+from conftest import SAMPLE
 from tglc_builder import layout
 from tglc_builder.columns import (EXTRA_SCALARS, EXTRA_SERIES, IDS_AND_POSITION, SEED_SCALARS, SEED_SERIES,
                                   ColumnSet, column_set)
@@ -44,9 +45,6 @@ FILES = [(77, "001-of-001.hdf5", [5, 1, 3]),
 SPECIAL_GAIA = [6399196263939178880, 4295806720, 2**63 - 1]
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_NAME = "hlsp_tglc_tess_ffi_gaiaid-6399196263939178880-s0001-cam2-ccd1_tess_v1_llc.fits"
-SAMPLE = next((p for p in (REPO / "tests" / "data" / SAMPLE_NAME, REPO.parent / "shared" / "data" / SAMPLE_NAME)
-               if p.is_file()), None)
 
 
 def _rows(rng: np.random.Generator, lengths: list[int], first_gaia: int, err_dtype: type) -> dict[str, np.ndarray]:
@@ -154,8 +152,8 @@ VARIANTS = [(6399196263939178881, 389023760, 332.70, -65.50, 2, 1, 1270),
 def write_mirror(root: Path) -> list[Path]:
     """A sector-1 MAST tree on disk (both listings and the FITS files): the real sample and its VARIANTS, written
     with astropy. Returns the FITS files."""
-    if SAMPLE is None:
-        pytest.skip(f"{SAMPLE_NAME} is in neither tests/data nor ../shared/data")
+    if not SAMPLE.exists():
+        pytest.skip(f"{SAMPLE.name} is in neither tests/data nor ../shared/data")
     relpaths = [layout.lc_relpath(6399196263939178880, 1, 2, 1)]
     (root / relpaths[0]).parent.mkdir(parents=True)
     shutil.copyfile(SAMPLE, root / relpaths[0])
