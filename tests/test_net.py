@@ -359,6 +359,6 @@ def test_a_full_disk_stops_every_download(tmp_path):
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         assert report == {"folder": str(folder), "yielded": 0, "message": report["message"]}
-        assert report["message"].startswith(f"[Errno 27] no space left on {folder} (")
+        assert report["message"].startswith(f"[Errno 27] file size limit reached on {folder} (")
         assert sum(archive.fits_requests().values()) <= 3  # the downloads in flight, none started after
     assert _no_debris(folder) and not list(folder.rglob("*.fits"))
