@@ -30,7 +30,7 @@ def _assert_same_as_astropy(path) -> None:
     assert ours.n_cadences == len(ours.data)
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="the real TGLC sample in ../shared/data is absent")
+@pytest.mark.skipif(not SAMPLE.exists(), reason="the real TGLC sample (tests/data) is absent")
 def test_real_sample_equals_astropy():
     _assert_same_as_astropy(SAMPLE)
     lc = read_tglc(SAMPLE, gaiadr3_id=6399196263939178880)
