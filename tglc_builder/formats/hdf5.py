@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 BLOCK_ROWS = 256  # the build's blocks (a power of two: blocks fill whole chunks)
 CHUNK_BYTES = 1 << 19  # target size of an HDF5 chunk of a light-curve column (before compression)
 SCALAR_CHUNK = 4096  # rows per chunk of the per-light-curve columns (fewer in a smaller file)
+VERIFY_BYTES = 1 << 23  # values read at a time when a file is read back
 COMPLETE = "tglc_builder_complete"  # attribute written last, after verification: JSON of what the file holds
 # Lossless filters that every h5py ships, after a byte shuffle: DEFLATE at its fastest level where it pays (times
 # repeat across the stars of a CCD, flags and cadence numbers are regular), LZF for the noisy fluxes, whose low bytes
@@ -170,22 +171,27 @@ def _foreign_mark(file: Path, sector: int, columns: str) -> str:
 
 
 def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet) -> None:
-    """Read every value of a shard file (so every Fletcher32 checksum is checked) and check its shape."""
+    """Read every value of a shard file (so every Fletcher32 checksum is checked) and check its shape; in slices of
+    rows, so memory stays that of a few chunks whatever the file's size."""
     names = [*IDS_AND_POSITION, N_CADENCES[0], *(s.name for s in columns.scalars), *(s.name for s in columns.series)]
     missing = [name for name in names if name not in h5]
     if missing:
         raise WriteError(f"{h5.filename}: no {', '.join(missing)} dataset")
-    lengths = h5[N_CADENCES[0]][()]
     width = h5["time"].shape[1]
     for name in names:
+        dset = h5[name]
+        if dset.shape[0] != n_rows or (dset.ndim == 2 and dset.shape[1] != width):
+            raise WriteError(f"{h5.filename}: {name} has shape {dset.shape}, expected {n_rows} rows")
+        step = max(1, VERIFY_BYTES // max(1, dset.dtype.itemsize * (width if dset.ndim == 2 else 1)))
         try:
-            values = h5[name][()]  # raises on a checksum mismatch
+            for start in range(0, n_rows, step):
+                _ = dset[start:start + step]  # raises on a checksum mismatch
         except OSError as exc:
             raise WriteError(f"{h5.filename}: {name} does not read back ({exc})") from None
-        if len(values) != n_rows or (values.ndim == 2 and values.shape[1] != width):
-            raise WriteError(f"{h5.filename}: {name} has shape {values.shape}, expected {n_rows} rows")
-    if n_rows and (lengths.min() < 1 or lengths.max() != width):
-        raise WriteError(f"{h5.filename}: n_cadences outside 1..{width}")
+        if name == N_CADENCES[0] and n_rows:
+            lengths = dset[()]
+            if lengths.min() < 1 or lengths.max() != width:
+                raise WriteError(f"{h5.filename}: n_cadences outside 1..{width}")
 
 
 class _HDF5Sink(ShardSink):
