@@ -96,10 +96,6 @@ class ColumnSet:
     series: tuple[Series, ...]
     scalars: tuple[Scalar, ...]  # from headers
 
-    @property
-    def fits_columns(self) -> tuple[str, ...]:
-        return tuple(s.fits_column for s in self.series)
-
 
 def column_set(name: str) -> ColumnSet:
     if name == "seed":
