@@ -15,10 +15,7 @@ from tglc_builder.columns import ColumnSet
 from tglc_builder.formats import Block, Shard
 from tglc_builder.reader import read_tglc
 
-try:  # the synthetic sector is moving to tglc_builder.demo
-    from tglc_builder.demo import SyntheticSector
-except ImportError:
-    from tglc_builder.archive import SyntheticSector
+from tglc_builder.demo import SyntheticSector
 
 
 @dataclass

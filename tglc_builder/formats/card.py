@@ -86,7 +86,7 @@ def write_card(folder: str | os.PathLike, fmt: str, data_files: Iterable[str | o
     config: dict = {"config_name": "default", "data_files": [{"split": "train", "path": files}]}
     if fmt == "hdf5":
         features = hdf5_features(columns)
-        config["batch_size"] = 256  # rows read at once: bounded memory for 50,000-row files
+        config["batch_size"] = 256  # rows read at once: bounded memory for 10,000-row files
     else:
         features = example_features(columns)
         config["columns"] = list(features)
