@@ -104,6 +104,25 @@ def assert_contract(out_dir: Path, catalog, fits_dir: Path) -> dict[int, np.ndar
     return {p: np.array(v) for p, v in found.items()}
 
 
+def hdf5_values(out: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every dataset of every HDF5 shard of a build, by path relative to ``out``, for comparing two builds."""
+    result = {}
+    for file in sorted((Path(out) / "TGLC").glob("healpix=*/*.hdf5")):
+        with h5py.File(file, "r") as h5:
+            result[str(file.relative_to(out))] = {name: h5[name][()] for name in h5}
+    return result
+
+
+def assert_same_data(a: Path, b: Path) -> None:
+    """Both builds hold the same HDF5 files, value for value (bit for bit)."""
+    one, two = hdf5_values(a), hdf5_values(b)
+    assert one.keys() == two.keys()
+    for file in one:
+        assert one[file].keys() == two[file].keys(), file
+        for name in one[file]:
+            assert one[file][name].tobytes() == two[file][name].tobytes(), (file, name)
+
+
 def run_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: this interpreter's packages plus the repository on the path."""
     env = dict(os.environ)

@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 from astropy.table import Table
 
-from conftest import REPO, assert_contract, run_env
+from conftest import REPO, assert_contract, assert_same_data, hdf5_values, run_env
 from tglc_builder import layout, pipeline
 from tglc_builder.demo import LocalArchive, SyntheticSector
 from tglc_builder.formats.hdf5 import COMPLETE
@@ -128,28 +127,10 @@ def _shards(out: Path) -> list[Path]:
     return sorted((out / "TGLC").glob("healpix=*/*.hdf5"))
 
 
-def _dataset(out: Path) -> dict[str, dict[str, np.ndarray]]:
-    result = {}
-    for file in _shards(out):
-        with h5py.File(file, "r") as h5:
-            result[str(file.relative_to(out))] = {name: h5[name][()] for name in h5}
-    return result
-
-
-def _assert_same_data(a: Path, b: Path) -> None:
-    """Both outputs hold the same files, value for value."""
-    one, two = _dataset(a), _dataset(b)
-    assert one.keys() == two.keys()
-    for file in one:
-        assert one[file].keys() == two[file].keys(), file
-        for name in one[file]:
-            assert one[file][name].tobytes() == two[file][name].tobytes(), (file, name)
-
-
 def _assert_only_whole_files(out: Path, reference: Path) -> None:
     """Every file under ``out/TGLC`` has a shard's final name, is marked whole, reads back completely (every
     Fletcher32 checksum) and equals the reference build's file of the same name value for value."""
-    expected = _dataset(reference)
+    expected = hdf5_values(reference)
     for path in (out / "TGLC").rglob("*") if (out / "TGLC").exists() else ():
         if path.is_dir():
             assert path.name.startswith("healpix="), path
@@ -265,7 +246,7 @@ def test_disk_full_while_writing_leaves_no_partial_shard(archive, reference, tmp
     result = _run(root, archive.url, "-n", "2")  # space again
     assert result.returncode == 0, result.stderr
     assert not _failures(root)
-    _assert_same_data(reference / "out", root / "out")
+    assert_same_data(reference / "out", root / "out")
     _assert_only_whole_files(root / "out", reference / "out")
     assert not _debris(root)
 
@@ -393,7 +374,7 @@ def test_ctrl_c_at_random_moments(reference, tmp_path):
         result = _run(root, archive.url, "-n", "2")
     assert interrupted >= 5, f"only {interrupted} of 10 builds were still running when interrupted (seed {seed})"
     assert result.returncode == 0, result.stderr
-    _assert_same_data(reference / "out", root / "out")
+    assert_same_data(reference / "out", root / "out")
     assert not _debris(root)
 
 
@@ -536,7 +517,7 @@ def test_bit_rot_is_caught_on_read_and_repaired_by_verify(archive, reference, tm
     assert changed == [victim]  # exactly the damaged shard was rewritten
     summary = _summary(result.stderr)
     assert summary["converted"] + summary["carried"] == rows and summary["files"] == 1, summary
-    _assert_same_data(reference / "out", root / "out")
+    assert_same_data(reference / "out", root / "out")
 
 
 def _chain(error: BaseException) -> str:
@@ -646,7 +627,7 @@ def test_a_killed_worker_fails_only_its_own_rows_and_the_counts_are_true(referen
     assert summary["downloaded"] + summary["present"] == rows_on_disk
     _assert_only_whole_files(root / "out", reference / "out")
     if not failures:
-        _assert_same_data(reference / "out", root / "out")
+        assert_same_data(reference / "out", root / "out")
 
 
 def test_a_huge_rejected_listing_line_is_stored_cut(tmp_path):
@@ -687,4 +668,4 @@ def test_clean_fits_never_downloads_a_file_twice(reference, tmp_path):
         requests = archive.fits_requests()
     assert requests.pop(missing_path) == 3  # asked once a run, as a failure should be
     assert set(requests.values()) == {1}  # every other light curve exactly once across the three runs
-    _assert_same_data(reference / "out", tmp_path / "out")
+    assert_same_data(reference / "out", tmp_path / "out")

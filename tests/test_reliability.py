@@ -10,13 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 from astropy.table import Table
 
 from build_parent_sample import TGLC_Downloader
-from conftest import REPO, assert_contract, run_env
+from conftest import REPO, assert_contract, assert_same_data, hdf5_values, run_env
 from tglc_builder import layout, pipeline
 from tglc_builder.demo import LocalArchive
 
@@ -37,24 +35,6 @@ def _run(tmp_path, url, *extra, timeout=600):
 def _catalog(tmp_path, tiny=False):
     name = "s0023-catalog_tiny.hdf5" if tiny else "s0023-catalog.hdf5"
     return Table.read(tmp_path / "data" / "s0023" / name, path="catalog")
-
-
-def _dataset(out: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Every dataset of every HDF5 file, by relative path, for comparing two builds."""
-    result = {}
-    for file in sorted((out / "TGLC").glob("healpix=*/*.hdf5")):
-        with h5py.File(file, "r") as h5:
-            result[str(file.relative_to(out))] = {name: h5[name][()] for name in h5}
-    return result
-
-
-def _assert_same_data(a: Path, b: Path) -> None:
-    one, two = _dataset(a), _dataset(b)
-    assert one.keys() == two.keys()
-    for file in one:
-        assert one[file].keys() == two[file].keys()
-        for name in one[file]:
-            assert one[file][name].tobytes() == two[file][name].tobytes(), (file, name)
 
 
 def _debris(*roots: Path) -> list[Path]:
@@ -121,7 +101,7 @@ def test_sigkill_then_rerun_finishes_identically(tmp_path, when):
     # nothing complete was downloaded again
     for path in complete:
         assert counts_after.get(path, 0) == counts_at_kill.get(path, 0), path
-    _assert_same_data(reference / "out", killed / "out")
+    assert_same_data(reference / "out", killed / "out")
     assert not _debris(killed / "fits", killed / "out", killed / "data")
 
 
@@ -221,7 +201,7 @@ def test_clean_fits_and_overwrite(tmp_path, archive):
     result = _run(tmp_path, archive.url, "--tiny", "--clean-fits")
     assert result.returncode == 0, result.stderr
     assert not _fits_files(tmp_path / "fits")
-    first = _dataset(tmp_path / "out")
+    first = hdf5_values(tmp_path / "out")
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.hdf5")}
 
     result = _run(tmp_path, archive.url, "--tiny")  # complete pixels are kept as they are
@@ -231,7 +211,7 @@ def test_clean_fits_and_overwrite(tmp_path, archive):
     result = _run(tmp_path, archive.url, "--tiny", "--overwrite")
     assert result.returncode == 0, result.stderr
     assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps)
-    second = _dataset(tmp_path / "out")
+    second = hdf5_values(tmp_path / "out")
     assert first.keys() == second.keys()
     assert all(first[f][n].tobytes() == second[f][n].tobytes() for f in first for n in first[f])
 
@@ -266,7 +246,7 @@ def test_a_killed_worker_process_is_retried(tmp_path):
     assert "Traceback" not in stderr and "died" in stderr
     assert not (killed / "data" / "s0023" / "failures.csv").exists()
     assert not _debris(killed / "fits", killed / "out")
-    _assert_same_data(reference / "out", killed / "out")
+    assert_same_data(reference / "out", killed / "out")
 
 
 def test_throttling_pauses_every_worker(tmp_path):
