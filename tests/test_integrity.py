@@ -72,6 +72,20 @@ def _start(root: Path, url: str, *extra: str) -> tuple[subprocess.Popen, Path]:
     return process, log
 
 
+def _ctrl_c(process: subprocess.Popen, failure: str) -> float:
+    """SIGINT to the build's process group; the seconds it took to end (fail, after killing it, past 10 s)."""
+    started = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        members = _describe(_group_members(process.pid))
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail(f"{failure}; {members}")
+    return time.monotonic() - started
+
+
 def _wait_for_text(log: Path, text: str, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while text not in log.read_text():
@@ -350,15 +364,7 @@ def test_ctrl_c_at_random_moments(reference, tmp_path):
             delay = rng.uniform(0.2, 2.0)  # the workers start, then the sector converts in a few seconds
             time.sleep(delay)
             context = f"run {run} (-n {n}, SIGINT {delay:.2f} s after the plan; seed {seed})"
-            started = time.monotonic()
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                pytest.fail(f"{context}: still running 10 s after Ctrl-C; {_describe(_group_members(process.pid))}")
-            took = time.monotonic() - started
+            took = _ctrl_c(process, f"{context}: still running 10 s after Ctrl-C")
             stderr = log.read_text()
             assert process.returncode in (130, 0), f"{context}: {stderr[-3000:]}"
             interrupted += process.returncode == 130
@@ -427,16 +433,9 @@ def test_ctrl_c_ends_a_pause(tmp_path):
         _wait_for_text(log, "Retry-After", process)
         assert "pausing all downloads for 600 s" in log.read_text()
         time.sleep(0.5)
-        started = time.monotonic()
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            pytest.fail("a build paused by Retry-After did not end within 10 s of Ctrl-C")
+        took = _ctrl_c(process, "a build paused by Retry-After did not end within 10 s of Ctrl-C")
     assert process.returncode == 130, log.read_text()[-3000:]
-    assert time.monotonic() - started < 10
+    assert took < 10
     _assert_group_gone(process.pid)
     assert not _debris(tmp_path)
 
