@@ -3,6 +3,7 @@ sample, light curves of several lengths across blocks, shards, bad and missing f
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import h5py
@@ -168,3 +169,63 @@ def test_small_files_stay_small(tmp_path):
     fits_bytes = sum(p.stat().st_size for p in (tmp_path / "fits").rglob("*.fits"))
     hdf5_bytes = sum(p.stat().st_size for p in (tmp_path / "out").rglob("*.hdf5"))
     assert hdf5_bytes <= 1.2 * fits_bytes, (hdf5_bytes, fits_bytes)
+
+
+# ---- the commit's verification: every chunk's Fletcher32 checked on its stored bytes --------------------------------
+def _stored_chunks(path, name):
+    with h5py.File(path, "r") as h5:
+        chunks = []
+        h5[name].id.chunk_iter(chunks.append)
+    with open(path, "rb") as f:
+        for chunk in chunks:
+            f.seek(chunk.byte_offset)
+            yield chunk, f.read(chunk.size)
+
+
+def test_fletcher32_by_hand_equals_hdf5s_on_every_chunk(tmp_path):
+    from tglc_builder.formats.hdf5 import _fletcher32
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as h5:  # compressed chunks of many sizes, odd and even, and raw ones
+        h5.create_dataset("noise", data=rng.normal(size=(64, 999)).astype(np.float32), chunks=(1, 999),
+                          compression="gzip", shuffle=True, fletcher32=True)
+        h5.create_dataset("steps", data=np.repeat(rng.integers(0, 9, 4000), 7).reshape(-1, 7).astype(np.int16),
+                          chunks=(37, 7), compression="lzf", fletcher32=True)
+        h5.create_dataset("raw", data=rng.integers(-2**62, 2**62, 5001), chunks=(1000,), fletcher32=True)
+        h5.create_dataset("zeros", data=np.zeros(100, np.uint8), chunks=(100,), fletcher32=True)
+        h5.create_dataset("big", data=np.full(3 << 20, 255, np.uint8), chunks=(3 << 20,), fletcher32=True)
+    sizes = []
+    for name in ("noise", "steps", "raw", "zeros", "big"):
+        for chunk, stored in _stored_chunks(path, name):
+            sizes.append(chunk.size)
+            assert int.from_bytes(stored[-4:], "little") == _fletcher32(memoryview(stored)[:-4])[0], (name, chunk)
+    assert {size % 2 for size in sizes} == {0, 1} and len(sizes) == 64 + 109 + 6 + 1 + 1
+
+
+def test_verification_catches_a_flipped_byte_and_a_row_without_its_chunk(tmp_path):
+    from tglc_builder.columns import column_set
+    from tglc_builder.formats.base import WriteError
+    from tglc_builder.formats.hdf5 import COMPLETE, _verify
+
+    catalog = _synthetic(tmp_path, 120, seed=4, one_pixel=True)
+    assert _convert(tmp_path, catalog).converted == len(catalog)
+    (file,) = (tmp_path / "out").rglob("*.hdf5")
+    columns = column_set("seed")
+    with h5py.File(file, "r") as h5:
+        rows = json.loads(h5.attrs[COMPLETE])["rows"]
+        _verify(h5, rows, columns)  # a whole file passes
+    good = file.read_bytes()
+    for name in ("time", "psf_flux", "tglc_flags", "RA"):  # one byte of one chunk of each kind
+        chunk, _ = next(_stored_chunks(file, name))
+        damaged = bytearray(good)
+        damaged[chunk.byte_offset + chunk.size // 3] ^= 0x10
+        file.write_bytes(bytes(damaged))
+        with h5py.File(file, "r") as h5, pytest.raises(WriteError, match=f"{name} does not read back.*Fletcher32"):
+            _verify(h5, rows, columns)
+    file.write_bytes(good)
+    with h5py.File(file, "r+") as h5:  # rows whose chunk was never written read as padding: not a whole file
+        for dset in h5.values():
+            dset.resize(rows + max(d.chunks[0] for d in h5.values()), axis=0)
+    with h5py.File(file, "r") as h5, pytest.raises(WriteError, match="chunks store its"):
+        _verify(h5, h5["time"].shape[0], columns)

@@ -74,7 +74,7 @@ def plan_shards(catalog, rows_per_shard: int) -> list[Shard]:
 def make_plan(shards: list[Shard], writers: list[Writer], *, overwrite: bool = False,
               verify: bool = False) -> BuildPlan:
     """Which shards each format still needs, and what can be carried from earlier files. With ``overwrite``
-    everything is written again from the FITS files; with ``verify`` existing files are read whole (checksums)
+    everything is written again from the FITS files; with ``verify`` existing files are checked whole (checksums)
     before they count as done or are carried from."""
     pending = []
     for shard in shards:
