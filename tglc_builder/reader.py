@@ -37,30 +37,32 @@ class Header:
 
     def __init__(self, text: str):
         self.text = text
-        self._cards = {text[i:i + 8].rstrip(): text[i:i + CARD] for i in range(0, len(text), CARD)}
+        # keyword (8 characters, blank-padded, as in the card) -> offset of its card: the cheapest index to build
+        self._at = {text[i:i + 8]: i for i in range(0, len(text), CARD)}
 
     def raw(self, key: str) -> str | None:
         """The card's 80 characters, unparsed (None when the header has no such card)."""
-        return self._cards.get(key)
+        at = self._at.get(f"{key:<8}")
+        return None if at is None else self.text[at:at + CARD]
 
     def __contains__(self, key: str) -> bool:
-        return key in self._cards
+        return f"{key:<8}" in self._at
 
     def __getitem__(self, key: str) -> Any:
-        try:
-            card = self._cards[key]
-        except KeyError:
-            raise KeyError(f"no {key} card") from None
+        card = self.raw(key)
+        if card is None:
+            raise KeyError(f"no {key} card")
         return parse_value(card)
 
     def get(self, key: str, default: Any = None) -> Any:
-        card = self._cards.get(key)
+        card = self.raw(key)
         return default if card is None else parse_value(card)
 
     def keys(self) -> list[str]:
-        return list(self._cards)
+        return [key.rstrip() for key in self._at]
 
 
+@functools.lru_cache(maxsize=1024)  # most cards (sizes, formats, sector, camera) repeat in every file of a sector
 def parse_value(card: str) -> Any:
     """The value of a fixed-format FITS card: str, bool, int (exact, any size) or float."""
     if card[8:10] != "= ":
