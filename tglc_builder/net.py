@@ -1,11 +1,11 @@
-"""HTTP for every download: pooled requests sessions, retries, a build-wide throttle and atomic file writes.
+"""HTTP for every download: pooled urllib3 connections, retries, a build-wide throttle and atomic file writes.
 
-urllib3's ``Retry`` (mounted through a requests ``HTTPAdapter``) retries 429/5xx and connection failures with
-exponential backoff and jitter. What this module adds: a body counts as complete only when HTTP proves it (its
-Content-Length, or chunked encoding with its final chunk), and is otherwise asked for again; a ``Retry-After`` pauses
-every thread and process of the build (not just the throttled request), capped at ``max_wait``, logged once per
-pause and ended at once when the build stops (urllib3's own sleep on it could not be interrupted, so it is turned
-off); a partial file never reaches its final name.
+urllib3's ``Retry`` retries 429/5xx and connection failures with exponential backoff and jitter. What this module
+adds: a body counts as complete only when HTTP proves it (its Content-Length, or chunked encoding with its final
+chunk), and is otherwise asked for again; a ``Retry-After`` pauses every thread and process of the build (not just
+the throttled request), capped at ``max_wait``, logged once per pause and ended at once when the build stops
+(urllib3's own sleep on it could not be interrupted, so it is turned off); a partial file never reaches its final
+name.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import os
 import random
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from tqdm.auto import tqdm
-from urllib3.exceptions import InvalidHeader
+from urllib3.exceptions import HTTPError, InvalidHeader
 from urllib3.util.retry import Retry
 
 from . import __version__, executor
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKOFF = 0.5  # seconds; doubles with each attempt
 DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After imposes (--max-wait)
-TIMEOUT = (10, 60)  # connect, read (seconds)
+TIMEOUT = urllib3.Timeout(connect=10, read=60)  # seconds
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 VALIDATORS = ("Content-Length", "ETag", "Last-Modified")
 _CHUNK = 1 << 20
@@ -152,9 +152,66 @@ class _Retry(Retry):
             raise Stopped("the build is stopping")
 
 
+class Session:
+    """A process's connection pools for downloads: urllib3, with the environment's proxy and CA settings read once
+    per host, as requests would read them on every request.
+
+    requests' Session (which uses urllib3 underneath) costs ~1.5 ms of CPU per request, re-reading every environment
+    variable for proxies and merging cookies, hooks and settings: as much as the rest of a light curve's download and
+    validation together. Its features beyond urllib3 (cookies, auth, hooks) are not needed here.
+    """
+
+    def __init__(self, retries: Retry, connections: int):
+        self._options = {"num_pools": 4, "maxsize": connections, "block": True, "retries": retries,
+                         "headers": {"User-Agent": f"tglc-builder/{__version__}", "Accept-Encoding": "identity"},
+                         "ca_certs": _ca_bundle()}
+        self._managers: dict[tuple[str, str], urllib3.PoolManager] = {}
+        self._direct = urllib3.PoolManager(**self._options)
+        self._lock = threading.Lock()
+
+    def get(self, url: str) -> urllib3.BaseHTTPResponse:
+        """Start a GET of ``url``; the body is left to stream. Raises urllib3's HTTPError once retries are spent."""
+        return self._manager(url).request("GET", url, preload_content=False, timeout=TIMEOUT)
+
+    def _manager(self, url: str) -> urllib3.PoolManager:
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        manager = self._managers.get(key)
+        if manager is None:
+            with self._lock:
+                manager = self._managers.get(key)
+                if manager is None:
+                    proxy = _environment_proxy(parts.scheme, parts.hostname or "")
+                    manager = self._direct if proxy is None else urllib3.ProxyManager(proxy, **self._options)
+                    self._managers[key] = manager
+        return manager
+
+
+def _environment_proxy(scheme: str, host: str) -> str | None:
+    """The proxy that ``http_proxy``/``https_proxy``/``all_proxy`` name for ``host``, unless ``no_proxy`` exempts
+    it (the standard library's reading of them, which requests uses too)."""
+    if urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(scheme) or proxies.get("all")
+
+
+def _ca_bundle() -> str | None:
+    """The certificates HTTPS is checked against: requests' environment variables, else certifi's bundle (as
+    requests), else the system's."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        if os.environ.get(name):
+            return os.environ[name]
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return certifi.where()
+
+
 def make_session(max_attempts: int = DEFAULT_MAX_ATTEMPTS, connections: int = 10, backoff: float = DEFAULT_BACKOFF,
-                 max_wait: float = DEFAULT_MAX_WAIT) -> requests.Session:
-    """A session that reuses up to ``connections`` connections per host and retries transient failures within
+                 max_wait: float = DEFAULT_MAX_WAIT) -> Session:
+    """Pools that reuse up to ``connections`` connections per host and retry transient failures within
     ``max_attempts`` requests per call. Bodies come as the server stores them (no content coding), so their size
     can be checked against Content-Length and written byte for byte."""
     retry = _Retry(
@@ -167,12 +224,7 @@ def make_session(max_attempts: int = DEFAULT_MAX_ATTEMPTS, connections: int = 10
         raise_on_status=False,
         max_wait=max_wait,
     )
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=connections, pool_block=True)
-    session = requests.Session()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers.update({"User-Agent": f"tglc-builder/{__version__}", "Accept-Encoding": "identity"})
-    return session
+    return Session(retry, connections)
 
 
 # ---- downloads --------------------------------------------------------------------------------------------------
@@ -184,7 +236,7 @@ def _temporary_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
 
 
-def download_file(session: requests.Session, url: str, dest: Path, *, validate: Callable[[Path], None] | None = None,
+def download_file(session: Session, url: str, dest: Path, *, validate: Callable[[Path], None] | None = None,
                   quarantine: Path | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                   backoff: float = DEFAULT_BACKOFF, progress: bool = False,
                   stopping: Callable[[], bool] = executor.stopping) -> Download:
@@ -210,18 +262,19 @@ def download_file(session: requests.Session, url: str, dest: Path, *, validate: 
             if not throttle().wait(stopping):
                 raise Stopped(url)
             try:
-                response = session.get(url, stream=True, timeout=TIMEOUT)
-            except requests.RequestException as exc:  # urllib3 used up its retries (or the URL is unusable)
+                response = session.get(url)
+            except HTTPError as exc:  # urllib3 used up its retries (or the URL is unusable)
                 raise SourceError(url, f"{type(exc).__name__}: {exc}", attempts + max_attempts) from None
-            with response:
-                attempts += 1 + (len(response.raw.retries.history) if response.raw.retries else 0)
-                if response.status_code == 404:
+            whole = False  # the body read to its end (else the connection cannot carry another request)
+            try:
+                attempts += 1 + (len(response.retries.history) if response.retries else 0)
+                if response.status == 404:
                     raise SourceError(url, "HTTP 404 Not Found", attempts, permanent=True)
-                if response.status_code != 200:
-                    raise SourceError(url, f"HTTP {response.status_code} {response.reason}", attempts)
+                if response.status != 200:
+                    raise SourceError(url, f"HTTP {response.status} {response.reason}", attempts)
                 try:
                     size = _receive(response, tmp, progress, url, stopping)
-                except (_Incomplete, requests.RequestException) as exc:
+                except (_Incomplete, HTTPError) as exc:
                     reason = str(exc) if isinstance(exc, _Incomplete) else f"{type(exc).__name__}: {exc}"
                     if attempts >= max_attempts:
                         raise SourceError(url, f"incomplete body: {reason}", attempts) from None
@@ -229,7 +282,12 @@ def download_file(session: requests.Session, url: str, dest: Path, *, validate: 
                     if not throttle().wait(stopping, backoff * 2 ** (attempts - 1) * (0.5 + random.random())):
                         raise Stopped(url) from None
                     continue
+                whole = True
                 validators = {name: response.headers[name] for name in VALIDATORS if name in response.headers}
+            finally:
+                if not whole:
+                    response.close()
+                response.release_conn()
             if validate is not None:
                 try:
                     validate(tmp)
@@ -245,22 +303,28 @@ def download_file(session: requests.Session, url: str, dest: Path, *, validate: 
         tmp.unlink(missing_ok=True)
 
 
-def _receive(response: requests.Response, path: Path, progress: bool, url: str,
+def _receive(response: urllib3.BaseHTTPResponse, path: Path, progress: bool, url: str,
              stopping: Callable[[], bool]) -> int:
     """Stream the body to ``path`` and return its size. A body that HTTP cannot prove whole raises
-    :class:`_Incomplete`; one that breaks off raises a ``requests.RequestException`` (urllib3 2 checks the bytes
-    against Content-Length, and a chunked body for its final chunk)."""
-    if not response.raw.chunked and response.headers.get("Content-Length") is None:
+    :class:`_Incomplete`; one that breaks off raises urllib3's ``HTTPError`` (urllib3 2 checks the bytes against
+    Content-Length, and a chunked body for its final chunk)."""
+    if not response.chunked and response.headers.get("Content-Length") is None:
         raise _Incomplete("the server sent neither a Content-Length nor chunked encoding, so a body cut short "
                           "could not be told from a whole one")
     written = 0
-    size = None if response.raw.chunked else response.raw.length_remaining
-    with open(path, "wb") as out, tqdm(total=size, unit="B", unit_scale=True, desc=urlsplit(url).path
-                                       .rsplit("/", 1)[-1], disable=not progress, leave=False) as bar:
-        for chunk in response.iter_content(_CHUNK):
-            if stopping():
-                raise Stopped(url)
-            out.write(chunk)
-            written += len(chunk)
-            bar.update(len(chunk))
+    size = None if response.chunked else response.length_remaining
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc=urlsplit(url).path.rsplit("/", 1)[-1],
+               leave=False) if progress else None
+    try:
+        with open(path, "wb", buffering=_CHUNK) as out:  # a size given: no isatty() call per file
+            for chunk in response.stream(_CHUNK):
+                if stopping():
+                    raise Stopped(url)
+                out.write(chunk)
+                written += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
     return written

@@ -1,8 +1,8 @@
 """An archive reached over HTTP(S), such as MAST: many downloads in flight per process, every file checked.
 
-Downloads wait on the network, so concurrency comes from ``connections`` threads sharing one pooled requests session
-per process (the worker processes only spread the CPU cost of HTTP and validation). The source object holds only
-its settings, so it pickles to every worker; each process opens its session the first time it needs one.
+Downloads wait on the network, so concurrency comes from ``connections`` threads sharing one process's connection
+pools (``net.Session``); the worker processes only spread the CPU cost of HTTP and validation. The source object
+holds only its settings, so it pickles to every worker; each process opens its session the first time it needs one.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import requests
-
 from .. import net
 from ..errors import Failure
 from .base import DISK_FULL_ERRNOS, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, is_present, \
     quarantine_path
 
-_sessions: dict[tuple, requests.Session] = {}  # (pid, settings) -> this process's session
+_sessions: dict[tuple, net.Session] = {}  # (pid, settings) -> this process's session
 _sessions_lock = threading.Lock()
 
 
@@ -37,7 +35,7 @@ class HttpSource(Source):
     def describe(self) -> str:
         return self.url
 
-    def _session(self) -> requests.Session:
+    def _session(self) -> net.Session:
         # Keyed by process too: a session (its open sockets) must not be shared with a forked child.
         key = (os.getpid(), self.connections, self.max_attempts, self.max_wait)
         with _sessions_lock:
@@ -72,7 +70,7 @@ class HttpSource(Source):
             if future.done() and not future.cancelled() and isinstance(future.exception(), DiskFull):
                 raise future.exception()
 
-    def _fetch_one(self, session: requests.Session, fits_dir: Path, i: int, gaia: int, relpath: str,
+    def _fetch_one(self, session: net.Session, fits_dir: Path, i: int, gaia: int, relpath: str,
                    validate: Validator, stopping: Callable[[], bool], halt: threading.Event
                    ) -> Fetched | Failure | None:
         """One item's download: Fetched, a Failure, or None when stopped (or halted) before it ended."""
