@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import healpy
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -331,7 +330,7 @@ def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: List
             "cam": bulk.cam[rows],
             "ccd": bulk.ccd[rows],
             "path": layout.lc_relpaths(bulk.gaiadr3_id[rows], sector, bulk.cam[rows], bulk.ccd[rows]),
-            "healpix": healpy.ang2pix(layout.NSIDE, ra, dec, lonlat=True, nest=layout.NEST).astype(np.int64),
+            "healpix": _healpy().ang2pix(layout.NSIDE, ra, dec, lonlat=True, nest=layout.NEST).astype(np.int64),
         },
         meta={"sector": sector, "nside": layout.NSIDE, "nest": layout.NEST},
         copy=False,
@@ -355,3 +354,10 @@ def save_catalog(catalog: Table, path: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     log.info("Saved the catalog to %s", path)
+
+
+def _healpy():
+    """healpy, imported when first needed: it imports matplotlib (~0.9 s), which the workers of a build never use."""
+    import healpy
+
+    return healpy
