@@ -114,6 +114,16 @@ def test_listings_disagree_by_under_five_percent(n):
     assert (~sector.in_target_list).sum() / n <= 0.05 and len(sector.unserved_gaia_ids) / (len(targets) - 1) <= 0.05
 
 
+def test_a_pregenerated_archive_serves_the_same_bytes():
+    tamper = {7: {"SECTOR": 22}}
+    with LocalArchive(sector=23, n=40, seed=3, tamper=tamper, pregenerate=True) as archive:
+        sector = archive.sector
+        assert len(archive._made) == 40
+        for i in (0, 7, 39):
+            assert requests.get(f"{archive.url}/{sector.relpath(i)}", timeout=10).content == sector.fits_bytes(i)
+        assert requests.get(f"{archive.url}/{sector.relpath(0)}x", timeout=10).status_code == 404
+
+
 def test_served_over_http_with_deterministic_faults():
     with LocalArchive(sector=23, n=60, seed=3, faults={"500": 1.0}) as archive:
         sector = archive.sector

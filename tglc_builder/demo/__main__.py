@@ -26,12 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
     parser.add_argument("--listing-mode", choices=LISTING_MODES, default="length",
                         help="how listings tell their length (default: %(default)s)")
+    parser.add_argument("--pregenerate", action="store_true",
+                        help="make every light curve at start and keep them in memory (~60 KB each), so answers cost "
+                             "no CPU beyond HTTP (for benchmarks on a small machine)")
     parser.add_argument("--write-mirror", metavar="DIR",
                         help="write the sector's listings and light curves under DIR in MAST's layout, and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     archive = LocalArchive(args.sector, args.n, args.seed, flavour=args.flavour, latency=args.latency,
-                           listing_mode=args.listing_mode, host=args.host, port=args.port)
+                           listing_mode=args.listing_mode, host=args.host, port=args.port,
+                           pregenerate=args.pregenerate)
     if args.write_mirror:
         root = write_mirror(args.write_mirror, archive)
         log.info("Wrote a synthetic sector %d of %d light curves to %s", args.sector, args.n, root)
