@@ -3,6 +3,7 @@ source end to end (invalid files, 404, stopping, a full disk)."""
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import logging
@@ -13,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -196,6 +198,59 @@ def test_not_found_is_permanent(tmp_path):
             _download(server, "/f", tmp_path / "f", max_attempts=5)
         assert server.requests["/f"] == 1
     assert caught.value.permanent and caught.value.reason == "HTTP 404 Not Found" and caught.value.attempts == 1
+
+
+class _ForwardProxy(http.server.ThreadingHTTPServer):
+    """A plain HTTP forward proxy on 127.0.0.1 that records the absolute URLs it is asked for."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.seen: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the base class's name
+                proxy.seen.append(self.path)  # a forward proxy is sent the absolute URL
+                target = urlsplit(self.path)
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                upstream.request("GET", target.path)
+                answer = upstream.getresponse()
+                body = answer.read()
+                self.send_response(answer.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                upstream.close()
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> "_ForwardProxy":
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def test_downloads_go_through_the_proxy_the_environment_names(tmp_path, monkeypatch):
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with FramingServer({"/f": ["length"], "/g": ["length"]}) as server, _ForwardProxy() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        got = _download(server, "/f", tmp_path / "f")
+        assert proxy.seen == [f"{server.url}/f"] and server.requests["/f"] == 1
+        monkeypatch.setenv("no_proxy", "127.0.0.1")  # exempted: straight to the server
+        _download(server, "/g", tmp_path / "g")
+        assert proxy.seen == [f"{server.url}/f"] and server.requests["/g"] == 1
+    assert (tmp_path / "f").read_bytes() == BODY == (tmp_path / "g").read_bytes() and got.size == len(BODY)
 
 
 # ---- throttling -------------------------------------------------------------------------------------------------
