@@ -189,7 +189,7 @@ def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet) -> None:
             if dset.shape[0] != n_rows or (dset.ndim == 2 and dset.shape[1] != width):
                 raise WriteError(f"{h5.filename}: {name} has shape {dset.shape}, expected {n_rows} rows")
             try:
-                _verify_chunks(dset, raw, size)
+                _verify_chunks(dset, raw.fileno(), size)
             except OSError as exc:
                 raise WriteError(f"{h5.filename}: {name} does not read back ({exc})") from None
     if n_rows:
@@ -198,7 +198,7 @@ def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet) -> None:
             raise WriteError(f"{h5.filename}: n_cadences outside 1..{width}")
 
 
-def _verify_chunks(dset: h5py.Dataset, raw: Any, file_size: int) -> None:
+def _verify_chunks(dset: h5py.Dataset, fd: int, file_size: int) -> None:
     """Check every stored chunk of ``dset`` against its Fletcher32 checksum, and that no row lacks its chunk.
 
     HDF5 computes the checksum over a chunk's stored (compressed) bytes, so checking it needs no decompression:
@@ -219,12 +219,12 @@ def _verify_chunks(dset: h5py.Dataset, raw: Any, file_size: int) -> None:
     if first_column != needed:
         raise OSError(f"{first_column} chunks store its {dset.shape[0]} rows, which need {needed}")
     for chunk in chunks:
-        if chunk.filter_mask:  # an optional filter was skipped for this chunk: let HDF5 decode it
+        if chunk.filter_mask or chunk.size > FLETCHER_MAX_BYTES:  # a filter skipped, or a huge chunk: HDF5 decodes
             _read_whole(dset)
             return
         if chunk.size < 4 or chunk.byte_offset + chunk.size > file_size:
             raise OSError(f"chunk at {chunk.chunk_offset} lies outside the file")
-        stored = os.pread(raw.fileno(), chunk.size, chunk.byte_offset)
+        stored = os.pread(fd, chunk.size, chunk.byte_offset)
         if len(stored) != chunk.size:
             raise OSError(f"chunk at {chunk.chunk_offset} is cut short")
         expected = int.from_bytes(stored[-4:], "little")
@@ -241,6 +241,7 @@ def _read_whole(dset: h5py.Dataset) -> None:
 
 
 _weights = np.zeros(0, np.int64)  # n, n - 1, ..., 1: the weights of a chunk's words in Fletcher32's second sum
+FLETCHER_MAX_BYTES = 1 << 24  # sum2 < 65535 * n**2 / 2 stays below 2**63 for n words of up to 16 MiB (ours: <1 MiB)
 
 
 def _fletcher32(data: memoryview) -> tuple[int, int]:
@@ -259,7 +260,7 @@ def _fletcher32(data: memoryview) -> tuple[int, int]:
     if n > len(_weights):
         _weights = np.arange(1 << n.bit_length(), 0, -1, dtype=np.int64)
     sum1 = int(words.sum(dtype=np.int64))
-    sum2 = int(np.dot(words.astype(np.int64), _weights[len(_weights) - n:]))  # < 2**63 for chunks up to 2 GB
+    sum2 = int(np.dot(words.astype(np.int64), _weights[len(_weights) - n:]))  # exact: see FLETCHER_MAX_BYTES
     low, high = (0 if v == 0 else (v - 1) % 65535 + 1 for v in (sum1, sum2))
     checksum = high << 16 | low
     return checksum, (checksum & 0x00FF00FF) << 8 | (checksum >> 8) & 0x00FF00FF
