@@ -370,6 +370,29 @@ def test_fetch_many_end_to_end(tmp_path):
         assert {p for p in after if after[p] != before.get(p)} == {items[3][1], missing}
 
 
+def test_fetch_many_runs_at_most_a_window_ahead_of_its_consumer(tmp_path):
+    """Downloads start no further than WINDOW x connections items ahead of the item being yielded, so a slow
+    conversion does not let a large work unit's files pile up on disk."""
+    from tglc_builder.sources.base import WINDOW
+
+    with LocalArchive(sector=23, n=120, seed=5) as archive:
+        items = _items(archive, 120)
+        source = HttpSource(archive.url, connections=2)
+        ahead = WINDOW * 2
+        fetched = source.fetch_many(items, tmp_path, lambda path, i: None, lambda: False)
+        consumed = 0
+        for target in (1, 30):
+            while consumed < target:
+                assert next(fetched)[0] == consumed
+                consumed += 1
+            time.sleep(0.5)  # time enough for every started download to end
+            on_disk = len(list(tmp_path.rglob("*.fits")))
+            # items[consumed - 1] was yielded last: it and the next ahead - 1 are started, no more
+            assert sum(archive.fits_requests().values()) == on_disk == consumed - 1 + ahead, consumed
+        assert len(list(fetched)) == 120 - 30
+    assert sum(archive.fits_requests().values()) == 120
+
+
 def test_fetch_many_stops_cleanly(tmp_path):
     with LocalArchive(sector=23, n=40, seed=5, latency=0.1) as archive:
         items = _items(archive, 40)

@@ -19,6 +19,7 @@ from ..errors import Failure
 
 QUARANTINE = "corrupt"  # folder of fits_dir where downloaded files that are not TGLC light curves are moved
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+WINDOW = 4  # items a source starts ahead of the one being yielded, per connection (bounds the FITS on disk)
 
 
 class SourceError(Exception):

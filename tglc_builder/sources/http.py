@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .. import net
 from ..errors import Failure
-from .base import DISK_FULL_ERRNOS, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, is_present, \
-    quarantine_path
+from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
+    is_present, quarantine_path
 
 _sessions: dict[tuple, net.Session] = {}  # (pid, settings) -> this process's session
 _sessions_lock = threading.Lock()
@@ -51,22 +51,32 @@ class HttpSource(Source):
 
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                    stopping: Callable[[], bool]) -> Iterator[tuple[int, Fetched | Failure]]:
+        """Downloads run ``connections`` at a time in threads, at most ``WINDOW`` x ``connections`` items ahead of
+        the item being yielded: so the files on disk are those near the conversion, whatever the unit's size."""
         fits_dir = Path(fits_dir)
         session = self._session()
         halt = threading.Event()  # set by the first download that finds the disk full
         threads = ThreadPoolExecutor(self.connections, thread_name_prefix="tglc-http")
-        futures = [threads.submit(self._fetch_one, session, fits_dir, i, gaia, relpath, validate, stopping, halt)
-                   for i, (gaia, relpath) in enumerate(items)]
+        futures: dict[int, Future] = {}  # started and not yet yielded
+        started = 0  # items[:started] are started
+
+        def start(upto: int) -> None:
+            nonlocal started
+            for j in range(started, min(upto, len(items))):
+                futures[j] = threads.submit(self._fetch_one, session, fits_dir, j, *items[j], validate, stopping, halt)
+            started = max(started, min(upto, len(items)))
+
         try:
-            for i, future in enumerate(futures):
-                outcome = future.result()  # raises DiskFull
+            for i in range(len(items)):
+                start(i + WINDOW * self.connections)
+                outcome = futures.pop(i).result()  # raises DiskFull
                 if outcome is None or stopping():  # stopped, or another download found the disk full
                     break
                 yield i, outcome
         finally:
             halt.set()  # what still runs is abandoned, what is queued returns at once
             threads.shutdown(wait=True, cancel_futures=True)
-        for future in futures:
+        for future in futures.values():
             if future.done() and not future.cancelled() and isinstance(future.exception(), DiskFull):
                 raise future.exception()
 

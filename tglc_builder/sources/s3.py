@@ -29,7 +29,7 @@ from botocore.parsers import ResponseParserError
 from fsspec.asyn import sync
 
 from ..errors import Failure, UsageError
-from .base import (DISK_FULL_ERRNOS, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, is_present,
+from .base import (DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, is_present,
                    quarantine_path)
 from .local import is_contained
 
@@ -38,7 +38,6 @@ ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 BACKOFF = 0.5  # seconds before the second attempt; doubles with each attempt, times a random 0.5-1.5
 CONNECT_TIMEOUT, READ_TIMEOUT = 5, 60  # seconds
 CHECK_TIMEOUT = 10  # seconds for check() to answer, whatever the endpoint does
-WINDOW = 4  # items started ahead of the one being yielded, per connection
 _CHUNK = 1 << 18
 _RETRY_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                           "ServiceUnavailable", "RequestLimitExceeded"})
