@@ -4,13 +4,17 @@ beside a bare read of the same files."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
 from ..clients import started_executor
 from ..data import ensure_tree, read_catalog
-from ..harness import N_CADENCES, SECTOR, BenchError, Ctx, Timer, TreePeak, current_rss, maxrss, task
+from ..harness import N_CADENCES, REPO, SECTOR, BenchError, Ctx, Timer, TreePeak, current_rss, maxrss, task
 from ..report import fmt_bytes, fmt_rate, row
 
 NAME = "convert"
@@ -82,6 +86,43 @@ def write_sector(catalog: str, root: str, output_dir: str, n_processes: int = 2,
                 peak_tree=tree.peak, hdf5=str(args.hdf5_output_dir), hats=str(args.hats_output_dir))
 
 
+BEFORE = "a4a41bf"  # the commit before the redesign (the `before` column of RESULTS.md)
+
+
+def before_tree(ctx: Ctx) -> str | None:
+    """That commit's package, extracted from this clone's history into the scratch folder (None without git or
+    without the commit, e.g. in a shallow clone)."""
+    target = ctx.dir("before", fresh=True)
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE, "tglc_builder"], capture_output=True,
+                                 check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return str(target)
+
+
+@task
+def build_pixel_before(catalog: str, root: str, output_dir: str, tree: str) -> dict:
+    """The same pixel through the code before the redesign, in this process: its ``convert.convert_shard`` on its
+    own plan (one shard of up to 50,000 rows), imported from ``tree`` instead of this checkout."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "tglc_builder" or m.startswith("tglc_builder.")]:
+        del sys.modules[name]
+    sys.path.insert(0, tree)
+    from tglc_builder import convert  # the old package: it has no units module, only convert
+
+    table = read_catalog(catalog)
+    table["healpix"] = int(table["healpix"][0])
+    shards = convert.plan_shards(table)
+    with Timer() as t:
+        rows = sum(convert.convert_shard(shard, root, output_dir, SECTOR).n_rows for shard in shards)
+    assert convert.__file__.startswith(tree), convert.__file__
+    return dict(seconds=t.seconds, cpu=t.cpu, rows=rows, rate=rows / t.seconds)
+
+
 @task
 def read_floor(catalog: str, root: str) -> dict:
     """The floor: open().read() every file and np.frombuffer its binary table (columns left big-endian)."""
@@ -117,9 +158,30 @@ def measure(ctx: Ctx) -> list[dict]:
     ref = ctx.task(read_floor, catalog=info["catalog"], root=info["root"])
     single = ctx.task(build_pixel, catalog=info["catalog"], root=info["root"], output_dir=str(out / "one-pixel"))
     check(single, info["rows"], "convert one pixel")
+    # Side by side with the code before the redesign, on the same files, alternating (the machine's speed drifts
+    # between runs, so the `before` column alone cannot tell a change of code from a change of machine).
+    tree, ours, theirs = before_tree(ctx), [], []
+    for i in range(3 if tree else 0):
+        ours.append(ctx.task(build_pixel, catalog=info["catalog"], root=info["root"],
+                             output_dir=str(out / f"ours-{i}")))
+        theirs.append(ctx.task(build_pixel_before, catalog=info["catalog"], root=info["root"],
+                               output_dir=str(out / f"before-{i}"), tree=tree))
+        shutil.rmtree(out / f"ours-{i}")
+        shutil.rmtree(out / f"before-{i}")
     pool = ctx.task(write_sector, catalog=info["catalog"], root=info["root"], output_dir=str(out / "sector"))
     check(pool, info["rows"], "convert the sector")
     reference = f"{fmt_rate(ref['rate'], 'files/s')} (open().read() + np.frombuffer, one core)"
+    side_by_side = []
+    if theirs:
+        mine, old = (min(r["cpu"] / r["rows"] for r in runs) for runs in (ours, theirs))
+        side_by_side = [row(
+            "convert.side_by_side", "convert",
+            f"light curves per CPU second, one core, one pixel of {info['rows']:,} files: units.build_unit beside "
+            f"the code of {BEFORE} (its convert_shard), alternately, 3 runs each, the best of each",
+            fmt_rate(1 / mine, "/s"), 1 / mine, f"{fmt_rate(1 / old, '/s')} (the code of {BEFORE}, same files, "
+                                                 "same moment)", 1 / old,
+            "CPU seconds per run, ours: " + ", ".join(f"{r['cpu']:.2f}" for r in ours) + f"; {BEFORE}: "
+            + ", ".join(f"{r['cpu']:.2f}" for r in theirs))]
     return [
         row("convert.one_core", "convert",
             f"light curves/s on one core: units.build_unit, one pixel of {info['rows']:,} {N_CADENCES}-cadence v1 "
@@ -138,4 +200,5 @@ def measure(ctx: Ctx) -> list[dict]:
         row("convert.peak_rss", "convert", "peak RSS of the one-pixel conversion above",
             fmt_bytes(single["peak_rss"]), single["peak_rss"],
             note=f"before converting (python + imports + catalog): {fmt_bytes(single['base_rss'])}"),
+        *side_by_side,
     ]
