@@ -335,9 +335,8 @@ class _HDF5Sink(ShardSink):
             self.datasets = {}
             self.h5.close()
             self.h5 = None
-            with h5py.File(self.tmp, "r", **CHUNK_CACHE) as h5:
+            with h5py.File(self.tmp, "r+", **CHUNK_CACHE) as h5:  # opened once: checked, then marked
                 _verify(h5, self.rows, self.writer.columns)
-            with h5py.File(self.tmp, "r+") as h5:
                 h5.attrs[COMPLETE] = self.writer._mark(self.rows)
             with open(self.tmp, "rb+") as f:
                 os.fsync(f.fileno())
