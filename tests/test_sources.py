@@ -31,7 +31,7 @@ from tglc_builder.sources import Fetched, SourceError, open_source
 pytest.importorskip("s3fs")
 from moto.server import ThreadedMotoServer  # noqa: E402
 
-from conftest import run_env  # noqa: E402
+from conftest import hdf5_values, run_env  # noqa: E402
 
 SECTOR, N, SEED = 23, 30, 11
 BUCKET, PREFIX = "tglc-mirror", "hlsps/tglc"
@@ -480,16 +480,6 @@ def test_build_from_s3_equals_the_http_build(archive, http_build, moto_url, s3_e
     assert not temporary_files(tmp_path / "build" / "fits")
 
 
-def h5py_ids(out: Path) -> list[int]:
-    import h5py
-
-    ids = []
-    for path in sorted(out.rglob("*.hdf5")):
-        with h5py.File(path, "r") as h5:
-            ids += h5["gaiadr3_id"][()].tolist()
-    return ids
-
-
 def test_builds_from_a_mirror_and_from_s3_on_dask(archive, http_build, moto_url, s3_env, tmp_path):
     """Each Dask worker opens the source itself: the mirror's files and the bucket's objects, with --clean-fits,
     into both formats."""
@@ -512,5 +502,6 @@ def test_builds_from_a_mirror_and_from_s3_on_dask(archive, http_build, moto_url,
             catalog = tmp_path / name / "hats" / f"tglc_s{SECTOR:04d}"  # noqa: E231
             assert is_valid_catalog(catalog, strict=True), name
             ids = pq.read_table(catalog / "dataset", columns=["gaiadr3_id"]).column(0).to_numpy()
-            assert sorted(ids) == sorted(h5py_ids(tmp_path / name / "out")), name
+            hdf5_ids = [i for values in hdf5_values(tmp_path / name / "out").values() for i in values["gaiadr3_id"]]
+            assert sorted(ids) == sorted(hdf5_ids), name
     assert len(list(mirror.rglob("*.fits"))) == archive.sector.n  # the mirror is untouched
