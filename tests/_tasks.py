@@ -97,3 +97,25 @@ def wait_for_downloads(delay: float) -> tuple[int, float, bool]:
 
 def dispatch_throttle(kind: str, args: tuple):
     return {"pause": pause_downloads, "wait": wait_for_downloads}[kind](*args)
+
+
+def die_once_while_busy(marker: str, tag: str, seconds: float) -> str:
+    """Calls the pool's shared helpers in a tight loop (progress, the stop flag, the throttle) and, the first time
+    it runs, is SIGKILLed by a thread of its own at an arbitrary moment of that loop, as the OOM killer would: a
+    worker can die anywhere, also inside whatever those helpers do."""
+    import random
+    import threading
+
+    from tglc_builder import net
+
+    path = Path(f"{marker}-{tag}")
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        threading.Timer(random.uniform(0.05, 0.3), os.kill, (os.getpid(), signal.SIGKILL)).start()
+    throttle = net.throttle()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        executor.advance(0)
+        executor.stopping()
+        throttle.wait(executor.stopping)
+    return tag

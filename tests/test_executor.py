@@ -90,6 +90,16 @@ def test_a_worker_killed_among_other_tasks_fails_nobody(tmp_path):
     assert sorted(results) == sorted(["survivor"] + [f"t{i}" for i in range(7)])
 
 
+def test_workers_killed_anywhere_never_hang_the_driver(tmp_path):
+    """Workers SIGKILLed at arbitrary moments of the shared helpers' use (a process that dies while it holds a lock
+    shared with the driver would hang the whole build): every task still completes, in bounded time."""
+    tasks = [(str(tmp_path / "died"), f"t{i}", 0.5) for i in range(6)]
+    with Executor(2) as ex, _interrupt_after(120):
+        results = _run(ex, _tasks.die_once_while_busy, tasks)
+    assert sorted(results) == sorted(t[1] for t in tasks)
+    assert len(list(tmp_path.glob("died-*"))) == 6  # every task's first run was killed
+
+
 def test_a_task_that_keeps_killing_its_worker_is_lost_alone():
     """Retried once, then reported through ``lost``; the tasks that ran beside it are not lost."""
     tasks = [("doomed",)] + [(i, 0.3) for i in range(8)]

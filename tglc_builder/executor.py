@@ -10,6 +10,11 @@ Inside a task, :func:`stopping` says when the driver was interrupted (finish the
 :func:`advance` reports progress as it happens (a local pool's bar moves per file, not per task) and
 :func:`shared_value` gives values every process of the pool shares (e.g. a pause the archive asked for). This
 module knows nothing of what the tasks do.
+
+What the processes share is plain shared memory with no lock (``RawValue``/``RawArray``), each value with one
+writer or tolerant of a lost update: a worker can be SIGKILLed at any instruction, and one that dies holding a
+lock shared with the driver (``multiprocessing.Value``'s, or an ``Event``'s) leaves the driver and every other
+worker waiting on it for good.
 """
 
 from __future__ import annotations
@@ -34,43 +39,41 @@ TASK_RETRIES = 1  # a task whose worker process died is run again this many time
 # Values shared by every worker of a local pool: name -> (ctypes code, initial value).
 SHARED_VALUES = {"throttle": ("d", 0.0)}
 
-_worker: dict[str, Any] = {"stop": None, "counter": None, "shared": {}, "slots": None, "slot": 0}
+_worker: dict[str, Any] = {"stop": None, "progress": None, "shared": {}, "slots": None, "slot": 0}
+_progress_lock = threading.Lock()  # the threads of one process (a unit's downloads); never another process's
 
 
 def stopping() -> bool:
     """Whether the driver asked every task to stop (Ctrl-C, or a fatal error such as a full disk)."""
     stop = _worker["stop"]
-    return stop is not None and stop.is_set()
-
-
-def stop_event():
-    """The event set when the build stops (``wait(timeout)`` on it is an interruptible sleep), or None."""
-    return _worker["stop"]
+    return stop is not None and bool(stop.value)
 
 
 def shared_value(name: str):
-    """A ``multiprocessing.Value`` shared by every process of the local pool (None on Dask or outside a pool)."""
+    """A lock-free shared ``RawValue`` of every process of the local pool (None on Dask or outside a pool)."""
     return _worker["shared"].get(name)
 
 
 def advance(units: int = 1) -> None:
     """Count ``units`` of work done, for the driver's progress bar (a no-op on Dask)."""
-    counter = _worker["counter"]
-    if counter is not None:
-        with counter.get_lock():
-            counter.value += units
+    progress = _worker["progress"]
+    if progress is not None:
+        with _progress_lock:  # each process writes only its own slot, so no lock across processes is needed
+            progress[_worker["slot"]] += units
 
 
-def _init_worker(stop, counter, shared: dict, in_pool: bool, slots=None, claimed=None) -> None:
+def _init_worker(stop, progress, shared: dict, in_pool: bool, slots=None, claimed=None) -> None:
     if in_pool:
         # Ctrl-C is the driver's to handle: it sets ``stop``, and tasks end at the next file.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     slot = 0
-    if claimed is not None:  # this process's pair in ``slots``: (pid, index of the task it runs or -1)
+    if claimed is not None:  # this process's slot in ``progress`` and its pair in ``slots`` (pid, task or -1)
+        # The one lock shared across processes: each pool has its own ``claimed``, taken once per process at its
+        # start and never by the driver, so a process that dies holding it can only break its own pool.
         with claimed.get_lock():
             slot, claimed.value = claimed.value, claimed.value + 1
-        slot %= len(slots) // 2
-    _worker.update(stop=stop, counter=counter, shared=shared, slots=slots, slot=slot)
+        slot %= len(progress)
+    _worker.update(stop=stop, progress=progress, shared=shared, slots=slots, slot=slot)
 
 
 def _tracked(index: int, function: Callable[..., Any], *args: Any) -> Any:
@@ -94,11 +97,10 @@ class Executor:
         self.n_processes, self.client, self.stop_grace = n_processes, client, stop_grace
         self._pool: ProcessPoolExecutor | ThreadPoolExecutor | None = None
         self._context = multiprocessing.get_context("spawn")  # no fork: the driver may hold threads (the demo)
-        self._stop = self._context.Event()
-        self._counter = self._context.Value("q", 0)
-        self._shared = {name: self._context.Value(code, value) for name, (code, value) in SHARED_VALUES.items()}
-        self._slots = self._context.Array("q", 2 * n_processes, lock=False)
-        self._claimed = self._context.Value("i", 0)
+        self._stop = self._context.RawValue("b", 0)
+        self._progress = self._context.RawArray("q", n_processes)  # units done, one slot per process
+        self._shared = {name: self._context.RawValue(code, value) for name, (code, value) in SHARED_VALUES.items()}
+        self._slots = self._context.RawArray("q", 2 * n_processes)
 
     @property
     def workers(self) -> int:
@@ -115,11 +117,11 @@ class Executor:
 
     def stop(self) -> None:
         """Ask every running task to return at its next file."""
-        self._stop.set()
+        self._stop.value = 1
 
     @property
     def stopping_requested(self) -> bool:
-        return self._stop.is_set()
+        return bool(self._stop.value)
 
     def close(self) -> None:
         """Stop the workers. Tasks still running get ``stop_grace`` seconds, then their processes are killed,
@@ -162,7 +164,7 @@ class Executor:
         """
         if not tasks:
             return
-        self._stop.clear()
+        self._stop.value = 0
         with tqdm(total=total, desc=desc, unit=unit, smoothing=0.05) as bar:
             try:
                 if self.client is not None:
@@ -170,26 +172,24 @@ class Executor:
                 else:
                     yield from self._run_local(function, tasks, weights, lost, bar)
             except BaseException:
-                self._stop.set()
+                self._stop.value = 1
                 raise
 
     def _local_pool(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
         if self._pool is None:
             if self.n_processes == 1:
-                _init_worker(self._stop, self._counter, self._shared, in_pool=False)
+                _init_worker(self._stop, self._progress, self._shared, in_pool=False)
                 self._pool = ThreadPoolExecutor(1)
             else:
                 self._slots[:] = [0, -1] * self.n_processes
-                self._claimed.value = 0
                 self._pool = ProcessPoolExecutor(self.n_processes, mp_context=self._context,
                                                  initializer=_init_worker,
-                                                 initargs=(self._stop, self._counter, self._shared, True, self._slots,
-                                                           self._claimed))
+                                                 initargs=(self._stop, self._progress, self._shared, True, self._slots,
+                                                           self._context.Value("i", 0)))
         return self._pool
 
     def _run_local(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
-        with self._counter.get_lock():
-            self._counter.value = 0
+        self._progress[:] = [0] * len(self._progress)
         deaths = [0] * len(tasks)
         queue = list(range(len(tasks)))  # task indices not yet submitted to the current pool
         running: dict[Future, int] = {}
@@ -207,7 +207,7 @@ class Executor:
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-            bar.update(self._counter.value - bar.n)
+            bar.update(sum(self._progress) - bar.n)
             broken: BrokenProcessPool | None = None
             for future in done:
                 i = running.pop(future)
@@ -236,7 +236,7 @@ class Executor:
                         queue.remove(i)
                         yield lost(tasks[i], broken)
                 queue.sort()
-        bar.update(self._counter.value - bar.n)
+        bar.update(sum(self._progress) - bar.n)
 
     def _culprits(self, pool: ProcessPoolExecutor) -> set[int]:
         """The tasks that were running in worker processes that died of their own (not the SIGTERM the pool sends

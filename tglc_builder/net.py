@@ -39,7 +39,7 @@ TIMEOUT = urllib3.Timeout(connect=10, read=60)  # seconds
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 VALIDATORS = ("Content-Length", "ETag", "Last-Modified")
 _CHUNK = 1 << 20
-_POLL = 0.5  # seconds between looks at a stopping() callback while paused (the stop event wakes at once)
+_POLL = 0.1  # seconds between looks at stopping() while paused
 
 
 class Stopped(Exception):
@@ -57,8 +57,10 @@ class Download:
 
 # ---- the throttle -----------------------------------------------------------------------------------------------
 class Throttle:
-    """A moment (``time.time()``) before which no request starts, in a ``multiprocessing.Value("d")`` so that
-    every thread and process given the same value honours it."""
+    """A moment (``time.time()``) before which no request starts, in a lock-free shared ``RawValue("d")`` so that
+    every thread and process given the same value honours it. Two processes pausing at once may lose one's
+    extension of the pause (the next refused request asks again); a lock shared across processes could instead
+    be left held by a worker killed inside it, and stop every download of the pool for good."""
 
     def __init__(self, until):
         self._until = until
@@ -69,7 +71,7 @@ class Throttle:
         it runs."""
         seconds = max(0.0, min(DEFAULT_BACKOFF if asked is None else asked, max_wait))
         now = time.time()
-        with self._until.get_lock():
+        with _local_lock:  # this process's threads
             starts = self._until.value <= now
             self._until.value = max(self._until.value, now + seconds)
         if starts and asked is None:
@@ -81,18 +83,14 @@ class Throttle:
         return seconds
 
     def wait(self, stopping: Callable[[], bool], at_least: float = 0.0) -> bool:
-        """Sleep until the pause is over, and ``at_least`` seconds; False (at once) when the build stops (its stop
-        event, or ``stopping()``)."""
+        """Sleep until the pause is over, and ``at_least`` seconds; False (within
+        ``_POLL`` seconds) when the build stops (``stopping()``, or the executor's)."""
         start = time.time()
-        event = executor.stop_event()
-        while not (stopping() or event is not None and event.is_set()):
+        while not (stopping() or executor.stopping()):
             delay = max(self._until.value, start + at_least) - time.time()
             if delay <= 0:
                 return True
-            if event is not None:
-                event.wait(min(delay, _POLL))
-            else:
-                time.sleep(min(delay, _POLL))
+            time.sleep(min(delay, _POLL))
         return False
 
 
@@ -107,7 +105,7 @@ def throttle() -> Throttle:
     if shared is None:
         with _local_lock:
             if _local_until is None:
-                _local_until = multiprocessing.Value("d", 0.0)
+                _local_until = multiprocessing.RawValue("d", 0.0)
             shared = _local_until
     return Throttle(shared)
 
