@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 from dataclasses import replace
 from typing import Any
 
@@ -191,4 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    # The build has ended and said so: a Ctrl-C during the interpreter's shutdown must not turn its status into a
+    # KeyboardInterrupt traceback and a death by SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(status)

@@ -113,10 +113,10 @@ class FramingServer:
 
 @pytest.fixture(autouse=True)
 def build_state(monkeypatch):
-    """A stop event and a throttle of this test's own, as a pool's initializer gives every worker."""
-    stop = threading.Event()
+    """A stop flag and a throttle of this test's own, as a pool's initializer gives every worker."""
+    stop = multiprocessing.RawValue("b", 0)
     monkeypatch.setitem(executor._worker, "stop", stop)
-    monkeypatch.setitem(executor._worker, "shared", {"throttle": multiprocessing.Value("d", 0.0)})
+    monkeypatch.setitem(executor._worker, "shared", {"throttle": multiprocessing.RawValue("d", 0.0)})
     return stop
 
 
@@ -301,7 +301,7 @@ def test_a_pause_ends_at_once_when_the_build_stops(tmp_path, build_state):
             time.sleep(0.01)
         time.sleep(0.3)  # well into the 300 s pause
         stopped = time.monotonic()
-        build_state.set()
+        build_state.value = 1
         thread.join(10)
         assert time.monotonic() - stopped < 0.5
         assert server.requests["/f"] == 1
