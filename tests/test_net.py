@@ -24,7 +24,8 @@ from tglc_builder.demo.server import LocalArchive
 from tglc_builder.errors import Failure
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources import Fetched, SourceError, open_source, quarantine_path
-from tglc_builder.sources.http import HttpSource
+from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES
+from tglc_builder.sources.http import HttpSource, default_client
 
 BODY = bytes(range(256)) * 400  # 102,400 bytes
 ETAG, LAST_MODIFIED = '"v1-abc"', "Tue, 24 Nov 2026 10:00:00 GMT"
@@ -330,19 +331,28 @@ def test_a_pause_holds_back_other_processes():
     assert child.exitcode == 0 and 1.5 <= waited.value <= 2.1
 
 
-# ---- the HTTP source --------------------------------------------------------------------------------------------
+# ---- the HTTP source (its light curves through libcurl, or through urllib3 without pycurl) ------------------------
+CLIENTS = pytest.mark.parametrize("client", CLIENT_NAMES)
+
+
 def _items(archive: LocalArchive, n: int) -> list[tuple[int, str]]:
     return [(int(archive.sector.gaia_ids[i]), archive.sector.relpath(i)) for i in range(n)]
 
 
-def test_fetch_many_end_to_end(tmp_path):
+def test_the_default_client_is_curl():
+    assert default_client() == "curl" and open_source("http://127.0.0.1:1").client == "curl"
+    with pytest.raises(ValueError, match="unknown HTTP client 'wget'"):
+        HttpSource("http://127.0.0.1:1", client="wget")
+
+
+@CLIENTS
+def test_fetch_many_end_to_end(tmp_path, client):
     with LocalArchive(sector=23, n=12, seed=3, faults={"truncate": 0.3, "500": 0.2, "reset": 0.1}) as archive:
         items = _items(archive, 12)
         items[3] = (items[4][0], items[3][1])  # served whole, but not that object's light curve
         missing = layout.lc_relpath(1234567890123, 23, 1, 1)
         items.append((1234567890123, missing))
-        source = open_source(archive.url, connections=4, max_attempts=5)
-        assert isinstance(source, HttpSource)
+        source = HttpSource(archive.url, connections=4, max_attempts=5, client=client)
         fits = tmp_path / "fits"
 
         def validate(path: Path, i: int) -> None:
@@ -370,14 +380,15 @@ def test_fetch_many_end_to_end(tmp_path):
         assert {p for p in after if after[p] != before.get(p)} == {items[3][1], missing}
 
 
-def test_fetch_many_runs_at_most_a_window_ahead_of_its_consumer(tmp_path):
+@CLIENTS
+def test_fetch_many_runs_at_most_a_window_ahead_of_its_consumer(tmp_path, client):
     """Downloads start no further than WINDOW x connections items ahead of the item being yielded, so a slow
     conversion does not let a large work unit's files pile up on disk."""
     from tglc_builder.sources.base import WINDOW
 
     with LocalArchive(sector=23, n=120, seed=5) as archive:
         items = _items(archive, 120)
-        source = HttpSource(archive.url, connections=2)
+        source = HttpSource(archive.url, connections=2, client=client)
         ahead = WINDOW * 2
         fetched = source.fetch_many(items, tmp_path, lambda path, i: None, lambda: False)
         consumed = 0
@@ -393,11 +404,12 @@ def test_fetch_many_runs_at_most_a_window_ahead_of_its_consumer(tmp_path):
     assert sum(archive.fits_requests().values()) == 120
 
 
-def test_fetch_many_stops_cleanly(tmp_path):
+@CLIENTS
+def test_fetch_many_stops_cleanly(tmp_path, client):
     with LocalArchive(sector=23, n=40, seed=5, latency=0.1) as archive:
         items = _items(archive, 40)
         got: list[int] = []
-        source = HttpSource(archive.url, connections=4)
+        source = HttpSource(archive.url, connections=4, client=client)
         for i, outcome in source.fetch_many(items, tmp_path, lambda path, i: None, lambda: len(got) >= 3):
             assert isinstance(outcome, Fetched)
             got.append(i)
@@ -412,27 +424,29 @@ _FULL_DISK_CHILD = """
 import json, resource, signal, sys
 from pathlib import Path
 from tglc_builder.sources import DiskFull
-from tglc_builder.sources.http import HttpSource
+from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES
+from tglc_builder.sources.http import HttpSource, default_client
 
-url, folder, items = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+url, folder, items, client = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 yielded = 0
 try:
-    for _ in HttpSource(url, connections=3).fetch_many([tuple(x) for x in items], folder, lambda p, i: None,
-                                                       lambda: False):
+    for _ in HttpSource(url, connections=3, client=client).fetch_many([tuple(x) for x in items], folder,
+                                                                      lambda p, i: None, lambda: False):
         yielded += 1
 except DiskFull as exc:
     print(json.dumps({"folder": exc.folder, "message": str(exc), "yielded": yielded}))
 """
 
 
-def test_a_full_disk_stops_every_download(tmp_path):
+@CLIENTS
+def test_a_full_disk_stops_every_download(tmp_path, client):
     """For real: a file-size limit makes every write past 20 KB fail (EFBIG), as a full disk would."""
     with LocalArchive(sector=23, n=60, seed=2) as archive:
         folder = tmp_path / "fits"
         result = subprocess.run([sys.executable, "-c", _FULL_DISK_CHILD, archive.url, str(folder),
-                                 json.dumps(_items(archive, 60))], capture_output=True, text=True, timeout=120,
+                                 json.dumps(_items(archive, 60)), client], capture_output=True, text=True, timeout=120,
                                 env=run_env(PYTHONDONTWRITEBYTECODE="1"))
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
@@ -440,3 +454,73 @@ def test_a_full_disk_stops_every_download(tmp_path):
         assert report["message"].startswith(f"[Errno 27] file size limit reached on {folder} (")
         assert sum(archive.fits_requests().values()) <= 3  # the downloads in flight, none started after
     assert _no_debris(folder) and not list(folder.rglob("*.fits"))
+
+
+# ---- the rules of a download, through the HTTP source ------------------------------------------------------------
+def _fetch(server: FramingServer, names: list[str], folder: Path, client: str, **settings) -> dict:
+    """fetch_many of ``server``'s paths ``/<name>`` into ``folder/<name>``: {name: outcome}."""
+    items = [(1000 + k, name) for k, name in enumerate(names)]
+    source = HttpSource(server.url, client=client, **settings)
+    return {items[i][1]: outcome for i, outcome in source.fetch_many(items, folder, lambda path, i: None,
+                                                                     lambda: False)}
+
+
+@CLIENTS
+def test_fetch_many_takes_only_bodies_proved_whole(tmp_path, client):
+    scripts = {"/length": ["length"], "/chunked": ["chunked"], "/close": ["close"], "/cut": ["cut"],
+               "/chunked-cut": ["chunked-cut"], "/cut-then-whole": ["cut", "close", "length"]}
+    with FramingServer(scripts) as server:
+        got = _fetch(server, [path[1:] for path in scripts], tmp_path, client, connections=3, max_attempts=3)
+        requests = dict(server.requests)
+    for name in ("length", "chunked", "cut-then-whole"):
+        assert isinstance(got[name], Fetched) and (tmp_path / name).read_bytes() == BODY
+    assert got["length"].attempts == 1 and got["cut-then-whole"].attempts == 3
+    for name in ("close", "cut", "chunked-cut"):
+        failure = got[name]
+        assert isinstance(failure, Failure) and failure.attempts == 3 and requests[f"/{name}"] == 3
+        assert failure.reason.startswith("incomplete body: ") and not (tmp_path / name).exists()
+    assert "neither a Content-Length nor chunked" in got["close"].reason
+    assert _no_debris(tmp_path)
+
+
+@CLIENTS
+def test_fetch_many_not_found_is_final(tmp_path, client):
+    with FramingServer({"/gone": ["404"]}) as server:
+        got = _fetch(server, ["gone"], tmp_path, client, max_attempts=5)
+        assert server.requests["/gone"] == 1
+    assert got["gone"] == Failure(1000, "gone", "download", "HTTP 404 Not Found", 1)
+    assert not list(tmp_path.iterdir())
+
+
+@CLIENTS
+def test_fetch_many_retry_after_pauses_every_download_once(tmp_path, caplog, client):
+    """Four downloads in flight get 429 "wait an hour" together: one pause of max_wait for all, logged once."""
+    names = [f"f{k}" for k in range(4)]
+    with FramingServer({f"/{name}": ["429:3600", "length"] for name in names}, gate=threading.Barrier(4)) as server:
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="tglc_builder.net"):
+            got = _fetch(server, names, tmp_path, client, connections=4, max_attempts=3, max_wait=1.0)
+        elapsed = time.monotonic() - started
+        assert all(server.requests[f"/{name}"] == 2 for name in names)
+    assert 0.9 <= elapsed < 4.0  # max_wait (and a backoff), not the hour asked for
+    assert all(isinstance(got[name], Fetched) and (tmp_path / name).read_bytes() == BODY for name in names)
+    pauses = [r.getMessage() for r in caplog.records if "pausing" in r.getMessage()]
+    host = server.url.removeprefix("http://")
+    assert pauses == [f"archive {host} asked to wait 3600 s (HTTP 429 Retry-After); pausing all downloads for 1 s "
+                      "(--max-wait)"]
+
+
+@CLIENTS
+def test_fetch_many_goes_through_the_proxy_the_environment_names(tmp_path, monkeypatch, client):
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    # Two servers: the environment is read once per host and process (by the urllib3 client's pools).
+    with FramingServer({"/f": ["length"]}) as server, FramingServer({"/g": ["length"]}) as other, \
+            _ForwardProxy() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        got = _fetch(server, ["f"], tmp_path, client)
+        assert proxy.seen == [f"{server.url}/f"] and server.requests["/f"] == 1
+        monkeypatch.setenv("no_proxy", "127.0.0.1")  # exempted: straight to the server
+        _fetch(other, ["g"], tmp_path, client)
+        assert proxy.seen == [f"{server.url}/f"] and other.requests["/g"] == 1
+    assert isinstance(got["f"], Fetched) and (tmp_path / "f").read_bytes() == BODY == (tmp_path / "g").read_bytes()

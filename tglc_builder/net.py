@@ -82,6 +82,10 @@ class Throttle:
                         host, _seconds(asked), status, _seconds(seconds), " (--max-wait)" if asked > max_wait else "")
         return seconds
 
+    def remaining(self) -> float:
+        """Seconds until requests may start again (0 when none is held back)."""
+        return max(0.0, self._until.value - time.time())
+
     def wait(self, stopping: Callable[[], bool], at_least: float = 0.0) -> bool:
         """Sleep until the pause is over, and ``at_least`` seconds; False (within
         ``_POLL`` seconds) when the build stops (``stopping()``, or the executor's)."""
@@ -162,7 +166,7 @@ class Session:
     def __init__(self, retries: Retry, connections: int):
         self._options = {"num_pools": 4, "maxsize": connections, "block": True, "retries": retries,
                          "headers": {"User-Agent": f"tglc-builder/{__version__}", "Accept-Encoding": "identity"},
-                         "ca_certs": _ca_bundle()}
+                         "ca_certs": ca_bundle()}
         self._managers: dict[tuple[str, str], urllib3.PoolManager] = {}
         self._direct = urllib3.PoolManager(**self._options)
         self._lock = threading.Lock()
@@ -179,13 +183,13 @@ class Session:
             with self._lock:
                 manager = self._managers.get(key)
                 if manager is None:
-                    proxy = _environment_proxy(parts.scheme, parts.hostname or "")
+                    proxy = environment_proxy(parts.scheme, parts.hostname or "")
                     manager = self._direct if proxy is None else urllib3.ProxyManager(proxy, **self._options)
                     self._managers[key] = manager
         return manager
 
 
-def _environment_proxy(scheme: str, host: str) -> str | None:
+def environment_proxy(scheme: str, host: str) -> str | None:
     """The proxy that ``http_proxy``/``https_proxy``/``all_proxy`` name for ``host``, unless ``no_proxy`` exempts
     it (the standard library's reading of them, which requests uses too)."""
     if urllib.request.proxy_bypass(host):
@@ -194,7 +198,7 @@ def _environment_proxy(scheme: str, host: str) -> str | None:
     return proxies.get(scheme) or proxies.get("all")
 
 
-def _ca_bundle() -> str | None:
+def ca_bundle() -> str | None:
     """The certificates HTTPS is checked against: requests' environment variables, else certifi's bundle (as
     requests), else the system's."""
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
@@ -230,7 +234,7 @@ class _Incomplete(Exception):
     """A body that HTTP does not prove whole."""
 
 
-def _temporary_name(dest: Path) -> Path:
+def temporary_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
 
 
@@ -252,7 +256,7 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
     caller knows which folder a full disk is).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(dest)
+    tmp = temporary_name(dest)
     attempts = 0
     _call.stopping = stopping
     try:

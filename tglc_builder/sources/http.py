@@ -1,8 +1,10 @@
 """An archive reached over HTTP(S), such as MAST: many downloads in flight per process, every file checked.
 
-Downloads wait on the network, so concurrency comes from ``connections`` threads sharing one process's connection
-pools (``net.Session``); the worker processes only spread the CPU cost of HTTP and validation. The source object
-holds only its settings, so it pickles to every worker; each process opens its session the first time it needs one.
+Downloads wait on the network, so concurrency comes from ``connections`` transfers in flight per process: on
+libcurl's multi interface in one thread (:mod:`.curl`, the default), or, without pycurl, in as many threads sharing
+one process's urllib3 pools (``net.Session``). The worker processes only spread the CPU cost of HTTP and validation.
+The source object holds only its settings, so it pickles to every worker; each process opens its connections the
+first time it needs them. Listings always come through urllib3 (``net.download_file``), with a progress bar.
 """
 
 from __future__ import annotations
@@ -20,17 +22,31 @@ from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Sour
 
 _sessions: dict[tuple, net.Session] = {}  # (pid, settings) -> this process's session
 _sessions_lock = threading.Lock()
+CLIENTS = ("curl", "urllib3")
+
+
+def default_client() -> str:
+    """``curl`` when pycurl imports (a dependency, with wheels for the usual platforms), else ``urllib3``."""
+    try:
+        import pycurl  # noqa: F401
+    except ImportError:
+        return "urllib3"
+    return "curl"
 
 
 class HttpSource(Source):
     """``http(s)://`` root of a tree in MAST's layout. ``connections``: downloads in flight per process;
     ``max_attempts``: requests per file before it is reported failed; ``max_wait``: the longest pause (seconds) a
-    ``Retry-After`` imposes on the whole build."""
+    ``Retry-After`` imposes on the whole build; ``client``: what runs the light curves' downloads, ``curl`` or
+    ``urllib3`` (None: :func:`default_client`); both follow the same rules."""
 
     def __init__(self, url: str, connections: int = 12, max_attempts: int = net.DEFAULT_MAX_ATTEMPTS,
-                 max_wait: float = net.DEFAULT_MAX_WAIT):
+                 max_wait: float = net.DEFAULT_MAX_WAIT, client: str | None = None):
         self.url = url.rstrip("/")
         self.connections, self.max_attempts, self.max_wait = connections, max_attempts, max_wait
+        self.client = client or default_client()
+        if self.client not in CLIENTS:
+            raise ValueError(f"unknown HTTP client {self.client!r}; choose from {CLIENTS}")
 
     def describe(self) -> str:
         return self.url
@@ -51,9 +67,15 @@ class HttpSource(Source):
 
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                    stopping: Callable[[], bool]) -> Iterator[tuple[int, Fetched | Failure]]:
-        """Downloads run ``connections`` at a time in threads, at most ``WINDOW`` x ``connections`` items ahead of
-        the item being yielded: so the files on disk are those near the conversion, whatever the unit's size."""
+        """Downloads run ``connections`` at a time, at most ``WINDOW`` x ``connections`` items ahead of the item
+        being yielded: so the files on disk are those near the conversion, whatever the unit's size."""
         fits_dir = Path(fits_dir)
+        if self.client == "curl":
+            from .curl import fetch_many
+
+            yield from fetch_many(self.url, items, fits_dir, validate, stopping, connections=self.connections,
+                                  max_attempts=self.max_attempts, max_wait=self.max_wait)
+            return
         session = self._session()
         halt = threading.Event()  # set by the first download that finds the disk full
         threads = ThreadPoolExecutor(self.connections, thread_name_prefix="tglc-http")

@@ -1,0 +1,346 @@
+"""The HTTP source's downloads on libcurl's multi interface (pycurl): all of a worker's transfers in one thread.
+
+Why not urllib3 here: with a thread per connection, a light curve's download cost ~1.5 ms of CPU (HTTP parsed in
+Python, and a dozen threads contending for the GIL), three times its conversion, so a two-core build was bound by
+CPU rather than by the archive. libcurl parses HTTP in C and waits on every socket at once with the GIL released:
+~0.3 ms a file. The rules are those of :func:`tglc_builder.net.download_file` (which still fetches the listings):
+
+- a body counts as whole only when HTTP proves it: its Content-Length (libcurl reports a shortfall as a partial
+  file), or chunked encoding with its final chunk; a body with neither is refused and asked for again;
+- 429 and 5xx, connection failures and incomplete bodies are retried with exponential backoff and jitter within
+  ``max_attempts`` requests per file; a 429 (or a 503 with ``Retry-After``) pauses the whole build through the
+  shared throttle, at most ``max_wait``; a 404 is final;
+- a whole body is validated before it takes its name (else it is quarantined); a full disk stops every transfer
+  and raises :class:`DiskFull`; stopping abandons what is in flight, leaving no temporary file.
+"""
+
+from __future__ import annotations
+
+import http
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pycurl
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
+
+from .. import __version__, executor, net
+from ..errors import Failure
+from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Validator, is_present, quarantine_path
+
+_TICK = 0.01  # seconds: the longest the transfer thread sleeps before looking at its consumer and stopping() again
+_PARTIAL = {pycurl.E_PARTIAL_FILE, pycurl.E_RECV_ERROR}  # errors of a body that broke off
+_NEITHER = ("the server sent neither a Content-Length nor chunked encoding, so a body cut short could not be told "
+            "from a whole one")
+
+
+class _Transfer:
+    """One item's download: its state across attempts, and the callbacks of the attempt in flight."""
+
+    __slots__ = ("index", "gaia", "relpath", "dest", "tmp", "attempts", "not_before", "file", "headers", "error")
+
+    def __init__(self, index: int, gaia: int, relpath: str, dest: Path):
+        self.index, self.gaia, self.relpath, self.dest = index, gaia, relpath, dest
+        self.tmp = net.temporary_name(dest)
+        self.attempts, self.not_before = 0, 0.0
+        self.file = None
+        self.headers: dict[str, str] = {}
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int | None:
+        try:
+            self.file.write(data)
+        except OSError as exc:  # a full disk or a file-size limit: libcurl ends the transfer (CURLE_WRITE_ERROR)
+            self.error = exc
+            return 0
+        return None
+
+    def header(self, line: bytes) -> None:
+        text = line.decode("latin-1").rstrip("\r\n")
+        if text.startswith("HTTP/"):  # a new answer (after a redirect or a 100 Continue): its own headers
+            self.headers.clear()
+        elif ":" in text:
+            name, value = text.split(":", 1)
+            self.headers[name.strip().lower()] = value.strip()
+
+    def close_file(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()  # flushes: may be where a full disk shows
+            except OSError as exc:
+                self.error = self.error or exc
+            self.file = None
+
+
+class _Transfers:
+    """The thread that runs the transfers, and what it shares with the consumer under one condition: the item the
+    consumer waits for (``position``; no item starts ``WINDOW`` x ``connections`` or more beyond it), the outcomes
+    not yet taken, and the first fatal error (a full disk, or anything unexpected), which the consumer raises."""
+
+    def __init__(self, url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
+                 stopping: Callable[[], bool], connections: int, max_attempts: int, max_wait: float,
+                 backoff: float):
+        self.url, self.items, self.fits_dir, self.validate = url, items, fits_dir, validate
+        self.stopping, self.connections, self.max_attempts = stopping, connections, max_attempts
+        self.max_wait, self.backoff = max_wait, backoff
+        self.host = urlsplit(url).netloc
+        self.throttle = net.throttle()
+        self.condition = threading.Condition()
+        self.position = 0
+        self.outcomes: dict[int, Fetched | Failure] = {}
+        self.halted = False
+        self.fatal: BaseException | None = None
+
+    # -- the consumer's side -------------------------------------------------------------------------------------
+    def take(self, i: int) -> Fetched | Failure | None:
+        """Item ``i``'s outcome once it is known; None when the transfers halted first. Raises the fatal error."""
+        with self.condition:
+            self.position = i
+            self.condition.notify_all()
+            while i not in self.outcomes and not self.halted:
+                self.condition.wait()
+            if self.fatal is not None:
+                raise self.fatal
+            return self.outcomes.pop(i, None)
+
+    def halt(self) -> None:
+        with self.condition:
+            self.halted = True
+            self.condition.notify_all()
+
+    # -- the transfer thread ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.multi = multi = pycurl.CurlMulti()
+        multi.setopt(pycurl.M_MAXCONNECTS, self.connections)
+        self.free = [self._handle() for _ in range(self.connections)]
+        handles = list(self.free)
+        self.active: dict[pycurl.Curl, _Transfer] = {}
+        self.again: list[_Transfer] = []  # to be asked for again, each at its not_before
+        self.queued = 0  # items[:queued] have been taken up
+        try:
+            while not self._stop():
+                self._fill()
+                if not self.active:
+                    if self.queued == len(self.items) and not self.again:
+                        return
+                    with self.condition:  # woken by the consumer moving on, or after a tick
+                        if not self.halted:
+                            self.condition.wait(_TICK)
+                    continue
+                self._perform()
+                while self.fatal is None:
+                    _, done, failed = multi.info_read(1)
+                    if not done and not failed:
+                        break
+                    for handle in done:
+                        self._finish(handle, 0, "")
+                    for handle, code, message in failed:
+                        self._finish(handle, code, message)
+                    # The freed connection asks for the next file now, not after the rest of the batch.
+                    self._fill()
+                    self._perform()
+                if self.fatal is None:
+                    multi.select(_TICK)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._fail(exc)
+        finally:
+            for handle, transfer in self.active.items():
+                multi.remove_handle(handle)
+                transfer.close_file()
+                transfer.tmp.unlink(missing_ok=True)
+            for handle in handles:
+                handle.close()
+            multi.close()
+            self.halt()
+
+    def _perform(self) -> None:
+        while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+
+    def _fill(self) -> None:
+        """Start transfers on the free handles: retries that are due first, then the next items of the window;
+        none while the build is paused (Retry-After) or stopping."""
+        if self.throttle.remaining() > 0 or self._stop():
+            return
+        with self.condition:
+            limit = min(len(self.items), self.position + WINDOW * self.connections)
+        now = time.monotonic()
+        while self.free:
+            due = next((t for t in self.again if t.not_before <= now), None)
+            if due is not None:
+                self.again.remove(due)
+                self._start(due)
+            elif self.queued < limit:
+                transfer = self._take_up(self.queued)
+                self.queued += 1
+                if transfer is not None:
+                    self._start(transfer)
+            else:
+                break
+
+    def _stop(self) -> bool:
+        return self.halted or self.fatal is not None or self.stopping() or executor.stopping()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self.condition:
+            self.fatal = self.fatal or exc
+            self.halted = True
+            self.condition.notify_all()
+
+    def _publish(self, i: int, outcome: Fetched | Failure) -> None:
+        with self.condition:
+            self.outcomes[i] = outcome
+            self.condition.notify_all()
+
+    def _handle(self) -> pycurl.Curl:
+        handle = pycurl.Curl()
+        handle.setopt(pycurl.USERAGENT, f"tglc-builder/{__version__}")
+        handle.setopt(pycurl.HTTPHEADER, ["Accept-Encoding: identity"])  # bodies byte for byte as stored
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        handle.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        handle.setopt(pycurl.FOLLOWLOCATION, True)
+        handle.setopt(pycurl.MAXREDIRS, 5)
+        handle.setopt(pycurl.NOSIGNAL, True)
+        handle.setopt(pycurl.CONNECTTIMEOUT, int(net.TIMEOUT.connect_timeout))
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # no byte for the read timeout: the connection is dead
+        handle.setopt(pycurl.LOW_SPEED_TIME, int(net.TIMEOUT.read_timeout))
+        handle.setopt(pycurl.BUFFERSIZE, 1 << 19)
+        parts = urlsplit(self.url)
+        # The environment's proxy, read as net.Session reads it; "" tells libcurl not to read the environment.
+        handle.setopt(pycurl.PROXY, net.environment_proxy(parts.scheme, parts.hostname or "") or "")
+        ca_bundle = net.ca_bundle()
+        if ca_bundle:
+            handle.setopt(pycurl.CAINFO, ca_bundle)
+        return handle
+
+    def _take_up(self, i: int) -> _Transfer | None:
+        """Item ``i``'s transfer, or None when its file is already complete (published at once)."""
+        gaia, relpath = self.items[i]
+        dest = self.fits_dir / relpath
+        if is_present(dest):
+            self._publish(i, Fetched(dest, downloaded=False))
+            return None
+        if dest.parent.is_dir():
+            for debris in dest.parent.glob(f".{dest.name}.part-*"):  # of a run that was killed
+                debris.unlink(missing_ok=True)
+        return _Transfer(i, gaia, relpath, dest)
+
+    def _start(self, transfer: _Transfer) -> None:
+        try:
+            transfer.dest.parent.mkdir(parents=True, exist_ok=True)
+            transfer.file = open(transfer.tmp, "wb")  # noqa: SIM115 - closed when the transfer ends
+        except OSError as exc:
+            self._os_error(exc)
+            return
+        transfer.headers.clear()
+        transfer.error = None
+        handle = self.free.pop()
+        handle.setopt(pycurl.URL, f"{self.url}/{transfer.relpath}")
+        handle.setopt(pycurl.WRITEFUNCTION, transfer.write)
+        handle.setopt(pycurl.HEADERFUNCTION, transfer.header)
+        self.multi.add_handle(handle)
+        self.active[handle] = transfer
+
+    def _os_error(self, exc: OSError) -> None:
+        self._fail(DiskFull(self.fits_dir, exc) if exc.errno in DISK_FULL_ERRNOS else exc)
+
+    def _finish(self, handle: pycurl.Curl, code: int, message: str) -> None:
+        """One attempt ended: the file takes its name, or the item fails, or it is asked for again."""
+        transfer = self.active.pop(handle)
+        self.multi.remove_handle(handle)
+        self.free.append(handle)
+        status = handle.getinfo(pycurl.RESPONSE_CODE)
+        transfer.close_file()
+        transfer.attempts += 1
+        outcome: Fetched | Failure | None = None
+        retry_reason = None
+        if transfer.error is not None:
+            transfer.tmp.unlink(missing_ok=True)
+            self._os_error(transfer.error)
+            return
+        if code:
+            whole_head = status == 200
+            retry_reason = f"{'incomplete body: ' if whole_head and code in _PARTIAL else ''}curl error {code}: " \
+                           f"{message}"
+        elif status == 200:
+            chunked = "chunked" in transfer.headers.get("transfer-encoding", "").lower()
+            if not chunked and "content-length" not in transfer.headers:
+                retry_reason = f"incomplete body: {_NEITHER}"
+            else:
+                outcome = self._accept(transfer)
+        elif status == 404:
+            outcome = self._failure(transfer, "HTTP 404 Not Found")
+        elif status in net.RETRY_STATUSES:
+            self._maybe_pause(transfer, status)
+            retry_reason = f"HTTP {status} {_phrase(status)}"
+        else:
+            outcome = self._failure(transfer, f"HTTP {status} {_phrase(status)}")
+        transfer.tmp.unlink(missing_ok=True)  # of an answer not accepted (an accepted one has taken its name)
+        if outcome is None:
+            if transfer.attempts >= self.max_attempts:
+                outcome = self._failure(transfer, retry_reason)
+            else:
+                delay = self.backoff * 2 ** (transfer.attempts - 1) * (0.5 + random.random())
+                transfer.not_before = time.monotonic() + min(delay, Retry.DEFAULT_BACKOFF_MAX)
+                self.again.append(transfer)
+                return
+        self._publish(transfer.index, outcome)
+
+    def _accept(self, transfer: _Transfer) -> Fetched | Failure:
+        try:
+            self.validate(transfer.tmp, transfer.index)
+        except ValueError as exc:
+            quarantine = quarantine_path(self.fits_dir, transfer.relpath)
+            quarantine.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(transfer.tmp, quarantine)
+            return self._failure(transfer, f"invalid file: {exc}")
+        os.replace(transfer.tmp, transfer.dest)
+        return Fetched(transfer.dest, downloaded=True, attempts=transfer.attempts)
+
+    def _failure(self, transfer: _Transfer, reason: str) -> Failure:
+        return Failure(transfer.gaia, transfer.relpath, "download", reason, transfer.attempts)
+
+    def _maybe_pause(self, transfer: _Transfer, status: int) -> None:
+        """A 429, or a 503 with Retry-After, holds back every download of the build (net.Throttle)."""
+        value = transfer.headers.get("retry-after")
+        try:
+            asked = None if value is None else Retry().parse_retry_after(value)
+        except InvalidHeader:  # neither seconds nor an HTTP date
+            asked = None
+        if status == 429 or asked is not None:
+            self.throttle.pause(asked, self.max_wait, self.host, status)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def fetch_many(url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
+               stopping: Callable[[], bool], *, connections: int, max_attempts: int, max_wait: float,
+               backoff: float = net.DEFAULT_BACKOFF) -> Iterator[tuple[int, Fetched | Failure]]:
+    """:meth:`HttpSource.fetch_many` on libcurl: the transfers run in one thread while the caller converts what
+    has arrived."""
+    transfers = _Transfers(url, items, Path(fits_dir), validate, stopping, connections, max_attempts, max_wait,
+                           backoff)
+    thread = threading.Thread(target=transfers.run, name="tglc-curl", daemon=True)
+    thread.start()
+    try:
+        for i in range(len(items)):
+            outcome = transfers.take(i)  # raises DiskFull
+            if outcome is None or stopping():
+                break
+            yield i, outcome
+    finally:
+        transfers.halt()  # what still runs is abandoned, its temporary files removed
+        thread.join()
+    if isinstance(transfers.fatal, DiskFull):
+        raise transfers.fatal
