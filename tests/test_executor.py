@@ -72,6 +72,26 @@ def test_one_pool_serves_the_whole_build():
     assert len(first) == 2 and first == second and os.getpid() not in first
 
 
+def test_warm_up_starts_the_workers_that_then_run_the_tasks(tmp_path, monkeypatch):
+    monkeypatch.setenv("TGLC_TEST_WARM_DIR", str(tmp_path))
+    with Executor(2) as ex:
+        ex.warm_up("_warm_record")
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        warmed = {int(p.name) for p in tmp_path.iterdir()}
+        assert len(warmed) == 2  # both workers up before any task was given
+        ran = set(_run(ex, _tasks.whoami, [(0.05,) for _ in range(8)]))
+    assert ran <= warmed
+
+
+def test_a_worker_killed_warming_up_is_replaced():
+    with Executor(2) as ex:
+        ex.warm_up("_warm_die")
+        time.sleep(1.0)  # the pool is broken before the first task is given
+        assert sorted(_run(ex, _tasks.square, [(i,) for i in range(6)])) == [i * i for i in range(6)]
+
+
 def test_a_task_whose_worker_was_killed_runs_again(tmp_path):
     with Executor(2) as ex:
         assert _run(ex, _tasks.square, []) == []

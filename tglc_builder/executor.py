@@ -19,6 +19,7 @@ worker waiting on it for good.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -62,7 +64,8 @@ def advance(units: int = 1) -> None:
             progress[_worker["slot"]] += units
 
 
-def _init_worker(stop, progress, shared: dict, in_pool: bool, slots=None, claimed=None) -> None:
+def _init_worker(stop, progress, shared: dict, in_pool: bool, slots=None, claimed=None,
+                 preload: Sequence[str] = ()) -> None:
     if in_pool:
         # Ctrl-C is the driver's to handle: it sets ``stop``, and tasks end at the next file.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -74,6 +77,15 @@ def _init_worker(stop, progress, shared: dict, in_pool: bool, slots=None, claime
             slot, claimed.value = claimed.value, claimed.value + 1
         slot %= len(progress)
     _worker.update(stop=stop, progress=progress, shared=shared, slots=slots, slot=slot)
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001, S110 - the task that needs it imports it again and reports the error
+            pass
+
+
+def _ready() -> None:
+    """The task Executor.warm_up gives each worker: the workers exist once it is submitted."""
 
 
 def _tracked(index: int, function: Callable[..., Any], *args: Any) -> Any:
@@ -87,6 +99,17 @@ def _tracked(index: int, function: Callable[..., Any], *args: Any) -> Any:
     finally:
         if slots is not None:
             slots[at + 1] = -1
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Around ``submit()``, which starts worker processes: they inherit SIGINT blocked, so a Ctrl-C sent to the whole
+    process group cannot kill one still importing (with a traceback) before its initializer ignores it."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class Executor:
@@ -175,7 +198,18 @@ class Executor:
                 self._stop.value = 1
                 raise
 
-    def _local_pool(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
+    def warm_up(self, *modules: str) -> None:
+        """Start the local worker processes now, each importing ``modules`` (what the tasks will need) as it starts,
+        while the driver goes on (reading the listings, building the catalog). Best effort: a pool started later
+        (after a worker died) imports nothing ahead. A no-op on Dask and with one process."""
+        if self.client is not None or self.n_processes == 1 or self._pool is not None:
+            return
+        pool = self._local_pool(preload=modules)
+        with _sigint_blocked():
+            for _ in range(self.n_processes):  # each submit() starts a process while none is idle
+                pool.submit(_ready)
+
+    def _local_pool(self, preload: Sequence[str] = ()) -> ProcessPoolExecutor | ThreadPoolExecutor:
         if self._pool is None:
             if self.n_processes == 1:
                 _init_worker(self._stop, self._progress, self._shared, in_pool=False)
@@ -185,7 +219,7 @@ class Executor:
                 self._pool = ProcessPoolExecutor(self.n_processes, mp_context=self._context,
                                                  initializer=_init_worker,
                                                  initargs=(self._stop, self._progress, self._shared, True, self._slots,
-                                                           self._context.Value("i", 0)))
+                                                           self._context.Value("i", 0), tuple(preload)))
         return self._pool
 
     def _run_local(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
@@ -195,17 +229,16 @@ class Executor:
         running: dict[Future, int] = {}
         while queue or running:
             pool = self._local_pool()
-            # submit() starts the worker processes. They inherit SIGINT blocked, so a Ctrl-C sent to the whole
-            # process group cannot kill one still importing (with a traceback) before its initializer ignores it.
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                while queue:
-                    i = queue.pop(0)
-                    running[pool.submit(_tracked, i, function, *tasks[i])] = i
+                with _sigint_blocked():
+                    while queue:
+                        i = queue.pop(0)
+                        running[pool.submit(_tracked, i, function, *tasks[i])] = i
             except BrokenProcessPool:  # broke between two submissions: resubmit once a new pool is up
                 queue.insert(0, i)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                if not running:  # broke before any task of ours ran on it (a worker died warming up)
+                    self._pool = None
+                    continue
             done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
             bar.update(sum(self._progress) - bar.n)
             broken: BrokenProcessPool | None = None

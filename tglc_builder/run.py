@@ -17,7 +17,8 @@ from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor
 from .formats import Writer, make_writers
-from .pipeline import BuildSummary, exclusive, remove_debris, writable_dir, write_failure_report, write_text
+from .pipeline import BuildSummary, exclusive, import_soon, remove_debris, writable_dir, write_failure_report, \
+    write_text
 from .sources import Source, open_source
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def writers_of(args: BuildArguments) -> list[Writer]:
 def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = True) -> Table:
     """The sector's catalog: objects in both listings, each once, in listing order, with their HEALPix pixel."""
     sector_dir = writable_dir(args.sector_dir, "tglc_data_path")
+    import_soon("healpy")  # while the listings arrive
     listings = listing.fetch_listings(args.sector, args.tglc_data_path, source, refresh=args.refresh_listings)
     bulk = listing.parse_bulk_script(listings.bulk_script, args.sector)
     rejected = sector_dir / REJECTED_LINES
@@ -83,6 +85,7 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
     total = sum(len(task.shard) for task in pending)
     log.info("Plan: %d shard file(s) in %d pixel(s); %d light curves to write in %d work unit(s), %d already "
              "complete", len(shards), len({s.pixel for s in shards}), total, len(work), summary.complete)
+    import_soon("tglc_builder.formats.card")  # datasets, for the cards, while the workers build
     for result in executor.run(units.build_unit, tasks, total=total, desc="Building", unit="lc",
                                weights=[sum(len(task.shard) for task in unit) for unit in work], lost=_lost_unit):
         summary.add(result)
@@ -138,6 +141,7 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
         writable_dir(folder, what)
     source = open_build_source(args, executor.workers)
     source.check()
+    executor.warm_up(units.__name__)  # the workers start, importing h5py and the reader, while the listings arrive
     with exclusive([folder for folder, _ in folders]):
         remove_debris(args.sector_dir)
         catalog = make_catalog(args, source, tiny=args.tiny)
