@@ -524,3 +524,16 @@ def test_fetch_many_goes_through_the_proxy_the_environment_names(tmp_path, monke
         _fetch(other, ["g"], tmp_path, client)
         assert proxy.seen == [f"{server.url}/f"] and other.requests["/g"] == 1
     assert isinstance(got["f"], Fetched) and (tmp_path / "f").read_bytes() == BODY == (tmp_path / "g").read_bytes()
+
+
+@CLIENTS
+def test_fetch_many_raises_an_unforeseen_error_and_leaves_no_debris(tmp_path, client):
+    """A bug in a validator is raised to the caller (the unit reports it), not swallowed or left hanging."""
+    def validate(path: Path, i: int) -> None:
+        raise RuntimeError(f"bug while checking item {i}")
+
+    with FramingServer({"/f": ["length"]}) as server:
+        source = HttpSource(server.url, client=client)
+        with pytest.raises(RuntimeError, match="bug while checking item 0"):
+            list(source.fetch_many([(1000, "f")], tmp_path, validate, lambda: False))
+    assert not (tmp_path / "f").exists() and _no_debris(tmp_path)

@@ -95,6 +95,13 @@ class _Transfers:
         self.outcomes: dict[int, Fetched | Failure] = {}
         self.halted = False
         self.fatal: BaseException | None = None
+        # The transfer thread's own state: its handles (each carries one transfer at a time), what is in flight,
+        # what is to be asked for again (each at its not_before), and how many items it has taken up.
+        self.multi: pycurl.CurlMulti | None = None
+        self.free: list[pycurl.Curl] = []
+        self.active: dict[pycurl.Curl, _Transfer] = {}
+        self.again: list[_Transfer] = []
+        self.queued = 0
 
     # -- the consumer's side -------------------------------------------------------------------------------------
     def take(self, i: int) -> Fetched | Failure | None:
@@ -115,14 +122,12 @@ class _Transfers:
 
     # -- the transfer thread ---------------------------------------------------------------------------------------
     def run(self) -> None:
-        self.multi = multi = pycurl.CurlMulti()
-        multi.setopt(pycurl.M_MAXCONNECTS, self.connections)
-        self.free = [self._handle() for _ in range(self.connections)]
-        handles = list(self.free)
-        self.active: dict[pycurl.Curl, _Transfer] = {}
-        self.again: list[_Transfer] = []  # to be asked for again, each at its not_before
-        self.queued = 0  # items[:queued] have been taken up
+        handles: list[pycurl.Curl] = []
         try:
+            multi = self.multi = pycurl.CurlMulti()
+            multi.setopt(pycurl.M_MAXCONNECTS, self.connections)
+            handles += [self._handle() for _ in range(self.connections)]
+            self.free = list(handles)
             while not self._stop():
                 self._fill()
                 if not self.active:
@@ -150,12 +155,13 @@ class _Transfers:
             self._fail(exc)
         finally:
             for handle, transfer in self.active.items():
-                multi.remove_handle(handle)
+                self.multi.remove_handle(handle)
                 transfer.close_file()
                 transfer.tmp.unlink(missing_ok=True)
             for handle in handles:
                 handle.close()
-            multi.close()
+            if self.multi is not None:
+                self.multi.close()
             self.halt()
 
     def _perform(self) -> None:
@@ -255,33 +261,14 @@ class _Transfers:
         transfer = self.active.pop(handle)
         self.multi.remove_handle(handle)
         self.free.append(handle)
-        status = handle.getinfo(pycurl.RESPONSE_CODE)
         transfer.close_file()
         transfer.attempts += 1
-        outcome: Fetched | Failure | None = None
-        retry_reason = None
-        if transfer.error is not None:
-            transfer.tmp.unlink(missing_ok=True)
-            self._os_error(transfer.error)
+        try:
+            outcome, retry_reason = self._judge(transfer, handle.getinfo(pycurl.RESPONSE_CODE), code, message)
+        finally:
+            transfer.tmp.unlink(missing_ok=True)  # unless it took its name (or the quarantine's)
+        if outcome is None and retry_reason is None:  # a fatal error
             return
-        if code:
-            whole_head = status == 200
-            retry_reason = f"{'incomplete body: ' if whole_head and code in _PARTIAL else ''}curl error {code}: " \
-                           f"{message}"
-        elif status == 200:
-            chunked = "chunked" in transfer.headers.get("transfer-encoding", "").lower()
-            if not chunked and "content-length" not in transfer.headers:
-                retry_reason = f"incomplete body: {_NEITHER}"
-            else:
-                outcome = self._accept(transfer)
-        elif status == 404:
-            outcome = self._failure(transfer, "HTTP 404 Not Found")
-        elif status in net.RETRY_STATUSES:
-            self._maybe_pause(transfer, status)
-            retry_reason = f"HTTP {status} {_phrase(status)}"
-        else:
-            outcome = self._failure(transfer, f"HTTP {status} {_phrase(status)}")
-        transfer.tmp.unlink(missing_ok=True)  # of an answer not accepted (an accepted one has taken its name)
         if outcome is None:
             if transfer.attempts >= self.max_attempts:
                 outcome = self._failure(transfer, retry_reason)
@@ -291,6 +278,27 @@ class _Transfers:
                 self.again.append(transfer)
                 return
         self._publish(transfer.index, outcome)
+
+    def _judge(self, transfer: _Transfer, status: int, code: int, message: str
+               ) -> tuple[Fetched | Failure | None, str | None]:
+        """The attempt's outcome, or why to ask again; (None, None) when it ended the transfers (a full disk)."""
+        if transfer.error is not None:
+            self._os_error(transfer.error)
+            return None, None
+        if code:
+            partial = status == 200 and code in _PARTIAL
+            return None, f"{'incomplete body: ' if partial else ''}curl error {code}: {message}"
+        if status == 200:
+            chunked = "chunked" in transfer.headers.get("transfer-encoding", "").lower()
+            if not chunked and "content-length" not in transfer.headers:
+                return None, f"incomplete body: {_NEITHER}"
+            return self._accept(transfer), None
+        if status == 404:
+            return self._failure(transfer, "HTTP 404 Not Found"), None
+        if status in net.RETRY_STATUSES:
+            self._maybe_pause(transfer, status)
+            return None, f"HTTP {status} {_phrase(status)}"
+        return self._failure(transfer, f"HTTP {status} {_phrase(status)}"), None
 
     def _accept(self, transfer: _Transfer) -> Fetched | Failure:
         try:
