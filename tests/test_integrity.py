@@ -352,7 +352,7 @@ def test_ctrl_c_at_random_moments(reference, tmp_path):
     rng.seed(seed)
     root = tmp_path / "build"
     interrupted = 0
-    with LocalArchive(sector=23, n=N, seed=SEED, latency=0.01) as archive:
+    with LocalArchive(sector=23, n=N, seed=SEED, latency=0.05) as archive:
         for run in range(10):
             n = "1" if run % 4 == 3 else "2"
             # Every third run starts from the FITS files alone (the whole sector to convert), every third resumes
@@ -362,7 +362,9 @@ def test_ctrl_c_at_random_moments(reference, tmp_path):
             process, log = _start(root, archive.url, "-n", n, "--connections", "4",
                                   *(["--overwrite"] if run % 3 == 2 else []))
             _wait_for_text(log, "Plan:", process)
-            delay = rng.uniform(0.2, 2.0)  # the workers start, then the sector converts in a few seconds
+            # The workers are up by the plan (Executor.warm_up): a build then takes ~1 s when its FITS files are
+            # on disk (most runs here), ~3 s when it downloads them.
+            delay = rng.uniform(0.05, 0.9)
             time.sleep(delay)
             context = f"run {run} (-n {n}, SIGINT {delay:.2f} s after the plan; seed {seed})"
             took = _ctrl_c(process, f"{context}: still running 10 s after Ctrl-C")
@@ -387,7 +389,7 @@ def test_ctrl_c_at_random_moments(reference, tmp_path):
 
 def test_a_second_ctrl_c_ends_the_build_at_once(tmp_path):
     rng = random.Random()
-    with LocalArchive(sector=23, n=N, seed=SEED, latency=0.01) as archive:
+    with LocalArchive(sector=23, n=N, seed=SEED, latency=0.05) as archive:
         for n in ("2", "1"):
             root = tmp_path / f"n{n}"
             process, log = _start(root, archive.url, "-n", n, "--connections", "4")

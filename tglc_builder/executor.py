@@ -205,9 +205,12 @@ class Executor:
         if self.client is not None or self.n_processes == 1 or self._pool is not None:
             return
         pool = self._local_pool(preload=modules)
-        with _sigint_blocked():
-            for _ in range(self.n_processes):  # each submit() starts a process while none is idle
-                pool.submit(_ready)
+        try:
+            with _sigint_blocked():
+                for _ in range(self.n_processes):  # each submit() starts a process while none is idle
+                    pool.submit(_ready)
+        except BrokenProcessPool:  # a worker died at once: run() starts a new pool
+            self._pool = None
 
     def _local_pool(self, preload: Sequence[str] = ()) -> ProcessPoolExecutor | ThreadPoolExecutor:
         if self._pool is None:

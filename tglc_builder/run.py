@@ -141,8 +141,8 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
         writable_dir(folder, what)
     source = open_build_source(args, executor.workers)
     source.check()
-    executor.warm_up(units.__name__)  # the workers start, importing h5py and the reader, while the listings arrive
     with exclusive([folder for folder, _ in folders]):
+        executor.warm_up(units.__name__)  # the workers start, importing h5py and the reader, while the listings arrive
         remove_debris(args.sector_dir)
         catalog = make_catalog(args, source, tiny=args.tiny)
         summary = write_outputs(args, catalog, source, executor)

@@ -17,6 +17,7 @@ CPU rather than by the archive. libcurl parses HTTP in C and waits on every sock
 from __future__ import annotations
 
 import http
+import logging
 import os
 import random
 import threading
@@ -32,6 +33,8 @@ from urllib3.util.retry import Retry
 from .. import __version__, executor, net
 from ..errors import Failure
 from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Validator, is_present, quarantine_path
+
+log = logging.getLogger(__name__)
 
 _TICK = 0.01  # seconds: the longest the transfer thread sleeps before looking at its consumer and stopping() again
 _PARTIAL = {pycurl.E_PARTIAL_FILE, pycurl.E_RECV_ERROR}  # errors of a body that broke off
@@ -88,7 +91,8 @@ class _Transfers:
         self.url, self.items, self.fits_dir, self.validate = url, items, fits_dir, validate
         self.stopping, self.connections, self.max_attempts = stopping, connections, max_attempts
         self.max_wait, self.backoff = max_wait, backoff
-        self.host = urlsplit(url).netloc
+        parts = urlsplit(url)  # host:port as urllib3 names it in the pause's log line (never the userinfo)
+        self.host = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         self.throttle = net.throttle()
         self.condition = threading.Condition()
         self.position = 0
@@ -151,18 +155,33 @@ class _Transfers:
                     self._perform()
                 if self.fatal is None:
                     multi.select(_TICK)
+        except OSError as exc:  # a full disk while a file takes its name (or its quarantine's)
+            self._os_error(exc)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             self._fail(exc)
         finally:
-            for handle, transfer in self.active.items():
+            try:
+                self._abandon(handles)
+            finally:
+                self.halt()  # the consumer never waits on a thread that has ended
+
+    def _abandon(self, handles: list[pycurl.Curl]) -> None:
+        """Whatever is in flight is dropped with its temporary file; every handle is closed."""
+        for handle, transfer in self.active.items():
+            try:
                 self.multi.remove_handle(handle)
-                transfer.close_file()
+            except pycurl.error:  # never added (its start failed)
+                pass
+            transfer.close_file()
+            try:
                 transfer.tmp.unlink(missing_ok=True)
-            for handle in handles:
-                handle.close()
-            if self.multi is not None:
-                self.multi.close()
-            self.halt()
+            except OSError as exc:
+                log.warning("could not remove %s: %s", transfer.tmp, exc)
+        self.active.clear()
+        for handle in handles:
+            handle.close()
+        if self.multi is not None:
+            self.multi.close()
 
     def _perform(self) -> None:
         while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
@@ -176,7 +195,7 @@ class _Transfers:
         with self.condition:
             limit = min(len(self.items), self.position + WINDOW * self.connections)
         now = time.monotonic()
-        while self.free:
+        while self.free and self.fatal is None:
             due = next((t for t in self.again if t.not_before <= now), None)
             if due is not None:
                 self.again.remove(due)
@@ -238,20 +257,17 @@ class _Transfers:
         return _Transfer(i, gaia, relpath, dest)
 
     def _start(self, transfer: _Transfer) -> None:
-        try:
-            transfer.dest.parent.mkdir(parents=True, exist_ok=True)
-            transfer.file = open(transfer.tmp, "wb")  # noqa: SIM115 - closed when the transfer ends
-        except OSError as exc:
-            self._os_error(exc)
-            return
         transfer.headers.clear()
         transfer.error = None
         handle = self.free.pop()
+        # In flight from here: should anything below raise, the thread's end removes its temporary file.
+        self.active[handle] = transfer
+        transfer.dest.parent.mkdir(parents=True, exist_ok=True)
+        transfer.file = open(transfer.tmp, "wb")  # noqa: SIM115 - closed when the transfer ends
         handle.setopt(pycurl.URL, f"{self.url}/{transfer.relpath}")
         handle.setopt(pycurl.WRITEFUNCTION, transfer.write)
         handle.setopt(pycurl.HEADERFUNCTION, transfer.header)
         self.multi.add_handle(handle)
-        self.active[handle] = transfer
 
     def _os_error(self, exc: OSError) -> None:
         self._fail(DiskFull(self.fits_dir, exc) if exc.errno in DISK_FULL_ERRNOS else exc)
@@ -321,7 +337,7 @@ class _Transfers:
             asked = None if value is None else Retry().parse_retry_after(value)
         except InvalidHeader:  # neither seconds nor an HTTP date
             asked = None
-        if status == 429 or asked is not None:
+        if status == 429 or (status == 503 and asked is not None):
             self.throttle.pause(asked, self.max_wait, self.host, status)
 
 
