@@ -43,6 +43,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with owner.lock:
             k = owner.requests[self.path]
             owner.requests[self.path] += 1
+            owner.peers.append(self.client_address)
         script = owner.scripts.get(self.path, ["404"])
         how = script[min(k, len(script) - 1)]
         body = owner.bodies.get(self.path, b"")
@@ -98,6 +99,7 @@ class FramingServer:
         self.scripts, self.gate = scripts, gate
         self.bodies = bodies or {path: BODY for path in scripts}
         self.requests: Counter[str] = Counter()
+        self.peers: list[tuple[str, int]] = []  # the client's address of each request: one per connection used
         self.lock = threading.Lock()
 
     def __enter__(self) -> "FramingServer":
@@ -537,3 +539,18 @@ def test_fetch_many_raises_an_unforeseen_error_and_leaves_no_debris(tmp_path, cl
         with pytest.raises(RuntimeError, match="bug while checking item 0"):
             list(source.fetch_many([(1000, "f")], tmp_path, validate, lambda: False))
     assert not (tmp_path / "f").exists() and _no_debris(tmp_path)
+
+
+@CLIENTS
+def test_fetch_many_reuses_its_connections_from_one_call_to_the_next(tmp_path, client):
+    """Each work unit is one call: the next unit asks on the connections the last one opened (no new handshakes)."""
+    names = [f"f{k}" for k in range(12)]
+    items = [(1000 + k, name) for k, name in enumerate(names)]
+    with FramingServer({f"/{name}": ["length"] for name in names}) as server:
+        source = HttpSource(server.url, connections=2, client=client)
+        for part in (items[:4], items[4:8], items[8:]):
+            got = list(source.fetch_many(part, tmp_path, lambda path, i: None, lambda: False))
+            assert all(isinstance(outcome, Fetched) for _, outcome in got)
+        first, later = set(server.peers[:4]), set(server.peers[4:])
+    assert len(server.peers) == 12 and len(first) <= 2 and later <= first
+    assert all((tmp_path / name).read_bytes() == BODY for name in names)

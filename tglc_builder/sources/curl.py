@@ -42,6 +42,68 @@ _NEITHER = ("the server sent neither a Content-Length nor chunked encoding, so a
             "from a whole one")
 
 
+class _Connections:
+    """A multi handle (libcurl keeps its connections and DNS cache) and ``connections`` easy handles, set up for one
+    archive; idle ones are kept per process, so that the work units of a build reuse their connections (HTTPS: no
+    new handshakes per unit) as the urllib3 client's per-process pools do."""
+
+    def __init__(self, url: str, connections: int):
+        parts = urlsplit(url)
+        # The environment's proxy, read as net.Session reads it; "" tells libcurl not to read the environment.
+        self.proxy = net.environment_proxy(parts.scheme, parts.hostname or "") or ""
+        self.ca_bundle = net.ca_bundle()
+        self.multi = pycurl.CurlMulti()
+        self.multi.setopt(pycurl.M_MAXCONNECTS, connections)
+        self.handles = [self._handle() for _ in range(connections)]
+
+    def _handle(self) -> pycurl.Curl:
+        handle = pycurl.Curl()
+        handle.setopt(pycurl.USERAGENT, f"tglc-builder/{__version__}")
+        handle.setopt(pycurl.HTTPHEADER, ["Accept-Encoding: identity"])  # bodies byte for byte as stored
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        handle.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        handle.setopt(pycurl.FOLLOWLOCATION, True)
+        handle.setopt(pycurl.MAXREDIRS, 5)
+        handle.setopt(pycurl.NOSIGNAL, True)
+        handle.setopt(pycurl.CONNECTTIMEOUT, int(net.TIMEOUT.connect_timeout))
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # no byte for the read timeout: the connection is dead
+        handle.setopt(pycurl.LOW_SPEED_TIME, int(net.TIMEOUT.read_timeout))
+        handle.setopt(pycurl.BUFFERSIZE, 1 << 19)
+        handle.setopt(pycurl.PROXY, self.proxy)
+        if self.ca_bundle:
+            handle.setopt(pycurl.CAINFO, self.ca_bundle)
+        return handle
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.close()
+        self.multi.close()
+
+
+_idle: dict[tuple, list[_Connections]] = {}  # (pid, url, connections, proxy, CA bundle) -> idle sets
+_idle_lock = threading.Lock()
+
+
+def _key(url: str, connections: int) -> tuple:
+    parts = urlsplit(url)
+    return (os.getpid(), parts.scheme, parts.netloc, connections,
+            net.environment_proxy(parts.scheme, parts.hostname or ""), net.ca_bundle())
+
+
+def _checkout(url: str, connections: int) -> _Connections:
+    with _idle_lock:
+        idle = _idle.get(_key(url, connections))
+        if idle:
+            return idle.pop()
+    return _Connections(url, connections)
+
+
+def _checkin(url: str, connections: int, pool: _Connections) -> None:
+    with _idle_lock:
+        _idle.setdefault(_key(url, connections), []).append(pool)
+
+
 class _Transfer:
     """One item's download: its state across attempts, and the callbacks of the attempt in flight."""
 
@@ -100,9 +162,12 @@ class _Transfers:
         self.halted = False
         self.fatal: BaseException | None = None
         # The transfer thread's own state: its handles (each carries one transfer at a time), what is in flight,
-        # what is to be asked for again (each at its not_before), and how many items it has taken up.
+        # what is to be asked for again (each at its not_before), and how many items it has taken up. ``reusable``:
+        # whether the handles can serve another call (not after an unforeseen error).
+        self.pool: _Connections | None = None
         self.multi: pycurl.CurlMulti | None = None
         self.free: list[pycurl.Curl] = []
+        self.reusable = False
         self.active: dict[pycurl.Curl, _Transfer] = {}
         self.again: list[_Transfer] = []
         self.queued = 0
@@ -126,12 +191,11 @@ class _Transfers:
 
     # -- the transfer thread ---------------------------------------------------------------------------------------
     def run(self) -> None:
-        handles: list[pycurl.Curl] = []
         try:
-            multi = self.multi = pycurl.CurlMulti()
-            multi.setopt(pycurl.M_MAXCONNECTS, self.connections)
-            handles += [self._handle() for _ in range(self.connections)]
-            self.free = list(handles)
+            self.pool = _checkout(self.url, self.connections)
+            multi = self.multi = self.pool.multi
+            self.free = list(self.pool.handles)
+            self.reusable = True
             while not self._stop():
                 self._fill()
                 if not self.active:
@@ -158,15 +222,17 @@ class _Transfers:
         except OSError as exc:  # a full disk while a file takes its name (or its quarantine's)
             self._os_error(exc)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            self.reusable = False
             self._fail(exc)
         finally:
             try:
-                self._abandon(handles)
+                self._abandon()
             finally:
                 self.halt()  # the consumer never waits on a thread that has ended
 
-    def _abandon(self, handles: list[pycurl.Curl]) -> None:
-        """Whatever is in flight is dropped with its temporary file; every handle is closed."""
+    def _abandon(self) -> None:
+        """Whatever is in flight is dropped with its temporary file; the handles go back to this process's idle
+        ones, or are closed after an unforeseen error."""
         for handle, transfer in self.active.items():
             try:
                 self.multi.remove_handle(handle)
@@ -178,10 +244,11 @@ class _Transfers:
             except OSError as exc:
                 log.warning("could not remove %s: %s", transfer.tmp, exc)
         self.active.clear()
-        for handle in handles:
-            handle.close()
-        if self.multi is not None:
-            self.multi.close()
+        if self.pool is not None:
+            if self.reusable:
+                _checkin(self.url, self.connections, self.pool)
+            else:
+                self.pool.close()
 
     def _perform(self) -> None:
         while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
@@ -221,28 +288,6 @@ class _Transfers:
         with self.condition:
             self.outcomes[i] = outcome
             self.condition.notify_all()
-
-    def _handle(self) -> pycurl.Curl:
-        handle = pycurl.Curl()
-        handle.setopt(pycurl.USERAGENT, f"tglc-builder/{__version__}")
-        handle.setopt(pycurl.HTTPHEADER, ["Accept-Encoding: identity"])  # bodies byte for byte as stored
-        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        handle.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        handle.setopt(pycurl.FOLLOWLOCATION, True)
-        handle.setopt(pycurl.MAXREDIRS, 5)
-        handle.setopt(pycurl.NOSIGNAL, True)
-        handle.setopt(pycurl.CONNECTTIMEOUT, int(net.TIMEOUT.connect_timeout))
-        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # no byte for the read timeout: the connection is dead
-        handle.setopt(pycurl.LOW_SPEED_TIME, int(net.TIMEOUT.read_timeout))
-        handle.setopt(pycurl.BUFFERSIZE, 1 << 19)
-        parts = urlsplit(self.url)
-        # The environment's proxy, read as net.Session reads it; "" tells libcurl not to read the environment.
-        handle.setopt(pycurl.PROXY, net.environment_proxy(parts.scheme, parts.hostname or "") or "")
-        ca_bundle = net.ca_bundle()
-        if ca_bundle:
-            handle.setopt(pycurl.CAINFO, ca_bundle)
-        return handle
 
     def _take_up(self, i: int) -> _Transfer | None:
         """Item ``i``'s transfer, or None when its file is already complete (published at once)."""
