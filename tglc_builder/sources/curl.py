@@ -47,11 +47,10 @@ class _Connections:
     archive; idle ones are kept per process, so that the work units of a build reuse their connections (HTTPS: no
     new handshakes per unit) as the urllib3 client's per-process pools do."""
 
-    def __init__(self, url: str, connections: int):
-        parts = urlsplit(url)
-        # The environment's proxy, read as net.Session reads it; "" tells libcurl not to read the environment.
-        self.proxy = net.environment_proxy(parts.scheme, parts.hostname or "") or ""
-        self.ca_bundle = net.ca_bundle()
+    def __init__(self, key: tuple, connections: int):
+        self.key = key  # _key(): what the handles were set up for
+        _, _, _, _, proxy, self.ca_bundle = key
+        self.proxy = proxy or ""  # "" tells libcurl not to read the environment itself
         self.multi = pycurl.CurlMulti()
         self.multi.setopt(pycurl.M_MAXCONNECTS, connections)
         self.handles = [self._handle() for _ in range(connections)]
@@ -81,27 +80,30 @@ class _Connections:
         self.multi.close()
 
 
-_idle: dict[tuple, list[_Connections]] = {}  # (pid, url, connections, proxy, CA bundle) -> idle sets
+_idle: dict[tuple, list[_Connections]] = {}  # _key() -> idle sets
 _idle_lock = threading.Lock()
 
 
 def _key(url: str, connections: int) -> tuple:
+    """This process, the archive, and its settings: the environment's proxy (read as net.Session reads it) and the
+    CA bundle."""
     parts = urlsplit(url)
     return (os.getpid(), parts.scheme, parts.netloc, connections,
             net.environment_proxy(parts.scheme, parts.hostname or ""), net.ca_bundle())
 
 
 def _checkout(url: str, connections: int) -> _Connections:
+    key = _key(url, connections)
     with _idle_lock:
-        idle = _idle.get(_key(url, connections))
+        idle = _idle.get(key)
         if idle:
             return idle.pop()
-    return _Connections(url, connections)
+    return _Connections(key, connections)
 
 
-def _checkin(url: str, connections: int, pool: _Connections) -> None:
+def _checkin(pool: _Connections) -> None:
     with _idle_lock:
-        _idle.setdefault(_key(url, connections), []).append(pool)
+        _idle.setdefault(pool.key, []).append(pool)
 
 
 class _Transfer:
@@ -165,7 +167,6 @@ class _Transfers:
         # what is to be asked for again (each at its not_before), and how many items it has taken up. ``reusable``:
         # whether the handles can serve another call (not after an unforeseen error).
         self.pool: _Connections | None = None
-        self.multi: pycurl.CurlMulti | None = None
         self.free: list[pycurl.Curl] = []
         self.reusable = False
         self.active: dict[pycurl.Curl, _Transfer] = {}
@@ -193,7 +194,7 @@ class _Transfers:
     def run(self) -> None:
         try:
             self.pool = _checkout(self.url, self.connections)
-            multi = self.multi = self.pool.multi
+            multi = self.pool.multi
             self.free = list(self.pool.handles)
             self.reusable = True
             while not self._stop():
@@ -235,7 +236,7 @@ class _Transfers:
         ones, or are closed after an unforeseen error."""
         for handle, transfer in self.active.items():
             try:
-                self.multi.remove_handle(handle)
+                self.pool.multi.remove_handle(handle)
             except pycurl.error:  # never added (its start failed)
                 pass
             transfer.close_file()
@@ -246,12 +247,12 @@ class _Transfers:
         self.active.clear()
         if self.pool is not None:
             if self.reusable:
-                _checkin(self.url, self.connections, self.pool)
+                _checkin(self.pool)
             else:
                 self.pool.close()
 
     def _perform(self) -> None:
-        while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+        while self.pool.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
             pass
 
     def _fill(self) -> None:
@@ -312,7 +313,7 @@ class _Transfers:
         handle.setopt(pycurl.URL, f"{self.url}/{transfer.relpath}")
         handle.setopt(pycurl.WRITEFUNCTION, transfer.write)
         handle.setopt(pycurl.HEADERFUNCTION, transfer.header)
-        self.multi.add_handle(handle)
+        self.pool.multi.add_handle(handle)
 
     def _os_error(self, exc: OSError) -> None:
         self._fail(DiskFull(self.fits_dir, exc) if exc.errno in DISK_FULL_ERRNOS else exc)
@@ -320,7 +321,7 @@ class _Transfers:
     def _finish(self, handle: pycurl.Curl, code: int, message: str) -> None:
         """One attempt ended: the file takes its name, or the item fails, or it is asked for again."""
         transfer = self.active.pop(handle)
-        self.multi.remove_handle(handle)
+        self.pool.multi.remove_handle(handle)
         self.free.append(handle)
         transfer.close_file()
         transfer.attempts += 1
