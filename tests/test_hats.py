@@ -223,6 +223,8 @@ def test_card_names_exactly_the_main_catalog_files(split_build):
     for needle in ("Han & Brandt 2023", "10.17909/610m-9474", "lsdb.open_catalog", "load_dataset", "n_cadences",
                    "sector 23", "200 light curves", "Npix=<p>/", "no `_metadata`"):
         assert needle in text, needle
+    n_cadences_row = next(line for line in text.splitlines() if line.startswith("| `n_cadences` |"))
+    assert "every list of lightcurve is this long" in n_cadences_row and "padded" not in n_cadences_row
 
 
 # ---- bit for bit ----------------------------------------------------------------------------------------------------

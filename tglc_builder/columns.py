@@ -86,6 +86,7 @@ IDS_AND_POSITION = {
     "DEC": (_F8, "deg", "declination (ICRS), from the target list"),
 }
 N_CADENCES = ("n_cadences", _I4, "", "true length of the light curve; series are padded beyond it")
+N_CADENCES_NESTED = "true length of the light curve: every list of lightcurve is this long"  # HATS: no padding
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from huggingface_hub import DatasetCardData
 
 from .. import __version__
 from .. import tglc as tglc_script
-from ..columns import EXTRA_SCALARS, EXTRA_SERIES, IDS_AND_POSITION, N_CADENCES, SEED_SCALARS, SEED_SERIES, ColumnSet
+from ..columns import EXTRA_SCALARS, EXTRA_SERIES, IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, SEED_SCALARS, \
+    SEED_SERIES, ColumnSet
 
 CARD_FORMATS = ("hdf5", "hats")
 
@@ -142,6 +143,8 @@ def _column_rows(features: datasets.Features, kind: str) -> list[str]:
             is_series = not isinstance(feature, datasets.Value)
             rows.append(_row(name, f"(N, L) {_type(feature.feature)}" if is_series else f"(N,) {feature.dtype}",
                              *_DESCRIPTIONS.get(name, ('', ''))))
+        elif kind == "hats" and name == N_CADENCES[0]:  # the catalog's lists are trimmed, not padded
+            rows.append(_row(name, _type(feature), N_CADENCES[2], N_CADENCES_NESTED))
         else:
             rows.append(_row(name, _type(feature), *_DESCRIPTIONS.get(name, ('', ''))))
     return rows

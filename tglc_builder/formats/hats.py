@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__, layout
-from ..columns import IDS_AND_POSITION, N_CADENCES, ColumnSet
+from ..columns import IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, ColumnSet
 from ..errors import UsageError
 from .base import Block, RowSource, Shard, ShardSink, WriteError, Writer, write_error
 from .card import write_card
@@ -116,8 +116,7 @@ def arrow_schema(columns: ColumnSet) -> pa.Schema:
     for name in ("psf_flux_err", "aper_flux_err"):
         s = by_name[name]
         fields.append(_field(name, pa.from_numpy_dtype(s.dtype), s.unit, s.description))
-    fields.append(_field(N_CADENCES[0], pa.from_numpy_dtype(N_CADENCES[1]), N_CADENCES[2],
-                         "true length of the light curve: every list of lightcurve is this long"))
+    fields.append(_field(N_CADENCES[0], pa.from_numpy_dtype(N_CADENCES[1]), N_CADENCES[2], N_CADENCES_NESTED))
     fields += [_field(s.name, pa.from_numpy_dtype(s.dtype), s.unit, s.description) for s in extra_scalars(columns)]
     series = [_field(s.name, pa.list_(pa.field("element", pa.from_numpy_dtype(s.dtype))), s.unit, s.description)
               for s in columns.series]
