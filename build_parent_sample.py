@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 from dataclasses import replace
 from typing import Any
 
@@ -187,13 +186,14 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python build_parent_sample.py`` and ``tglc-build``."""
+    """The command line, run in this process; returns its exit status."""
     return cli.run(_main, argv)
 
 
+def console_main() -> None:
+    """Entry point of ``python build_parent_sample.py`` and ``tglc-build``: :func:`main` as the whole process."""
+    cli.run_as_process(main)
+
+
 if __name__ == "__main__":
-    status = main()
-    # The build has ended and said so: a Ctrl-C during the interpreter's shutdown must not turn its status into a
-    # KeyboardInterrupt traceback and a death by SIGINT.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise SystemExit(status)
+    console_main()

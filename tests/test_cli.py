@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from astropy.table import Table
@@ -115,3 +116,34 @@ def test_build_dataset_sh_fails_loudly(tmp_path):
                             cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "cannot fetch" in result.stderr
+
+
+def test_the_command_loads_healpy_without_its_plotting_and_lifts_the_block(tmp_path):
+    """The command's process imports healpy without matplotlib (~0.5 s before the first download); pixels are the
+    same, and matplotlib can still be imported afterwards. A process that imported matplotlib first is left alone."""
+    code = (
+        "import sys; from tglc_builder import cli; cli.import_healpy_without_plotting(); "
+        "assert 'matplotlib' not in sys.modules and not hasattr(sys.modules['healpy'], 'mollview'); "
+        "import healpy, numpy as np; "
+        "print(healpy.ang2pix(16, np.array([332.6683820898813, 0.0]), np.array([-65.51867725247051, 90.0]), "
+        "lonlat=True, nest=True).tolist()); "
+        "import matplotlib; print('matplotlib', bool(matplotlib.__version__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    whole = subprocess.run([sys.executable, "-c", "import healpy, numpy as np; print(healpy.ang2pix(16, "
+                            "np.array([332.6683820898813, 0.0]), np.array([-65.51867725247051, 90.0]), lonlat=True, "
+                            "nest=True).tolist())"], capture_output=True, text=True, env=run_env(), cwd=tmp_path)
+    assert out.stdout.splitlines() == [whole.stdout.strip(), "matplotlib True"]
+    first = ("import sys, matplotlib; from tglc_builder import cli; cli.import_healpy_without_plotting(); "
+             "import healpy; assert hasattr(healpy, 'mollview')")
+    assert subprocess.run([sys.executable, "-c", first], env=run_env(), cwd=tmp_path).returncode == 0
+
+
+def test_the_console_script_is_the_same_command(tmp_path):
+    script = shutil.which("tglc-build", path=str(Path(sys.executable).parent))
+    assert script is not None, "tglc-build is installed with the package (pip install -e .)"
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, env=run_env(), cwd=tmp_path)
+    ours = subprocess.run([sys.executable, str(REPO / "build_parent_sample.py"), "--help"], capture_output=True,
+                          text=True, env=run_env(), cwd=tmp_path)
+    assert out.returncode == 0 == ours.returncode
+    assert out.stdout == ours.stdout
