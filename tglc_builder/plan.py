@@ -28,6 +28,11 @@ def unit_rows(sector: int) -> int:
     return rows_per_shard(sector) // 5
 
 
+def min_unit_rows(max_rows: int) -> int:
+    """The fewest rows the last, shrinking work units group (see :func:`work_units`): a tenth of the most."""
+    return max(1, max_rows // 10)
+
+
 @dataclass
 class ShardTask:
     """A shard some format still needs: which formats, and an earlier whole file of it whose rows can be carried
@@ -96,21 +101,24 @@ def _holds_exactly(ids: np.ndarray | None, shard: Shard) -> bool:
     return ids is not None and np.array_equal(np.asarray(ids, np.int64), shard.gaiadr3_id)
 
 
-def work_units(pending: list[ShardTask], workers: int, max_rows: int) -> list[list[ShardTask]]:
+def work_units(pending: list[ShardTask], workers: int, max_rows: int, min_rows: int = 1) -> list[list[ShardTask]]:
     """Group the pending shards (largest first) into work units of decreasing size.
 
     One unit streams its fetches across all its shards, so a unit's start and end (the idle connections of its
-    last files, a pool starting the next unit) are paid once for many small pixels; units shrink towards the end
-    (a share of what is left, as in guided self-scheduling), so the workers finish together. A unit holds at most
-    ``max_rows`` rows unless one shard alone is larger.
+    last files, its last file's write and check, the next unit's first round trip: ~0.1 s of its worker's
+    connections) are paid once for many small pixels; units shrink towards the end (a share of what is left, as in
+    guided self-scheduling), so the workers finish together, but only the last is smaller than ``min_rows`` rows:
+    below that, their ends would cost more than the workers' unequal finish. A unit holds at most ``max_rows`` rows
+    unless one shard alone is larger.
     """
     remaining = sum(len(task.shard) for task in pending)
     units: list[list[ShardTask]] = []
     current: list[ShardTask] = []
     size = 0
     for task in pending:
-        target = min(max_rows, max(1, remaining // (2 * workers)))
-        if current and size + len(task.shard) > target:
+        target = min(max_rows, max(min_rows, remaining // (2 * workers)))
+        grown = size + len(task.shard)
+        if current and grown > target and (size >= min_rows or grown > max_rows):
             units.append(current)
             current, size = [], 0
         current.append(task)

@@ -80,7 +80,8 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
         pending = [replace(task, shard=task.shard.take(~np.isin(task.shard.gaiadr3_id, skip))) for task in pending]
     settings = units.UnitSettings(args.sector, source, str(args.fits_dir), tuple(writers), args.column_set,
                                   args.clean_fits, args.block_rows)
-    work = plan.work_units(pending, executor.workers, args.unit_rows or plan.unit_rows(args.sector))
+    max_rows = args.unit_rows or plan.unit_rows(args.sector)
+    work = plan.work_units(pending, executor.workers, max_rows, plan.min_unit_rows(max_rows))
     tasks = [(unit, settings) for unit in work]
     total = sum(len(task.shard) for task in pending)
     log.info("Plan: %d shard file(s) in %d pixel(s); %d light curves to write in %d work unit(s), %d already "
