@@ -357,8 +357,8 @@ def test_fetch_many_end_to_end(tmp_path, client):
         source = HttpSource(archive.url, connections=4, max_attempts=5, client=client)
         fits = tmp_path / "fits"
 
-        def validate(path: Path, i: int) -> None:
-            read_tglc(path, items[i][0])
+        def validate(path: Path, i: int):
+            return read_tglc(path, items[i][0])
 
         results = list(source.fetch_many(items, fits, validate, lambda: False))
         assert [i for i, _ in results] == list(range(13))
@@ -367,6 +367,8 @@ def test_fetch_many_end_to_end(tmp_path, client):
                 continue
             assert isinstance(outcome, Fetched) and outcome.downloaded and outcome.path == fits / items[i][1]
             assert outcome.path.read_bytes() == archive.sector.fits_bytes(i)
+            # what the check read (of the attempt that arrived whole) comes with it, so it is not read again
+            assert outcome.checked.data.tobytes() == read_tglc(outcome.path).data.tobytes()
         invalid, absent = results[3][1], results[12][1]
         assert isinstance(invalid, Failure) and invalid.stage == "download" and "invalid file" in invalid.reason
         assert not (fits / items[3][1]).exists()
@@ -377,7 +379,8 @@ def test_fetch_many_end_to_end(tmp_path, client):
 
         before = archive.fits_requests()
         again = list(source.fetch_many(items, fits, validate, lambda: False))
-        assert all(isinstance(o, Fetched) and not o.downloaded for i, o in again if i not in (3, 12))
+        assert all(isinstance(o, Fetched) and not o.downloaded and o.checked is None for i, o in again
+                   if i not in (3, 12))
         after = archive.fits_requests()
         assert {p for p in after if after[p] != before.get(p)} == {items[3][1], missing}
 

@@ -276,6 +276,7 @@ def test_s3_fetches_exact_bytes_anonymously(s3_env, proxy, sector, items, tmp_pa
             continue
         assert outcome == Fetched(fits_dir / items[i][1], downloaded=True, attempts=1)
         assert outcome.path.read_bytes() == sector.fits_bytes(i)
+        assert outcome.checked.data.tobytes() == read_tglc(outcome.path).data.tobytes()  # read once, kept
     # anonymous: no request was signed
     assert proxy.requests and not any("Authorization" in headers for _, headers in proxy.requests)
 

@@ -238,7 +238,7 @@ def temporary_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
 
 
-def download_file(session: Session, url: str, dest: Path, *, validate: Callable[[Path], None] | None = None,
+def download_file(session: Session, url: str, dest: Path, *, validate: Callable[[Path], object] | None = None,
                   quarantine: Path | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                   backoff: float = DEFAULT_BACKOFF, progress: bool = False,
                   stopping: Callable[[], bool] = executor.stopping) -> Download:

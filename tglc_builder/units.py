@@ -58,10 +58,12 @@ class UnitResult:
 
 
 def _validator(rows: list[tuple[Shard, int]], sector: int):
-    """Check that item ``i``'s file is the light curve its path names (object, sector, camera, CCD)."""
-    def validate(path: Path, i: int) -> None:
+    """Check that item ``i``'s file is the light curve its path names (object, sector, camera, CCD) and return it,
+    read with its own memory: the conversion takes it from the source's outcome instead of reading the file again."""
+    def validate(path: Path, i: int) -> TGLCLightCurve:
         shard, j = rows[i]
-        read_tglc(path, int(shard.gaiadr3_id[j]), sector=sector, camera=int(shard.cam[j]), ccd=int(shard.ccd[j]))
+        return read_tglc(path, int(shard.gaiadr3_id[j]), sector=sector, camera=int(shard.cam[j]),
+                         ccd=int(shard.ccd[j]))
     return validate
 
 
@@ -303,11 +305,12 @@ def _read(outcome: Fetched | Failure, shard: Shard, row: int, settings: UnitSett
         result.downloaded += 1
     else:
         result.present += 1
+    if isinstance(outcome.checked, TGLCLightCurve):  # read and checked as it arrived (_validator)
+        return outcome.checked
     gaia, relpath = int(shard.gaiadr3_id[row]), shard.path[row].decode()
     try:
-        curve = read_tglc(outcome.path, gaia, buffer, sector=settings.sector, camera=int(shard.cam[row]),
-                          ccd=int(shard.ccd[row]))
-        return curve
+        return read_tglc(outcome.path, gaia, buffer, sector=settings.sector, camera=int(shard.cam[row]),
+                         ccd=int(shard.ccd[row]))
     except InvalidTGLCFile as exc:
         reason = str(exc)
         if settings.source.owns_files and _inside(outcome.path, Path(settings.fits_dir)):  # a mirror's stays put

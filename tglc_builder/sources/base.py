@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import Failure
 
@@ -46,6 +47,8 @@ class Fetched:
     path: Path
     downloaded: bool  # fetched now (False: already in fits_dir, or read in place from a mirror)
     attempts: int = 0
+    # What validate() returned for it (the light curve it read: not part of its identity), or None: read path.
+    checked: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -56,8 +59,9 @@ class ListingCopy:
     validators: dict[str, str] = field(default_factory=dict)  # e.g. Content-Length, ETag, Last-Modified
 
 
-# validate(path, i): raise ValueError (reader.InvalidTGLCFile) when the file at ``path`` is not item i's light curve.
-Validator = Callable[[Path, int], None]
+# validate(path, i): raise ValueError (reader.InvalidTGLCFile) when the file at ``path`` is not item i's light curve;
+# what it returns (the light curve it read) comes back as Fetched.checked, so that the file need not be read twice.
+Validator = Callable[[Path, int], Any]
 
 
 class Source(abc.ABC):

@@ -364,14 +364,14 @@ class _Transfers:
 
     def _accept(self, transfer: _Transfer) -> Fetched | Failure:
         try:
-            self.validate(transfer.tmp, transfer.index)
+            checked = self.validate(transfer.tmp, transfer.index)
         except ValueError as exc:
             quarantine = quarantine_path(self.fits_dir, transfer.relpath)
             quarantine.parent.mkdir(parents=True, exist_ok=True)
             os.replace(transfer.tmp, quarantine)
             return self._failure(transfer, f"invalid file: {exc}")
         os.replace(transfer.tmp, transfer.dest)
-        return Fetched(transfer.dest, downloaded=True, attempts=transfer.attempts)
+        return Fetched(transfer.dest, downloaded=True, attempts=transfer.attempts, checked=checked)
 
     def _failure(self, transfer: _Transfer, reason: str) -> Failure:
         return Failure(transfer.gaia, transfer.relpath, "download", reason, transfer.attempts)

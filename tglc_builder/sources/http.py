@@ -115,12 +115,13 @@ class HttpSource(Source):
         dest = fits_dir / relpath
         if is_present(dest):
             return Fetched(dest, downloaded=False)
+        checked = []  # what validate() returned for the attempt that succeeded
         try:
             if dest.parent.is_dir():
                 for debris in dest.parent.glob(f".{dest.name}.part-*"):  # of a run that was killed
                     debris.unlink(missing_ok=True)
             download = net.download_file(session, f"{self.url}/{relpath}", dest,
-                                         validate=lambda tmp: validate(tmp, i),
+                                         validate=lambda tmp: checked.append(validate(tmp, i)),
                                          quarantine=quarantine_path(fits_dir, relpath),
                                          max_attempts=self.max_attempts, stopping=stop)
         except net.Stopped:
@@ -132,4 +133,4 @@ class HttpSource(Source):
                 raise
             halt.set()  # no other download starts
             raise DiskFull(fits_dir, exc) from exc
-        return Fetched(dest, downloaded=True, attempts=download.attempts)
+        return Fetched(dest, downloaded=True, attempts=download.attempts, checked=checked[-1])

@@ -250,7 +250,7 @@ class S3Source(Source):
         dest = fits_dir / relpath
         try:
             try:
-                validate(tmp, i)
+                checked = validate(tmp, i)
             except ValueError as exc:
                 bad = quarantine_path(fits_dir, relpath)
                 bad.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +261,7 @@ class S3Source(Source):
             if exc.errno in DISK_FULL_ERRNOS:
                 raise DiskFull(fits_dir, exc) from None
             raise
-        return Fetched(dest, downloaded=True, attempts=attempts)
+        return Fetched(dest, downloaded=True, attempts=attempts, checked=checked)
 
 
 def _temporary_name(fits_dir: Path, relpath: str) -> Path | None:
