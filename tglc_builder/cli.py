@@ -7,7 +7,6 @@ import gc
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -175,7 +174,7 @@ def run(main: Callable[[argparse.Namespace], int], argv: Sequence[str] | None = 
 def run_as_process(main: Callable[[], int]) -> NoReturn:
     """Run the command's ``main`` as the whole process (``python build_parent_sample.py``, ``tglc-build``) and exit
     with its status. What is done here suits only a process that ends with the build, never the Python API's."""
-    threading.Thread(target=import_healpy_without_plotting, name="tglc-imports").start()
+    import_healpy_without_plotting()  # first, in this thread: no other import may find matplotlib refused
     status = main()
     # The build has ended and said so: a Ctrl-C during the interpreter's shutdown must not turn its status into a
     # KeyboardInterrupt traceback and a death by SIGINT.
@@ -191,7 +190,8 @@ def import_healpy_without_plotting() -> None:
     """Import healpy without its plotting functions: they import matplotlib, ~0.5 s of the ~1.7 s before a build's
     first download, and a build never plots. ``import matplotlib`` fails while healpy loads, which healpy allows for
     (matplotlib is optional to it); it works again afterwards. Only for a process that plots nothing with healpy:
-    the command line's, not the Python API's (a notebook's healpy keeps ``mollview``)."""
+    the command line's, not the Python API's (a notebook's healpy keeps ``mollview``), and while no other thread
+    imports (``hats`` imports matplotlib)."""
     if "healpy" in sys.modules or "matplotlib" in sys.modules:
         return
     sys.modules["matplotlib"] = None  # type: ignore[assignment] - the documented way to make an import fail
