@@ -47,6 +47,13 @@ def test_a_large_shard_is_a_unit_of_its_own():
     assert [len(unit) for unit in units] == [1, 2]
 
 
+def test_a_small_build_still_gives_every_worker_units():
+    tasks = [shard(p, n) for p, n in enumerate([30, 20, 15, 10, 10, 8, 4, 2, 1])]  # 100 rows, as --tiny
+    for workers in (2, 4):
+        units = plan.work_units(tasks, workers=workers, max_rows=2000, min_rows=200)
+        assert len(units) >= workers and [t for unit in units for t in unit] == tasks
+
+
 def test_the_floor_is_a_tenth_of_the_most():
     assert plan.min_unit_rows(plan.unit_rows(23)) == 200  # 30-minute cadence: units of 200 to 2,000 rows
     assert plan.min_unit_rows(5) == 1

@@ -108,10 +108,12 @@ def work_units(pending: list[ShardTask], workers: int, max_rows: int, min_rows: 
     last files, its last file's write and check, the next unit's first round trip: ~0.1 s of its worker's
     connections) are paid once for many small pixels; units shrink towards the end (a share of what is left, as in
     guided self-scheduling), so the workers finish together, but only the last is smaller than ``min_rows`` rows:
-    below that, their ends would cost more than the workers' unequal finish. A unit holds at most ``max_rows`` rows
-    unless one shard alone is larger.
+    below that, their ends would cost more than the workers' unequal finish. (A build too small for that floor to
+    give every worker two units, such as ``--tiny``, has a lower one.) A unit holds at most ``max_rows`` rows unless
+    one shard alone is larger.
     """
     remaining = sum(len(task.shard) for task in pending)
+    min_rows = max(1, min(min_rows, remaining // (2 * workers)))
     units: list[list[ShardTask]] = []
     current: list[ShardTask] = []
     size = 0
