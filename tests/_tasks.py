@@ -119,3 +119,48 @@ def die_once_while_busy(marker: str, tag: str, seconds: float) -> str:
         executor.stopping()
         throttle.wait(executor.stopping)
     return tag
+
+
+def hand_over_then(after: float, busy: float, tag: str = "") -> tuple[int, float, float]:
+    """Hand the worker over after ``after`` seconds (as a unit does once its last download is asked for), then stay
+    busy ``busy`` seconds; return this process's id and when the task started and ended (``time.time()``)."""
+    started = time.time()
+    release = executor.hand_over()
+    time.sleep(after)
+    release()
+    release()  # a second call changes nothing
+    time.sleep(busy)
+    return os.getpid(), started, time.time()
+
+
+def busy_for(seconds: float) -> tuple[int, float, float]:
+    """Never hands over: its worker takes nothing else until it ends."""
+    started = time.time()
+    time.sleep(seconds)
+    return os.getpid(), started, time.time()
+
+
+def die_after_hand_over(after: float) -> None:
+    """Hands over, then is killed as the OOM killer would, every time: beside whatever task its worker took next."""
+    executor.hand_over()()
+    time.sleep(after)
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)
+
+
+def raise_os_error(path: str) -> None:
+    """A task's own exception (an OSError, as a worker's broken pipe would also be) reaches the driver."""
+    raise FileNotFoundError(2, "No such file or directory", path)
+
+
+def count_runs(marker: str, seconds: float) -> int:
+    """Records each time it starts (a line in ``marker``), then stays busy ``seconds``; returns how often it ran."""
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return len(Path(marker).read_text().splitlines())
+
+
+def dispatch_hand_over(kind: str, args: tuple):
+    return {"die": die_after_hand_over, "hand": hand_over_then, "busy": busy_for, "die_once": die_once,
+            "count": count_runs}[kind](*args)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,3 +190,66 @@ def test_kill_ends_the_workers_at_once(tmp_path):
         started = time.monotonic()
         ex.close()
     assert time.monotonic() - started < 3
+
+
+def _overlaps(spans) -> list[tuple]:
+    """Pairs of tasks that ran at the same time in the same process."""
+    spans = sorted(spans, key=lambda s: s[1])
+    return [(a, b) for k, a in enumerate(spans) for b in spans[k + 1:] if a[0] == b[0] and b[1] < a[2]]
+
+
+def test_a_task_that_hands_over_lets_its_worker_start_the_next_beside_it():
+    """The next task starts in the same process as soon as the one before hands over, not when it ends; never
+    more than two at once in a process, and never beside a task that has not handed over."""
+    with Executor(2) as ex:
+        spans = _run(ex, _tasks.hand_over_then, [(0.1, 0.6)] * 6)
+        solo = _run(ex, _tasks.busy_for, [(0.3,)] * 4)
+    overlapping = _overlaps(spans)
+    assert overlapping  # 6 tasks of 0.7 s on 2 workers: the second of a worker starts 0.1 s into the first
+    for a, b in overlapping:
+        assert b[1] - a[1] >= 0.09  # not before the first handed over
+    by_pid = {}
+    for span in spans:
+        by_pid.setdefault(span[0], []).append(span)
+    for mine in by_pid.values():  # at most two at once in a process
+        for span in mine:  # running when it started, itself included
+            assert sum(1 for other in mine if other[1] <= span[1] < other[2]) <= 2
+    assert len(by_pid) == 2 and _overlaps(solo) == []
+
+
+def test_a_task_dying_beside_another_loses_only_itself(caplog):
+    """Both tasks of a dead worker run again, each alone; the one that kills its worker again is lost."""
+    tasks = [("die", (0.3,)), ("hand", (0.05, 0.6))] + [("busy", (0.5,))] * 4  # a busy one is beside it
+    with Executor(2) as ex:
+        results = _run(ex, _tasks.dispatch_hand_over, tasks)
+    lost = [r for r in results if r[0] == "lost"]
+    assert lost == [("lost", ("die", (0.3,)))]
+    assert len(results) == len(tasks) and all(len(r) == 3 for r in results if r[0] != "lost")
+    assert "killed by signal SIGKILL" in caplog.text
+
+
+def test_a_worker_death_leaves_the_other_workers_task_running(tmp_path):
+    """Unlike a broken ProcessPoolExecutor's, the other worker's task is not interrupted nor run again."""
+    runs = tmp_path / "runs"
+    tasks = [("count", (str(runs), 2.0)), ("die_once", (str(tmp_path / "died"), "survivor"))]
+    with Executor(2) as ex:
+        results = _run(ex, _tasks.dispatch_hand_over, tasks)
+    assert sorted(results, key=str) == [1, "survivor"]
+    assert len(runs.read_text().splitlines()) == 1 and (tmp_path / "died").exists()
+
+
+def test_a_tasks_own_exception_is_raised_in_the_driver(tmp_path):
+    with Executor(2) as ex:
+        with pytest.raises(FileNotFoundError) as raised:
+            _run(ex, _tasks.raise_os_error, [(str(tmp_path / "missing"),)])
+        assert raised.value.filename == str(tmp_path / "missing")
+        assert sorted(_run(ex, _tasks.square, [(i,) for i in range(4)])) == [0, 1, 4, 9]  # and it goes on
+
+
+def test_ctrl_c_cannot_kill_a_worker_still_starting():
+    """A Ctrl-C goes to the whole process group: a worker still importing must survive it (no traceback) and
+    serve the build, also the first one started (whose start also starts multiprocessing's resource tracker)."""
+    script = Path(__file__).with_name("_ctrl_c_while_warming.py")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "True"] and "KeyboardInterrupt" not in done.stderr, done.stderr

@@ -410,6 +410,32 @@ def test_fetch_many_runs_at_most_a_window_ahead_of_its_consumer(tmp_path, client
 
 
 @CLIENTS
+def test_a_call_beside_the_one_that_started_all_its_downloads_shares_its_connections(tmp_path, client):
+    """The next work unit starts once a unit's last download has started (``started_all``, see executor.hand_over):
+    both calls share the process's connections, and never have more in flight together than it was given."""
+    with LocalArchive(sector=23, n=12, seed=5, latency=0.2) as archive:
+        items = _items(archive, 12)
+        source = HttpSource(archive.url, connections=3, client=client)
+        beside: list = []
+        threads: list[threading.Thread] = []
+
+        def start_the_next():  # as the worker does when the unit hands over
+            fetch = source.fetch_many(items[4:], tmp_path, lambda path, i: None, lambda: False)
+            threads.append(threading.Thread(target=lambda: beside.extend(fetch)))
+            threads[-1].start()
+
+        first = list(source.fetch_many(items[:4], tmp_path, lambda path, i: None, lambda: False,
+                                       started_all=start_the_next))
+        assert len(threads) == 1  # once, while the first call still ran
+        threads[0].join(30)
+        # Three in flight from the first call, then its last beside two of the next: four without a shared budget.
+        assert archive.most_in_flight() == 3
+    assert [i for i, _ in first] == [0, 1, 2, 3] and [i for i, _ in beside] == list(range(8))
+    for i, outcome in first + [(i + 4, outcome) for i, outcome in beside]:
+        assert outcome.downloaded and outcome.path.read_bytes() == archive.sector.fits_bytes(i)
+
+
+@CLIENTS
 def test_fetch_many_stops_cleanly(tmp_path, client):
     with LocalArchive(sector=23, n=40, seed=5, latency=0.1) as archive:
         items = _items(archive, 40)

@@ -241,7 +241,7 @@ def test_a_killed_worker_process_is_retried(tmp_path):
         assert workers, "no worker process found"
         os.kill(workers[0], signal.SIGKILL)  # as the OOM killer would
         _, stderr = process.communicate(timeout=300)
-    # the pool broke: its unfinished tasks ran again on a new one, so nothing was lost
+    # the dead worker's units ran again in a new process, so nothing was lost
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "died" in stderr
     assert not (killed / "data" / "s0023" / "failures.csv").exists()

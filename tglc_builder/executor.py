@@ -7,14 +7,16 @@ stage writes under a temporary name and renames, and skips what is already compl
 build, so its worker processes start once.
 
 Inside a task, :func:`stopping` says when the driver was interrupted (finish the file at hand, then return),
-:func:`advance` reports progress as it happens (a local pool's bar moves per file, not per task) and
-:func:`shared_value` gives values every process of the pool shares (e.g. a pause the archive asked for). This
-module knows nothing of what the tasks do.
+:func:`advance` reports progress as it happens (a local pool's bar moves per file, not per task),
+:func:`shared_value` gives values every process of the pool shares (e.g. a pause the archive asked for) and
+:func:`hand_over` lets a task that is winding down (its last downloads started, only their arrival and its last
+write left) give its worker the next task beside it, so that the worker's connections never wait for a task's end
+and the next one's start. This module knows nothing of what the tasks do.
 
 What the processes share is plain shared memory with no lock (``RawValue``/``RawArray``), each value with one
-writer or tolerant of a lost update: a worker can be SIGKILLed at any instruction, and one that dies holding a
-lock shared with the driver (``multiprocessing.Value``'s, or an ``Event``'s) leaves the driver and every other
-worker waiting on it for good.
+writer or tolerant of a lost update, and a pipe between the driver and each worker: a worker can be SIGKILLed at
+any instruction, and one that dies holding a lock shared with the driver (``multiprocessing.Value``'s, an
+``Event``'s, a ``multiprocessing.Queue``'s) leaves the driver and every other worker waiting on it for good.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ import importlib
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for_any
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -41,8 +47,13 @@ TASK_RETRIES = 1  # a task whose worker process died is run again this many time
 # Values shared by every worker of a local pool: name -> (ctypes code, initial value).
 SHARED_VALUES = {"throttle": ("d", 0.0)}
 
-_worker: dict[str, Any] = {"stop": None, "progress": None, "shared": {}, "slots": None, "slot": 0}
+_worker: dict[str, Any] = {"stop": None, "progress": None, "shared": {}, "slot": 0}
 _progress_lock = threading.Lock()  # the threads of one process (a unit's downloads); never another process's
+_lane = threading.local()  # in a worker process, the thread running a task: its ``task`` (send, index)
+
+
+class WorkerDied(Exception):
+    """The local worker process running a task ended without returning its result (killed, out of memory)."""
 
 
 def stopping() -> bool:
@@ -64,19 +75,33 @@ def advance(units: int = 1) -> None:
             progress[_worker["slot"]] += units
 
 
-def _init_worker(stop, progress, shared: dict, in_pool: bool, slots=None, claimed=None,
-                 preload: Sequence[str] = ()) -> None:
+def _nothing() -> None:
+    pass
+
+
+def hand_over() -> Callable[[], None]:
+    """For the task running in this thread: a function to call (once, from any of its threads) when what is left
+    of the task no longer needs its whole worker, e.g. once its last download is requested. The worker then starts
+    its next task beside it. A no-op outside a local worker process (one process, or Dask)."""
+    lane = getattr(_lane, "task", None)
+    if lane is None:
+        return _nothing
+    send, index = lane
+    sent: list[bool] = []
+
+    def release() -> None:
+        if not sent:
+            sent.append(True)
+            send(("more", index))
+
+    return release
+
+
+def _init_worker(stop, progress, shared: dict, in_pool: bool, slot: int = 0, preload: Sequence[str] = ()) -> None:
     if in_pool:
         # Ctrl-C is the driver's to handle: it sets ``stop``, and tasks end at the next file.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    slot = 0
-    if claimed is not None:  # this process's slot in ``progress`` and its pair in ``slots`` (pid, task or -1)
-        # The one lock shared across processes: each pool has its own ``claimed``, taken once per process at its
-        # start and never by the driver, so a process that dies holding it can only break its own pool.
-        with claimed.get_lock():
-            slot, claimed.value = claimed.value, claimed.value + 1
-        slot %= len(progress)
-    _worker.update(stop=stop, progress=progress, shared=shared, slots=slots, slot=slot)
+    _worker.update(stop=stop, progress=progress, shared=shared, slot=slot)
     for name in preload:
         try:
             importlib.import_module(name)
@@ -84,27 +109,50 @@ def _init_worker(stop, progress, shared: dict, in_pool: bool, slots=None, claime
             pass
 
 
-def _ready() -> None:
-    """The task Executor.warm_up gives each worker: the workers exist once it is submitted."""
+def _serve(conn: Connection, stop, progress, shared: dict, slot: int, preload: Sequence[str]) -> None:
+    """A local worker process: runs each task the driver sends, in a thread of its own (two at once at most: the
+    driver sends the next one only when the current one hands over or ends), until the driver closes the pipe."""
+    _init_worker(stop, progress, shared, in_pool=True, slot=slot, preload=preload)
+    lock = threading.Lock()  # the task threads share the pipe
+
+    def send(message: tuple) -> None:
+        try:
+            with lock:
+                conn.send(message)
+        except OSError:  # the driver is gone or closing: nobody waits for this any more
+            pass
+
+    threads: list[threading.Thread] = []
+    while True:
+        try:
+            index, payload = conn.recv()
+        except (EOFError, OSError):
+            break
+        thread = threading.Thread(target=_run_task, args=(send, index, payload), name=f"tglc-task-{index}")
+        thread.start()
+        threads = [t for t in threads if t.is_alive()] + [thread]
+    for thread in threads:
+        thread.join()
 
 
-def _tracked(index: int, function: Callable[..., Any], *args: Any) -> Any:
-    """Run a task, recording in the shared slots which task this process runs, so that when a worker dies the
-    driver knows whose task it was (ProcessPoolExecutor fails every unfinished task of the pool alike)."""
-    slots, at = _worker["slots"], 2 * _worker["slot"]
-    if slots is not None:
-        slots[at], slots[at + 1] = os.getpid(), index
+def _run_task(send: Callable[[tuple], None], index: int, payload: bytes) -> None:
+    _lane.task = (send, index)
     try:
-        return function(*args)
-    finally:
-        if slots is not None:
-            slots[at + 1] = -1
+        function, args = pickle.loads(payload)
+        ok, value = True, function(*args)
+    except BaseException as exc:  # noqa: BLE001 - raised again in the driver, as ProcessPoolExecutor does
+        ok, value = False, exc
+    try:
+        send(("done", index, ok, value))
+    except Exception as exc:  # noqa: BLE001 - what it returned (or raised) does not pickle
+        send(("done", index, False, RuntimeError(f"a task's {'result' if ok else 'error'} could not be sent "
+                                                 f"back: {exc}")))
 
 
 @contextmanager
 def _sigint_blocked() -> Iterator[None]:
-    """Around ``submit()``, which starts worker processes: they inherit SIGINT blocked, so a Ctrl-C sent to the whole
-    process group cannot kill one still importing (with a traceback) before its initializer ignores it."""
+    """Around starting a worker process: it inherits SIGINT blocked, so a Ctrl-C sent to the whole process group
+    cannot kill one still importing (with a traceback) before it ignores SIGINT."""
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
@@ -112,18 +160,37 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+class _Process:
+    """The driver's end of one local worker process: its pipe, and the tasks it holds (index -> handed over)."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection, slot: int):
+        self.process, self.conn, self.slot = process, conn, slot
+        self.held: dict[int, bool] = {}
+        self.alone = False  # it holds a task that must run with no other beside it
+
+    def has_room(self, alone: bool) -> bool:
+        """Whether it can take a task now (``alone``: one that must run with no other beside it)."""
+        if not self.held:
+            return True
+        return not alone and not self.alone and len(self.held) < 2 and all(self.held.values())
+
+
 class Executor:
     """Runs tasks over ``n_processes`` local processes (in a thread of this process when 1, so Ctrl-C stays
-    responsive), or on the cluster of a ``dask.distributed.Client``. Close it (or use ``with``) when done."""
+    responsive), or on the cluster of a ``dask.distributed.Client``. Close it (or use ``with``) when done.
+
+    The local pool is written here rather than taken from ``concurrent.futures``: a ``ProcessPoolExecutor`` gives a
+    process its next task only once the current one has returned (so a unit's end left its worker's connections
+    idle), and one dead worker breaks the whole pool, failing every other worker's task with it."""
 
     def __init__(self, n_processes: int = 1, client: Any = None, stop_grace: float = STOP_GRACE):
         self.n_processes, self.client, self.stop_grace = n_processes, client, stop_grace
-        self._pool: ProcessPoolExecutor | ThreadPoolExecutor | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._processes: list[_Process] = []
         self._context = multiprocessing.get_context("spawn")  # no fork: the driver may hold threads (the demo)
         self._stop = self._context.RawValue("b", 0)
         self._progress = self._context.RawArray("q", n_processes)  # units done, one slot per process
         self._shared = {name: self._context.RawValue(code, value) for name, (code, value) in SHARED_VALUES.items()}
-        self._slots = self._context.RawArray("q", 2 * n_processes)
 
     @property
     def workers(self) -> int:
@@ -148,42 +215,39 @@ class Executor:
 
     def close(self) -> None:
         """Stop the workers. Tasks still running get ``stop_grace`` seconds, then their processes are killed,
-        so closing never hangs (``ProcessPoolExecutor.shutdown`` can wait for good on a task being cancelled)."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        if isinstance(pool, ThreadPoolExecutor):
-            pool.shutdown(wait=True, cancel_futures=True)
+        so closing never hangs."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=True, cancel_futures=True)
             _init_worker(None, None, {}, in_pool=False)
-            return
-        processes = list((pool._processes or {}).values())  # noqa: SLF001 - the only handle on the processes
-        pool.shutdown(wait=False, cancel_futures=True)
+        processes, self._processes = self._processes, []
+        for worker in processes:
+            worker.conn.close()  # a worker ends once its tasks have
         deadline = time.monotonic() + self.stop_grace
         try:
-            for process in processes:
-                process.join(max(0.0, deadline - time.monotonic()))
+            for worker in processes:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
         finally:  # also when a second Ctrl-C interrupts the wait: then at once
-            for process in processes:
-                if process.is_alive():
-                    process.kill()
-                    process.join(5)
+            for worker in processes:
+                if worker.process.is_alive():
+                    worker.process.kill()
+                    worker.process.join(5)
 
     def kill(self) -> None:
         """End every worker process at once (a second Ctrl-C)."""
-        pool = self._pool
-        if isinstance(pool, ProcessPoolExecutor):
-            for process in list((pool._processes or {}).values()):  # noqa: SLF001
-                process.kill()
+        for worker in list(self._processes):
+            worker.process.kill()
 
     def run(self, function: Callable[..., Any], tasks: Sequence[tuple], *, total: int, desc: str, unit: str,
             weights: Sequence[int], lost: Callable[[tuple, BaseException], Any]) -> Iterator[Any]:
         """Run ``function(*task)`` for every task and yield the results as they complete.
 
         ``total`` units of work in all, of which task ``i`` is ``weights[i]``; a bar shows them. A task whose
-        worker died (a local process killed, OOM) is run again (:data:`TASK_RETRIES` times; Dask applies its own
-        ``allowed-failures``); one that keeps dying yields ``lost(task, error)`` instead, so the stage reports its
-        rows as failures and the rest of the build goes on. On Ctrl-C the tasks are asked to stop, the workers are
-        stopped within seconds and ``KeyboardInterrupt`` propagates.
+        worker died (a local process killed, OOM) is run again (:data:`TASK_RETRIES` times, with no other task
+        beside it; Dask applies its own ``allowed-failures``); one that keeps dying yields ``lost(task, error)``
+        instead, so the stage reports its rows as failures and the rest of the build goes on. An exception a task
+        raises is raised here. On Ctrl-C the tasks are asked to stop, the workers are stopped within seconds and
+        ``KeyboardInterrupt`` propagates.
         """
         if not tasks:
             return
@@ -192,97 +256,119 @@ class Executor:
             try:
                 if self.client is not None:
                     yield from self._run_dask(function, tasks, weights, lost, bar)
+                elif self.n_processes == 1:
+                    yield from self._run_in_thread(function, tasks, bar)
                 else:
-                    yield from self._run_local(function, tasks, weights, lost, bar)
+                    yield from self._run_local(function, tasks, lost, bar)
             except BaseException:
                 self._stop.value = 1
                 raise
 
     def warm_up(self, *modules: str) -> None:
         """Start the local worker processes now, each importing ``modules`` (what the tasks will need) as it starts,
-        while the driver goes on (reading the listings, building the catalog). Best effort: a pool started later
-        (after a worker died) imports nothing ahead. A no-op on Dask and with one process."""
-        if self.client is not None or self.n_processes == 1 or self._pool is not None:
-            return
-        pool = self._local_pool(preload=modules)
-        try:
+        while the driver goes on (reading the listings, building the catalog). Best effort: a process started later
+        (in place of one that died) imports nothing ahead. A no-op on Dask and with one process."""
+        if self.client is None and self.n_processes > 1 and not self._processes:
+            self._start_processes(preload=modules)
+
+    def _start_processes(self, preload: Sequence[str] = ()) -> None:
+        """Start a process for every slot that has none."""
+        # The first process started in a spawn context starts multiprocessing's resource tracker, and unblocks
+        # SIGINT after it: started beforehand, it cannot undo _sigint_blocked.
+        resource_tracker.ensure_running()
+        taken = {worker.slot for worker in self._processes}
+        for slot in range(self.n_processes):
+            if slot in taken:
+                continue
+            parent, child = self._context.Pipe()
+            process = self._context.Process(target=_serve, name=f"tglc-worker-{slot}", daemon=True,
+                                            args=(child, self._stop, self._progress, self._shared, slot,
+                                                  tuple(preload)))
             with _sigint_blocked():
-                for _ in range(self.n_processes):  # each submit() starts a process while none is idle
-                    pool.submit(_ready)
-        except BrokenProcessPool:  # a worker died at once: run() starts a new pool
-            self._pool = None
+                process.start()
+            child.close()
+            self._processes.append(_Process(process, parent, slot))
 
-    def _local_pool(self, preload: Sequence[str] = ()) -> ProcessPoolExecutor | ThreadPoolExecutor:
-        if self._pool is None:
-            if self.n_processes == 1:
-                _init_worker(self._stop, self._progress, self._shared, in_pool=False)
-                self._pool = ThreadPoolExecutor(1)
-            else:
-                self._slots[:] = [0, -1] * self.n_processes
-                self._pool = ProcessPoolExecutor(self.n_processes, mp_context=self._context,
-                                                 initializer=_init_worker,
-                                                 initargs=(self._stop, self._progress, self._shared, True, self._slots,
-                                                           self._context.Value("i", 0), tuple(preload)))
-        return self._pool
-
-    def _run_local(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
+    def _run_in_thread(self, function, tasks, bar) -> Iterator[Any]:
         self._progress[:] = [0] * len(self._progress)
-        deaths = [0] * len(tasks)
-        queue = list(range(len(tasks)))  # task indices not yet submitted to the current pool
-        running: dict[Future, int] = {}
-        while queue or running:
-            pool = self._local_pool()
-            try:
-                with _sigint_blocked():
-                    while queue:
-                        i = queue.pop(0)
-                        running[pool.submit(_tracked, i, function, *tasks[i])] = i
-            except BrokenProcessPool:  # broke between two submissions: resubmit once a new pool is up
-                queue.insert(0, i)
-                if not running:  # broke before any task of ours ran on it (a worker died warming up)
-                    self._pool = None
-                    continue
+        if self._thread is None:
+            _init_worker(self._stop, self._progress, self._shared, in_pool=False)
+            self._thread = ThreadPoolExecutor(1)
+        running: dict[Future, int] = {self._thread.submit(function, *task): i for i, task in enumerate(tasks)}
+        while running:
             done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
             bar.update(sum(self._progress) - bar.n)
-            broken: BrokenProcessPool | None = None
-            for future in done:
-                i = running.pop(future)
-                try:
-                    result = future.result()
-                except BrokenProcessPool as exc:
-                    # A worker died (kill -9, OOM) and took the pool with it: every unfinished task of that pool
-                    # fails here, not only the dead worker's. They all run again on a new pool; only the dead
-                    # worker's task counts a death, and one that kills its worker again is given up.
-                    broken = exc
-                    queue.append(i)
+            for future in sorted(done, key=running.get):
+                running.pop(future)
+                yield future.result()
+
+    def _run_local(self, function, tasks, lost, bar) -> Iterator[Any]:
+        self._progress[:] = [0] * len(self._progress)
+        deaths = [0] * len(tasks)
+        queue = deque(range(len(tasks)))  # not yet sent, in order; tasks to run again go first
+        while queue or any(worker.held for worker in self._processes):
+            self._start_processes()
+            for worker in self._processes:
+                while queue and worker.has_room(alone=deaths[queue[0]] > 0):
+                    i = queue.popleft()
+                    try:
+                        worker.conn.send((i, pickle.dumps((function, tasks[i]))))
+                    except OSError:  # it has died: its sentinel says so below
+                        queue.appendleft(i)
+                        break
+                    worker.held[i] = False
+                    worker.alone = deaths[i] > 0
+            ready = set(wait_for_any([w.conn for w in self._processes] + [w.process.sentinel for w in self._processes],
+                                     timeout=0.2))
+            bar.update(sum(self._progress) - bar.n)
+            for worker in list(self._processes):
+                dead = worker.process.sentinel in ready
+                if not dead and worker.conn not in ready:
                     continue
-                yield result
-            if broken is not None:
-                culprits = self._culprits(pool)
-                log.warning("A worker process died (%s); starting a new pool and running its tasks again", broken)
-                self._pool = None
-                for future, i in list(running.items()):  # cannot be running any more
-                    running.pop(future)
-                    queue.append(i)
-                for i in culprits:
-                    deaths[i] += 1
-                    if deaths[i] > TASK_RETRIES:
-                        log.error("A worker process died %d times running the same task; reporting its rows as "
-                                  "failed", deaths[i])
-                        queue.remove(i)
-                        yield lost(tasks[i], broken)
-                queue.sort()
+                for message in self._messages(worker):  # what it sent before it died is read first
+                    if message is None:
+                        dead = True
+                    elif message[0] == "more":
+                        if message[1] in worker.held:
+                            worker.held[message[1]] = True
+                    else:
+                        _, i, ok, value = message
+                        worker.held.pop(i, None)
+                        worker.alone = worker.alone and bool(worker.held)
+                        if not ok:
+                            raise value
+                        yield value
+                if dead:
+                    yield from self._bury(worker, deaths, queue, tasks, lost)
         bar.update(sum(self._progress) - bar.n)
 
-    def _culprits(self, pool: ProcessPoolExecutor) -> set[int]:
-        """The tasks that were running in worker processes that died of their own (not the SIGTERM the pool sends
-        the others once it is broken); all running tasks when that cannot be told."""
-        exit_codes = {pid: process.exitcode for pid, process in (pool._processes or {}).items()}  # noqa: SLF001
-        pairs = [(self._slots[k], self._slots[k + 1]) for k in range(0, len(self._slots), 2)]
-        running = {index for _, index in pairs if index >= 0}
-        dead = {index for pid, index in pairs
-                if index >= 0 and exit_codes.get(pid) not in (None, 0, -signal.SIGTERM)}
-        return dead or running
+    @staticmethod
+    def _messages(worker: _Process) -> Iterator[tuple | None]:
+        """What the worker has sent, then None if its pipe is closed (it died)."""
+        try:
+            while worker.conn.poll():
+                yield worker.conn.recv()
+        except (EOFError, OSError):
+            yield None
+
+    def _bury(self, worker: _Process, deaths: list[int], queue: deque, tasks, lost) -> Iterator[Any]:
+        """A worker died: its tasks run again (alone), or are given up when they have died too often."""
+        self._processes.remove(worker)
+        worker.process.join(5)
+        worker.conn.close()
+        code = worker.process.exitcode
+        how = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit {code}"
+        if worker.held:
+            log.warning("A worker process died (%s) running %d task(s); running them again in a new process", how,
+                        len(worker.held))
+        for i in sorted(worker.held, reverse=True):
+            deaths[i] += 1
+            if deaths[i] > TASK_RETRIES:
+                log.error("A worker process died %d times running the same task; reporting its rows as failed",
+                          deaths[i])
+                yield lost(tasks[i], WorkerDied(how))
+            else:
+                queue.appendleft(i)
 
     def _run_dask(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
         from distributed import KilledWorker, as_completed

@@ -15,7 +15,7 @@ from astropy.table import Table
 from . import listing, plan, units
 from .arguments import BuildArguments
 from .errors import Failure, UsageError
-from .executor import Executor
+from .executor import Executor, WorkerDied
 from .formats import Writer, make_writers
 from .pipeline import BuildSummary, exclusive, import_soon, remove_debris, writable_dir, write_failure_report, \
     write_text
@@ -100,10 +100,15 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
 
 def _lost_unit(task: tuple, error: BaseException) -> units.UnitResult:
     work: list[plan.ShardTask] = task[0]
-    reason = f"the worker building it died ({type(error).__name__}); rerun to retry"
+    reason = f"the worker building it died ({_death(error)}); rerun to retry"
     return units.UnitResult(rows=sum(len(t.shard) for t in work),
                             failures=[Failure(int(g), p.decode(), "convert", reason, 0) for t in work
                                       for g, p in zip(t.shard.gaiadr3_id, t.shard.path)])
+
+
+def _death(error: BaseException) -> str:
+    """How a worker died: a local one's signal or exit code, else the name of what Dask raised."""
+    return str(error) if isinstance(error, WorkerDied) else type(error).__name__
 
 
 def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: Executor) -> BuildSummary:
@@ -126,7 +131,7 @@ def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: E
 
 
 def _lost_batch(task: tuple, error: BaseException) -> units.UnitResult:
-    reason = f"the worker downloading it died ({type(error).__name__}); rerun to retry"
+    reason = f"the worker downloading it died ({_death(error)}); rerun to retry"
     return units.UnitResult(rows=len(task[0]), failures=[Failure(g, p, "download", reason, 0) for g, p in task[0]])
 
 

@@ -182,8 +182,10 @@ def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
             rows = plan.fetch_rows
             items += [(int(plan.shard.gaiadr3_id[j]), plan.shard.path[j].decode()) for j in rows]
             validators += [(plan.shard, int(j)) for j in rows]
+        # Once the last file is asked for, what is left (its arrival, the last shard's write) no longer needs the
+        # worker's connections: its next unit starts beside this one and takes them as they free up.
         fetched = settings.source.fetch_many(items, Path(settings.fits_dir), _validator(validators, settings.sector),
-                                             executor.stopping)
+                                             executor.stopping, started_all=executor.hand_over())
         try:
             for k, plan in enumerate(plans):
                 if result.fatal or result.stopped:
@@ -334,7 +336,8 @@ def fetch_batch(items: list[tuple[int, str]], settings: UnitSettings) -> UnitRes
         read_tglc(path, items[i][0], sector=sector)
 
     try:
-        for _, outcome in settings.source.fetch_many(items, fits_dir, validate, executor.stopping):
+        for _, outcome in settings.source.fetch_many(items, fits_dir, validate, executor.stopping,
+                                                     started_all=executor.hand_over()):
             if isinstance(outcome, Failure):
                 result.failures.append(outcome)
             elif outcome.downloaded:

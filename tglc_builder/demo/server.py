@@ -40,6 +40,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         archive = self.server.archive
         relpath = unquote(urlsplit(self.path).path).lstrip("/")
         attempt = archive._count(relpath)
+        try:
+            return self._get(archive, relpath, attempt)
+        finally:
+            archive._answered()
+
+    def _get(self, archive: LocalArchive, relpath: str, attempt: int) -> None:
         if archive.latency:
             time.sleep(archive.latency)
         listing = archive._listing(relpath)
@@ -154,6 +160,7 @@ class LocalArchive:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._requests: Counter[str] = Counter()
+        self._in_flight = self._most_in_flight = 0
         self._listings: dict[str, tuple[bytes, str]] = {}
         self.pregenerate = pregenerate
         self._made: dict[int, bytes] = {}
@@ -190,6 +197,11 @@ class LocalArchive:
         with self._lock:
             return sum(self._requests.values())
 
+    def most_in_flight(self) -> int:
+        """The most requests it was answering at the same moment."""
+        with self._lock:
+            return self._most_in_flight
+
     def fits_requests(self) -> dict[str, int]:
         """Requests per light-curve path (relative to the archive root)."""
         with self._lock:
@@ -200,7 +212,13 @@ class LocalArchive:
         with self._lock:
             attempt = self._requests[relpath]
             self._requests[relpath] += 1
+            self._in_flight += 1
+            self._most_in_flight = max(self._most_in_flight, self._in_flight)
         return attempt
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def _listing(self, relpath: str) -> tuple[bytes, str] | None:
         """The listing at ``relpath`` and its ETag (made once), or None when it is not a listing."""

@@ -106,6 +106,36 @@ def _checkin(pool: _Connections) -> None:
         _idle.setdefault(pool.key, []).append(pool)
 
 
+class _Budget:
+    """The transfers in flight in this process for one archive and its settings, across the calls that run at once
+    (a work unit winding down beside the next one, see ``executor.hand_over``): never more than ``connections``.
+    The call that holds a slot takes it again for its next file before another call can (its thread does so at
+    once), so the next unit only fills the connections the one before leaves idle."""
+
+    def __init__(self, connections: int):
+        self.free = connections
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.free <= 0:
+                return False
+            self.free -= 1
+            return True
+
+    def give(self) -> None:
+        with self.lock:
+            self.free += 1
+
+
+_budgets: dict[tuple, _Budget] = {}  # _key() -> its budget
+
+
+def _budget(key: tuple, connections: int) -> _Budget:
+    with _idle_lock:
+        return _budgets.setdefault(key, _Budget(connections))
+
+
 class _Transfer:
     """One item's download: its state across attempts, and the callbacks of the attempt in flight."""
 
@@ -151,8 +181,9 @@ class _Transfers:
 
     def __init__(self, url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                  stopping: Callable[[], bool], connections: int, max_attempts: int, max_wait: float,
-                 backoff: float):
+                 backoff: float, started_all: Callable[[], None] | None = None):
         self.url, self.items, self.fits_dir, self.validate = url, items, fits_dir, validate
+        self.started_all = started_all
         self.stopping, self.connections, self.max_attempts = stopping, connections, max_attempts
         self.max_wait, self.backoff = max_wait, backoff
         parts = urlsplit(url)  # host:port as urllib3 names it in the pause's log line (never the userinfo)
@@ -163,10 +194,12 @@ class _Transfers:
         self.outcomes: dict[int, Fetched | Failure] = {}
         self.halted = False
         self.fatal: BaseException | None = None
-        # The transfer thread's own state: its handles (each carries one transfer at a time), what is in flight,
-        # what is to be asked for again (each at its not_before), and how many items it has taken up. ``reusable``:
-        # whether the handles can serve another call (not after an unforeseen error).
+        # The transfer thread's own state: its handles (each carries one transfer at a time), what is in flight
+        # (each holding a slot of the process's budget), what is to be asked for again (each at its not_before),
+        # and how many items it has taken up. ``reusable``: whether the handles can serve another call (not after
+        # an unforeseen error).
         self.pool: _Connections | None = None
+        self.budget: _Budget | None = None
         self.free: list[pycurl.Curl] = []
         self.reusable = False
         self.active: dict[pycurl.Curl, _Transfer] = {}
@@ -194,6 +227,7 @@ class _Transfers:
     def run(self) -> None:
         try:
             self.pool = _checkout(self.url, self.connections)
+            self.budget = _budget(self.pool.key, self.connections)
             multi = self.pool.multi
             self.free = list(self.pool.handles)
             self.reusable = True
@@ -235,6 +269,7 @@ class _Transfers:
         """Whatever is in flight is dropped with its temporary file; the handles go back to this process's idle
         ones, or are closed after an unforeseen error."""
         for handle, transfer in self.active.items():
+            self.budget.give()
             try:
                 self.pool.multi.remove_handle(handle)
             except pycurl.error:  # never added (its start failed)
@@ -265,16 +300,20 @@ class _Transfers:
         now = time.monotonic()
         while self.free and self.fatal is None:
             due = next((t for t in self.again if t.not_before <= now), None)
+            if (due is None and self.queued >= limit) or not self.budget.take():
+                break
             if due is not None:
                 self.again.remove(due)
                 self._start(due)
-            elif self.queued < limit:
-                transfer = self._take_up(self.queued)
-                self.queued += 1
-                if transfer is not None:
-                    self._start(transfer)
+                continue
+            transfer = self._take_up(self.queued)
+            self.queued += 1
+            if transfer is None:
+                self.budget.give()
             else:
-                break
+                self._start(transfer)
+            if self.queued == len(self.items) and self.started_all is not None:
+                self.started_all()
 
     def _stop(self) -> bool:
         return self.halted or self.fatal is not None or self.stopping() or executor.stopping()
@@ -321,6 +360,7 @@ class _Transfers:
     def _finish(self, handle: pycurl.Curl, code: int, message: str) -> None:
         """One attempt ended: the file takes its name, or the item fails, or it is asked for again."""
         transfer = self.active.pop(handle)
+        self.budget.give()
         self.pool.multi.remove_handle(handle)
         self.free.append(handle)
         transfer.close_file()
@@ -396,11 +436,12 @@ def _phrase(status: int) -> str:
 
 def fetch_many(url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                stopping: Callable[[], bool], *, connections: int, max_attempts: int, max_wait: float,
-               backoff: float = net.DEFAULT_BACKOFF) -> Iterator[tuple[int, Fetched | Failure]]:
+               backoff: float = net.DEFAULT_BACKOFF, started_all: Callable[[], None] | None = None
+               ) -> Iterator[tuple[int, Fetched | Failure]]:
     """:meth:`HttpSource.fetch_many` on libcurl: the transfers run in one thread while the caller converts what
     has arrived."""
     transfers = _Transfers(url, items, Path(fits_dir), validate, stopping, connections, max_attempts, max_wait,
-                           backoff)
+                           backoff, started_all)
     thread = threading.Thread(target=transfers.run, name="tglc-curl", daemon=True)
     thread.start()
     try:

@@ -21,6 +21,7 @@ from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Sour
     is_present, quarantine_path
 
 _sessions: dict[tuple, net.Session] = {}  # (pid, settings) -> this process's session
+_budgets: dict[tuple, threading.BoundedSemaphore] = {}  # the same key -> downloads in flight, across calls
 _sessions_lock = threading.Lock()
 CLIENTS = ("curl", "urllib3")
 
@@ -65,18 +66,26 @@ class HttpSource(Source):
                                      progress=True)
         return ListingCopy(download.size, download.validators)
 
+    def _budget(self) -> threading.BoundedSemaphore:
+        """The downloads this process may have in flight, shared by the calls that run at once."""
+        key = (os.getpid(), self.connections, self.max_attempts, self.max_wait)
+        with _sessions_lock:
+            return _budgets.setdefault(key, threading.BoundedSemaphore(self.connections))
+
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
-                   stopping: Callable[[], bool]) -> Iterator[tuple[int, Fetched | Failure]]:
-        """Downloads run ``connections`` at a time, at most ``WINDOW`` x ``connections`` items ahead of the item
-        being yielded: so the files on disk are those near the conversion, whatever the unit's size."""
+                   stopping: Callable[[], bool], started_all: Callable[[], None] | None = None
+                   ) -> Iterator[tuple[int, Fetched | Failure]]:
+        """Downloads run ``connections`` at a time in this process (whatever the calls running at once), at most
+        ``WINDOW`` x ``connections`` items ahead of the item being yielded: so the files on disk are those near the
+        conversion, whatever the unit's size."""
         fits_dir = Path(fits_dir)
         if self.client == "curl":
             from .curl import fetch_many
 
             yield from fetch_many(self.url, items, fits_dir, validate, stopping, connections=self.connections,
-                                  max_attempts=self.max_attempts, max_wait=self.max_wait)
+                                  max_attempts=self.max_attempts, max_wait=self.max_wait, started_all=started_all)
             return
-        session = self._session()
+        session, budget = self._session(), self._budget()
         halt = threading.Event()  # set by the first download that finds the disk full
         threads = ThreadPoolExecutor(self.connections, thread_name_prefix="tglc-http")
         futures: dict[int, Future] = {}  # started and not yet yielded
@@ -85,7 +94,10 @@ class HttpSource(Source):
         def start(upto: int) -> None:
             nonlocal started
             for j in range(started, min(upto, len(items))):
-                futures[j] = threads.submit(self._fetch_one, session, fits_dir, j, *items[j], validate, stopping, halt)
+                futures[j] = threads.submit(self._fetch_one, session, budget, fits_dir, j, *items[j], validate,
+                                            stopping, halt)
+            if started < len(items) <= upto and started_all is not None:
+                started_all()  # the last one is queued: it starts as soon as one of this call's threads is free
             started = max(started, min(upto, len(items)))
 
         try:
@@ -102,8 +114,8 @@ class HttpSource(Source):
             if future.done() and not future.cancelled() and isinstance(future.exception(), DiskFull):
                 raise future.exception()
 
-    def _fetch_one(self, session: net.Session, fits_dir: Path, i: int, gaia: int, relpath: str,
-                   validate: Validator, stopping: Callable[[], bool], halt: threading.Event
+    def _fetch_one(self, session: net.Session, budget: threading.BoundedSemaphore, fits_dir: Path, i: int,
+                   gaia: int, relpath: str, validate: Validator, stopping: Callable[[], bool], halt: threading.Event
                    ) -> Fetched | Failure | None:
         """One item's download: Fetched, a Failure, or None when stopped (or halted) before it ended."""
 
@@ -115,6 +127,9 @@ class HttpSource(Source):
         dest = fits_dir / relpath
         if is_present(dest):
             return Fetched(dest, downloaded=False)
+        while not budget.acquire(timeout=0.05):  # another call's downloads hold every connection
+            if stop():
+                return None
         checked = []  # what validate() returned for the attempt that succeeded
         try:
             if dest.parent.is_dir():
@@ -133,4 +148,6 @@ class HttpSource(Source):
                 raise
             halt.set()  # no other download starts
             raise DiskFull(fits_dir, exc) from exc
+        finally:
+            budget.release()
         return Fetched(dest, downloaded=True, attempts=download.attempts, checked=checked[-1])

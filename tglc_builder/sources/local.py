@@ -81,9 +81,11 @@ class LocalSource(Source):
                                           "Last-Modified": formatdate(stat.st_mtime, usegmt=True)})
 
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
-                   stopping: Callable[[], bool]) -> Iterator[tuple[int, Fetched | Failure]]:
+                   stopping: Callable[[], bool], started_all: Callable[[], None] | None = None
+                   ) -> Iterator[tuple[int, Fetched | Failure]]:
         """Each item's file where it is in the mirror. Files are not validated here: the caller reads them, and
-        reports (never moves) those that are not TGLC light curves."""
+        reports (never moves) those that are not TGLC light curves. Nothing is in flight: ``started_all`` is
+        never called."""
         for i, (gaia, relpath) in enumerate(items):
             if stopping():
                 return

@@ -206,9 +206,11 @@ class S3Source(Source):
 
     # ---- light curves ------------------------------------------------------------------------------------------
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
-                   stopping: Callable[[], bool]) -> Iterator[tuple[int, Fetched | Failure]]:
+                   stopping: Callable[[], bool], started_all: Callable[[], None] | None = None
+                   ) -> Iterator[tuple[int, Fetched | Failure]]:
         """GETs run ``connections`` at a time on the event loop, at most ``WINDOW`` x ``connections`` items ahead
-        of the item being yielded; each whole file is validated here, in the consuming thread."""
+        of the item being yielded; each whole file is validated here, in the consuming thread. ``started_all`` is
+        not called (the event loop's connections are not shared out between calls): the next unit waits."""
         fits_dir = Path(fits_dir)
         transfers = _Transfers(self, self._fs(), fits_dir)
         temporary: dict[int, Path] = {}  # items being fetched -> their temporary names
