@@ -198,14 +198,15 @@ def _overlaps(spans) -> list[tuple]:
     return [(a, b) for k, a in enumerate(spans) for b in spans[k + 1:] if a[0] == b[0] and b[1] < a[2]]
 
 
-def test_a_task_that_hands_over_lets_its_worker_start_the_next_beside_it():
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_task_that_hands_over_lets_its_worker_start_the_next_beside_it(n):
     """The next task starts in the same process as soon as the one before hands over, not when it ends; never
     more than two at once in a process, and never beside a task that has not handed over."""
-    with Executor(2) as ex:
+    with Executor(n) as ex:
         spans = _run(ex, _tasks.hand_over_then, [(0.1, 0.6)] * 6)
         solo = _run(ex, _tasks.busy_for, [(0.3,)] * 4)
     overlapping = _overlaps(spans)
-    assert overlapping  # 6 tasks of 0.7 s on 2 workers: the second of a worker starts 0.1 s into the first
+    assert overlapping  # 6 tasks of 0.7 s: the second of a worker starts 0.1 s into the first
     for a, b in overlapping:
         assert b[1] - a[1] >= 0.09  # not before the first handed over
     by_pid = {}
@@ -214,7 +215,7 @@ def test_a_task_that_hands_over_lets_its_worker_start_the_next_beside_it():
     for mine in by_pid.values():  # at most two at once in a process
         for span in mine:  # running when it started, itself included
             assert sum(1 for other in mine if other[1] <= span[1] < other[2]) <= 2
-    assert len(by_pid) == 2 and _overlaps(solo) == []
+    assert len(by_pid) == n and _overlaps(solo) == []
 
 
 def test_a_task_dying_beside_another_loses_only_itself(caplog):

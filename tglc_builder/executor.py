@@ -26,12 +26,13 @@ import logging
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -49,7 +50,7 @@ SHARED_VALUES = {"throttle": ("d", 0.0)}
 
 _worker: dict[str, Any] = {"stop": None, "progress": None, "shared": {}, "slot": 0}
 _progress_lock = threading.Lock()  # the threads of one process (a unit's downloads); never another process's
-_lane = threading.local()  # in a worker process, the thread running a task: its ``task`` (send, index)
+_lane = threading.local()  # the thread running a task of the local pool: its ``task`` (send, index)
 
 
 class WorkerDied(Exception):
@@ -82,7 +83,7 @@ def _nothing() -> None:
 def hand_over() -> Callable[[], None]:
     """For the task running in this thread: a function to call (once, from any of its threads) when what is left
     of the task no longer needs its whole worker, e.g. once its last download is requested. The worker then starts
-    its next task beside it. A no-op outside a local worker process (one process, or Dask)."""
+    its next task beside it. A no-op on Dask."""
     lane = getattr(_lane, "task", None)
     if lane is None:
         return _nothing
@@ -128,17 +129,19 @@ def _serve(conn: Connection, stop, progress, shared: dict, slot: int, preload: S
             index, payload = conn.recv()
         except (EOFError, OSError):
             break
-        thread = threading.Thread(target=_run_task, args=(send, index, payload), name=f"tglc-task-{index}")
+        thread = threading.Thread(target=_run_task, args=(send, index, lambda p=payload: pickle.loads(p)),
+                                  name=f"tglc-task-{index}")
         thread.start()
         threads = [t for t in threads if t.is_alive()] + [thread]
     for thread in threads:
         thread.join()
 
 
-def _run_task(send: Callable[[tuple], None], index: int, payload: bytes) -> None:
+def _run_task(send: Callable[[tuple], None], index: int, load: Callable[[], tuple]) -> None:
+    """Run task ``index`` (``load()`` gives its function and arguments) and send ``("done", index, ok, value)``."""
     _lane.task = (send, index)
     try:
-        function, args = pickle.loads(payload)
+        function, args = load()
         ok, value = True, function(*args)
     except BaseException as exc:  # noqa: BLE001 - raised again in the driver, as ProcessPoolExecutor does
         ok, value = False, exc
@@ -161,9 +164,10 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 class _Process:
-    """The driver's end of one local worker process: its pipe, and the tasks it holds (index -> handed over)."""
+    """The driver's end of one local worker process: its pipe, and the tasks it holds (index -> handed over).
+    (No process nor pipe: the driver's own threads, with one process.)"""
 
-    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection, slot: int):
+    def __init__(self, process: multiprocessing.process.BaseProcess | None, conn: Connection | None, slot: int):
         self.process, self.conn, self.slot = process, conn, slot
         self.held: dict[int, bool] = {}
         self.alone = False  # it holds a task that must run with no other beside it
@@ -176,7 +180,7 @@ class _Process:
 
 
 class Executor:
-    """Runs tasks over ``n_processes`` local processes (in a thread of this process when 1, so Ctrl-C stays
+    """Runs tasks over ``n_processes`` local processes (in threads of this process when 1, so Ctrl-C stays
     responsive), or on the cluster of a ``dask.distributed.Client``. Close it (or use ``with``) when done.
 
     The local pool is written here rather than taken from ``concurrent.futures``: a ``ProcessPoolExecutor`` gives a
@@ -290,17 +294,39 @@ class Executor:
             self._processes.append(_Process(process, parent, slot))
 
     def _run_in_thread(self, function, tasks, bar) -> Iterator[Any]:
+        """One process: the tasks run in threads of this one (the main thread stays free for Ctrl-C), handing over
+        as in a worker process."""
         self._progress[:] = [0] * len(self._progress)
         if self._thread is None:
             _init_worker(self._stop, self._progress, self._shared, in_pool=False)
-            self._thread = ThreadPoolExecutor(1)
-        running: dict[Future, int] = {self._thread.submit(function, *task): i for i, task in enumerate(tasks)}
-        while running:
-            done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+            self._thread = ThreadPoolExecutor(2, thread_name_prefix="tglc-task")
+        messages: queue.SimpleQueue = queue.SimpleQueue()
+        here = _Process(None, None, 0)
+        waiting = deque(range(len(tasks)))
+        while waiting or here.held:
+            while waiting and here.has_room(alone=False):
+                i = waiting.popleft()
+                self._thread.submit(_run_task, messages.put, i, lambda i=i: (function, tasks[i]))
+                here.held[i] = False
+            try:
+                message = messages.get(timeout=0.2)
+            except queue.Empty:
+                message = None
             bar.update(sum(self._progress) - bar.n)
-            for future in sorted(done, key=running.get):
-                running.pop(future)
-                yield future.result()
+            while message is not None:
+                if message[0] == "more":
+                    if message[1] in here.held:
+                        here.held[message[1]] = True
+                else:
+                    _, i, ok, value = message
+                    here.held.pop(i)
+                    if not ok:
+                        raise value
+                    yield value
+                try:
+                    message = messages.get_nowait()
+                except queue.Empty:
+                    message = None
 
     def _run_local(self, function, tasks, lost, bar) -> Iterator[Any]:
         self._progress[:] = [0] * len(self._progress)
