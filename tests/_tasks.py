@@ -164,3 +164,14 @@ def count_runs(marker: str, seconds: float) -> int:
 def dispatch_hand_over(kind: str, args: tuple):
     return {"die": die_after_hand_over, "hand": hand_over_then, "busy": busy_for, "die_once": die_once,
             "count": count_runs}[kind](*args)
+
+
+def hand_over_then_raise(after: float) -> None:
+    """Hands over at once, then fails with an exception of its own after ``after`` seconds."""
+    executor.hand_over()()
+    time.sleep(after)
+    raise ValueError("this task failed")
+
+
+def dispatch_runs(kind: str, args: tuple):
+    return {"raise": hand_over_then_raise, "busy": busy_for, "tag": lambda tag: tag}[kind](*args)

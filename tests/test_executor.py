@@ -254,3 +254,14 @@ def test_ctrl_c_cannot_kill_a_worker_still_starting():
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2", "True"] and "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_run_that_ended_early_leaves_no_result_to_the_next(n):
+    """A task's exception ends its run while another task of it still runs: that task's late result is never
+    taken for one of the next run (whose tasks have the same indices)."""
+    with Executor(n) as ex:
+        with pytest.raises(ValueError, match="this task failed"):
+            _run(ex, _tasks.dispatch_runs, [("raise", (0.2,)), ("busy", (1.0,))])
+        assert sorted(_run(ex, _tasks.dispatch_runs, [("tag", ("a",)), ("tag", ("b",))])) == ["a", "b"]
+        assert sorted(_run(ex, _tasks.square, [(i,) for i in range(4)])) == [0, 1, 4, 9]

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -663,3 +664,30 @@ def test_clean_fits_never_downloads_a_file_twice(reference, tmp_path):
     assert requests.pop(missing_path) == 3  # asked once a run, as a failure should be
     assert set(requests.values()) == {1}  # every other light curve exactly once across the three runs
     assert_same_data(reference / "out", tmp_path / "out")
+
+
+def test_two_units_aborting_at_once_give_the_build_its_stderr_back():
+    """Both units of a worker may abort their files together (a full disk): h5py's destructors' noise is silenced
+    for one at a time, so the process's stderr is its own again afterwards, not /dev/null."""
+    from tglc_builder.formats.hdf5 import _stderr_silenced
+
+    before = os.fstat(2)
+    inside = threading.Event()
+
+    def first():
+        with _stderr_silenced():
+            inside.set()
+            time.sleep(0.1)
+
+    def second():
+        inside.wait(5)
+        with _stderr_silenced():  # while the first is still inside
+            time.sleep(0.3)
+
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)

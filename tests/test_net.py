@@ -426,13 +426,55 @@ def test_a_call_beside_the_one_that_started_all_its_downloads_shares_its_connect
 
         first = list(source.fetch_many(items[:4], tmp_path, lambda path, i: None, lambda: False,
                                        started_all=start_the_next))
-        assert len(threads) == 1  # once, while the first call still ran
+        assert len(threads) == 1  # once
         threads[0].join(30)
         # Three in flight from the first call, then its last beside two of the next: four without a shared budget.
         assert archive.most_in_flight() == 3
     assert [i for i, _ in first] == [0, 1, 2, 3] and [i for i, _ in beside] == list(range(8))
     for i, outcome in first + [(i + 4, outcome) for i, outcome in beside]:
         assert outcome.downloaded and outcome.path.read_bytes() == archive.sector.fits_bytes(i)
+
+
+def _within(seconds: float, call):
+    """``call()``'s result, or its exception, from a thread given ``seconds`` (a call that waits for good fails)."""
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - raised again below
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still waiting after {seconds} s"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+@CLIENTS
+def test_calls_that_fail_taking_up_their_items_leave_every_connection_to_the_next(tmp_path, client):
+    """A call that fails before its first download (a file where its folder should be) gives back what it took
+    of the process's connections: the calls after it still download (they would wait for good otherwise)."""
+    with LocalArchive(sector=23, n=6, seed=5) as archive:
+        items = _items(archive, 6)
+        source = HttpSource(archive.url, connections=2, client=client)
+
+        def fetch():
+            return list(source.fetch_many(items, tmp_path, lambda path, i: None, lambda: False))
+
+        blocker = tmp_path / items[0][1].split("/")[0]
+        blocker.write_text("not a folder")
+        for _ in range(3):  # more calls than connections
+            with pytest.raises(NotADirectoryError):
+                _within(30, fetch)
+        blocker.unlink()
+        got = _within(30, fetch)
+    assert [i for i, _ in got] == list(range(6))
+    assert all(o.path.read_bytes() == archive.sector.fits_bytes(i) for i, o in got)
 
 
 @CLIENTS

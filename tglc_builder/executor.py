@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -190,6 +190,7 @@ class Executor:
     def __init__(self, n_processes: int = 1, client: Any = None, stop_grace: float = STOP_GRACE):
         self.n_processes, self.client, self.stop_grace = n_processes, client, stop_grace
         self._thread: ThreadPoolExecutor | None = None
+        self._stale: dict[int, Future] = {}  # the driver's threads' tasks whose results were not taken
         self._processes: list[_Process] = []
         self._context = multiprocessing.get_context("spawn")  # no fork: the driver may hold threads (the demo)
         self._stop = self._context.RawValue("b", 0)
@@ -255,6 +256,7 @@ class Executor:
         """
         if not tasks:
             return
+        self._settle()
         self._stop.value = 0
         with tqdm(total=total, desc=desc, unit=unit, smoothing=0.05) as bar:
             try:
@@ -293,6 +295,36 @@ class Executor:
             child.close()
             self._processes.append(_Process(process, parent, slot))
 
+    def _settle(self) -> None:
+        """Before a run: the tasks of one that ended early (Ctrl-C, a task's exception, a consumer that stopped
+        reading; the stop flag is still set) get what is left of ``stop_grace`` to return, and workers still
+        holding one are then killed (replaced by this run), so that no late result is taken for one of this run."""
+        deadline = time.monotonic() + self.stop_grace
+        self._stop.value = 1
+        if self._stale:
+            wait(list(self._stale.values()), timeout=self.stop_grace)  # the driver's own threads cannot be killed
+            self._stale = {}
+        while (busy := [w for w in self._processes if w.held]) and time.monotonic() < deadline:
+            ready = set(wait_for_any([w.conn for w in busy] + [w.process.sentinel for w in busy],
+                                     timeout=max(0.0, min(0.2, deadline - time.monotonic()))))
+            for worker in busy:
+                if worker.conn not in ready and worker.process.sentinel not in ready:
+                    continue
+                for message in self._messages(worker):
+                    if message is None:
+                        worker.process.kill()
+                    elif message[0] == "done":
+                        worker.held.pop(message[1], None)
+                if worker.process.sentinel in ready:
+                    worker.process.kill()
+        for worker in list(self._processes):
+            if worker.held or not worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(5)
+                worker.conn.close()
+                self._processes.remove(worker)
+            worker.alone = False
+
     def _run_in_thread(self, function, tasks, bar) -> Iterator[Any]:
         """One process: the tasks run in threads of this one (the main thread stays free for Ctrl-C), handing over
         as in a worker process."""
@@ -303,10 +335,12 @@ class Executor:
         messages: queue.SimpleQueue = queue.SimpleQueue()
         here = _Process(None, None, 0)
         waiting = deque(range(len(tasks)))
+        running: dict[int, Future] = {}
+        self._stale = running  # until this run has taken every result: see _settle
         while waiting or here.held:
             while waiting and here.has_room(alone=False):
                 i = waiting.popleft()
-                self._thread.submit(_run_task, messages.put, i, lambda i=i: (function, tasks[i]))
+                running[i] = self._thread.submit(_run_task, messages.put, i, lambda i=i: (function, tasks[i]))
                 here.held[i] = False
             try:
                 message = messages.get(timeout=0.2)
@@ -320,6 +354,7 @@ class Executor:
                 else:
                     _, i, ok, value = message
                     here.held.pop(i)
+                    running.pop(i)
                     if not ok:
                         raise value
                     yield value

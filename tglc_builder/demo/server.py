@@ -41,13 +41,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         relpath = unquote(urlsplit(self.path).path).lstrip("/")
         attempt = archive._count(relpath)
         try:
-            return self._get(archive, relpath, attempt)
+            if archive.latency:
+                time.sleep(archive.latency)
         finally:
-            archive._answered()
-
-    def _get(self, archive: LocalArchive, relpath: str, attempt: int) -> None:
-        if archive.latency:
-            time.sleep(archive.latency)
+            archive._answered()  # before the answer is sent: once it is, the client may ask again at once
         listing = archive._listing(relpath)
         if listing is not None:
             return self._send_listing(*listing, cut=attempt < archive.listing_cuts)
@@ -198,7 +195,7 @@ class LocalArchive:
             return sum(self._requests.values())
 
     def most_in_flight(self) -> int:
-        """The most requests it was answering at the same moment."""
+        """The most requests it had at the same moment between their arrival and their answer (its latency)."""
         with self._lock:
             return self._most_in_flight
 

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,22 +50,26 @@ _SHARD_NAME = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
 _TEMPORARY = ".tmp-"
 
 
+_stderr_lock = threading.Lock()  # fd 2 is the process's: two units of a worker may abort at the same moment
+
+
 @contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
     """Discard what is written to file descriptor 2 for a moment. Closing a file whose writes failed makes h5py print
     a traceback per open handle ("Unable to flush raw data ... errno = 28") straight to stderr, from destructors that
     no Python code can catch; the sink has already turned that error into one WriteError naming the file."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()  # what Python buffered meanwhile goes to /dev/null too
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with _stderr_lock:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            sys.stderr.flush()  # what Python buffered meanwhile goes to /dev/null too
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 def _filters(dtype: np.dtype) -> dict[str, Any]:
@@ -257,10 +262,11 @@ def _fletcher32(data: memoryview) -> tuple[int, int]:
     if len(data) % 2:
         words = np.append(words, np.uint16(data[-1] << 8))
     n = len(words)
-    if n > len(_weights):
-        _weights = np.arange(1 << n.bit_length(), 0, -1, dtype=np.int64)
+    weights = _weights  # read once: another thread (a second unit of the process) may replace it meanwhile
+    if n > len(weights):
+        _weights = weights = np.arange(1 << n.bit_length(), 0, -1, dtype=np.int64)
     sum1 = int(words.sum(dtype=np.int64))
-    sum2 = int(np.dot(words.astype(np.int64), _weights[len(_weights) - n:]))  # exact: see FLETCHER_MAX_BYTES
+    sum2 = int(np.dot(words.astype(np.int64), weights[len(weights) - n:]))  # exact: see FLETCHER_MAX_BYTES
     low, high = (0 if v == 0 else (v - 1) % 65535 + 1 for v in (sum1, sum2))
     checksum = high << 16 | low
     return checksum, (checksum & 0x00FF00FF) << 8 | (checksum >> 8) & 0x00FF00FF

@@ -109,16 +109,17 @@ def _checkin(pool: _Connections) -> None:
 class _Budget:
     """The transfers in flight in this process for one archive and its settings, across the calls that run at once
     (a work unit winding down beside the next one, see ``executor.hand_over``): never more than ``connections``.
-    The call that holds a slot takes it again for its next file before another call can (its thread does so at
-    once), so the next unit only fills the connections the one before leaves idle."""
+    A retry that is due and finds no slot is ``waiting``: no new item of any call takes a slot before it, so the
+    unit winding down is not held back by the next one's downloads."""
 
     def __init__(self, connections: int):
         self.free = connections
+        self.waiting = 0  # due retries that found no slot
         self.lock = threading.Lock()
 
-    def take(self) -> bool:
+    def take(self, retry: bool = False) -> bool:
         with self.lock:
-            if self.free <= 0:
+            if self.free <= 0 or (self.waiting and not retry):
                 return False
             self.free -= 1
             return True
@@ -126,6 +127,10 @@ class _Budget:
     def give(self) -> None:
         with self.lock:
             self.free += 1
+
+    def wait(self, change: int) -> None:
+        with self.lock:
+            self.waiting += change
 
 
 _budgets: dict[tuple, _Budget] = {}  # _key() -> its budget
@@ -139,12 +144,14 @@ def _budget(key: tuple, connections: int) -> _Budget:
 class _Transfer:
     """One item's download: its state across attempts, and the callbacks of the attempt in flight."""
 
-    __slots__ = ("index", "gaia", "relpath", "dest", "tmp", "attempts", "not_before", "file", "headers", "error")
+    __slots__ = ("index", "gaia", "relpath", "dest", "tmp", "attempts", "not_before", "file", "headers", "error",
+                 "waiting")
 
     def __init__(self, index: int, gaia: int, relpath: str, dest: Path):
         self.index, self.gaia, self.relpath, self.dest = index, gaia, relpath, dest
         self.tmp = net.temporary_name(dest)
         self.attempts, self.not_before = 0, 0.0
+        self.waiting = False  # due, and counted in the budget's waiting retries
         self.file = None
         self.headers: dict[str, str] = {}
         self.error: OSError | None = None
@@ -280,6 +287,8 @@ class _Transfers:
             except OSError as exc:
                 log.warning("could not remove %s: %s", transfer.tmp, exc)
         self.active.clear()
+        for transfer in self.again:
+            self._stop_waiting(transfer)
         if self.pool is not None:
             if self.reusable:
                 _checkin(self.pool)
@@ -300,13 +309,23 @@ class _Transfers:
         now = time.monotonic()
         while self.free and self.fatal is None:
             due = next((t for t in self.again if t.not_before <= now), None)
-            if (due is None and self.queued >= limit) or not self.budget.take():
-                break
             if due is not None:
+                if not self.budget.take(retry=True):
+                    if not due.waiting:
+                        due.waiting = True
+                        self.budget.wait(+1)
+                    break
+                self._stop_waiting(due)
                 self.again.remove(due)
                 self._start(due)
                 continue
-            transfer = self._take_up(self.queued)
+            if self.queued >= limit or not self.budget.take():
+                break
+            try:
+                transfer = self._take_up(self.queued)
+            except BaseException:
+                self.budget.give()
+                raise
             self.queued += 1
             if transfer is None:
                 self.budget.give()
@@ -314,6 +333,11 @@ class _Transfers:
                 self._start(transfer)
             if self.queued == len(self.items) and self.started_all is not None:
                 self.started_all()
+
+    def _stop_waiting(self, transfer: _Transfer) -> None:
+        if transfer.waiting:
+            transfer.waiting = False
+            self.budget.wait(-1)
 
     def _stop(self) -> bool:
         return self.halted or self.fatal is not None or self.stopping() or executor.stopping()

@@ -94,10 +94,9 @@ class HttpSource(Source):
         def start(upto: int) -> None:
             nonlocal started
             for j in range(started, min(upto, len(items))):
+                last = started_all if j == len(items) - 1 else None
                 futures[j] = threads.submit(self._fetch_one, session, budget, fits_dir, j, *items[j], validate,
-                                            stopping, halt)
-            if started < len(items) <= upto and started_all is not None:
-                started_all()  # the last one is queued: it starts as soon as one of this call's threads is free
+                                            stopping, halt, last)
             started = max(started, min(upto, len(items)))
 
         try:
@@ -115,9 +114,10 @@ class HttpSource(Source):
                 raise future.exception()
 
     def _fetch_one(self, session: net.Session, budget: threading.BoundedSemaphore, fits_dir: Path, i: int,
-                   gaia: int, relpath: str, validate: Validator, stopping: Callable[[], bool], halt: threading.Event
-                   ) -> Fetched | Failure | None:
-        """One item's download: Fetched, a Failure, or None when stopped (or halted) before it ended."""
+                   gaia: int, relpath: str, validate: Validator, stopping: Callable[[], bool], halt: threading.Event,
+                   started: Callable[[], None] | None = None) -> Fetched | Failure | None:
+        """One item's download: Fetched, a Failure, or None when stopped (or halted) before it ended. ``started``
+        (the last item's ``started_all``) is called once its download holds a connection, or needs none."""
 
         def stop() -> bool:
             return halt.is_set() or stopping()
@@ -126,10 +126,14 @@ class HttpSource(Source):
             return None
         dest = fits_dir / relpath
         if is_present(dest):
+            if started is not None:
+                started()
             return Fetched(dest, downloaded=False)
         while not budget.acquire(timeout=0.05):  # another call's downloads hold every connection
             if stop():
                 return None
+        if started is not None:
+            started()
         checked = []  # what validate() returned for the attempt that succeeded
         try:
             if dest.parent.is_dir():
