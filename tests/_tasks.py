@@ -174,4 +174,5 @@ def hand_over_then_raise(after: float) -> None:
 
 
 def dispatch_runs(kind: str, args: tuple):
-    return {"raise": hand_over_then_raise, "busy": busy_for, "tag": lambda tag: tag}[kind](*args)
+    return {"raise": hand_over_then_raise, "busy": busy_for, "tag": lambda tag: tag,
+            "die": die_after_hand_over}[kind](*args)

@@ -265,3 +265,14 @@ def test_a_run_that_ended_early_leaves_no_result_to_the_next(n):
             _run(ex, _tasks.dispatch_runs, [("raise", (0.2,)), ("busy", (1.0,))])
         assert sorted(_run(ex, _tasks.dispatch_runs, [("tag", ("a",)), ("tag", ("b",))])) == ["a", "b"]
         assert sorted(_run(ex, _tasks.square, [(i,) for i in range(4)])) == [0, 1, 4, 9]
+
+
+def test_a_worker_dying_after_its_run_ended_early_does_not_hold_up_the_next_run():
+    """The run ends (a task's exception) while another worker's task runs on, then kills its worker: the next run
+    buries that worker at once instead of waiting the whole grace for a task that is gone."""
+    with Executor(2, stop_grace=30.0) as ex:
+        with pytest.raises(ValueError, match="this task failed"):
+            _run(ex, _tasks.dispatch_runs, [("raise", (0.3,)), ("die", (1.0,))])
+        started = time.monotonic()
+        assert sorted(_run(ex, _tasks.dispatch_runs, [("tag", ("a",)), ("tag", ("b",))])) == ["a", "b"]
+        assert time.monotonic() - started < 10  # the grace is 30 s

@@ -191,6 +191,7 @@ class Executor:
         self.n_processes, self.client, self.stop_grace = n_processes, client, stop_grace
         self._thread: ThreadPoolExecutor | None = None
         self._stale: dict[int, Future] = {}  # the driver's threads' tasks whose results were not taken
+        self._runs = 0  # runs started
         self._processes: list[_Process] = []
         self._context = multiprocessing.get_context("spawn")  # no fork: the driver may hold threads (the demo)
         self._stop = self._context.RawValue("b", 0)
@@ -258,6 +259,8 @@ class Executor:
             return
         self._settle()
         self._stop.value = 0
+        self._runs += 1
+        this_run = self._runs
         with tqdm(total=total, desc=desc, unit=unit, smoothing=0.05) as bar:
             try:
                 if self.client is not None:
@@ -267,7 +270,8 @@ class Executor:
                 else:
                     yield from self._run_local(function, tasks, lost, bar)
             except BaseException:
-                self._stop.value = 1
+                if self._runs == this_run:  # not an abandoned run's generator, closed later, stopping a newer run
+                    self._stop.value = 1
                 raise
 
     def warm_up(self, *modules: str) -> None:
@@ -304,6 +308,7 @@ class Executor:
         if self._stale:
             wait(list(self._stale.values()), timeout=self.stop_grace)  # the driver's own threads cannot be killed
             self._stale = {}
+        dead: set[int] = set()  # slots of workers that died meanwhile (their tasks with them)
         while (busy := [w for w in self._processes if w.held]) and time.monotonic() < deadline:
             ready = set(wait_for_any([w.conn for w in busy] + [w.process.sentinel for w in busy],
                                      timeout=max(0.0, min(0.2, deadline - time.monotonic()))))
@@ -312,13 +317,14 @@ class Executor:
                     continue
                 for message in self._messages(worker):
                     if message is None:
-                        worker.process.kill()
+                        dead.add(worker.slot)
                     elif message[0] == "done":
                         worker.held.pop(message[1], None)
-                if worker.process.sentinel in ready:
-                    worker.process.kill()
+                if worker.process.sentinel in ready or worker.slot in dead:
+                    dead.add(worker.slot)
+                    worker.held.clear()
         for worker in list(self._processes):
-            if worker.held or not worker.process.is_alive():
+            if worker.held or worker.slot in dead or not worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(5)
                 worker.conn.close()
@@ -372,13 +378,15 @@ class Executor:
             for worker in self._processes:
                 while queue and worker.has_room(alone=deaths[queue[0]] > 0):
                     i = queue.popleft()
+                    worker.held[i] = False  # before it is sent: a Ctrl-C may come at any moment
+                    worker.alone = deaths[i] > 0
                     try:
                         worker.conn.send((i, pickle.dumps((function, tasks[i]))))
                     except OSError:  # it has died: its sentinel says so below
+                        worker.held.pop(i)
+                        worker.alone = False
                         queue.appendleft(i)
                         break
-                    worker.held[i] = False
-                    worker.alone = deaths[i] > 0
             ready = set(wait_for_any([w.conn for w in self._processes] + [w.process.sentinel for w in self._processes],
                                      timeout=0.2))
             bar.update(sum(self._progress) - bar.n)
@@ -392,9 +400,9 @@ class Executor:
                     elif message[0] == "more":
                         if message[1] in worker.held:
                             worker.held[message[1]] = True
-                    else:
+                    elif message[1] in worker.held:
                         _, i, ok, value = message
-                        worker.held.pop(i, None)
+                        worker.held.pop(i)
                         worker.alone = worker.alone and bool(worker.held)
                         if not ok:
                             raise value

@@ -132,10 +132,10 @@ class HttpSource(Source):
         while not budget.acquire(timeout=0.05):  # another call's downloads hold every connection
             if stop():
                 return None
-        if started is not None:
-            started()
         checked = []  # what validate() returned for the attempt that succeeded
         try:
+            if started is not None:
+                started()
             if dest.parent.is_dir():
                 for debris in dest.parent.glob(f".{dest.name}.part-*"):  # of a run that was killed
                     debris.unlink(missing_ok=True)
