@@ -372,12 +372,12 @@ class Executor:
     def _run_local(self, function, tasks, lost, bar) -> Iterator[Any]:
         self._progress[:] = [0] * len(self._progress)
         deaths = [0] * len(tasks)
-        queue = deque(range(len(tasks)))  # not yet sent, in order; tasks to run again go first
-        while queue or any(worker.held for worker in self._processes):
+        waiting = deque(range(len(tasks)))  # not yet sent, in order; tasks to run again go first
+        while waiting or any(worker.held for worker in self._processes):
             self._start_processes()
             for worker in self._processes:
-                while queue and worker.has_room(alone=deaths[queue[0]] > 0):
-                    i = queue.popleft()
+                while waiting and worker.has_room(alone=deaths[waiting[0]] > 0):
+                    i = waiting.popleft()
                     worker.held[i] = False  # before it is sent: a Ctrl-C may come at any moment
                     worker.alone = deaths[i] > 0
                     try:
@@ -385,7 +385,7 @@ class Executor:
                     except OSError:  # it has died: its sentinel says so below
                         worker.held.pop(i)
                         worker.alone = False
-                        queue.appendleft(i)
+                        waiting.appendleft(i)
                         break
             ready = set(wait_for_any([w.conn for w in self._processes] + [w.process.sentinel for w in self._processes],
                                      timeout=0.2))
@@ -408,7 +408,7 @@ class Executor:
                             raise value
                         yield value
                 if dead:
-                    yield from self._bury(worker, deaths, queue, tasks, lost)
+                    yield from self._bury(worker, deaths, waiting, tasks, lost)
         bar.update(sum(self._progress) - bar.n)
 
     @staticmethod
@@ -420,7 +420,7 @@ class Executor:
         except (EOFError, OSError):
             yield None
 
-    def _bury(self, worker: _Process, deaths: list[int], queue: deque, tasks, lost) -> Iterator[Any]:
+    def _bury(self, worker: _Process, deaths: list[int], waiting: deque, tasks, lost) -> Iterator[Any]:
         """A worker died: its tasks run again (alone), or are given up when they have died too often."""
         self._processes.remove(worker)
         worker.process.join(5)
@@ -437,7 +437,7 @@ class Executor:
                           deaths[i])
                 yield lost(tasks[i], WorkerDied(how))
             else:
-                queue.appendleft(i)
+                waiting.appendleft(i)
 
     def _run_dask(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
         from distributed import KilledWorker, as_completed
