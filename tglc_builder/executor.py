@@ -172,6 +172,18 @@ class _Process:
         self.held: dict[int, bool] = {}
         self.alone = False  # it holds a task that must run with no other beside it
 
+    def note(self, message: tuple) -> tuple[int, bool, Any] | None:
+        """Take in a message of its tasks: a hand-over, or ``(index, ok, value)`` of a held task that ended."""
+        kind, i = message[0], message[1]
+        if i not in self.held:  # not (or no longer) one of this run's
+            return None
+        if kind == "more":
+            self.held[i] = True
+            return None
+        self.held.pop(i)
+        self.alone = self.alone and bool(self.held)
+        return message[1:]
+
     def has_room(self, alone: bool) -> bool:
         """Whether it can take a task now (``alone``: one that must run with no other beside it)."""
         if not self.held:
@@ -318,8 +330,8 @@ class Executor:
                 for message in self._messages(worker):
                     if message is None:
                         dead.add(worker.slot)
-                    elif message[0] == "done":
-                        worker.held.pop(message[1], None)
+                    else:
+                        worker.note(message)  # its result is dropped: its run is over
                 if worker.process.sentinel in ready or worker.slot in dead:
                     dead.add(worker.slot)
                     worker.held.clear()
@@ -354,12 +366,8 @@ class Executor:
                 message = None
             bar.update(sum(self._progress) - bar.n)
             while message is not None:
-                if message[0] == "more":
-                    if message[1] in here.held:
-                        here.held[message[1]] = True
-                else:
-                    _, i, ok, value = message
-                    here.held.pop(i)
+                if (ended := here.note(message)) is not None:
+                    i, ok, value = ended
                     running.pop(i)
                     if not ok:
                         raise value
@@ -397,13 +405,8 @@ class Executor:
                 for message in self._messages(worker):  # what it sent before it died is read first
                     if message is None:
                         dead = True
-                    elif message[0] == "more":
-                        if message[1] in worker.held:
-                            worker.held[message[1]] = True
-                    elif message[1] in worker.held:
-                        _, i, ok, value = message
-                        worker.held.pop(i)
-                        worker.alone = worker.alone and bool(worker.held)
+                    elif (ended := worker.note(message)) is not None:
+                        _, ok, value = ended
                         if not ok:
                             raise value
                         yield value
