@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,18 @@ VERIFY_BYTES = 1 << 23  # values read at a time when a file is read back
 # fills (~45 MB more per worker) for nothing: blocks fill whole chunks, which need no cache to be written or read.
 CHUNK_CACHE = {"rdcc_nbytes": 1 << 20}
 COMPLETE = "tglc_builder_complete"  # attribute written last, after verification: JSON of what the file holds
-# Lossless filters that every h5py ships, after a byte shuffle: DEFLATE at its fastest level where it pays (times
-# repeat across the stars of a CCD, flags and cadence numbers are regular), LZF for the noisy fluxes, whose low bytes
-# no coder shrinks and which DEFLATE would spend most of the conversion time on. Fletcher32 on everything.
+# Lossless filters that every h5py ships, after a byte shuffle, and deterministic (the same values give the same
+# bytes whatever was written before, so a resumed build equals an uninterrupted one byte for byte): DEFLATE at its
+# fastest level where it pays (times repeat across the stars of a CCD, flags and cadence numbers are regular); for
+# the noisy fluxes, DEFLATE too, but with zlib's run-length strategy (Z_RLE), which HDF5's filter cannot select, so
+# their chunks are compressed here and written whole (:func:`_write_flux`). Fletcher32 on everything.
+# LZF, used before for the fluxes, is not deterministic: h5py's bundled liblzf leaves its hash table uninitialised,
+# so a chunk compressed differently after different chunks (6 of 2,370 in a resumed build). Measured on 1,024 demo
+# light curves (1,282 cadences), fluxes only, compression ratio and speed of the writes: LZF + shuffle 0.751 at
+# 145 MB/s; HDF5's DEFLATE 1 + shuffle 0.696 at 66 MB/s (a third slower conversion: ~85 us more per light curve
+# against the ~230 us of a light curve's whole conversion); zlib level 1 Z_RLE + shuffle 0.695 at 136 MB/s.
 _DEFLATE: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True, "fletcher32": True}
-_LZF: dict[str, Any] = {"compression": "lzf", "shuffle": True, "fletcher32": True}
+_FLUX = _DEFLATE  # the same pipeline (shuffle, DEFLATE, Fletcher32): any reader decodes it; chunks by _write_flux
 _SCALAR: dict[str, Any] = {"fletcher32": True}  # 0.5% of the bytes: not worth decompressing
 _SHARD_NAME = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
 _TEMPORARY = ".tmp-"
@@ -73,7 +81,39 @@ def _stderr_silenced() -> Iterator[None]:
 
 
 def _filters(dtype: np.dtype) -> dict[str, Any]:
-    return _LZF if dtype == np.float32 else _DEFLATE
+    return _FLUX if dtype == np.float32 else _DEFLATE
+
+
+def _encode_chunk(chunk: np.ndarray) -> bytes:
+    """A whole chunk as HDF5 stores it through the pipeline shuffle, DEFLATE, Fletcher32 (filter mask 0): HDF5's
+    byte shuffle, zlib's stream at level 1 with the Z_RLE strategy (deterministic, as fast as LZF on the fluxes),
+    then the Fletcher32 checksum, little-endian, as H5Z_filter_fletcher32 appends it."""
+    shuffled = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1, chunk.dtype.itemsize).T.tobytes()
+    coder = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    data = coder.compress(shuffled) + coder.flush()
+    return data + _fletcher32(memoryview(data))[0].to_bytes(4, "little")
+
+
+def _write_flux(dset: h5py.Dataset, start: int, values: np.ndarray, pad: float) -> None:
+    """Write ``values`` at rows ``start...`` (columns ``0...``) of a flux dataset: the chunks the rows cover whole
+    are encoded by :func:`_encode_chunk` and written as they are (``write_direct_chunk``); rows of a chunk covered
+    in part (the last block of a shard) go through h5py, whose DEFLATE is deterministic too."""
+    chunk_rows, chunk_cols = dset.chunks
+    k, used = values.shape
+    end = start + k
+    first = min(end, -(-start // chunk_rows) * chunk_rows)  # the first chunk boundary at or after start
+    last = max(first, end // chunk_rows * chunk_rows)  # the end of the whole chunks
+    if first > start:
+        dset[start:first, :used] = values[:first - start]
+    for row in range(first, last, chunk_rows):
+        rows = values[row - start:row - start + chunk_rows]
+        for col in range(0, used, chunk_cols):
+            chunk = np.full((chunk_rows, chunk_cols), pad, dset.dtype)
+            part = rows[:, col:col + chunk_cols]
+            chunk[:, :part.shape[1]] = part
+            dset.id.write_direct_chunk((row, col), _encode_chunk(chunk))
+    if end > last:
+        dset[last:end, :used] = values[last - start:]
 
 
 def pixel_dir(output_dir: str | os.PathLike, pixel: int) -> Path:
@@ -280,6 +320,7 @@ class _HDF5Sink(ShardSink):
         self.h5: h5py.File | None = None
         self.datasets: dict[str, h5py.Dataset] = {}  # looked up once: h5py's name lookup is slow
         self.rows = self.width = 0
+        self.pads = {s.name: s.pad for s in writer.columns.series}
 
     def _fail(self, exc: BaseException) -> WriteError:
         self.abort()
@@ -330,7 +371,11 @@ class _HDF5Sink(ShardSink):
         for name, values in block.scalars.items():
             self.datasets[name][rows] = values
         for name, values in block.series.items():
-            self.datasets[name][rows, :values.shape[1]] = values
+            dset = self.datasets[name]
+            if dset.dtype == np.float32:
+                _write_flux(dset, start, values, self.pads[name])
+            else:
+                dset[rows, :values.shape[1]] = values
 
     def commit(self) -> None:
         if self.h5 is None:  # no row readable: no file (a stale one would hold rows that are no longer planned)
