@@ -22,7 +22,7 @@ from _blocks import Sector, blocks, build, plan_shards, single_file_sector, synt
 from conftest import SAMPLE  # noqa: E402
 from tglc_builder.columns import column_set  # noqa: E402
 from tglc_builder.errors import UsageError  # noqa: E402
-from tglc_builder.formats.base import write_error  # noqa: E402
+from tglc_builder.formats.base import check_digest, write_error  # noqa: E402
 from tglc_builder.formats.hats import DIR_SUFFIX, FILE_SUFFIX, MARK_KEY, HatsWriter, catalog_name, read_mark  # noqa: E402
 from tglc_builder.reader import read_tglc  # noqa: E402
 
@@ -133,7 +133,7 @@ def test_pixel_files_follow_the_contract(one_file_build, sector):
     assert meta.num_row_groups == 1 and meta.row_group(0).num_rows == CLUSTER  # < ROW_GROUP_ROWS
     mark = json.loads(meta.metadata[MARK_KEY.encode()])
     assert mark == {"sector": 23, "columns": "seed", "pixel": big.pixel, "shard": "001-of-001", "rows": CLUSTER,
-                    "tglc_builder_version": mark["tglc_builder_version"]}
+                    "tglc_builder_version": mark["tglc_builder_version"], "sha256": check_digest(writer.file(big))}
     column = meta.row_group(0).column(meta.num_columns - 5)  # lightcurve.time
     assert column.path_in_schema == "lightcurve.time.list.element" and column.compression == "ZSTD"
     assert "BYTE_STREAM_SPLIT" in column.encodings

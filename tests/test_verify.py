@@ -20,7 +20,7 @@ from tglc_builder.columns import column_set
 from tglc_builder.formats.hdf5 import HDF5Writer
 
 SEED = column_set("seed")
-FLIPS = int(os.environ.get("TGLC_TEST_FLIPS", "400"))  # per format; benchmarks/flips.py runs 2,000
+FLIPS = 2000  # per format, anywhere; and as many again in the bytes the format leaves unprotected
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +68,106 @@ def test_hdf5_shard_bytes_do_not_depend_on_what_was_written_before(sector, tmp_p
                 width = whole.series[s.name].shape[1]
                 assert h5[s.name].shape == (100, width)
                 assert h5[s.name][()].tobytes() == whole.series[s.name].tobytes(), (folder, s.name)
+
+
+# ---- point 3: a checksum of every byte ----------------------------------------------------------------------------
+def _small_shard(sector: Sector, rows: int = 6):
+    return plan_shards(replace(sector, **{k: getattr(sector, k)[:rows] for k in
+                                          ("gaiadr3_id", "tic_id", "ra", "dec", "cam", "ccd", "path")}))[0]
+
+
+def _writer(fmt: str, out: Path):
+    if fmt == "hdf5":
+        return HDF5Writer(out, 23, SEED)
+    pytest.importorskip("hats")
+    from tglc_builder.formats.hats import HatsWriter
+
+    return HatsWriter(out, 23, SEED)
+
+
+def _unprotected(fmt: str, file: Path) -> list[int]:
+    """The bytes the format's own checksums do not cover: HDF5, every byte outside the Fletcher32-checked chunks
+    (superblock, object headers, attributes, B-trees, heaps); Parquet, the footer (statistics, offsets, schema)."""
+    size = file.stat().st_size
+    if fmt == "hats":
+        footer = int.from_bytes(file.read_bytes()[-8:-4], "little")
+        return list(range(size - 8 - footer, size))
+    covered = np.zeros(size, bool)
+    with h5py.File(file, "r") as h5:
+        for name in h5:
+            h5[name].id.chunk_iter(lambda c: covered.__setitem__(slice(c.byte_offset, c.byte_offset + c.size), True))
+    return np.flatnonzero(~covered).tolist()
+
+
+def _passes_the_formats_own_checks(fmt: str, file: Path, writer, shard) -> bool:
+    """Whether the checks of before (every value read, every checksum, the structure) accept the file."""
+    from tglc_builder.formats.base import WriteError
+
+    try:
+        if fmt == "hats":
+            from tglc_builder.formats.hats import read_mark, verify_file
+
+            ids, _ = verify_file(file, writer.schema, read_mark(file), full=True)
+            return len(ids) == len(shard)
+        from tglc_builder.formats.hdf5 import _verify
+
+        with h5py.File(file, "r") as h5:
+            _verify(h5, len(shard), SEED)
+            for name in h5:
+                h5[name][()]
+        return True
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, WriteError):
+        return False
+    except Exception:  # noqa: BLE001 - pyarrow's errors
+        return False
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "hats"])
+def test_every_flipped_byte_is_caught_by_verify(fmt, sector, tmp_path, caplog):
+    """FLIPS random single-byte changes anywhere in a finished file, and as many again in the bytes the format's own
+    checksums leave unprotected, one at a time (the file restored between trials): the file never counts as whole
+    under --verify, though many of the flips in the unprotected bytes pass every check of before."""
+    shard = _small_shard(sector)
+    writer = _writer(fmt, tmp_path / "out")
+    writer.prepare([shard], False)
+    write_shard(writer, shard, sector.fits_dir)
+    file = writer.file(shard)
+    good = file.read_bytes()
+    assert np.array_equal(writer.complete_ids(shard, verify=True), shard.gaiadr3_id)
+    rng = random.Random(f"{fmt}-flips")
+    unprotected = _unprotected(fmt, file)
+    assert 0 < len(unprotected) < len(good)
+    positions = [rng.randrange(len(good)) for _ in range(FLIPS)] + [rng.choice(unprotected) for _ in range(FLIPS)]
+    missed, passed_before = [], 0
+    with open(file, "r+b") as f:
+        for trial, at in enumerate(positions):
+            f.seek(at)
+            f.write(bytes([good[at] ^ rng.randrange(1, 256)]))
+            f.flush()
+            caplog.clear()
+            if writer.complete_ids(shard, verify=True) is not None:
+                missed.append(at)
+            if trial >= FLIPS and trial % 8 == 0 and _passes_the_formats_own_checks(fmt, file, writer, shard):
+                passed_before += 1
+            f.seek(at)
+            f.write(good[at:at + 1])
+            f.flush()
+    assert missed == []
+    print(f"{fmt}: {passed_before} of {FLIPS // 8} flips in unprotected bytes passed the checks of before")
+    assert passed_before > 0  # the checksum is what catches them
+    assert file.read_bytes() == good
+    assert np.array_equal(writer.complete_ids(shard, verify=True), shard.gaiadr3_id)
+
+    # as a build plans it: a plain rerun trusts the mark, --verify plans the shard again, and the file written
+    # again is the file of before, byte for byte
+    from tglc_builder.plan import make_plan
+
+    at = unprotected[len(unprotected) // 2]
+    with open(file, "r+b") as f:
+        f.seek(at)
+        f.write(bytes([good[at] ^ 0x01]))
+    assert make_plan([shard], [writer]).pending == []
+    (task,) = make_plan([shard], [writer], verify=True).pending
+    assert task.formats == (writer.name,) and task.carry is None
+    write_shard(writer, shard, sector.fits_dir)
+    assert file.read_bytes() == good

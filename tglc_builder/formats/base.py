@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import errno
+import hashlib
+import mmap
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -89,6 +91,73 @@ def write_error(file: Path, exc: BaseException) -> WriteError:
         return WriteError(f"file size limit reached on {file.parent} writing {file.name}", disk_full=True)
     reason = os.strerror(code) if isinstance(code, int) and code else (text.splitlines() or [type(exc).__name__])[0]
     return WriteError(f"cannot write {file}: {reason}")
+
+
+# ---- the checksum of a whole file, in its completion mark ---------------------------------------------------------
+# The formats' own checksums leave bytes unprotected: Parquet's page CRCs cover page data, not page headers nor the
+# footer (row-group statistics, offsets, the schema's metadata), and HDF5's Fletcher32 covers chunks, not the
+# superblock, object headers, attributes or B-trees. A flipped byte there can pass a full read (a row group's TIC_ID
+# statistics changed: a filtered read skips its rows). So every output file carries, in its completion mark, the
+# SHA-256 of all its bytes, computed with the digest's own 64 characters as zeros (the mark lives inside the file:
+# its footer, an attribute), written into the mark in place once the file is closed (the same length, so nothing
+# moves), and checked by --verify before any library reads the file. The whole file rather than only what the
+# formats leave unprotected: any change counts (padding and unused bytes too), it needs no knowledge of either
+# layout, and it is cheap: SHA-256 runs at ~1.7 GB/s here, ~2% of the conversion (~43 MB/s of output per core).
+DIGEST_KEY = "sha256"  # key of the mark (JSON) that holds the file's SHA-256
+_UNSEALED = "0" * 64
+_DIGEST_AT = f'"{DIGEST_KEY}": "'.encode()  # json.dumps' separators: the digest follows this in the mark's text
+
+
+def _sha256(data: mmap.mmap, at: int) -> str:
+    """SHA-256 of ``data`` with the 64 bytes at ``at`` taken as zeros."""
+    digest = hashlib.sha256()
+    with memoryview(data) as view:
+        digest.update(view[:at])
+        digest.update(_UNSEALED.encode())
+        digest.update(view[at + 64:])
+    return digest.hexdigest()
+
+
+def _digest_offset(data: mmap.mmap, file: Path) -> int:
+    """Where the mark's digest starts: after the only occurrence of ``"sha256": "``."""
+    at = data.find(_DIGEST_AT)
+    if at < 0:
+        raise WriteError(f"{file}: no {DIGEST_KEY} in its completion mark (written before checksums, or damaged)")
+    if data.find(_DIGEST_AT, at + 1) >= 0:
+        raise WriteError(f"{file}: {DIGEST_KEY} appears twice in it")
+    return at + len(_DIGEST_AT)
+
+
+def seal(file: Path) -> str:
+    """Write the file's SHA-256 into the placeholder of its mark (64 zeros after ``"sha256": "``); return it."""
+    with open(file, "r+b") as f, mmap.mmap(f.fileno(), 0) as data:
+        at = _digest_offset(data, file)
+        if data[at:at + 64] != _UNSEALED.encode():
+            raise WriteError(f"{file}: its mark holds no placeholder for its checksum")
+        digest = _sha256(data, at)
+        data[at:at + 64] = digest.encode()
+        data.flush()
+    return digest
+
+
+def check_digest(file: Path) -> str:
+    """The SHA-256 recorded in ``file``'s mark, once checked against the file's bytes; raises WriteError (naming
+    the file) when the file changed since it was sealed. Reads the file raw, so a damaged file never reaches
+    h5py or pyarrow here."""
+    try:
+        with open(file, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise WriteError(f"{file}: empty")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                at = _digest_offset(data, file)
+                recorded = bytes(data[at:at + 64]).decode("ascii", "replace")
+                actual = _sha256(data, at)
+    except OSError as exc:
+        raise WriteError(f"{file}: cannot be read ({exc.strerror or exc})") from None
+    if actual != recorded:
+        raise WriteError(f"{file}: its bytes do not match the SHA-256 in its completion mark (changed after it "
+                         "was written)")
+    return recorded
 
 
 class ShardSink(abc.ABC):

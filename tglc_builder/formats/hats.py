@@ -56,7 +56,8 @@ import pyarrow.parquet as pq
 from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, ColumnSet
 from ..errors import UsageError
-from .base import Block, RowSource, Shard, ShardSink, WriteError, Writer, write_error
+from .base import (_UNSEALED, DIGEST_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer, check_digest, seal,
+                   write_error)
 from .card import write_card
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,8 @@ class HatsWriter(Writer):
 
     def mark(self, shard: Shard, rows: int) -> dict:
         return {"sector": self.sector, "columns": self.columns.name, "pixel": int(shard.pixel),
-                "shard": shard.label, "rows": int(rows), "tglc_builder_version": __version__}
+                "shard": shard.label, "rows": int(rows), "tglc_builder_version": __version__,
+                DIGEST_KEY: _UNSEALED}  # the file's SHA-256, written in place by base.seal once the file is closed
 
     # -- worker side ------------------------------------------------------------------------------------------------
     def complete_ids(self, shard: Shard, verify: bool = False) -> np.ndarray | None:
@@ -291,10 +293,20 @@ class HatsWriter(Writer):
         file = self.file(shard)
         if not file.is_file():
             return None
+        digest = None
+        if verify:  # before pyarrow reads a byte of a damaged footer
+            try:
+                digest = check_digest(file)
+            except WriteError as exc:
+                log.warning("%s; it will be written again", exc)
+                return None
         mark = read_mark(file)
         expected = self.mark(shard, mark.get("rows", 0) if mark else 0)
         if not mark or any(mark.get(key) != expected[key] for key in ("sector", "columns", "pixel", "shard")):
             log.warning("%s is not a whole shard file of this build; it will be written again", file)
+            return None
+        if verify and mark.get(DIGEST_KEY) != digest:
+            log.warning("%s: its mark does not hold the checksum found in it; it will be written again", file)
             return None
         try:
             ids, _ = verify_file(file, self.schema, mark, full=verify)
@@ -677,6 +689,9 @@ class _HatsSink(ShardSink):
             ids, sorted_spatial = verify_file(self.tmp, self.schema, mark, full=True)
             if not np.array_equal(sorted_spatial, spatial[order]):
                 raise WriteError(f"{self.tmp}: {SPATIAL_INDEX} read back differs from what was written")
+            digest = seal(self.tmp)
+            if (read_mark(self.tmp) or {}).get(DIGEST_KEY) != digest:
+                raise WriteError(f"{self.tmp}: its mark does not read back with its checksum")
             with open(self.tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(self.tmp, self.file)

@@ -29,7 +29,8 @@ import numpy as np
 from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, ColumnSet
 from ..errors import UsageError
-from .base import Block, RowSource, Shard, ShardSink, WriteError, Writer, write_error
+from .base import (_UNSEALED, DIGEST_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer, check_digest, seal,
+                   write_error)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ VERIFY_BYTES = 1 << 23  # values read at a time when a file is read back
 # Chunk cache per open dataset. HDF5 2.0 raised its default from 1 MiB to 8 MiB, which a writer with a dozen datasets
 # fills (~45 MB more per worker) for nothing: blocks fill whole chunks, which need no cache to be written or read.
 CHUNK_CACHE = {"rdcc_nbytes": 1 << 20}
-COMPLETE = "tglc_builder_complete"  # attribute written last, after verification: JSON of what the file holds
+# attribute written last, after verification: JSON of what the file holds, and the SHA-256 of the whole file
+# (base.seal, written into the attribute's bytes in place once the file is closed)
+COMPLETE = "tglc_builder_complete"
 # Lossless filters that every h5py ships, after a byte shuffle, and deterministic (the same values give the same
 # bytes whatever was written before, so a resumed build equals an uninterrupted one byte for byte): DEFLATE at its
 # fastest level where it pays (times repeat across the stars of a CCD, flags and cadence numbers are regular); for
@@ -128,16 +131,19 @@ class HDF5Writer(Writer):
 
     def _mark(self, n_rows: int) -> str:
         return json.dumps({"sector": self.sector, "columns": self.columns.name, "rows": n_rows,
-                           "tglc_builder_version": __version__}, sort_keys=True)
+                           "tglc_builder_version": __version__, DIGEST_KEY: _UNSEALED}, sort_keys=True)
 
     def complete_ids(self, shard: Shard, verify: bool = False) -> np.ndarray | None:
         file = self.file(shard)
         try:
+            digest = check_digest(file) if verify else None  # before HDF5 reads a byte of a damaged file
             with h5py.File(file, "r", **CHUNK_CACHE) as h5:
                 mark = json.loads(h5.attrs.get(COMPLETE, "null"))
                 if not mark or mark["sector"] != self.sector or mark["columns"] != self.columns.name:
                     return None
                 if verify:
+                    if mark.get(DIGEST_KEY) != digest:
+                        raise WriteError(f"{file}: its mark does not hold the checksum found in it")
                     _verify(h5, mark["rows"], self.columns)
                 ids = h5["gaiadr3_id"][()]
                 return ids if len(ids) == mark["rows"] else None
@@ -389,6 +395,10 @@ class _HDF5Sink(ShardSink):
             with h5py.File(self.tmp, "r+", **CHUNK_CACHE) as h5:  # opened once: checked, then marked
                 _verify(h5, self.rows, self.writer.columns)
                 h5.attrs[COMPLETE] = self.writer._mark(self.rows)
+            digest = seal(self.tmp)
+            with h5py.File(self.tmp, "r") as h5:  # the mark reads back, with the checksum where it belongs
+                if json.loads(h5.attrs[COMPLETE]).get(DIGEST_KEY) != digest:
+                    raise WriteError(f"{self.tmp}: its mark does not read back with its checksum")
             with open(self.tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(self.tmp, self.file)
