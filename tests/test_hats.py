@@ -548,6 +548,22 @@ def test_extras_margin_cache_and_index(sector, tmp_path):
     ds = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds.num_rows == 40  # the margin cache and the index are not rows of the dataset
     assert "10 arcsec margin cache" in (out / "README.md").read_text()
+    # the derived catalogs name their primary catalog relative to the collection (as lsdb's own writer does), so a
+    # collection moved (or published) elsewhere still opens whole: margin and index included
+    for derived in ("tglc_s0023_10arcs", "tglc_s0023_gaiadr3_id"):
+        text = (out / derived / "hats.properties").read_text()
+        assert "hats_primary_table_url=tglc_s0023\n" in text and str(tmp_path) not in text, text
+    moved = tmp_path / "published" / "tglc"
+    moved.parent.mkdir()
+    out.rename(moved)
+    assert is_valid_catalog(moved, strict=True)
+    tglc = lsdb.open_catalog(moved)
+    assert tglc.margin is not None and tglc.margin.hc_structure.catalog_info.primary_catalog == "tglc_s0023"
+    assert tglc.id_search(values={"gaiadr3_id": gaia}).compute()["gaiadr3_id"].tolist() == [gaia]
+    edge_cat = tglc.cone_search(ra=float(sub.ra[20]), dec=float(sub.dec[29]), radius_arcsec=5)
+    matched = edge_cat.crossmatch(tglc, radius_arcsec=10, n_neighbors=20, suffixes=("", "_n")).compute()
+    assert set(matched["gaiadr3_id_n"]) == set(edge.tolist())
+    moved.rename(out)
     # the next build removes the derived catalogs until its own finish
     writer.prepare(plan_shards(sub), False)
     assert not (out / "tglc_s0023_10arcs").exists() and not (out / "collection.properties").exists()

@@ -505,6 +505,7 @@ class HatsWriter(Writer):
         client) and a ``gaiadr3_id`` index catalog (:func:`write_index`)."""
         from dask.distributed import Client
         from hats_import.margin_cache.margin_cache_arguments import MarginCacheArguments
+        from hats.catalog.dataset.table_properties import TableProperties
         from hats_import.pipeline import pipeline_with_client
 
         catalog = self.catalog_dir
@@ -521,6 +522,9 @@ class HatsWriter(Writer):
             shutil.rmtree(tmp, ignore_errors=True)
         # hats-import's margin pipeline writes nothing when no row lies within the margin of another pixel
         margins = [margin_name] if (self.output_dir / margin_name / "hats.properties").is_file() else []
+        if margins:  # hats-import names the primary catalog by its absolute path: a moved collection points nowhere
+            properties = TableProperties.read_from_dir(self.output_dir / margin_name)
+            properties.copy_and_update(primary_catalog=catalog.name).to_properties_file(self.output_dir / margin_name)
         write_index(self.output_dir / index_name, catalog, files, "gaiadr3_id")
         return margins, {"gaiadr3_id": index_name}
 
@@ -529,7 +533,8 @@ def write_index(index_dir: Path, catalog: Path, files: list[Path], column: str,
                 rows_per_file: int = 1_000_000) -> int:
     """A HATS index catalog of ``column``, as hats-import's index pipeline writes it (``dataset/index/part.<i>
     .parquet``: the column sorted, with the ``Norder``/``Npix`` of each row's partition; hats' write options and
-    metadata; an ``index`` hats.properties). Written here because hats-import's pipeline refuses to run on Python
+    metadata; an ``index`` hats.properties naming the primary catalog relative to the collection, as lsdb's own
+    writer does, so that the collection can move). Written here because hats-import's pipeline refuses to run on Python
     3.11 with a Dask other than 2025.3 (and it needs none: the whole index of a sector is a few tens of MB)."""
     from hats.catalog.dataset.table_properties import TableProperties
     from hats.io.file_io import get_parquet_write_table_kwargs
@@ -556,7 +561,7 @@ def write_index(index_dir: Path, catalog: Path, files: list[Path], column: str,
     write_parquet_metadata(index_dir, order_by_healpix=False)
     TableProperties(**(TableProperties.new_provenance_dict(index_dir, builder=f"tglc_builder v{__version__}") | {
         "catalog_name": index_dir.name, "catalog_type": "index", "total_rows": len(table),
-        "primary_catalog": str(catalog), "indexing_column": column})).to_properties_file(index_dir)
+        "primary_catalog": catalog.name, "indexing_column": column})).to_properties_file(index_dir)
     return len(table)
 
 
