@@ -267,6 +267,46 @@ def test_disk_full_while_writing_leaves_no_partial_shard(archive, reference, tmp
     assert not _debris(root)
 
 
+def test_format_both_on_a_full_hats_disk_fails_the_hats_rows_only(archive, reference, tmp_path):
+    """--format both with a file-size limit that every HDF5 file fits under but the HATS writer's larger files do
+    not (a full HATS disk): the rows written whole to HDF5 are reported as failed in HATS only, their HDF5 files
+    are kept (whole, equal to an uninterrupted build's), and a rerun with space writes the HATS files from them."""
+    pytest.importorskip("hats")
+    sizes = sorted(f.stat().st_size for f in _shards(reference / "out"))
+    catalog_size = (reference / "data" / "s0023" / "s0023-catalog.hdf5").stat().st_size
+    listing_size = max(f.stat().st_size for f in (reference / "data" / "s0023").iterdir())
+    limit = max(FITS_SIZE, catalog_size, listing_size, sizes[-1]) + 2880
+    root = tmp_path / "both"
+    both = ("-n", "1", "--format", "both", "--hats_output_path", str(root / "hats"))
+    result = _run(root, archive.url, *both, fsize=limit)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert not _tracebacks(result.stderr)
+    failures = _failures(root)
+    assert failures, result.stderr[-3000:]
+    written = {}
+    for shard in _shards(root / "out"):
+        with h5py.File(shard, "r") as h5:
+            written.update({int(g): shard for g in h5["gaiadr3_id"][()]})
+    for failure in failures:
+        assert failure["stage"] == "write", failure
+        assert failure["reason"].startswith("hats output: file size limit reached on "), failure
+        assert failure["reason"].endswith("(the shard's hdf5 file is whole)"), failure
+        assert int(failure["gaiadr3_id"]) in written, failure  # and it is: its HDF5 file is under its final name
+    _assert_only_whole_files(root / "out", reference / "out")
+    summary = _summary(result.stderr)
+    assert summary["failed"] == len(failures)
+    assert f"{len(failures)} failed ({len(failures)} of them whole in hdf5, failed in the other format only)" \
+        in result.stderr
+    assert not _debris(root)
+
+    result = _run(root, archive.url, *both)  # space again: the HATS files, from the whole HDF5 files
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not _failures(root)
+    assert _summary(result.stderr)["carried"] >= len(failures)
+    assert_same_data(reference / "out", root / "out")
+    assert not _debris(root)
+
+
 # ---- 2. listings complete or refused --------------------------------------------------------------------------------
 def _listing_paths(sector: int = 23) -> tuple[str, str]:
     return layout.bulk_script_relpath(sector), layout.target_list_relpath(sector)

@@ -19,3 +19,5 @@ class Failure:
     stage: str  # "download" (fetching the FITS file), "convert" (reading it), "write" (an output file)
     reason: str
     attempts: int
+    whole_in: tuple[str, ...] = ()  # formats whose file of the object's shard is whole (with --format both, when
+    # only the other failed); not a column of failures.csv, whose reason says it

@@ -47,9 +47,15 @@ class BuildSummary:
 
     def describe(self) -> str:
         carried = f", {self.carried} carried over from earlier files" if self.carried else ""
+        partly = {}  # failed in one format only: whole in the others (--format both)
+        for failure in self.failures:
+            if failure.whole_in:
+                partly[failure.whole_in] = partly.get(failure.whole_in, 0) + 1
+        partly_text = "".join(f" ({n} of them whole in {' and '.join(formats)}, failed in the other format only)"
+                              for formats, n in partly.items())
         return (f"{self.downloaded} downloaded, {self.present} already present, {self.complete} already converted, "
                 f"{self.converted} converted into {self.files_written} file(s){carried}, "
-                f"{len(self.failures)} failed")
+                f"{len(self.failures)} failed{partly_text}")
 
 
 def import_soon(*modules: str) -> threading.Thread:

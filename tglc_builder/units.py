@@ -207,6 +207,7 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
     """Write one shard from its carried rows and its next items of ``fetched`` (consumed in order)."""
     shard, carried_at = plan.shard, plan.carried_at
     sinks = [w.open(shard) for w in plan.writers]
+    lost: dict[str, WriteError] = {}  # formats whose file of the shard failed while the others' go on
     builder = _BlockBuilder(shard, settings.columns, settings.block_rows)
     buffer = ReadBuffer()
     fits_dir = Path(settings.fits_dir)
@@ -244,11 +245,9 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
                     ours.append(outcome.path)
             if len(builder):
                 block = builder.take()
-                for sink in sinks:
-                    sink.append(block)
+                _each_format(plan.writers, sinks, lost, lambda sink: sink.append(block))
             executor.advance(stop - start)
-        for sink in sinks:
-            sink.commit()
+        _each_format(plan.writers, sinks, lost, lambda sink: sink.commit())
     except BaseException as exc:
         for sink in sinks:
             sink.abort()
@@ -258,9 +257,11 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
             return
         if isinstance(exc, DiskFull):
             reason, stage, result.fatal = exc.strerror, "download", exc.strerror
-        elif isinstance(exc, WriteError):
-            reason, stage = str(exc), "write"
-            result.fatal = reason if exc.disk_full else result.fatal
+        elif isinstance(exc, WriteError):  # every format failed (lost holds each one's error)
+            errors = list(lost.values()) or [exc]
+            reason, stage = "; ".join(str(e) for e in errors), "write"
+            full = next((e for e in errors if e.disk_full), None)
+            result.fatal = str(full) if full is not None else result.fatal
         elif isinstance(exc, _CarryBroken):
             reason, stage = f"{exc}; rerun with --verify to write the shard again from its FITS files", "convert"
         else:
@@ -269,6 +270,17 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
         result.failures += [Failure(int(g), p.decode(), stage, reason, 1)
                             for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
         return
+    if lost:  # some formats failed, the others' files are whole: the rows fail in the failed formats only
+        whole = tuple(w.name for w in plan.writers if w.name not in lost)
+        for exc in lost.values():
+            result.fatal = result.fatal or (str(exc) if exc.disk_full else None)
+        reason = "; ".join(f"{name} output: {exc}" for name, exc in lost.items()) + \
+            f" (the shard's {' and '.join(whole)} file is whole)"
+        done = {f.gaiadr3_id for f in result.failures}
+        result.failures += [Failure(int(g), p.decode(), "write", reason, 1, whole_in=whole)
+                            for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
+        result.files_written += len(whole)
+        return
     written = len(shard) - (len(result.failures) - failed_before)
     if plan.writers and written:
         result.written += written
@@ -276,6 +288,22 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
     if settings.clean_fits:
         for path in ours:
             path.unlink(missing_ok=True)
+
+
+def _each_format(writers: list[Writer], sinks: list, lost: dict[str, WriteError], action) -> None:
+    """``action(sink)`` for each format not yet lost; a format whose write fails is abandoned (its file removed)
+    and the others go on (--format both: one full disk must not cost the other format's whole file). Raises the
+    WriteError when every format has failed."""
+    for writer, sink in zip(writers, sinks):
+        if writer.name in lost:
+            continue
+        try:
+            action(sink)
+        except WriteError as exc:
+            sink.abort()
+            lost[writer.name] = exc
+            if len(lost) == len(writers):
+                raise
 
 
 class _CarryBroken(Exception):
