@@ -63,7 +63,8 @@ def main() -> None:
             print(f"{'LZF + shuffle (before)' if old else 'zlib 1 Z_RLE + shuffle (now)':30s} {rows / cpu:7.0f} "
                   f"light curves per CPU s, {size / rows / 1000:5.2f} KB per light curve ({rows} rows, "
                   f"{info['mean_cadences']:.0f} cadences on average)")
-        print(f"ratio now/before: speed {best[True][0] / best[False][0]:.3f}, size {best[False][2] / best[True][2]:.3f}")
+        speed, size = best[True][0] / best[False][0], best[False][2] / best[True][2]
+        print(f"ratio now/before: speed {speed:.3f}, size {size:.3f}")
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ shard (measured: ~4 row groups of light curves at the peak, 55 MB each at 10,700
 page carries a CRC checksum (``write_page_checksum``), so a corrupted page raises on read in pyarrow (with
 ``page_checksum_verification``). The footer's key-value metadata, written last when the file is closed, records
 the sector, columns, pixel, shard and row count (:data:`MARK_KEY`); the file is then reopened and read whole
-(checksums, row count, schema, each list's length against ``n_cadences``, ids and sort order), synced and only
-then renamed. A file under a final name with a matching mark is therefore whole.
+(checksums, row count, schema, each list's length against ``n_cadences``, ids and sort order), sealed (the SHA-256
+of the whole file written into the mark: the page CRCs leave page headers and the footer unprotected, see
+:func:`.base.seal`), synced and only then renamed. A file under a final name with a matching mark is therefore
+whole, and ``--verify`` catches any byte changed since.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ DATASET-CONTRACT.md).
 A shard streams through blocks into chunked, compressed datasets, so memory does not grow with the pixel. Every
 dataset carries HDF5's Fletcher32 chunk checksums, so a corrupted chunk raises on read in every reader. A file is
 written under a temporary name, closed, opened again and checked whole (every chunk of every row stored, every
-chunk's checksum right), and only then marked complete (an attribute written last) and renamed; so a file under a
-final name with that mark is whole.
+chunk's checksum right), and only then marked complete (an attribute written last, holding the SHA-256 of the whole
+file: Fletcher32 leaves the metadata unprotected, see :func:`.base.seal`) and renamed; so a file under a final name
+with that mark is whole, and ``--verify`` catches any byte changed since.
 """
 
 from __future__ import annotations
