@@ -306,6 +306,41 @@ def test_format_both_on_a_full_hats_disk_fails_the_hats_rows_only(archive, refer
     assert_same_data(reference / "out", root / "out")
     assert not _debris(root)
 
+    # --verify on the finished pair of outputs catches what the formats' own checksums miss, and rewrites exactly
+    # that: a Parquet footer whose TIC_ID statistics lie (a filtered read would skip the row group's rows), and a
+    # byte of an HDF5 file outside its checksummed chunks
+    import pyarrow.parquet as pq
+
+    parquet = sorted((root / "hats").rglob("*.parquet"), key=lambda f: f.stat().st_size)[-1]
+    meta = pq.read_metadata(parquet)
+    tic = meta.schema.to_arrow_schema().get_field_index("TIC_ID")
+    low = meta.row_group(0).column(tic).statistics.min
+    data = parquet.read_bytes()
+    at = data.rfind(int(low).to_bytes(8, "little", signed=True))
+    assert at > len(data) - 8 - int.from_bytes(data[-8:-4], "little")  # in the footer
+    victim = max(_shards(root / "out"), key=lambda f: f.stat().st_size)
+    covered = bytearray(victim.stat().st_size)
+    with h5py.File(victim, "r") as h5:
+        for name in h5:
+            h5[name].id.chunk_iter(lambda c: covered.__setitem__(slice(c.byte_offset, c.byte_offset + c.size),
+                                                                 b"\1" * c.size))
+    outside = [i for i, c in enumerate(covered) if not c]
+    originals = {parquet: data, victim: victim.read_bytes()}
+    for file, where in ((parquet, at), (victim, outside[len(outside) // 2])):
+        with open(file, "r+b") as f:
+            f.seek(where)
+            f.write(bytes([originals[file][where] ^ 0x01]))
+    assert pq.read_metadata(parquet).row_group(0).column(tic).statistics.min == low ^ 1
+    everything = [*_shards(root / "out"), *(root / "hats").rglob("*.parquet")]
+    stamps = {f: f.stat().st_mtime_ns for f in everything}
+    assert _run(root, archive.url, *both).returncode == 0  # a plain rerun trusts the marks
+    assert {f for f in everything if f.stat().st_mtime_ns != stamps[f]} == set()
+    result = _run(root, archive.url, *both, "--verify")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {f for f in everything if f.stat().st_mtime_ns != stamps[f]} == {parquet, victim}
+    assert all(file.read_bytes() == original for file, original in originals.items())
+    assert "do not match the SHA-256" in result.stderr
+
 
 # ---- 2. listings complete or refused --------------------------------------------------------------------------------
 def _listing_paths(sector: int = 23) -> tuple[str, str]:
