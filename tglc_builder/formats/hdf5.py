@@ -54,7 +54,9 @@ COMPLETE = "tglc_builder_complete"
 # so a chunk compressed differently after different chunks (6 of 2,370 in a resumed build). Measured on 1,024 demo
 # light curves (1,282 cadences), fluxes only, compression ratio and speed of the writes: LZF + shuffle 0.751 at
 # 145 MB/s; HDF5's DEFLATE 1 + shuffle 0.696 at 66 MB/s (a third slower conversion: ~85 us more per light curve
-# against the ~230 us of a light curve's whole conversion); zlib level 1 Z_RLE + shuffle 0.695 at 136 MB/s.
+# against the ~230 us of a light curve's whole conversion); zlib level 1 Z_RLE + shuffle 0.695 at 136 MB/s. Whole
+# conversion (units.build_unit, 3,920 demo light curves, benchmarks/filters.py): 9.91 KB per light curve against
+# 10.18 KB with LZF (0.97x), 0.94x-0.98x the light curves per CPU second (see benchmarks/RESULTS.md).
 _DEFLATE: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True, "fletcher32": True}
 _FLUX = _DEFLATE  # the same pipeline (shuffle, DEFLATE, Fletcher32): any reader decodes it; chunks by _write_flux
 _SCALAR: dict[str, Any] = {"fletcher32": True}  # 0.5% of the bytes: not worth decompressing
