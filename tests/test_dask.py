@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import h5py
 import pytest
@@ -113,3 +114,75 @@ def test_a_task_dask_gives_up_on_becomes_failures_then_a_rerun_finishes(tmp_path
     assert again.failures == []
     assert _datasets(tmp_path / "dask" / "out") == _datasets(tmp_path / "reference" / "out")
     assert again.complete + again.converted == reference.converted  # the rerun finished what the first left
+
+
+def _tree(root) -> dict[str, tuple[int, int]]:
+    """Every file under ``root``: its size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1 (one thread each); the address."""
+    dask = str(Path(sys.executable).with_name("dask"))
+    info = tmp_path / "scheduler.json"
+    common = dict(env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                   "--scheduler-file", str(info)], **common)]
+    try:
+        deadline = time.monotonic() + 60
+        while not info.exists():
+            assert processes[0].poll() is None and time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.1)
+        processes += [subprocess.Popen([dask, "worker", "--scheduler-file", str(info), "--nthreads", "1",
+                                        "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1"], **common)
+                      for _ in range(2)]
+        with distributed.Client(scheduler_file=str(info), timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            address = client.scheduler.address
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def test_ctrl_c_stops_the_clusters_running_units(tmp_path, dask_processes):
+    """Ctrl-C to a build on a real cluster: its running units stop at their next file, the command exits 130 in
+    time, and once it has exited nothing more is asked of the archive nor written."""
+    root = tmp_path / "build"
+    with LocalArchive(sector=23, n=400, seed=15, latency=1.0) as archive:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "build_parent_sample.py"), "-s", "23", "--scheduler", dask_processes,
+             "--mast-url", archive.url, "--tglc_data_path", str(root / "data"), "--hdf5_output_path",
+             str(root / "out"), "--fits_output_path", str(root / "fits")],
+            env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while sum(1 for _ in (root / "fits").rglob("*.fits")) < 20:
+                assert process.poll() is None, process.stderr.read()
+                assert time.monotonic() < deadline, "the build never got going"
+                time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            _, stderr = process.communicate(timeout=60)
+            took = time.monotonic() - sent
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        requests, files = archive.request_count(), _tree(root)
+        time.sleep(4)  # the workers would have gone on: ~100 more files at this latency
+        assert archive.request_count() == requests
+        assert _tree(root) == files
+    assert process.returncode == 130, stderr
+    assert took < 10, took  # the README's promise
+    assert "running tasks stop at their next file" in stderr and "did not stop" not in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    assert 20 <= sum(1 for _ in (root / "fits").rglob("*.fits")) < 400  # it was stopped mid-build
+    assert not [p for p in root.rglob("*") if ".part-" in p.name or ".tmp-" in p.name]
