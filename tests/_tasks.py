@@ -207,3 +207,7 @@ def read_items(items: list[int], deadly: int) -> list[int]:
                 time.sleep(60)
             time.sleep(0.01)
     return items
+
+
+def dispatch_stop(kind: str, args: tuple):
+    return {"poll": poll_until_stopped, "ignore": ignore_stop}[kind](*args)

@@ -186,3 +186,29 @@ def test_ctrl_c_stops_the_clusters_running_units(tmp_path, dask_processes):
     assert "Traceback" not in stderr, stderr
     assert 20 <= sum(1 for _ in (root / "fits").rglob("*.fits")) < 400  # it was stopped mid-build
     assert not [p for p in root.rglob("*") if ".part-" in p.name or ".tmp-" in p.name]
+
+
+def test_stop_and_interrupt_reach_tasks_running_on_the_cluster(tmp_path, cluster, caplog):
+    """``stop()`` (a full disk) and an interrupt reach tasks already running on Dask workers, which return at their
+    next look; a task that never looks is given up on after the grace, with one log line."""
+    import _tasks
+    from test_executor import _Interrupt, _interrupt_after, _lost
+
+    from tglc_builder.executor import Executor
+
+    _, client = cluster
+    with Executor(client=client, stop_grace=2.0) as ex:
+        results = []
+        for result in ex.run(_tasks.poll_until_stopped, [(0.0,), (60.0,)], total=2, desc="Testing", unit="task",
+                             weights=[1, 1], lost=_lost):
+            results.append(result)
+            ex.stop()
+        assert sorted(results) == ["ran out", "stopped"]
+
+        markers = [str(tmp_path / f"started-{i}") for i in range(2)]
+        with pytest.raises(_Interrupt), _interrupt_after(3.0):
+            list(ex.run(_tasks.dispatch_stop, [("poll", (60.0,)), ("ignore", (30.0, markers[1]))], total=2,
+                        desc="Testing", unit="task", weights=[1, 1], lost=_lost))
+    assert Path(markers[1]).exists()  # it was running
+    gave_up = [r for r in caplog.records if "did not stop" in r.getMessage()]
+    assert len(gave_up) == 1 and gave_up[0].getMessage().startswith("1 task(s) on the cluster did not stop within 2 s")

@@ -579,11 +579,14 @@ class Executor:
         running = [f for f in futures if f.key in processing and not f.done()]
         self.client.cancel([f for f in futures if f.key not in processing])
         if running:
-            done = wait_futures(running, timeout=self.stop_grace, return_when="ALL_COMPLETED")
-            if done.not_done:
+            try:
+                wait_futures(running, timeout=self.stop_grace)
+            except TimeoutError:  # (distributed's wait raises it rather than return what is not done)
+                pass
+            if left := [f for f in running if not f.done()]:
                 log.error("%d task(s) on the cluster did not stop within %g s; giving up on them: their workers "
                           "may still write until those tasks next look at the stop (restart the workers to be "
-                          "sure)", len(done.not_done), self.stop_grace)
+                          "sure)", len(left), self.stop_grace)
         self.client.cancel(futures)
 
 
