@@ -514,8 +514,9 @@ class Executor:
         for i in sorted(worker.held, reverse=True):
             deaths[i] += 1
             now = reading.get(i, set())
-            # what it read at every death (so a file read beside the culprit by chance is not blamed)
-            suspects[i] = (suspects[i] & now or now) if deaths[i] > 1 else now
+            # what it was reading at every death: a file read beside the culprit by chance, or a death that came
+            # while reading different files (memory short for other reasons), blames nothing
+            suspects[i] = suspects[i] & now if deaths[i] > 1 else now
             if deaths[i] <= TASK_RETRIES:
                 waiting.appendleft(i)
                 continue
@@ -617,24 +618,29 @@ class _DaskStops:
 
         with self.lock:
             if self.client is None:
-                self.client = get_client()  # this worker's own client (made once), for the event's calls
+                try:
+                    self.client = get_client()  # this worker's own client (made once), for the event's calls
+                except Exception as exc:  # noqa: BLE001 - not on a worker: the task runs without a stop
+                    log.warning("No Dask client on this worker (%s): its tasks cannot see a stop", exc)
+                    return lambda: False
             run = self.runs.setdefault(name, [0, False])
             run[0] += 1
             start = self.thread is None
             if start:
-                self.thread = threading.Thread(target=self._watch, name="tglc-dask-stop", daemon=True)
+                self.thread = thread = threading.Thread(target=self._watch, name="tglc-dask-stop", daemon=True)
         if not run[1]:  # a task that starts after the stop returns at once
             run[1] = _is_set(Event, name, self.client)
         if start:
-            self.thread.start()
+            thread.start()
         return lambda: run[1]
 
     def leave(self, name: str) -> None:
         with self.lock:
-            run = self.runs[name]
-            run[0] -= 1
-            if not run[0]:
-                del self.runs[name]
+            run = self.runs.get(name)
+            if run is not None:
+                run[0] -= 1
+                if not run[0]:
+                    del self.runs[name]
 
     def _watch(self) -> None:
         from distributed import Event
