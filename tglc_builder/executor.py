@@ -30,6 +30,7 @@ import os
 import pickle
 import queue
 import signal
+import struct
 import threading
 import time
 import uuid
@@ -94,8 +95,11 @@ def _no_mark(mark: int) -> AbstractContextManager:
 def task_context() -> TaskContext:
     """The context of the task running in this thread (see :class:`TaskContext`)."""
     check = getattr(_lane, "stopping", None) or stopping
+    crumbs = getattr(_lane, "crumbs", None)
+    if crumbs is not None:  # a Dask task's
+        return TaskContext(check, crumbs.reading)
     lane, marks = getattr(_lane, "task", None), _worker["marks"]
-    if lane is None or marks is None:  # the driver's own threads, or Dask: a death there is not ours to read
+    if lane is None or marks is None:  # the driver's own threads: a death there is not ours to read
         return TaskContext(check, _no_mark)
     index, base = lane[1], _worker["slot"] * MARKS * 2
 
@@ -317,7 +321,8 @@ class Executor:
 
     def run(self, function: Callable[..., Any], tasks: Sequence[tuple], *, total: int, desc: str, unit: str,
             weights: Sequence[int], lost: Callable[[tuple, BaseException], Any],
-            narrow: Callable[[tuple, WorkerDied], tuple[Any, tuple | None] | None] | None = None) -> Iterator[Any]:
+            narrow: Callable[[tuple, WorkerDied], tuple[Any, tuple | None] | None] | None = None,
+            crumbs: str | os.PathLike | None = None) -> Iterator[Any]:
         """Run ``function(*task)`` for every task and yield the results as they complete.
 
         ``total`` units of work in all, of which task ``i`` is ``weights[i]``; a bar shows them. A task whose
@@ -328,7 +333,8 @@ class Executor:
         those items) may give instead ``(result, rest)``: ``result`` (the culprits' failures) is yielded and the
         task ``rest`` (None: nothing left), without the culprits, is run in its place. An exception a task raises is
         raised here. On Ctrl-C the tasks are asked to stop, the workers are stopped within seconds and
-        ``KeyboardInterrupt`` propagates.
+        ``KeyboardInterrupt`` propagates. On Dask, the breadcrumbs are small files in the folder ``crumbs`` (which
+        every worker and the driver share; none: no narrowing on Dask).
         """
         if not tasks:
             return
@@ -339,7 +345,7 @@ class Executor:
         with tqdm(total=total, desc=desc, unit=unit, smoothing=0.05) as bar:
             try:
                 if self.client is not None:
-                    yield from self._run_dask(function, tasks, weights, lost, bar)
+                    yield from self._run_dask(function, tasks, weights, lost, narrow, crumbs, bar)
                 elif self.n_processes == 1:
                     yield from self._run_in_thread(function, tasks, bar)
                 else:
@@ -538,25 +544,59 @@ class Executor:
                 waiting.appendleft(len(tasks) - 1)
             yield result
 
-    def _run_dask(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
+    def _run_dask(self, function, tasks, weights, lost, narrow, crumbs, bar) -> Iterator[Any]:
         from distributed import KilledWorker, as_completed
 
         # A stop the workers see: client.cancel only drops tasks not yet running (a running one's thread cannot be
         # interrupted), so each task looks at this event (see _DaskStops) and returns at its next file.
         name = self._dask_stop = f"tglc-stop-{uuid.uuid4().hex}"
-        futures = {self.client.submit(_dask_task, name, function, *task, pure=False,
-                                      key=f"{getattr(function, '__name__', 'task')}-{i}-{name[10:]}"): (task, weight)
-                   for i, (task, weight) in enumerate(zip(tasks, weights))}
+        if crumbs is not None and narrow is not None:
+            try:
+                os.makedirs(crumbs, exist_ok=True)
+            except OSError as exc:
+                log.warning("No breadcrumbs for the cluster's tasks (%s): %s", crumbs, exc)
+                crumbs = None
+        else:
+            crumbs = None
+        count = iter(range(1 << 62))
+
+        def submit(task: tuple) -> Any:
+            key = f"{getattr(function, '__name__', 'task')}-{next(count)}-{name[10:]}"
+            path = _crumbs_path(crumbs, key) if crumbs is not None else None
+            return self.client.submit(_dask_task, name, path, function, *task, pure=False, key=key)
+
+        futures = {submit(task): (task, weight) for task, weight in zip(tasks, weights)}
         stopped = False
         try:
-            for future in as_completed(futures):
+            pending = as_completed(futures)
+            for future in pending:
                 task, weight = futures[future]
-                bar.update(weight)
                 try:
-                    yield future.result()
+                    result = future.result()
                 except KilledWorker as exc:  # the workers running it kept dying: Dask gave up on it
-                    log.error("Dask gave up on a task: %s", exc)
-                    yield lost(task, exc)
+                    culprits = _FileCrumbs.culprits(crumbs, future.key) if crumbs is not None else ()
+                    error = WorkerDied("its Dask workers died each time: KilledWorker", culprits)
+                    narrowed = narrow(task, error) if culprits else None
+                    if narrowed is None:
+                        log.error("Dask gave up on a task: %s", exc)
+                        bar.update(weight)
+                        yield lost(task, exc)
+                        continue
+                    result, rest = narrowed
+                    log.error("Dask gave up on a task, whose workers died each time reading item(s) %s: reporting "
+                              "those as failed%s", ", ".join(map(str, culprits)),
+                              ", running the rest of the task again" if rest is not None else "")
+                    if rest is not None:
+                        again = submit(rest)
+                        futures[again] = (rest, weight)  # its bar's weight when it ends
+                        pending.add(again)
+                        yield result
+                        continue
+                else:
+                    if crumbs is not None:  # a retry that succeeded leaves its dead attempts' breadcrumbs
+                        _FileCrumbs.remove(crumbs, future.key)
+                bar.update(weight)
+                yield result
         except BaseException:
             stopped = True
             self._stop_dask(name, list(futures))
@@ -667,13 +707,95 @@ def _is_set(event_type, name: str, client: Any) -> bool:
 _dask_stops = _DaskStops()
 
 
-def _dask_task(stop: str, function: Callable[..., Any], *args) -> Any:
-    """A task on a Dask worker: ``function(*args)``, with ``stopping()`` answering its run's stop event."""
+class _FileCrumbs:
+    """A Dask task's breadcrumbs, in a small file of a folder the driver shares, since its worker's memory is gone
+    with it: :data:`MARKS` slots of what its threads are reading, then how many of its attempts died and what they
+    were all reading. One ``pwrite`` of 8 bytes a slot (the kernel keeps it when the process dies); an attempt that
+    returns removes the file, so one that finds it left behind knows the attempt before died."""
+
+    def __init__(self, path: str):
+        self.path, self.lock = path, threading.Lock()
+        self.used = [False] * MARKS
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deaths, suspects = self._read(self.fd)
+        os.pwrite(self.fd, _pack([0] * MARKS + [deaths] + sorted(suspects)[:MARKS]
+                                 + [0] * (MARKS - min(MARKS, len(suspects)))), 0)
+
+    @staticmethod
+    def _read(fd: int) -> tuple[int, set[int]]:
+        """How many attempts died, and what they were all reading (the last one's live slots included)."""
+        raw = os.pread(fd, 8 * (2 * MARKS + 1), 0)
+        if len(raw) < 8 * (2 * MARKS + 1):
+            return 0, set()
+        values = struct.unpack(f"<{2 * MARKS + 1}q", raw)
+        live, deaths, kept = {v for v in values[:MARKS] if v}, values[MARKS], {v for v in values[MARKS + 1:] if v}
+        return deaths + 1, (kept & live if deaths else live)
+
+    @contextmanager
+    def reading(self, mark: int) -> Iterator[None]:
+        with self.lock:
+            free = next((k for k in range(MARKS) if not self.used[k]), None)
+            if free is not None:
+                self.used[free] = True
+        if free is not None:
+            os.pwrite(self.fd, _pack([mark]), 8 * free)
+        try:
+            yield
+        finally:
+            if free is not None:
+                os.pwrite(self.fd, _pack([0]), 8 * free)
+                self.used[free] = False
+
+    def close(self) -> None:
+        os.close(self.fd)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    @staticmethod
+    def culprits(folder: str, key: str) -> tuple[int, ...]:
+        """What every dead attempt of task ``key`` was reading (its file is then removed)."""
+        path = _crumbs_path(folder, key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return ()
+        try:
+            deaths, suspects = _FileCrumbs._read(fd)
+        finally:
+            os.close(fd)
+        _FileCrumbs.remove(folder, key)
+        return tuple(sorted(suspects)) if deaths else ()
+
+    @staticmethod
+    def remove(folder: str, key: str) -> None:
+        try:
+            os.unlink(_crumbs_path(folder, key))
+        except OSError:
+            pass
+
+
+def _crumbs_path(folder: str | os.PathLike, key: str) -> str:
+    """A Dask task's breadcrumbs file: named as debris (``.*.tmp-*``), so a later build removes one left behind."""
+    return os.path.join(folder, f".tglc-reading-{key}.tmp-dask")
+
+
+def _pack(values: list[int]) -> bytes:
+    return struct.pack(f"<{len(values)}q", *values)
+
+
+def _dask_task(stop: str, crumbs: str | None, function: Callable[..., Any], *args) -> Any:
+    """A task on a Dask worker: ``function(*args)``, with ``stopping()`` answering its run's stop event and its
+    breadcrumbs in the file ``crumbs``."""
     _lane.stopping = _dask_stops.enter(stop)
+    _lane.crumbs = _FileCrumbs(crumbs) if crumbs is not None else None
     try:
         return function(*args)
     finally:
-        _lane.stopping = None
+        if _lane.crumbs is not None:
+            _lane.crumbs.close()
+        _lane.stopping = _lane.crumbs = None
         _dask_stops.leave(stop)
 
 

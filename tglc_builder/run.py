@@ -93,7 +93,7 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
     import_soon("tglc_builder.formats.card")  # datasets, for the cards, while the workers build
     for result in executor.run(build_unit, tasks, total=total, desc="Building", unit="lc",
                                weights=[sum(len(task.shard) for task in unit) for unit in work], lost=_lost_unit,
-                               narrow=_narrow_unit):
+                               narrow=_narrow_unit, crumbs=args.sector_dir):
         summary.add(result)
         if result.fatal and not executor.stopping_requested:
             log.error("Stopping the build: %s", result.fatal)
@@ -144,7 +144,8 @@ def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: E
     tasks = [(items[i:i + size], settings) for i in range(0, len(items), size)]
     summary = BuildSummary()
     for result in executor.run(units.fetch_batch, tasks, total=len(items), desc="Downloading", unit="file",
-                               weights=[len(task[0]) for task in tasks], lost=_lost_batch, narrow=_narrow_batch):
+                               weights=[len(task[0]) for task in tasks], lost=_lost_batch, narrow=_narrow_batch,
+                               crumbs=args.sector_dir):
         summary.add(result)
         if result.fatal:
             executor.stop()
