@@ -171,6 +171,9 @@ def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
     busy from the first file to the last."""
     result = UnitResult(rows=sum(len(task.shard) for task in work))
     context = executor.task_context()
+    if context.stopping():  # started after the stop (a Dask task the driver no longer waits for): touch nothing
+        result.stopped, result.not_attempted = True, result.rows
+        return result
     try:
         plans = []
         for task in work:
