@@ -176,3 +176,38 @@ def hand_over_then_raise(after: float) -> None:
 def dispatch_runs(kind: str, args: tuple):
     return {"raise": hand_over_then_raise, "busy": busy_for, "tag": lambda tag: tag,
             "die": die_after_hand_over}[kind](*args)
+
+
+def build_unit_with_a_deadly_file(work, settings):
+    """``units.build_unit``, in a worker process that is SIGKILLed (as the OOM killer would kill it) whenever it
+    reads the light curve of the Gaia id named by ``TGLC_TEST_DEADLY_GAIA``: a hostile file, for real, without
+    depending on what the reader bounds."""
+    from tglc_builder import units
+
+    if not getattr(units, "_deadly", False):
+        deadly, real = int(os.environ["TGLC_TEST_DEADLY_GAIA"]), units.read_tglc
+
+        def read(path, gaia, *args, **kwargs):
+            if gaia == deadly:
+                os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(60)
+            return real(path, gaia, *args, **kwargs)
+
+        units.read_tglc, units._deadly = read, True
+    return units.build_unit(work, settings)
+
+
+def read_items(items: list[int], deadly: int) -> list[int]:
+    """Reads each item under a breadcrumb (as a unit reads each file); reading ``deadly`` kills the worker."""
+    context = executor.task_context()
+    for item in items:
+        with context.reading(item):
+            if item == deadly:
+                os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(60)
+            time.sleep(0.01)
+    return items
+
+
+def dispatch_stop(kind: str, args: tuple):
+    return {"poll": poll_until_stopped, "ignore": ignore_stop}[kind](*args)

@@ -276,3 +276,19 @@ def test_a_worker_dying_after_its_run_ended_early_does_not_hold_up_the_next_run(
         started = time.monotonic()
         assert sorted(_run(ex, _tasks.dispatch_runs, [("tag", ("a",)), ("tag", ("b",))])) == ["a", "b"]
         assert time.monotonic() - started < 10  # the grace is 30 s
+
+
+def test_a_task_that_dies_reading_the_same_item_twice_is_narrowed_to_it(caplog):
+    """The item being read when the worker died, both times, is handed to ``narrow``; the rest of its task runs
+    again without it, and the other tasks are untouched."""
+    def narrow(task, error):
+        items, deadly = task
+        return ("culprits", error.culprits, error.how), ([i for i in items if i not in error.culprits], deadly)
+
+    tasks = [(list(range(1, 11)), 7), (list(range(11, 21)), 7)]
+    with Executor(2) as ex:
+        results = list(ex.run(_tasks.read_items, tasks, total=2, desc="Testing", unit="task", weights=[1, 1],
+                              lost=_lost, narrow=narrow))
+    assert sorted(results, key=str) == [("culprits", (7,), "killed by signal SIGKILL"), [1, 2, 3, 4, 5, 6, 8, 9, 10],
+                                        list(range(11, 21))]
+    assert caplog.text.count("reading item 7;") == 2  # each death names it

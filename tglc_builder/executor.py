@@ -11,7 +11,9 @@ Inside a task, :func:`stopping` says when the driver was interrupted (finish the
 :func:`shared_value` gives values every process of the pool shares (e.g. a pause the archive asked for) and
 :func:`hand_over` lets a task that is winding down (its last downloads started, only their arrival and its last
 write left) give its worker the next task beside it, so that the worker's connections never wait for a task's end
-and the next one's start. This module knows nothing of what the tasks do.
+and the next one's start. :func:`task_context` gives the task's own stop check (also seen on a Dask worker, through
+a ``distributed.Event`` of the run) and its breadcrumbs (``reading(mark)``: the item a thread of the task is reading,
+named by the driver if the worker dies meanwhile). This module knows nothing of what the tasks do.
 
 What the processes share is plain shared memory with no lock (``RawValue``/``RawArray``), each value with one
 writer or tolerant of a lost update, and a pipe between the driver and each worker: a worker can be SIGKILLed at
@@ -28,12 +30,15 @@ import os
 import pickle
 import queue
 import signal
+import struct
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_any
@@ -47,20 +52,73 @@ STOP_GRACE = 8.0  # seconds running tasks get to return after Ctrl-C before thei
 TASK_RETRIES = 1  # a task whose worker process died is run again this many times before it is reported lost
 # Values shared by every worker of a local pool: name -> (ctypes code, initial value).
 SHARED_VALUES = {"throttle": ("d", 0.0)}
+MARKS = 8  # breadcrumbs per worker process: items read at once by its task threads (more go unrecorded)
+DASK_POLL = 0.2  # seconds between a Dask worker's looks at its run's stop event
 
-_worker: dict[str, Any] = {"stop": None, "progress": None, "shared": {}, "slot": 0}
+_worker: dict[str, Any] = {"stop": None, "progress": None, "shared": {}, "slot": 0, "marks": None}
+_marks_lock = threading.Lock()  # claims a breadcrumb entry among this process's threads; never another process's
 _progress_lock = threading.Lock()  # the threads of one process (a unit's downloads); never another process's
 _lane = threading.local()  # the thread running a task of the local pool: its ``task`` (send, index)
 
 
 class WorkerDied(Exception):
-    """The local worker process running a task ended without returning its result (killed, out of memory)."""
+    """The local worker process running a task ended without returning its result (killed, out of memory).
+    ``culprits``: the marks the task was reading (:meth:`TaskContext.reading`) when it died, if any."""
+
+    def __init__(self, how: str, culprits: tuple[int, ...] = ()):
+        super().__init__(how)
+        self.how, self.culprits = how, culprits
 
 
 def stopping() -> bool:
-    """Whether the driver asked every task to stop (Ctrl-C, or a fatal error such as a full disk)."""
+    """Whether the driver asked every task to stop (Ctrl-C, or a fatal error such as a full disk). In a Dask task's
+    own thread, its run's stop event; other threads of a Dask task should use :func:`task_context`'s."""
+    check = getattr(_lane, "stopping", None)
+    if check is not None:
+        return check()
     stop = _worker["stop"]
     return stop is not None and bool(stop.value)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task's code needs of the pool, bound to the task (taken in its thread, used from any of its threads)."""
+
+    stopping: Callable[[], bool]  # whether the task should return at its next file
+    reading: Callable[[int], AbstractContextManager]  # ``with reading(mark):`` around reading one item
+
+
+def _no_mark(mark: int) -> AbstractContextManager:
+    return nullcontext()
+
+
+def task_context() -> TaskContext:
+    """The context of the task running in this thread (see :class:`TaskContext`)."""
+    check = getattr(_lane, "stopping", None) or stopping
+    crumbs = getattr(_lane, "crumbs", None)
+    if crumbs is not None:  # a Dask task's
+        return TaskContext(check, crumbs.reading)
+    lane, marks = getattr(_lane, "task", None), _worker["marks"]
+    if lane is None or marks is None:  # the driver's own threads: a death there is not ours to read
+        return TaskContext(check, _no_mark)
+    index, base = lane[1], _worker["slot"] * MARKS * 2
+
+    @contextmanager
+    def reading(mark: int) -> Iterator[None]:
+        # A breadcrumb the driver reads once this process has died: the entry's task index, then its mark (non-zero:
+        # in use), each one aligned 8-byte store, so a death between two stores leaves a free entry, never a wrong one.
+        with _marks_lock:
+            free = next((k for k in range(MARKS) if marks[base + 2 * k + 1] == 0), None)
+            if free is not None:
+                marks[base + 2 * free] = index
+                marks[base + 2 * free + 1] = mark
+        try:
+            yield
+        finally:
+            if free is not None:
+                marks[base + 2 * free + 1] = 0
+
+    return TaskContext(check, reading)
 
 
 def shared_value(name: str):
@@ -98,11 +156,12 @@ def hand_over() -> Callable[[], None]:
     return release
 
 
-def _init_worker(stop, progress, shared: dict, in_pool: bool, slot: int = 0, preload: Sequence[str] = ()) -> None:
+def _init_worker(stop, progress, shared: dict, in_pool: bool, slot: int = 0, preload: Sequence[str] = (),
+                 marks=None) -> None:
     if in_pool:
         # Ctrl-C is the driver's to handle: it sets ``stop``, and tasks end at the next file.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker.update(stop=stop, progress=progress, shared=shared, slot=slot)
+    _worker.update(stop=stop, progress=progress, shared=shared, slot=slot, marks=marks)
     for name in preload:
         try:
             importlib.import_module(name)
@@ -110,10 +169,10 @@ def _init_worker(stop, progress, shared: dict, in_pool: bool, slot: int = 0, pre
             pass
 
 
-def _serve(conn: Connection, stop, progress, shared: dict, slot: int, preload: Sequence[str]) -> None:
+def _serve(conn: Connection, stop, progress, shared: dict, slot: int, preload: Sequence[str], marks=None) -> None:
     """A local worker process: runs each task the driver sends, in a thread of its own (two at once at most: the
     driver sends the next one only when the current one hands over or ends), until the driver closes the pipe."""
-    _init_worker(stop, progress, shared, in_pool=True, slot=slot, preload=preload)
+    _init_worker(stop, progress, shared, in_pool=True, slot=slot, preload=preload, marks=marks)
     lock = threading.Lock()  # the task threads share the pipe
 
     def send(message: tuple) -> None:
@@ -208,6 +267,8 @@ class Executor:
         self._context = multiprocessing.get_context("spawn")  # no fork: the driver may hold threads (the demo)
         self._stop = self._context.RawValue("b", 0)
         self._progress = self._context.RawArray("q", n_processes)  # units done, one slot per process
+        self._marks = self._context.RawArray("q", n_processes * MARKS * 2)  # breadcrumbs: (task, mark) pairs
+        self._dask_stop: str | None = None  # the name of the running Dask run's stop event
         self._shared = {name: self._context.RawValue(code, value) for name, (code, value) in SHARED_VALUES.items()}
 
     @property
@@ -226,6 +287,8 @@ class Executor:
     def stop(self) -> None:
         """Ask every running task to return at its next file."""
         self._stop.value = 1
+        if self._dask_stop is not None:
+            _set_event(self.client, self._dask_stop)
 
     @property
     def stopping_requested(self) -> bool:
@@ -257,15 +320,21 @@ class Executor:
             worker.process.kill()
 
     def run(self, function: Callable[..., Any], tasks: Sequence[tuple], *, total: int, desc: str, unit: str,
-            weights: Sequence[int], lost: Callable[[tuple, BaseException], Any]) -> Iterator[Any]:
+            weights: Sequence[int], lost: Callable[[tuple, BaseException], Any],
+            narrow: Callable[[tuple, WorkerDied], tuple[Any, tuple | None] | None] | None = None,
+            crumbs: str | os.PathLike | None = None) -> Iterator[Any]:
         """Run ``function(*task)`` for every task and yield the results as they complete.
 
         ``total`` units of work in all, of which task ``i`` is ``weights[i]``; a bar shows them. A task whose
         worker died (a local process killed, OOM) is run again (:data:`TASK_RETRIES` times, with no other task
         beside it; Dask applies its own ``allowed-failures``); one that keeps dying yields ``lost(task, error)``
-        instead, so the stage reports its rows as failures and the rest of the build goes on. An exception a task
-        raises is raised here. On Ctrl-C the tasks are asked to stop, the workers are stopped within seconds and
-        ``KeyboardInterrupt`` propagates.
+        instead, so the stage reports its rows as failures and the rest of the build goes on. When it was reading
+        the same items (:meth:`TaskContext.reading`) each time it died, ``narrow(task, error)`` (``error.culprits``:
+        those items) may give instead ``(result, rest)``: ``result`` (the culprits' failures) is yielded and the
+        task ``rest`` (None: nothing left), without the culprits, is run in its place. An exception a task raises is
+        raised here. On Ctrl-C the tasks are asked to stop, the workers are stopped within seconds and
+        ``KeyboardInterrupt`` propagates. On Dask, the breadcrumbs are small files in the folder ``crumbs`` (which
+        every worker and the driver share; none: no narrowing on Dask).
         """
         if not tasks:
             return
@@ -276,11 +345,11 @@ class Executor:
         with tqdm(total=total, desc=desc, unit=unit, smoothing=0.05) as bar:
             try:
                 if self.client is not None:
-                    yield from self._run_dask(function, tasks, weights, lost, bar)
+                    yield from self._run_dask(function, tasks, weights, lost, narrow, crumbs, bar)
                 elif self.n_processes == 1:
                     yield from self._run_in_thread(function, tasks, bar)
                 else:
-                    yield from self._run_local(function, tasks, lost, bar)
+                    yield from self._run_local(function, tasks, lost, narrow, bar)
             except BaseException:
                 if self._runs == this_run:  # not an abandoned run's generator, closed later, stopping a newer run
                     self._stop.value = 1
@@ -302,10 +371,11 @@ class Executor:
         for slot in range(self.n_processes):
             if slot in taken:
                 continue
+            self._marks[slot * MARKS * 2:(slot + 1) * MARKS * 2] = [0] * (MARKS * 2)  # a dead one's breadcrumbs
             parent, child = self._context.Pipe()
             process = self._context.Process(target=_serve, name=f"tglc-worker-{slot}", daemon=True,
                                             args=(child, self._stop, self._progress, self._shared, slot,
-                                                  tuple(preload)))
+                                                  tuple(preload), self._marks))
             with _sigint_blocked():
                 process.start()
             child.close()
@@ -377,9 +447,11 @@ class Executor:
                 except queue.Empty:
                     message = None
 
-    def _run_local(self, function, tasks, lost, bar) -> Iterator[Any]:
+    def _run_local(self, function, tasks, lost, narrow, bar) -> Iterator[Any]:
         self._progress[:] = [0] * len(self._progress)
+        tasks = list(tasks)  # narrowed tasks are added at the end
         deaths = [0] * len(tasks)
+        suspects: list[set[int]] = [set() for _ in tasks]  # per task: what it was reading each time it died
         waiting = deque(range(len(tasks)))  # not yet sent, in order; tasks to run again go first
         while waiting or any(worker.held for worker in self._processes):
             self._start_processes()
@@ -411,7 +483,7 @@ class Executor:
                             raise value
                         yield value
                 if dead:
-                    yield from self._bury(worker, deaths, waiting, tasks, lost)
+                    yield from self._bury(worker, deaths, suspects, waiting, tasks, lost, narrow)
         bar.update(sum(self._progress) - bar.n)
 
     @staticmethod
@@ -423,43 +495,308 @@ class Executor:
         except (EOFError, OSError):
             yield None
 
-    def _bury(self, worker: _Process, deaths: list[int], waiting: deque, tasks, lost) -> Iterator[Any]:
-        """A worker died: its tasks run again (alone), or are given up when they have died too often."""
+    def _breadcrumbs(self, slot: int) -> dict[int, set[int]]:
+        """What the (dead) process of ``slot`` was reading: task index -> marks."""
+        base, found = slot * MARKS * 2, {}
+        entries = self._marks[base:base + MARKS * 2]
+        for k in range(MARKS):
+            if entries[2 * k + 1]:
+                found.setdefault(entries[2 * k], set()).add(entries[2 * k + 1])
+        return found
+
+    def _bury(self, worker: _Process, deaths: list[int], suspects: list[set[int]], waiting: deque, tasks: list,
+              lost, narrow) -> Iterator[Any]:
+        """A worker died: its tasks run again (alone), or are given up (or narrowed) when they have died too often."""
         self._processes.remove(worker)
         worker.process.join(5)
         worker.conn.close()
         code = worker.process.exitcode
         how = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit {code}"
+        reading = self._breadcrumbs(worker.slot)
         if worker.held:
-            log.warning("A worker process died (%s) running %d task(s); running them again in a new process", how,
-                        len(worker.held))
+            log.warning("A worker process died (%s) running %d task(s)%s; running them again in a new process", how,
+                        len(worker.held), "".join(f", reading item {m}" for i in worker.held
+                                                  for m in sorted(reading.get(i, ()))))
         for i in sorted(worker.held, reverse=True):
             deaths[i] += 1
-            if deaths[i] > TASK_RETRIES:
+            now = reading.get(i, set())
+            # what it was reading at every death: a file read beside the culprit by chance, or a death that came
+            # while reading different files (memory short for other reasons), blames nothing
+            suspects[i] = suspects[i] & now if deaths[i] > 1 else now
+            if deaths[i] <= TASK_RETRIES:
+                waiting.appendleft(i)
+                continue
+            error = WorkerDied(how, tuple(sorted(suspects[i])))
+            narrowed = narrow(tasks[i], error) if narrow is not None and error.culprits else None
+            if narrowed is None:
                 log.error("A worker process died %d times running the same task; reporting its rows as failed",
                           deaths[i])
-                yield lost(tasks[i], WorkerDied(how))
-            else:
-                waiting.appendleft(i)
+                yield lost(tasks[i], error)
+                continue
+            result, rest = narrowed
+            log.error("A worker process died %d times running the same task, each time reading item(s) %s: "
+                      "reporting those as failed%s", deaths[i], ", ".join(map(str, error.culprits)),
+                      ", running the rest of the task again" if rest is not None else "")
+            if rest is not None:
+                tasks.append(rest)
+                deaths.append(0)
+                suspects.append(set())
+                waiting.appendleft(len(tasks) - 1)
+            yield result
 
-    def _run_dask(self, function, tasks, weights, lost, bar) -> Iterator[Any]:
+    def _run_dask(self, function, tasks, weights, lost, narrow, crumbs, bar) -> Iterator[Any]:
         from distributed import KilledWorker, as_completed
 
-        futures = {self.client.submit(function, *task, pure=False): (task, weight)
-                   for task, weight in zip(tasks, weights)}
+        # A stop the workers see: client.cancel only drops tasks not yet running (a running one's thread cannot be
+        # interrupted), so each task looks at this event (see _DaskStops) and returns at its next file.
+        name = self._dask_stop = f"tglc-stop-{uuid.uuid4().hex}"
+        if crumbs is not None and narrow is not None:
+            try:
+                os.makedirs(crumbs, exist_ok=True)
+            except OSError as exc:
+                log.warning("No breadcrumbs for the cluster's tasks (%s): %s", crumbs, exc)
+                crumbs = None
+        else:
+            crumbs = None
+        count = iter(range(1 << 62))
+
+        def submit(task: tuple) -> Any:
+            key = f"{getattr(function, '__name__', 'task')}-{next(count)}-{name[10:]}"
+            path = _crumbs_path(crumbs, key) if crumbs is not None else None
+            return self.client.submit(_dask_task, name, path, function, *task, pure=False, key=key)
+
+        futures = {submit(task): (task, weight) for task, weight in zip(tasks, weights)}
+        stopped = False
         try:
-            for future in as_completed(futures):
+            pending = as_completed(futures)
+            for future in pending:
                 task, weight = futures[future]
-                bar.update(weight)
                 try:
-                    yield future.result()
+                    result = future.result()
                 except KilledWorker as exc:  # the workers running it kept dying: Dask gave up on it
-                    log.error("Dask gave up on a task: %s", exc)
-                    yield lost(task, exc)
+                    culprits = _FileCrumbs.culprits(crumbs, future.key) if crumbs is not None else ()
+                    error = WorkerDied("its Dask workers died each time: KilledWorker", culprits)
+                    narrowed = narrow(task, error) if culprits else None
+                    if narrowed is None:
+                        log.error("Dask gave up on a task: %s", exc)
+                        bar.update(weight)
+                        yield lost(task, exc)
+                        continue
+                    result, rest = narrowed
+                    log.error("Dask gave up on a task, whose workers died each time reading item(s) %s: reporting "
+                              "those as failed%s", ", ".join(map(str, culprits)),
+                              ", running the rest of the task again" if rest is not None else "")
+                    if rest is not None:
+                        again = submit(rest)
+                        futures[again] = (rest, weight)  # its bar's weight when it ends
+                        pending.add(again)
+                        yield result
+                        continue
+                else:
+                    if crumbs is not None:  # a retry that succeeded leaves its dead attempts' breadcrumbs
+                        _FileCrumbs.remove(crumbs, future.key)
+                bar.update(weight)
+                yield result
         except BaseException:
-            log.warning("Stopping: cancelling the cluster's tasks")
-            self.client.cancel(list(futures))
+            stopped = True
+            self._stop_dask(name, list(futures))
             raise
+        finally:
+            self._dask_stop = None
+            if not stopped:
+                _set_event(self.client, name, clear=True)  # forgotten by the scheduler (a stop was set or not)
+
+    def _stop_dask(self, name: str, futures: list) -> None:
+        """Stop a Dask run: set its stop event, drop its tasks not yet running, and give the running ones
+        ``stop_grace`` seconds to return (they do at their next file); then give up on them, loudly."""
+        from distributed import wait as wait_futures
+
+        log.warning("Stopping: the cluster's running tasks stop at their next file; the others are cancelled")
+        _set_event(self.client, name)
+        try:
+            processing = {key for keys in self.client.processing().values() for key in keys}
+        except Exception:  # noqa: BLE001 - the scheduler is gone: nothing to wait for
+            processing = set()
+        running = [f for f in futures if f.key in processing and not f.done()]
+        self.client.cancel([f for f in futures if f.key not in processing])
+        if running:
+            try:
+                wait_futures(running, timeout=self.stop_grace)
+            except TimeoutError:  # (distributed's wait raises it rather than return what is not done)
+                pass
+            if left := [f for f in running if not f.done()]:
+                log.error("%d task(s) on the cluster did not stop within %g s; giving up on them: their workers "
+                          "may still write until those tasks next look at the stop (restart the workers to be "
+                          "sure)", len(left), self.stop_grace)
+        self.client.cancel(futures)
+
+
+def _set_event(client: Any, name: str, clear: bool = False) -> None:
+    """Set (or clear: the scheduler then forgets it) a run's stop event; best effort, the scheduler may be gone."""
+    from distributed import Event
+
+    try:
+        event = Event(name, client=client)
+        event.clear() if clear else event.set()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("Could not reach the Dask scheduler to %s the stop of its tasks: %s", "clear" if clear else "set",
+                    exc)
+
+
+class _DaskStops:
+    """On a Dask worker process: the stop events of the runs whose tasks it is running, looked at every
+    :data:`DASK_POLL` seconds by one thread, so that a task's ``stopping()`` only reads a flag."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.runs: dict[str, list] = {}  # name -> [tasks running, stopped]
+        self.thread: threading.Thread | None = None
+        self.client: Any = None
+
+    def enter(self, name: str) -> Callable[[], bool]:
+        from distributed import Event, get_client
+
+        with self.lock:
+            if self.client is None:
+                try:
+                    self.client = get_client()  # this worker's own client (made once), for the event's calls
+                except Exception as exc:  # noqa: BLE001 - not on a worker: the task runs without a stop
+                    log.warning("No Dask client on this worker (%s): its tasks cannot see a stop", exc)
+                    return lambda: False
+            run = self.runs.setdefault(name, [0, False])
+            run[0] += 1
+            start = self.thread is None
+            if start:
+                self.thread = thread = threading.Thread(target=self._watch, name="tglc-dask-stop", daemon=True)
+        if not run[1]:  # a task that starts after the stop returns at once
+            run[1] = _is_set(Event, name, self.client)
+        if start:
+            thread.start()
+        return lambda: run[1]
+
+    def leave(self, name: str) -> None:
+        with self.lock:
+            run = self.runs.get(name)
+            if run is not None:
+                run[0] -= 1
+                if not run[0]:
+                    del self.runs[name]
+
+    def _watch(self) -> None:
+        from distributed import Event
+
+        while True:
+            with self.lock:
+                if not self.runs:
+                    self.thread = None
+                    return
+                watched = [(name, run) for name, run in self.runs.items() if not run[1]]
+            for name, run in watched:
+                if _is_set(Event, name, self.client):
+                    run[1] = True
+            time.sleep(DASK_POLL)
+
+
+def _is_set(event_type, name: str, client: Any) -> bool:
+    try:
+        return bool(event_type(name, client=client).is_set())
+    except Exception:  # noqa: BLE001 - the scheduler is unreachable: look again later
+        return False
+
+
+_dask_stops = _DaskStops()
+
+
+class _FileCrumbs:
+    """A Dask task's breadcrumbs, in a small file of a folder the driver shares, since its worker's memory is gone
+    with it: :data:`MARKS` slots of what its threads are reading, then how many of its attempts died and what they
+    were all reading. One ``pwrite`` of 8 bytes a slot (the kernel keeps it when the process dies); an attempt that
+    returns removes the file, so one that finds it left behind knows the attempt before died."""
+
+    def __init__(self, path: str):
+        self.path, self.lock = path, threading.Lock()
+        self.used = [False] * MARKS
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deaths, suspects = self._read(self.fd)
+        os.pwrite(self.fd, _pack([0] * MARKS + [deaths] + sorted(suspects)[:MARKS]
+                                 + [0] * (MARKS - min(MARKS, len(suspects)))), 0)
+
+    @staticmethod
+    def _read(fd: int) -> tuple[int, set[int]]:
+        """How many attempts died, and what they were all reading (the last one's live slots included)."""
+        raw = os.pread(fd, 8 * (2 * MARKS + 1), 0)
+        if len(raw) < 8 * (2 * MARKS + 1):
+            return 0, set()
+        values = struct.unpack(f"<{2 * MARKS + 1}q", raw)
+        live, deaths, kept = {v for v in values[:MARKS] if v}, values[MARKS], {v for v in values[MARKS + 1:] if v}
+        return deaths + 1, (kept & live if deaths else live)
+
+    @contextmanager
+    def reading(self, mark: int) -> Iterator[None]:
+        with self.lock:
+            free = next((k for k in range(MARKS) if not self.used[k]), None)
+            if free is not None:
+                self.used[free] = True
+        if free is not None:
+            os.pwrite(self.fd, _pack([mark]), 8 * free)
+        try:
+            yield
+        finally:
+            if free is not None:
+                os.pwrite(self.fd, _pack([0]), 8 * free)
+                self.used[free] = False
+
+    def close(self) -> None:
+        os.close(self.fd)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    @staticmethod
+    def culprits(folder: str, key: str) -> tuple[int, ...]:
+        """What every dead attempt of task ``key`` was reading (its file is then removed)."""
+        path = _crumbs_path(folder, key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return ()
+        try:
+            deaths, suspects = _FileCrumbs._read(fd)
+        finally:
+            os.close(fd)
+        _FileCrumbs.remove(folder, key)
+        return tuple(sorted(suspects)) if deaths else ()
+
+    @staticmethod
+    def remove(folder: str, key: str) -> None:
+        try:
+            os.unlink(_crumbs_path(folder, key))
+        except OSError:
+            pass
+
+
+def _crumbs_path(folder: str | os.PathLike, key: str) -> str:
+    """A Dask task's breadcrumbs file: named as debris (``.*.tmp-*``), so a later build removes one left behind."""
+    return os.path.join(folder, f".tglc-reading-{key}.tmp-dask")
+
+
+def _pack(values: list[int]) -> bytes:
+    return struct.pack(f"<{len(values)}q", *values)
+
+
+def _dask_task(stop: str, crumbs: str | None, function: Callable[..., Any], *args) -> Any:
+    """A task on a Dask worker: ``function(*args)``, with ``stopping()`` answering its run's stop event and its
+    breadcrumbs in the file ``crumbs``."""
+    _lane.stopping = _dask_stops.enter(stop)
+    _lane.crumbs = _FileCrumbs(crumbs) if crumbs is not None else None
+    try:
+        return function(*args)
+    finally:
+        if _lane.crumbs is not None:
+            _lane.crumbs.close()
+        _lane.stopping = _lane.crumbs = None
+        _dask_stops.leave(stop)
 
 
 def run_interruptibly(main: Callable[[], Any], on_interrupt: Callable[[], None]) -> Any:

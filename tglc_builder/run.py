@@ -7,6 +7,7 @@ Nothing here touches a light curve: the stages are plain functions over plain da
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -65,8 +66,11 @@ def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = 
 
 
 def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor: Executor,
-                  skip: np.ndarray | None = None) -> BuildSummary:
-    """Plan the catalog's shards and run a streaming unit for each one that some format still needs."""
+                  skip: np.ndarray | None = None,
+                  build_unit: Callable[..., units.UnitResult] = units.build_unit
+                  ) -> BuildSummary:
+    """Plan the catalog's shards and run a streaming unit for each one that some format still needs
+    (``build_unit``: the unit's function, for tests)."""
     writers = writers_of(args)
     for writer in writers:
         writable_dir(writer.output_dir, f"{writer.name} output folder")
@@ -87,8 +91,9 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
     log.info("Plan: %d shard file(s) in %d pixel(s); %d light curves to write in %d work unit(s), %d already "
              "complete", len(shards), len({s.pixel for s in shards}), total, len(work), summary.complete)
     import_soon("tglc_builder.formats.card")  # datasets, for the cards, while the workers build
-    for result in executor.run(units.build_unit, tasks, total=total, desc="Building", unit="lc",
-                               weights=[sum(len(task.shard) for task in unit) for unit in work], lost=_lost_unit):
+    for result in executor.run(build_unit, tasks, total=total, desc="Building", unit="lc",
+                               weights=[sum(len(task.shard) for task in unit) for unit in work], lost=_lost_unit,
+                               narrow=_narrow_unit, crumbs=args.sector_dir):
         summary.add(result)
         if result.fatal and not executor.stopping_requested:
             log.error("Stopping the build: %s", result.fatal)
@@ -106,6 +111,24 @@ def _lost_unit(task: tuple, error: BaseException) -> units.UnitResult:
                                       for g, p in zip(t.shard.gaiadr3_id, t.shard.path)])
 
 
+def _culprit_reason(error: WorkerDied, what: str) -> str:
+    return (f"its worker process died while reading this file, every time ({error.how}); the file may be hostile "
+            f"(too large, malformed): check it, then rerun to retry (the {what} went on without it)")
+
+
+def _narrow_unit(task: tuple, error: WorkerDied) -> tuple[units.UnitResult, tuple | None] | None:
+    """A unit whose worker died twice reading the same file(s): those rows fail, the rest of the unit runs again."""
+    work, settings = task
+    culprits = np.array(error.culprits, np.int64)
+    failures = [Failure(int(g), p.decode(), "convert", _culprit_reason(error, "work unit"), 0) for t in work
+                for g, p in zip(t.shard.gaiadr3_id, t.shard.path) if int(g) in error.culprits]
+    if not failures:
+        return None
+    rest = [replace(t, shard=t.shard.take(~np.isin(t.shard.gaiadr3_id, culprits))) for t in work]
+    rest = [t for t in rest if len(t.shard)]
+    return units.UnitResult(rows=len(failures), failures=failures), ((rest, settings) if rest else None)
+
+
 def _death(error: BaseException) -> str:
     """How a worker died: a local one's signal or exit code, else the name of what Dask raised."""
     return str(error) if isinstance(error, WorkerDied) else type(error).__name__
@@ -121,7 +144,8 @@ def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: E
     tasks = [(items[i:i + size], settings) for i in range(0, len(items), size)]
     summary = BuildSummary()
     for result in executor.run(units.fetch_batch, tasks, total=len(items), desc="Downloading", unit="file",
-                               weights=[len(task[0]) for task in tasks], lost=_lost_batch):
+                               weights=[len(task[0]) for task in tasks], lost=_lost_batch, narrow=_narrow_batch,
+                               crumbs=args.sector_dir):
         summary.add(result)
         if result.fatal:
             executor.stop()
@@ -133,6 +157,17 @@ def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: E
 def _lost_batch(task: tuple, error: BaseException) -> units.UnitResult:
     reason = f"the worker downloading it died ({_death(error)}); rerun to retry"
     return units.UnitResult(rows=len(task[0]), failures=[Failure(g, p, "download", reason, 0) for g, p in task[0]])
+
+
+def _narrow_batch(task: tuple, error: WorkerDied) -> tuple[units.UnitResult, tuple | None] | None:
+    """A batch whose worker died twice reading the same file(s): those fail, the rest of the batch runs again."""
+    items, settings = task
+    failures = [Failure(g, p, "download", _culprit_reason(error, "batch"), 0) for g, p in items
+                if g in error.culprits]
+    if not failures:
+        return None
+    rest = [(g, p) for g, p in items if g not in error.culprits]
+    return units.UnitResult(rows=len(failures), failures=failures), ((rest, settings) if rest else None)
 
 
 def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:

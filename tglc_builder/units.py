@@ -57,13 +57,14 @@ class UnitResult:
     not_attempted: int = 0  # rows of shards not written because the unit stopped (Ctrl-C, a full disk)
 
 
-def _validator(rows: list[tuple[Shard, int]], sector: int):
+def _validator(rows: list[tuple[Shard, int]], sector: int, context: executor.TaskContext):
     """Check that item ``i``'s file is the light curve its path names (object, sector, camera, CCD) and return it,
     read with its own memory: the conversion takes it from the source's outcome instead of reading the file again."""
     def validate(path: Path, i: int) -> TGLCLightCurve:
         shard, j = rows[i]
-        return read_tglc(path, int(shard.gaiadr3_id[j]), sector=sector, camera=int(shard.cam[j]),
-                         ccd=int(shard.ccd[j]))
+        gaia = int(shard.gaiadr3_id[j])
+        with context.reading(gaia):  # a worker that dies reading it names it
+            return read_tglc(path, gaia, sector=sector, camera=int(shard.cam[j]), ccd=int(shard.ccd[j]))
     return validate
 
 
@@ -169,6 +170,10 @@ def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
     (except KeyboardInterrupt). One stream of fetches runs across all the unit's shards, so the connections stay
     busy from the first file to the last."""
     result = UnitResult(rows=sum(len(task.shard) for task in work))
+    context = executor.task_context()
+    if context.stopping():  # started after the stop (a Dask task the driver no longer waits for): touch nothing
+        result.stopped, result.not_attempted = True, result.rows
+        return result
     try:
         plans = []
         for task in work:
@@ -184,14 +189,15 @@ def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
             validators += [(plan.shard, int(j)) for j in rows]
         # Once the last file is asked for, what is left (its arrival, the last shard's write) no longer needs the
         # worker's connections: its next unit starts beside this one and takes them as they free up.
-        fetched = settings.source.fetch_many(items, Path(settings.fits_dir), _validator(validators, settings.sector),
-                                             executor.stopping, started_all=executor.hand_over())
+        fetched = settings.source.fetch_many(items, Path(settings.fits_dir),
+                                             _validator(validators, settings.sector, context), context.stopping,
+                                             started_all=executor.hand_over())
         try:
             for k, plan in enumerate(plans):
                 if result.fatal or result.stopped:
                     result.not_attempted += sum(len(p.shard) for p in plans[k:])
                     break
-                _build_shard(plan, fetched, settings, result)
+                _build_shard(plan, fetched, settings, result, context)
         finally:
             fetched.close()
     except Exception as exc:  # noqa: BLE001 - one unit's unforeseen error must not end a sector's build
@@ -203,7 +209,8 @@ def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
     return result
 
 
-def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: UnitResult) -> None:
+def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: UnitResult,
+                 context: executor.TaskContext) -> None:
     """Write one shard from its carried rows and its next items of ``fetched`` (consumed in order)."""
     shard, carried_at = plan.shard, plan.carried_at
     sinks = [w.open(shard) for w in plan.writers]
@@ -215,7 +222,7 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
     failed_before = len(result.failures)
     try:
         for start in range(0, len(shard), settings.block_rows):
-            if executor.stopping():  # rows carried from an earlier file never ask the source, which would notice
+            if context.stopping():  # rows carried from an earlier file never ask the source, which would notice
                 raise _Stopped
             stop = min(start + settings.block_rows, len(shard))
             block_carried = np.flatnonzero(carried_at[start:stop] >= 0) + start
@@ -232,7 +239,7 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
                 if got is None:  # stopping: the source yields no more
                     raise _Stopped
                 outcome = got[1]
-                curve = _read(outcome, shard, row, settings, buffer, result)
+                curve = _read(outcome, shard, row, settings, buffer, result, context)
                 if curve is None:
                     continue
                 try:
@@ -326,7 +333,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _read(outcome: Fetched | Failure, shard: Shard, row: int, settings: UnitSettings, buffer: ReadBuffer,
-          result: UnitResult) -> TGLCLightCurve | None:
+          result: UnitResult, context: executor.TaskContext) -> TGLCLightCurve | None:
     """The row's light curve, read and checked, or None with the failure recorded."""
     if isinstance(outcome, Failure):
         result.failures.append(outcome)
@@ -339,8 +346,9 @@ def _read(outcome: Fetched | Failure, shard: Shard, row: int, settings: UnitSett
         return outcome.checked
     gaia, relpath = int(shard.gaiadr3_id[row]), shard.path[row].decode()
     try:
-        return read_tglc(outcome.path, gaia, buffer, sector=settings.sector, camera=int(shard.cam[row]),
-                         ccd=int(shard.ccd[row]))
+        with context.reading(gaia):  # a worker that dies reading it names it
+            return read_tglc(outcome.path, gaia, buffer, sector=settings.sector, camera=int(shard.cam[row]),
+                             ccd=int(shard.ccd[row]))
     except InvalidTGLCFile as exc:
         reason = str(exc)
         if settings.source.owns_files and _inside(outcome.path, Path(settings.fits_dir)):  # a mirror's stays put
@@ -359,12 +367,14 @@ def fetch_batch(items: list[tuple[int, str]], settings: UnitSettings) -> UnitRes
     result = UnitResult(rows=len(items))
     fits_dir = Path(settings.fits_dir)
     sector = settings.sector
+    context = executor.task_context()
 
     def validate(path: Path, i: int) -> None:
-        read_tglc(path, items[i][0], sector=sector)
+        with context.reading(items[i][0]):
+            read_tglc(path, items[i][0], sector=sector)
 
     try:
-        for _, outcome in settings.source.fetch_many(items, fits_dir, validate, executor.stopping,
+        for _, outcome in settings.source.fetch_many(items, fits_dir, validate, context.stopping,
                                                      started_all=executor.hand_over()):
             if isinstance(outcome, Failure):
                 result.failures.append(outcome)
