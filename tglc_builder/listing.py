@@ -27,7 +27,7 @@ from astropy.table import Table
 
 from . import layout
 from .errors import UsageError
-from .sources.base import Source, SourceError
+from .sources.base import Refused, Source, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: i
     manifest.unlink(missing_ok=True)  # nothing is recorded complete while the copy changes
     try:
         copy = source.fetch_listing(relpath, dest)
+    except Refused as exc:  # a redirect to another origin, a content coding, a listing beyond the size cap
+        raise ListingError(f"sector {sector}: {url}: {exc.reason}") from None
     except SourceError as exc:
         if exc.permanent:
             raise ListingError(f"sector {sector}: {url} answered {exc.reason}; the archive has no such listing: "

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from tqdm.auto import tqdm
@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError, InvalidHeader
 from urllib3.util.retry import Retry
 
 from . import __version__, executor
-from .sources.base import SourceError
+from .sources.base import Refused, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After imposes (--
 TIMEOUT = urllib3.Timeout(connect=10, read=60)  # seconds
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 VALIDATORS = ("Content-Length", "ETag", "Last-Modified")
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5  # hops within the archive's own origin, per file
 _CHUNK = 1 << 20
 _POLL = 0.1  # seconds between looks at stopping() while paused
 
@@ -118,6 +120,39 @@ def _seconds(value: float) -> str:
     return f"{round(value, 1):g}"
 
 
+# ---- redirects --------------------------------------------------------------------------------------------------
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_redirects_logged: set[tuple[str, str, int]] = set()  # origins whose redirects this process has logged
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """A URL's origin: its scheme, host and port (the default port of the scheme when none is given)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def follow_redirect(url: str, location: str | None, hops: int) -> str:
+    """Where a redirect from ``url`` to ``location`` leads, when it may be followed: within ``url``'s own origin
+    (same scheme, host and port; so HTTPS is never downgraded), and at most ``MAX_REDIRECTS`` hops (``hops``: those
+    already followed). Raises :class:`Refused` naming both URLs otherwise. The one rule of both HTTP clients: files
+    come only from the archive the user named, over the scheme they chose."""
+    if not location:
+        raise Refused(url, "redirected without a Location header: refused")
+    target = urljoin(url, location.strip())
+    if origin(target) != origin(url):
+        raise Refused(url, f"redirected from {url} to {target}, another scheme, host or port: refused (files are "
+                           "fetched only from the archive given; check --mast-url)")
+    if hops >= MAX_REDIRECTS:
+        raise Refused(url, f"more than {MAX_REDIRECTS} redirects (the last from {url} to {target}): refused")
+    key = origin(url)
+    if key not in _redirects_logged:  # once per archive and process, not once per file
+        _redirects_logged.add(key)
+        log.info("the archive redirects within its own origin (e.g. %s to %s); such redirects are followed, at most "
+                 "%d per file", url, target, MAX_REDIRECTS)
+    return target
+
+
 # ---- sessions ---------------------------------------------------------------------------------------------------
 _call = threading.local()  # the stopping() of the download running in this thread, for _Retry.sleep
 
@@ -172,8 +207,9 @@ class Session:
         self._lock = threading.Lock()
 
     def get(self, url: str) -> urllib3.BaseHTTPResponse:
-        """Start a GET of ``url``; the body is left to stream. Raises urllib3's HTTPError once retries are spent."""
-        return self._manager(url).request("GET", url, preload_content=False, timeout=TIMEOUT)
+        """Start a GET of ``url``; the body is left to stream; a redirect is returned, not followed (see
+        :func:`follow_redirect`). Raises urllib3's HTTPError once retries are spent."""
+        return self._manager(url).request("GET", url, preload_content=False, redirect=False, timeout=TIMEOUT)
 
     def _manager(self, url: str) -> urllib3.PoolManager:
         parts = urlsplit(url)
@@ -257,19 +293,28 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(dest)
-    attempts = 0
+    attempts = hops = 0
+    target = url  # where the file is asked for: url, or where a redirect within its origin led
     _call.stopping = stopping
     try:
         while True:
             if not throttle().wait(stopping):
                 raise Stopped(url)
             try:
-                response = session.get(url)
+                response = session.get(target)
             except HTTPError as exc:  # urllib3 used up its retries (or the URL is unusable)
                 raise SourceError(url, f"{type(exc).__name__}: {exc}", attempts + max_attempts) from None
             whole = False  # the body read to its end (else the connection cannot carry another request)
             try:
                 attempts += 1 + (len(response.retries.history) if response.retries else 0)
+                if response.status in REDIRECT_STATUSES:
+                    try:
+                        target = follow_redirect(target, response.headers.get("Location"), hops)
+                    except Refused as exc:
+                        raise Refused(url, exc.reason, attempts) from None
+                    hops += 1
+                    attempts -= 1  # a hop is not an attempt
+                    continue
                 if response.status == 404:
                     raise SourceError(url, "HTTP 404 Not Found", attempts, permanent=True)
                 if response.status != 200:

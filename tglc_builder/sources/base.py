@@ -31,6 +31,14 @@ class SourceError(Exception):
         self.where, self.reason, self.attempts, self.permanent = where, reason, attempts, permanent
 
 
+class Refused(SourceError):
+    """A file the archive answered in a way that is never trusted (a redirect to another origin, a content coding,
+    a size beyond the cap): final, never asked for again; ``reason`` names what was refused."""
+
+    def __init__(self, where: str, reason: str, attempts: int = 1):
+        super().__init__(where, reason, attempts, permanent=True)
+
+
 class DiskFull(OSError):
     """Writing into ``folder`` failed for lack of space (or a file-size limit): every download should stop."""
 

@@ -10,6 +10,8 @@ CPU rather than by the archive. libcurl parses HTTP in C and waits on every sock
 - 429 and 5xx, connection failures and incomplete bodies are retried with exponential backoff and jitter within
   ``max_attempts`` requests per file; a 429 (or a 503 with ``Retry-After``) pauses the whole build through the
   shared throttle, at most ``max_wait``; a 404 is final;
+- a redirect is followed only within the archive's own origin, at most ``net.MAX_REDIRECTS`` hops (else the file
+  fails at once, naming both URLs: :func:`tglc_builder.net.follow_redirect`);
 - a whole body is validated before it takes its name (else it is quarantined); a full disk stops every transfer
   and raises :class:`DiskFull`; stopping abandons what is in flight, leaving no temporary file.
 """
@@ -32,7 +34,7 @@ from urllib3.util.retry import Retry
 
 from .. import __version__, executor, net
 from ..errors import Failure
-from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Validator, is_present, quarantine_path
+from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Refused, Validator, is_present, quarantine_path
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,8 @@ class _Connections:
         handle.setopt(pycurl.HTTPHEADER, ["Accept-Encoding: identity"])  # bodies byte for byte as stored
         handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
         handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        handle.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        handle.setopt(pycurl.FOLLOWLOCATION, True)
-        handle.setopt(pycurl.MAXREDIRS, 5)
+        # Redirects are judged here, by net.follow_redirect (as for urllib3): libcurl would follow them anywhere.
+        handle.setopt(pycurl.FOLLOWLOCATION, False)
         handle.setopt(pycurl.NOSIGNAL, True)
         handle.setopt(pycurl.CONNECTTIMEOUT, int(net.TIMEOUT.connect_timeout))
         handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # no byte for the read timeout: the connection is dead
@@ -145,10 +146,12 @@ class _Transfer:
     """One item's download: its state across attempts, and the callbacks of the attempt in flight."""
 
     __slots__ = ("index", "gaia", "relpath", "dest", "tmp", "attempts", "not_before", "file", "headers", "error",
-                 "waiting")
+                 "waiting", "url", "target", "hops")
 
-    def __init__(self, index: int, gaia: int, relpath: str, dest: Path):
+    def __init__(self, index: int, gaia: int, relpath: str, dest: Path, url: str):
         self.index, self.gaia, self.relpath, self.dest = index, gaia, relpath, dest
+        self.url = self.target = url  # target: where it is asked for (url, or where a redirect in its origin led)
+        self.hops = 0  # redirects followed
         self.tmp = net.temporary_name(dest)
         self.attempts, self.not_before = 0, 0.0
         self.waiting = False  # due, and counted in the budget's waiting retries
@@ -363,7 +366,7 @@ class _Transfers:
         if dest.parent.is_dir():
             for debris in dest.parent.glob(f".{dest.name}.part-*"):  # of a run that was killed
                 debris.unlink(missing_ok=True)
-        return _Transfer(i, gaia, relpath, dest)
+        return _Transfer(i, gaia, relpath, dest, f"{self.url}/{relpath}")
 
     def _start(self, transfer: _Transfer) -> None:
         transfer.headers.clear()
@@ -373,7 +376,7 @@ class _Transfers:
         self.active[handle] = transfer
         transfer.dest.parent.mkdir(parents=True, exist_ok=True)
         transfer.file = open(transfer.tmp, "wb")  # noqa: SIM115 - closed when the transfer ends
-        handle.setopt(pycurl.URL, f"{self.url}/{transfer.relpath}")
+        handle.setopt(pycurl.URL, transfer.target)
         handle.setopt(pycurl.WRITEFUNCTION, transfer.write)
         handle.setopt(pycurl.HEADERFUNCTION, transfer.header)
         self.pool.multi.add_handle(handle)
@@ -388,9 +391,21 @@ class _Transfers:
         self.pool.multi.remove_handle(handle)
         self.free.append(handle)
         transfer.close_file()
+        status = handle.getinfo(pycurl.RESPONSE_CODE)
+        if status in net.REDIRECT_STATUSES and transfer.error is None:
+            transfer.tmp.unlink(missing_ok=True)
+            try:
+                transfer.target = net.follow_redirect(transfer.target, transfer.headers.get("location"), transfer.hops)
+            except Refused as exc:  # final: another origin, or too many hops
+                self._publish(transfer.index, self._failure(transfer, exc.reason, transfer.attempts + 1))
+                return
+            transfer.hops += 1  # asked for at once, where it leads; not an attempt
+            transfer.not_before = 0.0
+            self.again.append(transfer)
+            return
         transfer.attempts += 1
         try:
-            outcome, retry_reason = self._judge(transfer, handle.getinfo(pycurl.RESPONSE_CODE), code, message)
+            outcome, retry_reason = self._judge(transfer, status, code, message)
         finally:
             transfer.tmp.unlink(missing_ok=True)  # unless it took its name (or the quarantine's)
         if outcome is None and retry_reason is None:  # a fatal error
@@ -437,8 +452,9 @@ class _Transfers:
         os.replace(transfer.tmp, transfer.dest)
         return Fetched(transfer.dest, downloaded=True, attempts=transfer.attempts, checked=checked)
 
-    def _failure(self, transfer: _Transfer, reason: str) -> Failure:
-        return Failure(transfer.gaia, transfer.relpath, "download", reason, transfer.attempts)
+    def _failure(self, transfer: _Transfer, reason: str, attempts: int | None = None) -> Failure:
+        return Failure(transfer.gaia, transfer.relpath, "download", reason,
+                       transfer.attempts if attempts is None else attempts)
 
     def _maybe_pause(self, transfer: _Transfer, status: int) -> None:
         """A 429, or a 503 with Retry-After, holds back every download of the build (net.Throttle)."""

@@ -1,0 +1,233 @@
+"""Nothing from the archive is trusted (issue 25): redirects leave neither the archive's origin nor HTTPS, bodies
+are stored as the server holds them (no content coding) within a size cap, and a body too slow is abandoned. Every
+case against a real server on 127.0.0.1 (HTTPS with a certificate made here), through both HTTP clients."""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import ipaddress
+import logging
+import multiprocessing
+import ssl
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import run_env
+from tglc_builder import executor, layout, listing, net
+from tglc_builder.errors import Failure
+from tglc_builder.sources import Fetched
+from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES
+from tglc_builder.sources.http import HttpSource
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = bytes(range(256)) * 40  # 10,240 bytes
+CLIENTS = pytest.mark.parametrize("client", CLIENT_NAMES)
+SECTOR = 23
+BULK = "/" + layout.bulk_script_relpath(SECTOR)
+
+
+@pytest.fixture(autouse=True)
+def build_state(monkeypatch):
+    """A stop flag and a throttle of this test's own, and no redirect logged yet in this process."""
+    monkeypatch.setitem(executor._worker, "stop", multiprocessing.RawValue("b", 0))
+    monkeypatch.setitem(executor._worker, "shared", {"throttle": multiprocessing.RawValue("d", 0.0)})
+    monkeypatch.setattr(net, "_redirects_logged", set())
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (its own CA): (certificate, key) files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture
+def trusted(certificate, monkeypatch) -> Path:
+    """The certificate, trusted by both HTTP clients (as a user's REQUESTS_CA_BUNDLE)."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
+    return certificate[0]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "_Server"
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        owner = self.server.owner
+        with owner.lock:
+            owner.requests[self.path] += 1
+        owner.answer(self)
+
+    def send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    owner: "Server"
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that hangs up on a body it refuses is expected here
+
+
+class Server:
+    """A server on 127.0.0.1 whose every GET is answered by ``answer(handler)``; HTTPS when given a certificate.
+    ``requests`` counts the requests per path."""
+
+    def __init__(self, answer: Callable[[_Handler], None], certificate: tuple[Path, Path] | None = None):
+        self.answer, self.certificate = answer, certificate
+        self.requests: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> "Server":
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.owner = self
+        scheme = "http"
+        if self.certificate is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, self.certificate))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.port = self._server.server_address[1]
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.requests.values())
+
+
+def _serve_body(handler: _Handler) -> None:
+    handler.send(200, BODY)
+
+
+def _fetch(url: str, names: list[str], folder: Path, client: str, **settings) -> dict:
+    items = [(1000 + k, name) for k, name in enumerate(names)]
+    source = HttpSource(url, client=client, **settings)
+    return {items[i][1]: outcome for i, outcome in source.fetch_many(items, folder, lambda path, i: None,
+                                                                     lambda: False)}
+
+
+# ---- redirects ---------------------------------------------------------------------------------------------------
+@CLIENTS
+@pytest.mark.parametrize("elsewhere", ["downgrade", "other-port"])
+def test_a_redirect_to_another_origin_is_a_failure_naming_both_urls(tmp_path, certificate, trusted, client,
+                                                                    elsewhere):
+    """An HTTPS archive that sends every light curve to plain HTTP on another port, or to HTTPS on another port:
+    each file fails at once (one request), naming both URLs, and the other server is never asked."""
+    with Server(_serve_body, certificate if elsewhere == "other-port" else None) as other:
+        def redirect(handler: _Handler) -> None:
+            handler.send(302, b"", {"Location": f"{other.url}{handler.path}"})
+
+        with Server(redirect, certificate) as archive:
+            names = [f"lc{k}.fits" for k in range(6)]
+            got = _fetch(archive.url, names, tmp_path, client, connections=3, max_attempts=3)
+            asked = dict(archive.requests)
+        assert other.total() == 0
+    assert asked == {f"/{name}": 1 for name in names}
+    for name in names:
+        assert got[name] == Failure(1000 + names.index(name), name, "download",
+                                    f"redirected from {archive.url}/{name} to {other.url}/{name}, another scheme, "
+                                    "host or port: refused (files are fetched only from the archive given; check "
+                                    "--mast-url)", 1)
+    assert not list(tmp_path.rglob("*"))
+
+
+@CLIENTS
+def test_a_redirect_within_the_origin_is_followed_and_logged_once(tmp_path, certificate, trusted, client, caplog):
+    def answer(handler: _Handler) -> None:
+        if handler.path.startswith("/moved/"):
+            handler.send(200, BODY)
+        else:  # relative, as servers often send it
+            handler.send(301, b"moved\n", {"Location": f"/moved{handler.path}"})
+
+    names = [f"lc{k}.fits" for k in range(8)]
+    with caplog.at_level(logging.INFO, logger="tglc_builder"), Server(answer, certificate) as archive:
+        got = _fetch(archive.url, names, tmp_path, client, connections=3, max_attempts=2)
+        asked = dict(archive.requests)
+    assert asked == {**{f"/{name}": 1 for name in names}, **{f"/moved/{name}": 1 for name in names}}
+    for name in names:
+        assert isinstance(got[name], Fetched) and got[name].attempts == 1
+        assert (tmp_path / name).read_bytes() == BODY
+    logged = [r.getMessage() for r in caplog.records if "redirects within its own origin" in r.getMessage()]
+    assert len(logged) == 1 and f"{archive.url}/lc" in logged[0] and f"to {archive.url}/moved/lc" in logged[0]
+
+
+@CLIENTS
+def test_redirects_within_the_origin_are_followed_at_most_five_times(tmp_path, client):
+    def answer(handler: _Handler) -> None:
+        handler.send(302, b"", {"Location": handler.path + "x"})
+
+    with Server(answer) as archive:
+        got = _fetch(archive.url, ["a"], tmp_path, client, max_attempts=3)
+        assert archive.total() == 1 + net.MAX_REDIRECTS
+    assert got["a"].reason == (f"more than 5 redirects (the last from {archive.url}/axxxxx to {archive.url}/axxxxxx):"
+                               " refused")
+
+
+def _listing_server(answer_listing: Callable[[_Handler], None]) -> Callable[[_Handler], None]:
+    def answer(handler: _Handler) -> None:
+        if handler.path == BULK:
+            answer_listing(handler)
+        else:
+            handler.send(404)
+    return answer
+
+
+def test_a_listing_redirected_elsewhere_stops_the_build_with_one_line(tmp_path, certificate, trusted):
+    """Through the real command: exit 2, one line naming both URLs, nothing asked of the other server."""
+    with Server(_serve_body) as other:
+        def redirect(handler: _Handler) -> None:
+            handler.send(302, b"", {"Location": f"{other.url}{handler.path}"})
+
+        with Server(_listing_server(redirect), certificate) as archive:
+            done = subprocess.run([sys.executable, str(ROOT / "build_parent_sample.py"), "-s", str(SECTOR),
+                                   "--tglc_data_path", str(tmp_path / "data"), "--mast-url", archive.url],
+                                  capture_output=True, text=True, timeout=120,
+                                  env=run_env(REQUESTS_CA_BUNDLE=str(certificate[0])))
+            assert archive.requests[BULK] == 1
+        assert other.total() == 0
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line or line.startswith("error")]
+    assert done.returncode == 2, done.stderr
+    assert errors == [
+        f"error: sector 23: {archive.url}{BULK}: redirected from {archive.url}{BULK} to {other.url}{BULK}, another scheme, "
+        "host or port: refused (files are fetched only from the archive given; check --mast-url)"], done.stderr
+    assert not list((tmp_path / "data").rglob("*.sh"))
