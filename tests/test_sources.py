@@ -24,7 +24,7 @@ import pytest
 
 from tglc_builder import layout
 from tglc_builder.demo import SyntheticSector, write_mirror
-from tglc_builder.errors import UsageError
+from tglc_builder.errors import Failure, UsageError
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources import Fetched, SourceError, open_source
 
@@ -506,3 +506,36 @@ def test_builds_from_a_mirror_and_from_s3_on_dask(archive, http_build, moto_url,
             hdf5_ids = [i for values in hdf5_values(tmp_path / name / "out").values() for i in values["gaiadr3_id"]]
             assert sorted(ids) == sorted(hdf5_ids), name
     assert len(list(mirror.rglob("*.fits"))) == archive.sector.n  # the mirror is untouched
+
+
+def test_s3_refuses_a_coded_object_and_a_listing_beyond_the_cap(s3_env, moto_url, sector, items, tmp_path,
+                                                                  monkeypatch):
+    """Stored with Content-Encoding: gzip, a light curve is a failure (one GET) and a listing is refused; a listing
+    larger than the cap (made small here) is refused, whatever its coding."""
+    import boto3
+    import gzip
+
+    from tglc_builder.sources import base
+
+    client = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="owner",
+                          aws_secret_access_key="owner")
+    prefix, (gaia, relpath) = "coded/tglc", items[0]
+    bulk = layout.bulk_script_relpath(SECTOR)
+    for key, data, coding in ((relpath, sector.fits_bytes(0), "gzip"), (bulk, sector.bulk_script(), "gzip"),
+                              (layout.target_list_relpath(SECTOR), sector.target_list(), None)):
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=gzip.compress(data) if coding else data,
+                          ACL="public-read", **({"ContentEncoding": coding} if coding else {}))
+    source = s3_source(s3_env, moto_url, f"s3://{BUCKET}/{prefix}", max_attempts=3)
+    refusal = ("sent with Content-Encoding: gzip, although none was asked for: refused (files are stored exactly as "
+               "the archive holds them)")
+    got = list(source.fetch_many([(gaia, relpath)], tmp_path / "fits", validator(items), never))
+    assert got == [(0, Failure(gaia, relpath, "download", refusal, 1))]
+    with pytest.raises(base.Refused) as error:
+        source.fetch_listing(bulk, tmp_path / "bulk.sh")
+    assert error.value.reason == refusal
+    monkeypatch.setattr("tglc_builder.sources.s3.MAX_LISTING_BYTES", 1000)
+    with pytest.raises(base.Refused) as error:
+        source.fetch_listing(layout.target_list_relpath(SECTOR), tmp_path / "targets.csv")
+    assert error.value.reason == (f"announced as {len(sector.target_list()):,} bytes, more than 1,000 bytes, the most "
+                                  "a listing may have (4x the largest known): refused")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -231,3 +231,95 @@ def test_a_listing_redirected_elsewhere_stops_the_build_with_one_line(tmp_path, 
         f"error: sector 23: {archive.url}{BULK}: redirected from {archive.url}{BULK} to {other.url}{BULK}, another scheme, "
         "host or port: refused (files are fetched only from the archive given; check --mast-url)"], done.stderr
     assert not list((tmp_path / "data").rglob("*.sh"))
+
+
+# ---- content codings and sizes -----------------------------------------------------------------------------------
+def _gzip_bomb() -> bytes:
+    """~1 MB of gzip (1,024 members of 1 MiB of zeros each) that would expand to 1 GiB."""
+    import gzip
+
+    return gzip.compress(bytes(1 << 20), compresslevel=9) * 1024
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def test_a_gzip_bomb_listing_is_refused_and_stops_the_build(tmp_path):
+    """Through the real command: a listing sent with Content-Encoding: gzip, ~1 MB on the wire and 1 GiB decoded,
+    is refused (exit 2, one line naming the URL and the coding) and nothing large reaches the disk."""
+    bomb = _gzip_bomb()
+    assert len(bomb) < 1_200_000
+
+    def answer(handler: _Handler) -> None:
+        handler.send(200, bomb, {"Content-Encoding": "gzip", "Content-Type": "text/x-sh"})
+
+    with Server(_listing_server(answer)) as archive:
+        done = subprocess.run([sys.executable, str(ROOT / "build_parent_sample.py"), "-s", str(SECTOR),
+                               "--tglc_data_path", str(tmp_path / "data"), "--mast-url", archive.url],
+                              capture_output=True, text=True, timeout=120, env=run_env())
+        assert archive.requests[BULK] == 1
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line or line.startswith("error")]
+    assert done.returncode == 2, done.stderr
+    assert errors == [f"error: sector 23: {archive.url}{BULK}: sent with Content-Encoding: gzip, although none was "
+                      "asked for: refused (files are stored exactly as the archive holds them)"], done.stderr
+    assert _folder_size(tmp_path / "data") < 100_000
+
+
+@CLIENTS
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate, identity"])
+def test_a_light_curve_with_a_content_coding_is_a_failure(tmp_path, client, coding):
+    import gzip
+
+    def answer(handler: _Handler) -> None:
+        handler.send(200, gzip.compress(BODY), {"Content-Encoding": coding})
+
+    with Server(answer) as archive:
+        got = _fetch(archive.url, ["a.fits"], tmp_path, client, max_attempts=3)
+        assert archive.total() == 1  # final: asking again would not change it
+    assert got["a.fits"] == Failure(1000, "a.fits", "download", f"sent with Content-Encoding: {coding}, although "
+                                    "none was asked for: refused (files are stored exactly as the archive holds "
+                                    "them)", 1)
+    assert not list(tmp_path.rglob("*"))
+
+
+def test_a_listing_announced_beyond_the_cap_is_refused_before_it_is_read(tmp_path):
+    def answer(handler: _Handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "3000000000")
+        handler.end_headers()
+        handler.wfile.write(b"#!/bin/sh\n" * 1000)
+        handler.close_connection = True
+
+    with Server(_listing_server(answer)) as archive:
+        with pytest.raises(listing.ListingError) as error:
+            listing.fetch_listings(SECTOR, tmp_path, HttpSource(archive.url, max_attempts=3))
+        assert archive.requests[BULK] == 1
+    assert str(error.value) == (f"sector 23: {archive.url}{BULK}: announced as 3,000,000,000 bytes, more than "
+                                "2,147,483,648 bytes, the most a listing may have (4x the largest known): refused")
+    assert not list(tmp_path.rglob("*.sh"))
+
+
+def test_a_listing_growing_beyond_the_cap_is_refused_while_read(tmp_path, monkeypatch):
+    """Chunked, no Content-Length to refuse it by: it is refused once the cap (made small here) is passed."""
+    from tglc_builder.sources import base
+
+    monkeypatch.setattr(base, "MAX_LISTING_BYTES", 50_000)
+    line = b"curl -o x.fits https://example.org/x.fits\n"
+
+    def answer(handler: _Handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        piece = line * 100
+        for _ in range(100):
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        handler.wfile.write(b"0\r\n\r\n")
+
+    with Server(_listing_server(answer)) as archive:
+        with pytest.raises(listing.ListingError) as error:
+            listing.fetch_listings(SECTOR, tmp_path, HttpSource(archive.url, max_attempts=3))
+        assert archive.requests[BULK] == 1
+    assert str(error.value) == (f"sector 23: {archive.url}{BULK}: more than 50,000 bytes, the most a listing may "
+                                "have (4x the largest known): refused")
+    assert _folder_size(tmp_path) == 0

@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError, InvalidHeader
 from urllib3.util.retry import Retry
 
 from . import __version__, executor
-from .sources.base import Refused, SourceError
+from .sources.base import Refused, SourceError, encoding_refused, too_big
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def temporary_name(dest: Path) -> Path:
 def download_file(session: Session, url: str, dest: Path, *, validate: Callable[[Path], object] | None = None,
                   quarantine: Path | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                   backoff: float = DEFAULT_BACKOFF, progress: bool = False,
-                  stopping: Callable[[], bool] = executor.stopping) -> Download:
+                  stopping: Callable[[], bool] = executor.stopping, max_size: int | None = None) -> Download:
     """Download ``url`` to ``dest`` atomically, whole or not at all.
 
     The body streams to a temporary name beside ``dest`` and counts as whole only when HTTP proves it: as long as
@@ -286,6 +286,8 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
     and jitter, within the same ``max_attempts`` as urllib3's retries of status codes and connection failures. A
     whole body is then checked by ``validate(tmp)`` (raises ``ValueError``) and only then renamed; one that fails is
     kept at ``quarantine`` when given, and is final (the archive served it whole: asking again would not change it).
+    A body with a content coding, or larger than ``max_size`` (announced, or while read), is refused at once: bodies
+    are stored as the server holds them (urllib3 would decode a gzip body whatever Accept-Encoding asked for).
 
     Raises :class:`SourceError` (``permanent`` for 404 and invalid files), :class:`Stopped` when ``stopping()``
     turns true (checked while paused and between chunks), and lets ``OSError`` from the file system through (the
@@ -319,8 +321,15 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
                     raise SourceError(url, "HTTP 404 Not Found", attempts, permanent=True)
                 if response.status != 200:
                     raise SourceError(url, f"HTTP {response.status} {response.reason}", attempts)
+                refused = encoding_refused(url, response.headers.get("Content-Encoding"))
+                announced = response.headers.get("Content-Length", "").strip()
+                if refused is None and max_size is not None and announced.isdigit() and int(announced) > max_size:
+                    refused = too_big(url, max_size, int(announced))
+                if refused is not None:
+                    refused.attempts = attempts
+                    raise refused
                 try:
-                    size = _receive(response, tmp, progress, url, stopping)
+                    size = _receive(response, tmp, progress, url, stopping, max_size)
                 except (_Incomplete, HTTPError) as exc:
                     reason = str(exc) if isinstance(exc, _Incomplete) else f"{type(exc).__name__}: {exc}"
                     if attempts >= max_attempts:
@@ -351,7 +360,7 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
 
 
 def _receive(response: urllib3.BaseHTTPResponse, path: Path, progress: bool, url: str,
-             stopping: Callable[[], bool]) -> int:
+             stopping: Callable[[], bool], max_size: int | None = None) -> int:
     """Stream the body to ``path`` and return its size. A body that HTTP cannot prove whole raises
     :class:`_Incomplete`; one that breaks off raises urllib3's ``HTTPError`` (urllib3 2 checks the bytes against
     Content-Length, and a chunked body for its final chunk)."""
@@ -364,11 +373,13 @@ def _receive(response: urllib3.BaseHTTPResponse, path: Path, progress: bool, url
                leave=False) if progress else None
     try:
         with open(path, "wb", buffering=_CHUNK) as out:  # a size given: no isatty() call per file
-            for chunk in response.stream(_CHUNK):
+            for chunk in response.stream(_CHUNK, decode_content=False):
                 if stopping():
                     raise Stopped(url)
-                out.write(chunk)
                 written += len(chunk)
+                if max_size is not None and written > max_size:
+                    raise too_big(url, max_size)
+                out.write(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
     finally:

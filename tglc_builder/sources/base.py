@@ -20,6 +20,9 @@ from ..errors import Failure
 
 QUARANTINE = "corrupt"  # folder of fits_dir where downloaded files that are not TGLC light curves are moved
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+# The largest listing accepted: 4x the largest known (sector 23's bulk-download script, ~440 MB, TGLC-FORMAT.md),
+# rounded up; a bigger one (or one announced bigger) is refused before it fills the disk.
+MAX_LISTING_BYTES = 2 << 30
 WINDOW = 4  # items a source starts ahead of the one being yielded, per connection (bounds the FITS on disk)
 
 
@@ -108,6 +111,23 @@ class Source(abc.ABC):
         A source that keeps transfers in flight may call ``started_all()`` (once, from any thread) when the last
         item's transfer has started: another call may then run beside this one (the next work unit, see
         ``executor.hand_over``), and the two share the process's connections, never more than it was given."""
+
+
+def encoding_refused(where: str, coding: str | None) -> Refused | None:
+    """The refusal of a body sent with a content coding (gzip, br, ...), or None for none (``identity``): bodies are
+    asked for and stored as the server holds them, so that their size can be checked and no small answer can expand
+    into a huge file."""
+    coding = (coding or "").strip()
+    if coding.lower() in ("", "identity"):
+        return None
+    return Refused(where, f"sent with Content-Encoding: {coding[:40]}, although none was asked for: refused (files "
+                          "are stored exactly as the archive holds them)")
+
+
+def too_big(where: str, cap: int, announced: int | None = None) -> Refused:
+    """The refusal of a listing beyond ``cap`` bytes: ``announced`` (its Content-Length), or found while read."""
+    size = "more" if announced is None else f"announced as {announced:,} bytes, more"
+    return Refused(where, f"{size} than {cap:,} bytes, the most a listing may have (4x the largest known): refused")
 
 
 def quarantine_path(fits_dir: str | os.PathLike, relpath: str) -> Path:

@@ -12,6 +12,7 @@ CPU rather than by the archive. libcurl parses HTTP in C and waits on every sock
   shared throttle, at most ``max_wait``; a 404 is final;
 - a redirect is followed only within the archive's own origin, at most ``net.MAX_REDIRECTS`` hops (else the file
   fails at once, naming both URLs: :func:`tglc_builder.net.follow_redirect`);
+- a body with a content coding (gzip...) is refused at once: bodies are stored as the archive holds them;
 - a whole body is validated before it takes its name (else it is quarantined); a full disk stops every transfer
   and raises :class:`DiskFull`; stopping abandons what is in flight, leaving no temporary file.
 """
@@ -33,6 +34,7 @@ from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from .. import __version__, executor, net
+from . import base
 from ..errors import Failure
 from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Refused, Validator, is_present, quarantine_path
 
@@ -146,7 +148,7 @@ class _Transfer:
     """One item's download: its state across attempts, and the callbacks of the attempt in flight."""
 
     __slots__ = ("index", "gaia", "relpath", "dest", "tmp", "attempts", "not_before", "file", "headers", "error",
-                 "waiting", "url", "target", "hops")
+                 "waiting", "url", "target", "hops", "status", "refused")
 
     def __init__(self, index: int, gaia: int, relpath: str, dest: Path, url: str):
         self.index, self.gaia, self.relpath, self.dest = index, gaia, relpath, dest
@@ -158,8 +160,14 @@ class _Transfer:
         self.file = None
         self.headers: dict[str, str] = {}
         self.error: OSError | None = None
+        self.status = 0  # of the answer being received
+        self.refused: base.Refused | None = None  # the body's content coding, refused: the transfer was ended
 
     def write(self, data: bytes) -> int | None:
+        if self.status == 200 and "content-encoding" in self.headers:  # ended before a coded body fills the disk
+            self.refused = base.encoding_refused(self.url, self.headers["content-encoding"])
+            if self.refused is not None:
+                return 0
         try:
             self.file.write(data)
         except OSError as exc:  # a full disk or a file-size limit: libcurl ends the transfer (CURLE_WRITE_ERROR)
@@ -169,8 +177,10 @@ class _Transfer:
 
     def header(self, line: bytes) -> None:
         text = line.decode("latin-1").rstrip("\r\n")
-        if text.startswith("HTTP/"):  # a new answer (after a redirect or a 100 Continue): its own headers
+        if text.startswith("HTTP/"):  # a new answer (after a 100 Continue): its own headers
             self.headers.clear()
+            status = text.split(None, 2)[1:2]
+            self.status = int(status[0]) if status and status[0].isdigit() else 0
         elif ":" in text:
             name, value = text.split(":", 1)
             self.headers[name.strip().lower()] = value.strip()
@@ -370,7 +380,7 @@ class _Transfers:
 
     def _start(self, transfer: _Transfer) -> None:
         transfer.headers.clear()
-        transfer.error = None
+        transfer.error, transfer.refused, transfer.status = None, None, 0
         handle = self.free.pop()
         # In flight from here: should anything below raise, the thread's end removes its temporary file.
         self.active[handle] = transfer
@@ -426,6 +436,10 @@ class _Transfers:
         if transfer.error is not None:
             self._os_error(transfer.error)
             return None, None
+        refused = transfer.refused or (base.encoding_refused(transfer.url, transfer.headers.get("content-encoding"))
+                                       if status == 200 else None)
+        if refused is not None:
+            return self._failure(transfer, refused.reason), None
         if code:
             partial = status == 200 and code in _PARTIAL
             return None, f"{'incomplete body: ' if partial else ''}curl error {code}: {message}"

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .. import net
+from . import base
 from ..errors import Failure
 from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
     is_present, quarantine_path
@@ -63,7 +64,7 @@ class HttpSource(Source):
 
     def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
         download = net.download_file(self._session(), f"{self.url}/{relpath}", dest, max_attempts=self.max_attempts,
-                                     progress=True)
+                                     progress=True, max_size=base.MAX_LISTING_BYTES)
         return ListingCopy(download.size, download.validators)
 
     def _budget(self) -> threading.BoundedSemaphore:

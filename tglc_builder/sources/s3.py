@@ -29,8 +29,8 @@ from botocore.parsers import ResponseParserError
 from fsspec.asyn import sync
 
 from ..errors import Failure, UsageError
-from .base import (DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, is_present,
-                   quarantine_path)
+from .base import (DISK_FULL_ERRNOS, MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source,
+                   SourceError, Validator, encoding_refused, is_present, quarantine_path, too_big)
 from .local import is_contained
 
 ANON_ENV = "TGLC_S3_ANON"  # "0" (or "false", "no"): sign requests with the usual AWS credentials
@@ -147,7 +147,7 @@ class S3Source(Source):
         return bool(listed.get("KeyCount"))
 
     # ---- one object to a local file, retried -------------------------------------------------------------------
-    async def _get(self, s3, key: str, tmp: Path, disk: Path) -> tuple[int, dict]:
+    async def _get(self, s3, key: str, tmp: Path, disk: Path, max_size: int | None = None) -> tuple[int, dict]:
         """Stream ``key`` to ``tmp``; return the attempts it took and the response. Raises SourceError (tmp
         removed) or DiskFull (``disk``: the folder to name)."""
         attempts = 0
@@ -155,7 +155,10 @@ class S3Source(Source):
             while True:
                 attempts += 1
                 try:
-                    return attempts, await self._stream(s3, key, tmp)
+                    return attempts, await self._stream(s3, key, tmp, max_size)
+                except Refused as exc:
+                    exc.attempts = attempts
+                    raise
                 except Exception as exc:
                     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
                         raise DiskFull(disk, exc) from None
@@ -171,16 +174,26 @@ class S3Source(Source):
             tmp.unlink(missing_ok=True)
             raise
 
-    async def _stream(self, s3, key: str, tmp: Path) -> dict:
+    async def _stream(self, s3, key: str, tmp: Path, max_size: int | None = None) -> dict:
+        """One GET of ``key`` to ``tmp``: refused (:class:`Refused`) when stored with a content coding or beyond
+        ``max_size`` bytes (announced, or while read)."""
         response = await s3.get_object(Bucket=self.bucket, Key=key)
         body, expected = response["Body"], response["ContentLength"]
         written = 0
         try:
+            where = f"s3://{self.bucket}/{key}"
+            refused = encoding_refused(where, response.get("ContentEncoding"))
+            if refused is None and max_size is not None and expected > max_size:
+                refused = too_big(where, max_size, expected)
+            if refused is not None:
+                raise refused
             tmp.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as out:
                 while chunk := await body.read(_CHUNK):
-                    out.write(chunk)
                     written += len(chunk)
+                    if max_size is not None and written > max_size:
+                        raise too_big(where, max_size)
+                    out.write(chunk)
         finally:
             body.close()
         if written != expected:
@@ -195,7 +208,7 @@ class S3Source(Source):
         tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
 
         async def copy() -> tuple[int, dict]:
-            return await self._get(await fs.set_session(), self._key(relpath), tmp, dest.parent)
+            return await self._get(await fs.set_session(), self._key(relpath), tmp, dest.parent, MAX_LISTING_BYTES)
 
         _, response = sync(fs.loop, copy)
         os.replace(tmp, dest)
