@@ -94,7 +94,8 @@ def moto_url(sector, mirror) -> str:
 
 class FaultyProxy:
     """An HTTP proxy to the S3 server on 127.0.0.1 that records each request's headers and answers the requests
-    for a key with the faults queued for it: ``"503"`` (SlowDown) or ``"drop"`` (the body cut off mid-way)."""
+    for a key with the faults queued for it: ``"503"`` (SlowDown), ``"drop"`` (the body cut off mid-way) or
+    ``"trickle"`` (the body at 100 bytes/s)."""
 
     def __init__(self, upstream: str, latency: float = 0.0):
         self.upstream = upstream.removeprefix("http://")
@@ -128,15 +129,22 @@ class FaultyProxy:
                 upstream.close()
                 headers = {k: v for k, v in answer.getheaders()
                            if k.lower() not in ("connection", "transfer-encoding", "content-length")}
-                self._send(answer.status, headers, body, cut=len(body) // 2 if fault == "drop" else None)
+                self._send(answer.status, headers, body, cut=len(body) // 2 if fault == "drop" else None,
+                           trickle=fault == "trickle")
 
-            def _send(self, status: int, headers: dict, body: bytes, cut: int | None = None) -> None:
+            def _send(self, status: int, headers: dict, body: bytes, cut: int | None = None,
+                      trickle: bool = False) -> None:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if cut is None:
+                if trickle:
+                    for start in range(0, len(body), 10):
+                        self.wfile.write(body[start:start + 10])
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                elif cut is None:
                     self.wfile.write(body)
                 else:
                     self.wfile.write(body[:cut])
@@ -405,7 +413,7 @@ def test_s3_source_travels_to_worker_processes(s3_env, moto_url, sector, items, 
     source = s3_source(s3_env, moto_url)
     list(source.fetch_many(items[:2], tmp_path / "parent", validator(items), never))  # opened in this process
     assert set(vars(source)) == {"url", "bucket", "prefix", "connections", "max_attempts", "max_wait", "anon",
-                                 "endpoint"}  # settings only: connections are opened in each process
+                                 "endpoint", "deadline", "listing_deadline"}  # settings only: connections are opened in each process
     assert vars(pickle.loads(pickle.dumps(source))) == vars(source)
     context = multiprocessing.get_context(start_method)
     with context.Pool(1) as pool:
@@ -539,3 +547,17 @@ def test_s3_refuses_a_coded_object_and_a_listing_beyond_the_cap(s3_env, moto_url
     assert error.value.reason == (f"announced as {len(sector.target_list()):,} bytes, more than 1,000 bytes, the most "
                                   "a listing may have (4x the largest known): refused")
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_s3_a_trickling_object_is_abandoned_then_failed_as_too_slow(s3_env, proxy, items, tmp_path):
+    from tglc_builder import net
+
+    slow = items[0][1]
+    proxy.faults = {proxy.key(slow): ["trickle"] * 3}
+    source = s3_source(s3_env, proxy.url, max_attempts=2, max_wait=0.05)
+    source.deadline = net.Deadline(floor=1024, window=1.0, limit=60.0)
+    outcomes = dict(source.fetch_many(items[:2], tmp_path, validator(items), never))
+    assert outcomes[0] == Failure(items[0][0], slow, "download", "too slow: less than 1,024 bytes/s over 1 s", 2)
+    assert isinstance(outcomes[1], Fetched)
+    assert proxy.faults[proxy.key(slow)] == ["trickle"]
+    assert not temporary_files(tmp_path)

@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -323,3 +324,57 @@ def test_a_listing_growing_beyond_the_cap_is_refused_while_read(tmp_path, monkey
     assert str(error.value) == (f"sector 23: {archive.url}{BULK}: more than 50,000 bytes, the most a listing may "
                                 "have (4x the largest known): refused")
     assert _folder_size(tmp_path) == 0
+
+
+# ---- deadlines ---------------------------------------------------------------------------------------------------
+def _trickle(rate: int, size: int = 10_240) -> Callable[[_Handler], None]:
+    """A whole Content-Length announced, then ``rate`` bytes a second (in tenths of a second)."""
+    def answer(handler: _Handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(size))
+        handler.end_headers()
+        step = max(1, rate // 10)
+        for start in range(0, size, step):
+            handler.wfile.write(BODY[start:start + step] if start + step <= len(BODY) else b"x" * step)
+            handler.wfile.flush()
+            time.sleep(0.1)
+    return answer
+
+
+@CLIENTS
+def test_a_trickling_light_curve_is_abandoned_then_failed_as_too_slow(tmp_path, client):
+    """10 bytes/s against a floor of 1 KB/s over 1 s: each attempt is abandoned, the file fails after max_attempts
+    (had it been waited for, 10,240 bytes would take 17 minutes)."""
+    deadline = net.Deadline(floor=1024, window=1.0, limit=60.0)
+    started = time.monotonic()
+    with Server(_trickle(10)) as archive:
+        got = _fetch(archive.url, ["slow.fits"], tmp_path, client, max_attempts=2, deadline=deadline)
+        assert archive.requests["/slow.fits"] == 2
+    assert time.monotonic() - started < 2 * 60  # bounded by max_attempts x the limit, which it never reached
+    failure = got["slow.fits"]
+    assert isinstance(failure, Failure) and failure.attempts == 2
+    assert failure.reason.startswith("too slow: less than 1,024 bytes/s over 1 s"), failure.reason
+    assert not list(tmp_path.rglob("*"))
+
+
+@CLIENTS
+def test_a_light_curve_longer_than_its_limit_is_abandoned(tmp_path, client):
+    """Above the floor (2 KB/s) but not whole within the per-request limit (1 s for 20 KB)."""
+    deadline = net.Deadline(floor=1024, window=5.0, limit=1.0)
+    with Server(_trickle(2000, 20_000)) as archive:
+        got = _fetch(archive.url, ["long.fits"], tmp_path, client, max_attempts=2, deadline=deadline)
+        assert archive.requests["/long.fits"] == 2
+    failure = got["long.fits"]
+    assert failure.attempts == 2 and failure.reason.startswith("too slow: not whole within 1 s"), failure.reason
+
+
+def test_a_trickling_listing_is_abandoned(tmp_path):
+    source = HttpSource("", max_attempts=2, listing_deadline=net.Deadline(floor=1024, window=1.0, limit=None))
+    with Server(_listing_server(_trickle(10))) as archive:
+        source.url = archive.url
+        with pytest.raises(listing.ListingError) as error:
+            listing.fetch_listings(SECTOR, tmp_path, source)
+        assert archive.requests[BULK] == 2
+    assert str(error.value) == (f"cannot fetch {archive.url}{BULK} whole: too slow: less than 1,024 bytes/s over 1 s "
+                                "(after 2 attempt(s)); check the network and --mast-url, then rerun")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from tqdm.auto import tqdm
-from urllib3.exceptions import HTTPError, InvalidHeader
+from urllib3.exceptions import HTTPError, InvalidHeader, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from . import __version__, executor
@@ -38,6 +38,48 @@ DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After imposes (--
 TIMEOUT = urllib3.Timeout(connect=10, read=60)  # seconds
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 VALIDATORS = ("Content-Length", "ETag", "Last-Modified")
+@dataclass(frozen=True)
+class Deadline:
+    """How slow a download may be before it is abandoned (then asked for again, within ``max_attempts``): less
+    than ``floor`` bytes/s over ``window`` seconds, or one request longer than ``limit`` seconds (None: no limit).
+    So a file holds the build for at most ``max_attempts`` x ``limit`` (plus the backoffs between attempts)."""
+
+    floor: int = 1024  # bytes/s
+    window: float = 30.0  # seconds
+    limit: float | None = 300.0  # seconds per request: a ~300 KB light curve at the floor
+
+    def too_slow(self) -> str:
+        return f"too slow: less than {self.floor:,} bytes/s over {self.window:g} s"
+
+    def too_long(self) -> str:
+        return f"too slow: not whole within {self.limit:g} s"
+
+
+DEADLINE = Deadline()  # light curves
+LISTING_DEADLINE = Deadline(limit=3600.0)  # a listing of ~440 MB: whole within the hour, at ~120 KB/s
+
+
+class Pace:
+    """A body's progress against a :class:`Deadline`, for the clients that do not watch it themselves (urllib3,
+    aiobotocore; libcurl has LOW_SPEED_LIMIT/TIME and TIMEOUT): :meth:`check` is told the bytes received so far
+    and answers why to give up, or None. Windows follow each other, so a slow body is caught within 2 x window."""
+
+    def __init__(self, deadline: Deadline):
+        self.deadline = deadline
+        self.start = self.mark = time.monotonic()
+        self.marked = 0  # bytes received at the mark
+
+    def check(self, received: int) -> str | None:
+        now, deadline = time.monotonic(), self.deadline
+        if deadline.limit is not None and now - self.start > deadline.limit:
+            return deadline.too_long()
+        if now - self.mark >= deadline.window:
+            if received - self.marked < deadline.floor * (now - self.mark):
+                return deadline.too_slow()
+            self.mark, self.marked = now, received
+        return None
+
+
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5  # hops within the archive's own origin, per file
 _CHUNK = 1 << 20
@@ -206,10 +248,12 @@ class Session:
         self._direct = urllib3.PoolManager(**self._options)
         self._lock = threading.Lock()
 
-    def get(self, url: str) -> urllib3.BaseHTTPResponse:
+    def get(self, url: str, deadline: Deadline = DEADLINE) -> urllib3.BaseHTTPResponse:
         """Start a GET of ``url``; the body is left to stream; a redirect is returned, not followed (see
         :func:`follow_redirect`). Raises urllib3's HTTPError once retries are spent."""
-        return self._manager(url).request("GET", url, preload_content=False, redirect=False, timeout=TIMEOUT)
+        # No byte for a whole window is below any floor: the read timeout ends it (a trickle is Pace's to catch).
+        timeout = urllib3.Timeout(connect=TIMEOUT.connect_timeout, read=min(TIMEOUT.read_timeout, deadline.window))
+        return self._manager(url).request("GET", url, preload_content=False, redirect=False, timeout=timeout)
 
     def _manager(self, url: str) -> urllib3.PoolManager:
         parts = urlsplit(url)
@@ -270,6 +314,10 @@ class _Incomplete(Exception):
     """A body that HTTP does not prove whole."""
 
 
+class _TooSlow(_Incomplete):
+    """A body slower than its deadline allows, abandoned."""
+
+
 def temporary_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
 
@@ -277,7 +325,8 @@ def temporary_name(dest: Path) -> Path:
 def download_file(session: Session, url: str, dest: Path, *, validate: Callable[[Path], object] | None = None,
                   quarantine: Path | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                   backoff: float = DEFAULT_BACKOFF, progress: bool = False,
-                  stopping: Callable[[], bool] = executor.stopping, max_size: int | None = None) -> Download:
+                  stopping: Callable[[], bool] = executor.stopping, max_size: int | None = None,
+                  deadline: Deadline = DEADLINE) -> Download:
     """Download ``url`` to ``dest`` atomically, whole or not at all.
 
     The body streams to a temporary name beside ``dest`` and counts as whole only when HTTP proves it: as long as
@@ -288,6 +337,7 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
     kept at ``quarantine`` when given, and is final (the archive served it whole: asking again would not change it).
     A body with a content coding, or larger than ``max_size`` (announced, or while read), is refused at once: bodies
     are stored as the server holds them (urllib3 would decode a gzip body whatever Accept-Encoding asked for).
+    A body slower than ``deadline`` allows is abandoned and asked for again (its reason: "too slow").
 
     Raises :class:`SourceError` (``permanent`` for 404 and invalid files), :class:`Stopped` when ``stopping()``
     turns true (checked while paused and between chunks), and lets ``OSError`` from the file system through (the
@@ -303,7 +353,7 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
             if not throttle().wait(stopping):
                 raise Stopped(url)
             try:
-                response = session.get(target)
+                response = session.get(target, deadline)
             except HTTPError as exc:  # urllib3 used up its retries (or the URL is unusable)
                 raise SourceError(url, f"{type(exc).__name__}: {exc}", attempts + max_attempts) from None
             whole = False  # the body read to its end (else the connection cannot carry another request)
@@ -329,11 +379,14 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
                     refused.attempts = attempts
                     raise refused
                 try:
-                    size = _receive(response, tmp, progress, url, stopping, max_size)
+                    size = _receive(response, tmp, progress, url, stopping, max_size, deadline)
                 except (_Incomplete, HTTPError) as exc:
+                    if isinstance(exc, ReadTimeoutError):  # no byte for a whole window
+                        exc = _TooSlow(deadline.too_slow())
                     reason = str(exc) if isinstance(exc, _Incomplete) else f"{type(exc).__name__}: {exc}"
                     if attempts >= max_attempts:
-                        raise SourceError(url, f"incomplete body: {reason}", attempts) from None
+                        raise SourceError(url, reason if isinstance(exc, _TooSlow) else f"incomplete body: {reason}",
+                                          attempts) from None
                     log.debug("%s: %s; asking again", url, reason)
                     if not throttle().wait(stopping, backoff * 2 ** (attempts - 1) * (0.5 + random.random())):
                         raise Stopped(url) from None
@@ -360,7 +413,7 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
 
 
 def _receive(response: urllib3.BaseHTTPResponse, path: Path, progress: bool, url: str,
-             stopping: Callable[[], bool], max_size: int | None = None) -> int:
+             stopping: Callable[[], bool], max_size: int | None = None, deadline: Deadline = DEADLINE) -> int:
     """Stream the body to ``path`` and return its size. A body that HTTP cannot prove whole raises
     :class:`_Incomplete`; one that breaks off raises urllib3's ``HTTPError`` (urllib3 2 checks the bytes against
     Content-Length, and a chunked body for its final chunk)."""
@@ -373,13 +426,17 @@ def _receive(response: urllib3.BaseHTTPResponse, path: Path, progress: bool, url
                leave=False) if progress else None
     try:
         with open(path, "wb", buffering=_CHUNK) as out:  # a size given: no isatty() call per file
-            for chunk in response.stream(_CHUNK, decode_content=False):
+            pace = Pace(deadline)
+            # read1: what has arrived, so that a trickle is seen as one (read() waits for a whole chunk)
+            while chunk := response.read1(_CHUNK, decode_content=False):
                 if stopping():
                     raise Stopped(url)
                 written += len(chunk)
                 if max_size is not None and written > max_size:
                     raise too_big(url, max_size)
                 out.write(chunk)
+                if (slow := pace.check(written)) is not None:
+                    raise _TooSlow(slow)
                 if bar is not None:
                     bar.update(len(chunk))
     finally:

@@ -69,8 +69,6 @@ class _Connections:
         handle.setopt(pycurl.FOLLOWLOCATION, False)
         handle.setopt(pycurl.NOSIGNAL, True)
         handle.setopt(pycurl.CONNECTTIMEOUT, int(net.TIMEOUT.connect_timeout))
-        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # no byte for the read timeout: the connection is dead
-        handle.setopt(pycurl.LOW_SPEED_TIME, int(net.TIMEOUT.read_timeout))
         handle.setopt(pycurl.BUFFERSIZE, 1 << 19)
         handle.setopt(pycurl.PROXY, self.proxy)
         if self.ca_bundle:
@@ -201,8 +199,10 @@ class _Transfers:
 
     def __init__(self, url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                  stopping: Callable[[], bool], connections: int, max_attempts: int, max_wait: float,
-                 backoff: float, started_all: Callable[[], None] | None = None):
+                 backoff: float, started_all: Callable[[], None] | None = None,
+                 deadline: net.Deadline = net.DEADLINE):
         self.url, self.items, self.fits_dir, self.validate = url, items, fits_dir, validate
+        self.deadline = deadline
         self.started_all = started_all
         self.stopping, self.connections, self.max_attempts = stopping, connections, max_attempts
         self.max_wait, self.backoff = max_wait, backoff
@@ -387,6 +387,10 @@ class _Transfers:
         transfer.dest.parent.mkdir(parents=True, exist_ok=True)
         transfer.file = open(transfer.tmp, "wb")  # noqa: SIM115 - closed when the transfer ends
         handle.setopt(pycurl.URL, transfer.target)
+        # The deadline (net.Deadline), in libcurl's terms: the floor over the window, and the whole request's limit.
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, self.deadline.floor)
+        handle.setopt(pycurl.LOW_SPEED_TIME, max(1, round(self.deadline.window)))
+        handle.setopt(pycurl.TIMEOUT_MS, 0 if self.deadline.limit is None else round(self.deadline.limit * 1000))
         handle.setopt(pycurl.WRITEFUNCTION, transfer.write)
         handle.setopt(pycurl.HEADERFUNCTION, transfer.header)
         self.pool.multi.add_handle(handle)
@@ -440,6 +444,9 @@ class _Transfers:
                                        if status == 200 else None)
         if refused is not None:
             return self._failure(transfer, refused.reason), None
+        if code == pycurl.E_OPERATION_TIMEDOUT and status == 200:  # the body came too slowly
+            slow = "too slow" in message.lower()
+            return None, f"{self.deadline.too_slow() if slow else self.deadline.too_long()} (curl: {message})"
         if code:
             partial = status == 200 and code in _PARTIAL
             return None, f"{'incomplete body: ' if partial else ''}curl error {code}: {message}"
@@ -490,12 +497,12 @@ def _phrase(status: int) -> str:
 
 def fetch_many(url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                stopping: Callable[[], bool], *, connections: int, max_attempts: int, max_wait: float,
-               backoff: float = net.DEFAULT_BACKOFF, started_all: Callable[[], None] | None = None
-               ) -> Iterator[tuple[int, Fetched | Failure]]:
+               backoff: float = net.DEFAULT_BACKOFF, started_all: Callable[[], None] | None = None,
+               deadline: net.Deadline = net.DEADLINE) -> Iterator[tuple[int, Fetched | Failure]]:
     """:meth:`HttpSource.fetch_many` on libcurl: the transfers run in one thread while the caller converts what
     has arrived."""
     transfers = _Transfers(url, items, Path(fits_dir), validate, stopping, connections, max_attempts, max_wait,
-                           backoff, started_all)
+                           backoff, started_all, deadline)
     thread = threading.Thread(target=transfers.run, name="tglc-curl", daemon=True)
     thread.start()
     try:
