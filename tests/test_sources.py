@@ -292,6 +292,7 @@ def test_s3_fetches_exact_bytes_anonymously(s3_env, proxy, sector, items, tmp_pa
     assert (missing.gaiadr3_id, missing.path, missing.stage) == (*items[MISSING], "download")
     assert missing.reason == "not found (NoSuchKey)" and missing.attempts == 1
     assert corrupt.reason.startswith("invalid file:") and corrupt.attempts == 1
+    assert str(fits_dir / "corrupt" / items[CORRUPT][1]) in corrupt.reason and ".part-" not in corrupt.reason
     assert not (fits_dir / items[CORRUPT][1]).exists()
     assert (fits_dir / "corrupt" / items[CORRUPT][1]).read_bytes() == sector.fits_bytes(CORRUPT)[:2 * 2880]
     assert not temporary_files(fits_dir)

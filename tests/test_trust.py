@@ -378,3 +378,58 @@ def test_a_trickling_listing_is_abandoned(tmp_path):
     assert str(error.value) == (f"cannot fetch {archive.url}{BULK} whole: too slow: less than 1,024 bytes/s over 1 s "
                                 "(after 2 attempt(s)); check the network and --mast-url, then rerun")
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+# ---- what a failure names, and what killed workers leave -----------------------------------------------------------
+@CLIENTS
+def test_an_invalid_file_is_named_at_its_quarantine(tmp_path, client):
+    """The reason names where the file is kept (fits_dir/corrupt/...), not its temporary name, gone by then."""
+    from tglc_builder.reader import read_tglc
+    from tglc_builder.sources import quarantine_path
+
+    relpath = "s0023/cam1-ccd1/bad.fits"
+    with Server(lambda handler: handler.send(200, b"SIMPLE  =                    T" + b" " * 2850)) as archive:
+        source = HttpSource(archive.url, client=client, max_attempts=2)
+        (_, failure), = source.fetch_many([(42, relpath)], tmp_path, lambda path, i: read_tglc(path, 42),
+                                          lambda: False)
+    kept = quarantine_path(tmp_path, relpath)
+    assert kept.is_file() and failure.reason.startswith("invalid file: ")
+    assert str(kept) in failure.reason and ".part-" not in failure.reason, failure.reason
+
+
+def _dead_pid() -> int:
+    """The pid of a process that held a file open and was killed with SIGKILL."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.kill()
+    child.wait()
+    return child.pid
+
+
+@CLIENTS
+def test_temporary_files_of_killed_workers_are_removed_not_those_of_live_ones(tmp_path, client):
+    """A real process killed with SIGKILL while writing a .part file leaves it behind; the next download in that
+    folder removes it, while a live process's .part file beside it is left alone."""
+    folder = tmp_path / "s0023" / "cam1-ccd1"
+    folder.mkdir(parents=True)
+    writer = subprocess.Popen([sys.executable, "-c", "import os, sys, time\n"
+                               "name = f'.other.fits.part-{os.getpid()}-7'\n"
+                               "open(os.path.join(sys.argv[1], name), 'wb').write(b'x' * 1000)\n"
+                               "print(name, flush=True); time.sleep(60)", str(folder)], stdout=subprocess.PIPE,
+                              text=True)
+    killed = folder / writer.stdout.readline().strip()
+    writer.kill()
+    writer.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        alive = folder / f".other.fits.part-{live.pid}-9"
+        alive.write_bytes(b"y" * 1000)
+        old = folder / f".good.fits.part-{_dead_pid()}"  # of a listing's or S3's naming: no thread id
+        old.write_bytes(b"z")
+        assert killed.is_file()
+        with Server(_serve_body) as archive:
+            got = _fetch(archive.url, ["s0023/cam1-ccd1/good.fits"], tmp_path, client)
+        assert isinstance(got["s0023/cam1-ccd1/good.fits"], Fetched)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["good.fits", alive.name])
+    finally:
+        live.kill()
+        live.wait()

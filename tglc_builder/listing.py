@@ -27,7 +27,7 @@ from astropy.table import Table
 
 from . import layout
 from .errors import UsageError
-from .sources.base import Refused, Source, SourceError
+from .sources.base import Refused, Source, SourceError, remove_stale_parts
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def _why_not_complete(path: Path, url: str) -> str | None:
 def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: int) -> None:
     """Fetch a listing whole (the source writes it atomically), then record it complete."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(dest.parent)  # a listing's partial copy left by a build that was killed
     manifest = manifest_path(dest)
     manifest.unlink(missing_ok=True)  # nothing is recorded complete while the copy changes
     try:

@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError, InvalidHeader, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from . import __version__, executor
-from .sources.base import Refused, SourceError, encoding_refused, too_big
+from .sources.base import Refused, SourceError, encoding_refused, invalid_reason, too_big
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
                     if quarantine is not None:
                         quarantine.parent.mkdir(parents=True, exist_ok=True)
                         os.replace(tmp, quarantine)
-                    raise SourceError(url, f"invalid file: {exc}", attempts, permanent=True) from None
+                    raise SourceError(url, invalid_reason(exc, tmp, quarantine), attempts, permanent=True) from None
             os.replace(tmp, dest)
             return Download(size, attempts, validators)
     finally:

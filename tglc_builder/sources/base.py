@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import errno
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,54 @@ def too_big(where: str, cap: int, announced: int | None = None) -> Refused:
     """The refusal of a listing beyond ``cap`` bytes: ``announced`` (its Content-Length), or found while read."""
     size = "more" if announced is None else f"announced as {announced:,} bytes, more"
     return Refused(where, f"{size} than {cap:,} bytes, the most a listing may have (4x the largest known): refused")
+
+
+_PART = re.compile(r"\.part-(\d+)(?:-\d+)?$")  # a temporary file's suffix: the process (and thread) writing it
+
+
+def remove_stale_parts(folder: Path) -> list[Path]:
+    """Remove the temporary files (``.NAME.part-PID[-TID]``) in ``folder`` whose process is gone (a worker killed by
+    the OOM killer or SIGKILL writes no cleanup); those of live processes, this one's included, are downloads in
+    flight and are kept. Returns what was removed."""
+    try:
+        entries = [entry.name for entry in os.scandir(folder) if entry.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for name in entries:
+        match = _PART.search(name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(Path(folder) / name)
+        except FileNotFoundError:  # another process swept it first
+            continue
+        removed.append(Path(folder) / name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a process of another user counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):  # not a pid at all
+        return False
+    return True
+
+
+def invalid_reason(exc: ValueError, tmp: Path, quarantine: Path | None) -> str:
+    """A failure row's reason for a file found invalid under its temporary name ``tmp``, then moved to
+    ``quarantine``: naming where it is kept, not the temporary name that no longer exists."""
+    reason = str(exc)
+    if quarantine is not None:
+        reason = reason.replace(str(tmp), str(quarantine)).replace(tmp.name, str(quarantine))
+    return f"invalid file: {reason}"
 
 
 def quarantine_path(fits_dir: str | os.PathLike, relpath: str) -> Path:

@@ -373,9 +373,7 @@ class _Transfers:
         if is_present(dest):
             self._publish(i, Fetched(dest, downloaded=False))
             return None
-        if dest.parent.is_dir():
-            for debris in dest.parent.glob(f".{dest.name}.part-*"):  # of a run that was killed
-                debris.unlink(missing_ok=True)
+        base.remove_stale_parts(dest.parent)  # of workers that were killed
         return _Transfer(i, gaia, relpath, dest, f"{self.url}/{relpath}")
 
     def _start(self, transfer: _Transfer) -> None:
@@ -469,7 +467,7 @@ class _Transfers:
             quarantine = quarantine_path(self.fits_dir, transfer.relpath)
             quarantine.parent.mkdir(parents=True, exist_ok=True)
             os.replace(transfer.tmp, quarantine)
-            return self._failure(transfer, f"invalid file: {exc}")
+            return self._failure(transfer, base.invalid_reason(exc, transfer.tmp, quarantine))
         os.replace(transfer.tmp, transfer.dest)
         return Fetched(transfer.dest, downloaded=True, attempts=transfer.attempts, checked=checked)
 

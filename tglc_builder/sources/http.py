@@ -142,9 +142,7 @@ class HttpSource(Source):
         try:
             if started is not None:
                 started()
-            if dest.parent.is_dir():
-                for debris in dest.parent.glob(f".{dest.name}.part-*"):  # of a run that was killed
-                    debris.unlink(missing_ok=True)
+            base.remove_stale_parts(dest.parent)  # of workers that were killed
             download = net.download_file(session, f"{self.url}/{relpath}", dest,
                                          validate=lambda tmp: checked.append(validate(tmp, i)),
                                          quarantine=quarantine_path(fits_dir, relpath),

@@ -31,7 +31,8 @@ from fsspec.asyn import sync
 from .. import net
 from ..errors import Failure, UsageError
 from .base import (DISK_FULL_ERRNOS, MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source,
-                   SourceError, Validator, encoding_refused, is_present, quarantine_path, too_big)
+                   SourceError, Validator, encoding_refused, invalid_reason, is_present, quarantine_path,
+                   remove_stale_parts, too_big)
 from .local import is_contained
 
 ANON_ENV = "TGLC_S3_ANON"  # "0" (or "false", "no"): sign requests with the usual AWS credentials
@@ -287,7 +288,7 @@ class S3Source(Source):
                 bad = quarantine_path(fits_dir, relpath)
                 bad.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, bad)
-                return Failure(gaia, relpath, "download", f"invalid file: {exc}", attempts)
+                return Failure(gaia, relpath, "download", invalid_reason(exc, tmp, bad), attempts)
             os.replace(tmp, dest)
         except OSError as exc:
             if exc.errno in DISK_FULL_ERRNOS:
@@ -301,9 +302,7 @@ def _temporary_name(fits_dir: Path, relpath: str) -> Path | None:
     dest = fits_dir / relpath
     if not is_contained(relpath) or is_present(dest):
         return None
-    if dest.parent.is_dir():
-        for stale in dest.parent.glob(f".{dest.name}.part-*"):
-            stale.unlink(missing_ok=True)  # debris of a run that was killed
+    remove_stale_parts(dest.parent)  # of workers that were killed
     return dest.with_name(f".{dest.name}.part-{os.getpid()}")
 
 
