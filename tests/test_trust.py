@@ -433,3 +433,21 @@ def test_temporary_files_of_killed_workers_are_removed_not_those_of_live_ones(tm
     finally:
         live.kill()
         live.wait()
+
+
+# ---- no network --------------------------------------------------------------------------------------------------
+def test_an_archive_whose_name_does_not_resolve_is_one_line(tmp_path):
+    """No network (or a mistyped host) without --demo: one line saying so and what to do, exit 2; the name is asked
+    for twice, not five times, and urllib3's retry lines are DEBUG, not WARNING."""
+    command = [sys.executable, str(ROOT / "build_parent_sample.py"), "-s", str(SECTOR), "--tglc_data_path",
+               str(tmp_path / "data"), "--mast-url", "https://nonexistent.invalid/hlsps/tglc"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=run_env())
+    assert done.returncode == 2, done.stderr
+    said = [line for line in done.stderr.splitlines() if " INFO " not in line]
+    assert said == ["error: cannot reach nonexistent.invalid (name resolution failed): check the network and "
+                    "--mast-url, or try the built-in demo with --demo"], done.stderr
+    verbose = subprocess.run([*command, "--verbose"], capture_output=True, text=True, timeout=120, env=run_env())
+    assert verbose.returncode == 2
+    retries = [line for line in verbose.stderr.splitlines() if "Retrying (" in line]
+    assert len(retries) == 1 and " DEBUG tglc_builder.net: urllib3: Retrying (" in retries[0], verbose.stderr
+    assert " WARNING " not in verbose.stderr

@@ -24,13 +24,25 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from tqdm.auto import tqdm
-from urllib3.exceptions import HTTPError, InvalidHeader, ReadTimeoutError
+from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError, NameResolutionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from . import __version__, executor
-from .sources.base import Refused, SourceError, encoding_refused, invalid_reason, too_big
+from .sources.base import Refused, SourceError, Unreachable, encoding_refused, invalid_reason, too_big
 
 log = logging.getLogger(__name__)
+
+
+def _retries_at_debug(record: logging.LogRecord) -> bool:
+    """urllib3 logs each retry at WARNING ("Retrying (Retry(total=3, ...)) after connection broken by ..."): raw,
+    and repeated for one fault. They go to DEBUG here; what finally fails is said once, in the build's words."""
+    if record.getMessage().startswith("Retrying ("):
+        log.debug("urllib3: %s", record.getMessage())
+        return False
+    return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_retries_at_debug)
 
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKOFF = 0.5  # seconds; doubles with each attempt
@@ -216,6 +228,9 @@ class _Retry(Retry):
         return super().new(**kwargs)
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if isinstance(error, NameResolutionError) and any(isinstance(past.error, NameResolutionError)
+                                                           for past in self.history):
+            raise MaxRetryError(_pool, url, error)  # a name that did not resolve twice will not: asked once more
         if response is not None and response.status in (429, 503):
             try:
                 asked = self.get_retry_after(response)
@@ -355,6 +370,9 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
             try:
                 response = session.get(target, deadline)
             except HTTPError as exc:  # urllib3 used up its retries (or the URL is unusable)
+                if isinstance(getattr(exc, "reason", None), NameResolutionError):
+                    raise Unreachable(url, f"cannot reach {urlsplit(url).hostname} (name resolution failed)",
+                                      attempts + 2) from None
                 raise SourceError(url, f"{type(exc).__name__}: {exc}", attempts + max_attempts) from None
             whole = False  # the body read to its end (else the connection cannot carry another request)
             try:

@@ -43,6 +43,10 @@ class Refused(SourceError):
         super().__init__(where, reason, attempts, permanent=True)
 
 
+class Unreachable(SourceError):
+    """The archive cannot be reached at all (its name does not resolve): ``reason`` says so in one line."""
+
+
 class DiskFull(OSError):
     """Writing into ``folder`` failed for lack of space (or a file-size limit): every download should stop."""
 
