@@ -413,8 +413,9 @@ def _fetch_in_worker(source, items, fits_dir) -> list:
 def test_s3_source_travels_to_worker_processes(s3_env, moto_url, sector, items, tmp_path, start_method):
     source = s3_source(s3_env, moto_url)
     list(source.fetch_many(items[:2], tmp_path / "parent", validator(items), never))  # opened in this process
+    # settings only: connections are opened in each process
     assert set(vars(source)) == {"url", "bucket", "prefix", "connections", "max_attempts", "max_wait", "anon",
-                                 "endpoint", "deadline", "listing_deadline"}  # settings only: connections are opened in each process
+                                 "endpoint", "deadline", "listing_deadline"}
     assert vars(pickle.loads(pickle.dumps(source))) == vars(source)
     context = multiprocessing.get_context(start_method)
     with context.Pool(1) as pool:

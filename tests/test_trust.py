@@ -229,8 +229,8 @@ def test_a_listing_redirected_elsewhere_stops_the_build_with_one_line(tmp_path, 
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line or line.startswith("error")]
     assert done.returncode == 2, done.stderr
     assert errors == [
-        f"error: sector 23: {archive.url}{BULK}: redirected from {archive.url}{BULK} to {other.url}{BULK}, another scheme, "
-        "host or port: refused (files are fetched only from the archive given; check --mast-url)"], done.stderr
+        f"error: sector 23: {archive.url}{BULK}: redirected from {archive.url}{BULK} to {other.url}{BULK}, another "
+        "scheme, host or port: refused (files are fetched only from the archive given; check --mast-url)"], done.stderr
     assert not list((tmp_path / "data").rglob("*.sh"))
 
 

@@ -50,6 +50,8 @@ DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After imposes (--
 TIMEOUT = urllib3.Timeout(connect=10, read=60)  # seconds
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 VALIDATORS = ("Content-Length", "ETag", "Last-Modified")
+
+
 @dataclass(frozen=True)
 class Deadline:
     """How slow a download may be before it is abandoned (then asked for again, within ``max_attempts``): less

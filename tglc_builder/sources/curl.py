@@ -34,8 +34,8 @@ from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from .. import __version__, executor, net
-from . import base
 from ..errors import Failure
+from . import base
 from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Refused, Validator, is_present, quarantine_path
 
 log = logging.getLogger(__name__)
