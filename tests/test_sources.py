@@ -24,7 +24,7 @@ import pytest
 
 from tglc_builder import layout
 from tglc_builder.demo import SyntheticSector, write_mirror
-from tglc_builder.errors import UsageError
+from tglc_builder.errors import Failure, UsageError
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources import Fetched, SourceError, open_source
 
@@ -94,7 +94,8 @@ def moto_url(sector, mirror) -> str:
 
 class FaultyProxy:
     """An HTTP proxy to the S3 server on 127.0.0.1 that records each request's headers and answers the requests
-    for a key with the faults queued for it: ``"503"`` (SlowDown) or ``"drop"`` (the body cut off mid-way)."""
+    for a key with the faults queued for it: ``"503"`` (SlowDown), ``"drop"`` (the body cut off mid-way) or
+    ``"trickle"`` (the body at 100 bytes/s)."""
 
     def __init__(self, upstream: str, latency: float = 0.0):
         self.upstream = upstream.removeprefix("http://")
@@ -128,15 +129,22 @@ class FaultyProxy:
                 upstream.close()
                 headers = {k: v for k, v in answer.getheaders()
                            if k.lower() not in ("connection", "transfer-encoding", "content-length")}
-                self._send(answer.status, headers, body, cut=len(body) // 2 if fault == "drop" else None)
+                self._send(answer.status, headers, body, cut=len(body) // 2 if fault == "drop" else None,
+                           trickle=fault == "trickle")
 
-            def _send(self, status: int, headers: dict, body: bytes, cut: int | None = None) -> None:
+            def _send(self, status: int, headers: dict, body: bytes, cut: int | None = None,
+                      trickle: bool = False) -> None:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if cut is None:
+                if trickle:
+                    for start in range(0, len(body), 10):
+                        self.wfile.write(body[start:start + 10])
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                elif cut is None:
                     self.wfile.write(body)
                 else:
                     self.wfile.write(body[:cut])
@@ -284,6 +292,7 @@ def test_s3_fetches_exact_bytes_anonymously(s3_env, proxy, sector, items, tmp_pa
     assert (missing.gaiadr3_id, missing.path, missing.stage) == (*items[MISSING], "download")
     assert missing.reason == "not found (NoSuchKey)" and missing.attempts == 1
     assert corrupt.reason.startswith("invalid file:") and corrupt.attempts == 1
+    assert str(fits_dir / "corrupt" / items[CORRUPT][1]) in corrupt.reason and ".part-" not in corrupt.reason
     assert not (fits_dir / items[CORRUPT][1]).exists()
     assert (fits_dir / "corrupt" / items[CORRUPT][1]).read_bytes() == sector.fits_bytes(CORRUPT)[:2 * 2880]
     assert not temporary_files(fits_dir)
@@ -404,8 +413,9 @@ def _fetch_in_worker(source, items, fits_dir) -> list:
 def test_s3_source_travels_to_worker_processes(s3_env, moto_url, sector, items, tmp_path, start_method):
     source = s3_source(s3_env, moto_url)
     list(source.fetch_many(items[:2], tmp_path / "parent", validator(items), never))  # opened in this process
+    # settings only: connections are opened in each process
     assert set(vars(source)) == {"url", "bucket", "prefix", "connections", "max_attempts", "max_wait", "anon",
-                                 "endpoint"}  # settings only: connections are opened in each process
+                                 "endpoint", "deadline", "listing_deadline"}
     assert vars(pickle.loads(pickle.dumps(source))) == vars(source)
     context = multiprocessing.get_context(start_method)
     with context.Pool(1) as pool:
@@ -506,3 +516,50 @@ def test_builds_from_a_mirror_and_from_s3_on_dask(archive, http_build, moto_url,
             hdf5_ids = [i for values in hdf5_values(tmp_path / name / "out").values() for i in values["gaiadr3_id"]]
             assert sorted(ids) == sorted(hdf5_ids), name
     assert len(list(mirror.rglob("*.fits"))) == archive.sector.n  # the mirror is untouched
+
+
+def test_s3_refuses_a_coded_object_and_a_listing_beyond_the_cap(s3_env, moto_url, sector, items, tmp_path,
+                                                                  monkeypatch):
+    """Stored with Content-Encoding: gzip, a light curve is a failure (one GET) and a listing is refused; a listing
+    larger than the cap (made small here) is refused, whatever its coding."""
+    import boto3
+    import gzip
+
+    from tglc_builder.sources import base
+
+    client = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="owner",
+                          aws_secret_access_key="owner")
+    prefix, (gaia, relpath) = "coded/tglc", items[0]
+    bulk = layout.bulk_script_relpath(SECTOR)
+    for key, data, coding in ((relpath, sector.fits_bytes(0), "gzip"), (bulk, sector.bulk_script(), "gzip"),
+                              (layout.target_list_relpath(SECTOR), sector.target_list(), None)):
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=gzip.compress(data) if coding else data,
+                          ACL="public-read", **({"ContentEncoding": coding} if coding else {}))
+    source = s3_source(s3_env, moto_url, f"s3://{BUCKET}/{prefix}", max_attempts=3)
+    refusal = ("sent with Content-Encoding: gzip, although none was asked for: refused (files are stored exactly as "
+               "the archive holds them)")
+    got = list(source.fetch_many([(gaia, relpath)], tmp_path / "fits", validator(items), never))
+    assert got == [(0, Failure(gaia, relpath, "download", refusal, 1))]
+    with pytest.raises(base.Refused) as error:
+        source.fetch_listing(bulk, tmp_path / "bulk.sh")
+    assert error.value.reason == refusal
+    monkeypatch.setattr("tglc_builder.sources.s3.MAX_LISTING_BYTES", 1000)
+    with pytest.raises(base.Refused) as error:
+        source.fetch_listing(layout.target_list_relpath(SECTOR), tmp_path / "targets.csv")
+    assert error.value.reason == (f"announced as {len(sector.target_list()):,} bytes, more than 1,000 bytes, the most "
+                                  "a listing may have (4x the largest known): refused")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_s3_a_trickling_object_is_abandoned_then_failed_as_too_slow(s3_env, proxy, items, tmp_path):
+    from tglc_builder import net
+
+    slow = items[0][1]
+    proxy.faults = {proxy.key(slow): ["trickle"] * 3}
+    source = s3_source(s3_env, proxy.url, max_attempts=2, max_wait=0.05)
+    source.deadline = net.Deadline(floor=1024, window=1.0, limit=60.0)
+    outcomes = dict(source.fetch_many(items[:2], tmp_path, validator(items), never))
+    assert outcomes[0] == Failure(items[0][0], slow, "download", "too slow: less than 1,024 bytes/s over 1 s", 2)
+    assert isinstance(outcomes[1], Fetched)
+    assert proxy.faults[proxy.key(slow)] == ["trickle"]
+    assert not temporary_files(tmp_path)

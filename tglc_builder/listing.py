@@ -27,7 +27,7 @@ from astropy.table import Table
 
 from . import layout
 from .errors import UsageError
-from .sources.base import Source, SourceError
+from .sources.base import Refused, Source, SourceError, Unreachable, remove_stale_parts
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,16 @@ def _why_not_complete(path: Path, url: str) -> str | None:
 def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: int) -> None:
     """Fetch a listing whole (the source writes it atomically), then record it complete."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(dest.parent)  # a listing's partial copy left by a build that was killed
     manifest = manifest_path(dest)
     manifest.unlink(missing_ok=True)  # nothing is recorded complete while the copy changes
     try:
         copy = source.fetch_listing(relpath, dest)
+    except Unreachable as exc:  # no network, or a mistyped host
+        raise ListingError(f"{exc.reason}: check the network and --mast-url, or try the built-in demo with --demo"
+                           ) from None
+    except Refused as exc:  # a redirect to another origin, a content coding, a listing beyond the size cap
+        raise ListingError(f"sector {sector}: {url}: {exc.reason}") from None
     except SourceError as exc:
         if exc.permanent:
             raise ListingError(f"sector {sector}: {url} answered {exc.reason}; the archive has no such listing: "

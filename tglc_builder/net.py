@@ -20,17 +20,29 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from tqdm.auto import tqdm
-from urllib3.exceptions import HTTPError, InvalidHeader
+from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError, NameResolutionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from . import __version__, executor
-from .sources.base import SourceError
+from .sources.base import Refused, SourceError, Unreachable, encoding_refused, invalid_reason, too_big
 
 log = logging.getLogger(__name__)
+
+
+def _retries_at_debug(record: logging.LogRecord) -> bool:
+    """urllib3 logs each retry at WARNING ("Retrying (Retry(total=3, ...)) after connection broken by ..."): raw,
+    and repeated for one fault. They go to DEBUG here; what finally fails is said once, in the build's words."""
+    if record.getMessage().startswith("Retrying ("):
+        log.debug("urllib3: %s", record.getMessage())
+        return False
+    return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_retries_at_debug)
 
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKOFF = 0.5  # seconds; doubles with each attempt
@@ -38,6 +50,52 @@ DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After imposes (--
 TIMEOUT = urllib3.Timeout(connect=10, read=60)  # seconds
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 VALIDATORS = ("Content-Length", "ETag", "Last-Modified")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """How slow a download may be before it is abandoned (then asked for again, within ``max_attempts``): less
+    than ``floor`` bytes/s over ``window`` seconds, or one request longer than ``limit`` seconds (None: no limit).
+    So a file holds the build for at most ``max_attempts`` x ``limit`` (plus the backoffs between attempts)."""
+
+    floor: int = 1024  # bytes/s
+    window: float = 30.0  # seconds
+    limit: float | None = 300.0  # seconds per request: a ~300 KB light curve at the floor
+
+    def too_slow(self) -> str:
+        return f"too slow: less than {self.floor:,} bytes/s over {self.window:g} s"
+
+    def too_long(self) -> str:
+        return f"too slow: not whole within {self.limit:g} s"
+
+
+DEADLINE = Deadline()  # light curves
+LISTING_DEADLINE = Deadline(limit=3600.0)  # a listing of ~440 MB: whole within the hour, at ~120 KB/s
+
+
+class Pace:
+    """A body's progress against a :class:`Deadline`, for the clients that do not watch it themselves (urllib3,
+    aiobotocore; libcurl has LOW_SPEED_LIMIT/TIME and TIMEOUT): :meth:`check` is told the bytes received so far
+    and answers why to give up, or None. Windows follow each other, so a slow body is caught within 2 x window."""
+
+    def __init__(self, deadline: Deadline):
+        self.deadline = deadline
+        self.start = self.mark = time.monotonic()
+        self.marked = 0  # bytes received at the mark
+
+    def check(self, received: int) -> str | None:
+        now, deadline = time.monotonic(), self.deadline
+        if deadline.limit is not None and now - self.start > deadline.limit:
+            return deadline.too_long()
+        if now - self.mark >= deadline.window:
+            if received - self.marked < deadline.floor * (now - self.mark):
+                return deadline.too_slow()
+            self.mark, self.marked = now, received
+        return None
+
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5  # hops within the archive's own origin, per file
 _CHUNK = 1 << 20
 _POLL = 0.1  # seconds between looks at stopping() while paused
 
@@ -118,6 +176,39 @@ def _seconds(value: float) -> str:
     return f"{round(value, 1):g}"
 
 
+# ---- redirects --------------------------------------------------------------------------------------------------
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_redirects_logged: set[tuple[str, str, int]] = set()  # origins whose redirects this process has logged
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """A URL's origin: its scheme, host and port (the default port of the scheme when none is given)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def follow_redirect(url: str, location: str | None, hops: int) -> str:
+    """Where a redirect from ``url`` to ``location`` leads, when it may be followed: within ``url``'s own origin
+    (same scheme, host and port; so HTTPS is never downgraded), and at most ``MAX_REDIRECTS`` hops (``hops``: those
+    already followed). Raises :class:`Refused` naming both URLs otherwise. The one rule of both HTTP clients: files
+    come only from the archive the user named, over the scheme they chose."""
+    if not location:
+        raise Refused(url, "redirected without a Location header: refused")
+    target = urljoin(url, location.strip())
+    if origin(target) != origin(url):
+        raise Refused(url, f"redirected from {url} to {target}, another scheme, host or port: refused (files are "
+                           "fetched only from the archive given; check --mast-url)")
+    if hops >= MAX_REDIRECTS:
+        raise Refused(url, f"more than {MAX_REDIRECTS} redirects (the last from {url} to {target}): refused")
+    key = origin(url)
+    if key not in _redirects_logged:  # once per archive and process, not once per file
+        _redirects_logged.add(key)
+        log.info("the archive redirects within its own origin (e.g. %s to %s); such redirects are followed, at most "
+                 "%d per file", url, target, MAX_REDIRECTS)
+    return target
+
+
 # ---- sessions ---------------------------------------------------------------------------------------------------
 _call = threading.local()  # the stopping() of the download running in this thread, for _Retry.sleep
 
@@ -139,6 +230,9 @@ class _Retry(Retry):
         return super().new(**kwargs)
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if isinstance(error, NameResolutionError) and any(isinstance(past.error, NameResolutionError)
+                                                           for past in self.history):
+            raise MaxRetryError(_pool, url, error)  # a name that did not resolve twice will not: asked once more
         if response is not None and response.status in (429, 503):
             try:
                 asked = self.get_retry_after(response)
@@ -171,9 +265,12 @@ class Session:
         self._direct = urllib3.PoolManager(**self._options)
         self._lock = threading.Lock()
 
-    def get(self, url: str) -> urllib3.BaseHTTPResponse:
-        """Start a GET of ``url``; the body is left to stream. Raises urllib3's HTTPError once retries are spent."""
-        return self._manager(url).request("GET", url, preload_content=False, timeout=TIMEOUT)
+    def get(self, url: str, deadline: Deadline = DEADLINE) -> urllib3.BaseHTTPResponse:
+        """Start a GET of ``url``; the body is left to stream; a redirect is returned, not followed (see
+        :func:`follow_redirect`). Raises urllib3's HTTPError once retries are spent."""
+        # No byte for a whole window is below any floor: the read timeout ends it (a trickle is Pace's to catch).
+        timeout = urllib3.Timeout(connect=TIMEOUT.connect_timeout, read=min(TIMEOUT.read_timeout, deadline.window))
+        return self._manager(url).request("GET", url, preload_content=False, redirect=False, timeout=timeout)
 
     def _manager(self, url: str) -> urllib3.PoolManager:
         parts = urlsplit(url)
@@ -234,6 +331,10 @@ class _Incomplete(Exception):
     """A body that HTTP does not prove whole."""
 
 
+class _TooSlow(_Incomplete):
+    """A body slower than its deadline allows, abandoned."""
+
+
 def temporary_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
 
@@ -241,7 +342,8 @@ def temporary_name(dest: Path) -> Path:
 def download_file(session: Session, url: str, dest: Path, *, validate: Callable[[Path], object] | None = None,
                   quarantine: Path | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                   backoff: float = DEFAULT_BACKOFF, progress: bool = False,
-                  stopping: Callable[[], bool] = executor.stopping) -> Download:
+                  stopping: Callable[[], bool] = executor.stopping, max_size: int | None = None,
+                  deadline: Deadline = DEADLINE) -> Download:
     """Download ``url`` to ``dest`` atomically, whole or not at all.
 
     The body streams to a temporary name beside ``dest`` and counts as whole only when HTTP proves it: as long as
@@ -250,6 +352,9 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
     and jitter, within the same ``max_attempts`` as urllib3's retries of status codes and connection failures. A
     whole body is then checked by ``validate(tmp)`` (raises ``ValueError``) and only then renamed; one that fails is
     kept at ``quarantine`` when given, and is final (the archive served it whole: asking again would not change it).
+    A body with a content coding, or larger than ``max_size`` (announced, or while read), is refused at once: bodies
+    are stored as the server holds them (urllib3 would decode a gzip body whatever Accept-Encoding asked for).
+    A body slower than ``deadline`` allows is abandoned and asked for again (its reason: "too slow").
 
     Raises :class:`SourceError` (``permanent`` for 404 and invalid files), :class:`Stopped` when ``stopping()``
     turns true (checked while paused and between chunks), and lets ``OSError`` from the file system through (the
@@ -257,29 +362,51 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(dest)
-    attempts = 0
+    attempts = hops = 0
+    target = url  # where the file is asked for: url, or where a redirect within its origin led
     _call.stopping = stopping
     try:
         while True:
             if not throttle().wait(stopping):
                 raise Stopped(url)
             try:
-                response = session.get(url)
+                response = session.get(target, deadline)
             except HTTPError as exc:  # urllib3 used up its retries (or the URL is unusable)
+                if isinstance(getattr(exc, "reason", None), NameResolutionError):
+                    raise Unreachable(url, f"cannot reach {urlsplit(url).hostname} (name resolution failed)",
+                                      attempts + 2) from None
                 raise SourceError(url, f"{type(exc).__name__}: {exc}", attempts + max_attempts) from None
             whole = False  # the body read to its end (else the connection cannot carry another request)
             try:
                 attempts += 1 + (len(response.retries.history) if response.retries else 0)
+                if response.status in REDIRECT_STATUSES:
+                    try:
+                        target = follow_redirect(target, response.headers.get("Location"), hops)
+                    except Refused as exc:
+                        raise Refused(url, exc.reason, attempts) from None
+                    hops += 1
+                    attempts -= 1  # a hop is not an attempt
+                    continue
                 if response.status == 404:
                     raise SourceError(url, "HTTP 404 Not Found", attempts, permanent=True)
                 if response.status != 200:
                     raise SourceError(url, f"HTTP {response.status} {response.reason}", attempts)
+                refused = encoding_refused(url, response.headers.get("Content-Encoding"))
+                announced = response.headers.get("Content-Length", "").strip()
+                if refused is None and max_size is not None and announced.isdigit() and int(announced) > max_size:
+                    refused = too_big(url, max_size, int(announced))
+                if refused is not None:
+                    refused.attempts = attempts
+                    raise refused
                 try:
-                    size = _receive(response, tmp, progress, url, stopping)
+                    size = _receive(response, tmp, progress, url, stopping, max_size, deadline)
                 except (_Incomplete, HTTPError) as exc:
+                    if isinstance(exc, ReadTimeoutError):  # no byte for a whole window
+                        exc = _TooSlow(deadline.too_slow())
                     reason = str(exc) if isinstance(exc, _Incomplete) else f"{type(exc).__name__}: {exc}"
                     if attempts >= max_attempts:
-                        raise SourceError(url, f"incomplete body: {reason}", attempts) from None
+                        raise SourceError(url, reason if isinstance(exc, _TooSlow) else f"incomplete body: {reason}",
+                                          attempts) from None
                     log.debug("%s: %s; asking again", url, reason)
                     if not throttle().wait(stopping, backoff * 2 ** (attempts - 1) * (0.5 + random.random())):
                         raise Stopped(url) from None
@@ -297,7 +424,7 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
                     if quarantine is not None:
                         quarantine.parent.mkdir(parents=True, exist_ok=True)
                         os.replace(tmp, quarantine)
-                    raise SourceError(url, f"invalid file: {exc}", attempts, permanent=True) from None
+                    raise SourceError(url, invalid_reason(exc, tmp, quarantine), attempts, permanent=True) from None
             os.replace(tmp, dest)
             return Download(size, attempts, validators)
     finally:
@@ -306,7 +433,7 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
 
 
 def _receive(response: urllib3.BaseHTTPResponse, path: Path, progress: bool, url: str,
-             stopping: Callable[[], bool]) -> int:
+             stopping: Callable[[], bool], max_size: int | None = None, deadline: Deadline = DEADLINE) -> int:
     """Stream the body to ``path`` and return its size. A body that HTTP cannot prove whole raises
     :class:`_Incomplete`; one that breaks off raises urllib3's ``HTTPError`` (urllib3 2 checks the bytes against
     Content-Length, and a chunked body for its final chunk)."""
@@ -319,11 +446,17 @@ def _receive(response: urllib3.BaseHTTPResponse, path: Path, progress: bool, url
                leave=False) if progress else None
     try:
         with open(path, "wb", buffering=_CHUNK) as out:  # a size given: no isatty() call per file
-            for chunk in response.stream(_CHUNK):
+            pace = Pace(deadline)
+            # read1: what has arrived, so that a trickle is seen as one (read() waits for a whole chunk)
+            while chunk := response.read1(_CHUNK, decode_content=False):
                 if stopping():
                     raise Stopped(url)
-                out.write(chunk)
                 written += len(chunk)
+                if max_size is not None and written > max_size:
+                    raise too_big(url, max_size)
+                out.write(chunk)
+                if (slow := pace.check(written)) is not None:
+                    raise _TooSlow(slow)
                 if bar is not None:
                     bar.update(len(chunk))
     finally:

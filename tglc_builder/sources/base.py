@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import errno
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ from ..errors import Failure
 
 QUARANTINE = "corrupt"  # folder of fits_dir where downloaded files that are not TGLC light curves are moved
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+# The largest listing accepted: 4x the largest known (sector 23's bulk-download script, ~440 MB, TGLC-FORMAT.md),
+# rounded up; a bigger one (or one announced bigger) is refused before it fills the disk.
+MAX_LISTING_BYTES = 2 << 30
 WINDOW = 4  # items a source starts ahead of the one being yielded, per connection (bounds the FITS on disk)
 
 
@@ -29,6 +33,18 @@ class SourceError(Exception):
     def __init__(self, where: str, reason: str, attempts: int = 1, permanent: bool = False):
         super().__init__(f"{where}: {reason}")
         self.where, self.reason, self.attempts, self.permanent = where, reason, attempts, permanent
+
+
+class Refused(SourceError):
+    """A file the archive answered in a way that is never trusted (a redirect to another origin, a content coding,
+    a size beyond the cap): final, never asked for again; ``reason`` names what was refused."""
+
+    def __init__(self, where: str, reason: str, attempts: int = 1):
+        super().__init__(where, reason, attempts, permanent=True)
+
+
+class Unreachable(SourceError):
+    """The archive cannot be reached at all (its name does not resolve): ``reason`` says so in one line."""
 
 
 class DiskFull(OSError):
@@ -100,6 +116,71 @@ class Source(abc.ABC):
         A source that keeps transfers in flight may call ``started_all()`` (once, from any thread) when the last
         item's transfer has started: another call may then run beside this one (the next work unit, see
         ``executor.hand_over``), and the two share the process's connections, never more than it was given."""
+
+
+def encoding_refused(where: str, coding: str | None) -> Refused | None:
+    """The refusal of a body sent with a content coding (gzip, br, ...), or None for none (``identity``): bodies are
+    asked for and stored as the server holds them, so that their size can be checked and no small answer can expand
+    into a huge file."""
+    coding = (coding or "").strip()
+    if coding.lower() in ("", "identity"):
+        return None
+    return Refused(where, f"sent with Content-Encoding: {coding[:40]}, although none was asked for: refused (files "
+                          "are stored exactly as the archive holds them)")
+
+
+def too_big(where: str, cap: int, announced: int | None = None) -> Refused:
+    """The refusal of a listing beyond ``cap`` bytes: ``announced`` (its Content-Length), or found while read."""
+    size = "more" if announced is None else f"announced as {announced:,} bytes, more"
+    return Refused(where, f"{size} than {cap:,} bytes, the most a listing may have (4x the largest known): refused")
+
+
+_PART = re.compile(r"\.part-(\d+)(?:-\d+)?$")  # a temporary file's suffix: the process (and thread) writing it
+
+
+def remove_stale_parts(folder: Path) -> list[Path]:
+    """Remove the temporary files (``.NAME.part-PID[-TID]``) in ``folder`` whose process is gone (a worker killed by
+    the OOM killer or SIGKILL writes no cleanup); those of live processes, this one's included, are downloads in
+    flight and are kept. Returns what was removed."""
+    try:
+        entries = [entry.name for entry in os.scandir(folder) if entry.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for name in entries:
+        match = _PART.search(name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(Path(folder) / name)
+        except FileNotFoundError:  # another process swept it first
+            continue
+        removed.append(Path(folder) / name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a process of another user counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):  # not a pid at all
+        return False
+    return True
+
+
+def invalid_reason(exc: ValueError, tmp: Path, quarantine: Path | None) -> str:
+    """A failure row's reason for a file found invalid under its temporary name ``tmp``, then moved to
+    ``quarantine``: naming where it is kept, not the temporary name that no longer exists."""
+    reason = str(exc)
+    if quarantine is not None:
+        reason = reason.replace(str(tmp), str(quarantine)).replace(tmp.name, str(quarantine))
+    return f"invalid file: {reason}"
 
 
 def quarantine_path(fits_dir: str | os.PathLike, relpath: str) -> Path:

@@ -10,6 +10,9 @@ CPU rather than by the archive. libcurl parses HTTP in C and waits on every sock
 - 429 and 5xx, connection failures and incomplete bodies are retried with exponential backoff and jitter within
   ``max_attempts`` requests per file; a 429 (or a 503 with ``Retry-After``) pauses the whole build through the
   shared throttle, at most ``max_wait``; a 404 is final;
+- a redirect is followed only within the archive's own origin, at most ``net.MAX_REDIRECTS`` hops (else the file
+  fails at once, naming both URLs: :func:`tglc_builder.net.follow_redirect`);
+- a body with a content coding (gzip...) is refused at once: bodies are stored as the archive holds them;
 - a whole body is validated before it takes its name (else it is quarantined); a full disk stops every transfer
   and raises :class:`DiskFull`; stopping abandons what is in flight, leaving no temporary file.
 """
@@ -32,7 +35,8 @@ from urllib3.util.retry import Retry
 
 from .. import __version__, executor, net
 from ..errors import Failure
-from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Validator, is_present, quarantine_path
+from . import base
+from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Refused, Validator, is_present, quarantine_path
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +65,10 @@ class _Connections:
         handle.setopt(pycurl.HTTPHEADER, ["Accept-Encoding: identity"])  # bodies byte for byte as stored
         handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
         handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        handle.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        handle.setopt(pycurl.FOLLOWLOCATION, True)
-        handle.setopt(pycurl.MAXREDIRS, 5)
+        # Redirects are judged here, by net.follow_redirect (as for urllib3): libcurl would follow them anywhere.
+        handle.setopt(pycurl.FOLLOWLOCATION, False)
         handle.setopt(pycurl.NOSIGNAL, True)
         handle.setopt(pycurl.CONNECTTIMEOUT, int(net.TIMEOUT.connect_timeout))
-        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # no byte for the read timeout: the connection is dead
-        handle.setopt(pycurl.LOW_SPEED_TIME, int(net.TIMEOUT.read_timeout))
         handle.setopt(pycurl.BUFFERSIZE, 1 << 19)
         handle.setopt(pycurl.PROXY, self.proxy)
         if self.ca_bundle:
@@ -145,18 +146,26 @@ class _Transfer:
     """One item's download: its state across attempts, and the callbacks of the attempt in flight."""
 
     __slots__ = ("index", "gaia", "relpath", "dest", "tmp", "attempts", "not_before", "file", "headers", "error",
-                 "waiting")
+                 "waiting", "url", "target", "hops", "status", "refused")
 
-    def __init__(self, index: int, gaia: int, relpath: str, dest: Path):
+    def __init__(self, index: int, gaia: int, relpath: str, dest: Path, url: str):
         self.index, self.gaia, self.relpath, self.dest = index, gaia, relpath, dest
+        self.url = self.target = url  # target: where it is asked for (url, or where a redirect in its origin led)
+        self.hops = 0  # redirects followed
         self.tmp = net.temporary_name(dest)
         self.attempts, self.not_before = 0, 0.0
         self.waiting = False  # due, and counted in the budget's waiting retries
         self.file = None
         self.headers: dict[str, str] = {}
         self.error: OSError | None = None
+        self.status = 0  # of the answer being received
+        self.refused: base.Refused | None = None  # the body's content coding, refused: the transfer was ended
 
     def write(self, data: bytes) -> int | None:
+        if self.status == 200 and "content-encoding" in self.headers:  # ended before a coded body fills the disk
+            self.refused = base.encoding_refused(self.url, self.headers["content-encoding"])
+            if self.refused is not None:
+                return 0
         try:
             self.file.write(data)
         except OSError as exc:  # a full disk or a file-size limit: libcurl ends the transfer (CURLE_WRITE_ERROR)
@@ -166,8 +175,10 @@ class _Transfer:
 
     def header(self, line: bytes) -> None:
         text = line.decode("latin-1").rstrip("\r\n")
-        if text.startswith("HTTP/"):  # a new answer (after a redirect or a 100 Continue): its own headers
+        if text.startswith("HTTP/"):  # a new answer (after a 100 Continue): its own headers
             self.headers.clear()
+            status = text.split(None, 2)[1:2]
+            self.status = int(status[0]) if status and status[0].isdigit() else 0
         elif ":" in text:
             name, value = text.split(":", 1)
             self.headers[name.strip().lower()] = value.strip()
@@ -188,8 +199,10 @@ class _Transfers:
 
     def __init__(self, url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                  stopping: Callable[[], bool], connections: int, max_attempts: int, max_wait: float,
-                 backoff: float, started_all: Callable[[], None] | None = None):
+                 backoff: float, started_all: Callable[[], None] | None = None,
+                 deadline: net.Deadline = net.DEADLINE):
         self.url, self.items, self.fits_dir, self.validate = url, items, fits_dir, validate
+        self.deadline = deadline
         self.started_all = started_all
         self.stopping, self.connections, self.max_attempts = stopping, connections, max_attempts
         self.max_wait, self.backoff = max_wait, backoff
@@ -360,20 +373,22 @@ class _Transfers:
         if is_present(dest):
             self._publish(i, Fetched(dest, downloaded=False))
             return None
-        if dest.parent.is_dir():
-            for debris in dest.parent.glob(f".{dest.name}.part-*"):  # of a run that was killed
-                debris.unlink(missing_ok=True)
-        return _Transfer(i, gaia, relpath, dest)
+        base.remove_stale_parts(dest.parent)  # of workers that were killed
+        return _Transfer(i, gaia, relpath, dest, f"{self.url}/{relpath}")
 
     def _start(self, transfer: _Transfer) -> None:
         transfer.headers.clear()
-        transfer.error = None
+        transfer.error, transfer.refused, transfer.status = None, None, 0
         handle = self.free.pop()
         # In flight from here: should anything below raise, the thread's end removes its temporary file.
         self.active[handle] = transfer
         transfer.dest.parent.mkdir(parents=True, exist_ok=True)
         transfer.file = open(transfer.tmp, "wb")  # noqa: SIM115 - closed when the transfer ends
-        handle.setopt(pycurl.URL, f"{self.url}/{transfer.relpath}")
+        handle.setopt(pycurl.URL, transfer.target)
+        # The deadline (net.Deadline), in libcurl's terms: the floor over the window, and the whole request's limit.
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, self.deadline.floor)
+        handle.setopt(pycurl.LOW_SPEED_TIME, max(1, round(self.deadline.window)))
+        handle.setopt(pycurl.TIMEOUT_MS, 0 if self.deadline.limit is None else round(self.deadline.limit * 1000))
         handle.setopt(pycurl.WRITEFUNCTION, transfer.write)
         handle.setopt(pycurl.HEADERFUNCTION, transfer.header)
         self.pool.multi.add_handle(handle)
@@ -388,9 +403,21 @@ class _Transfers:
         self.pool.multi.remove_handle(handle)
         self.free.append(handle)
         transfer.close_file()
+        status = handle.getinfo(pycurl.RESPONSE_CODE)
+        if status in net.REDIRECT_STATUSES and transfer.error is None:
+            transfer.tmp.unlink(missing_ok=True)
+            try:
+                transfer.target = net.follow_redirect(transfer.target, transfer.headers.get("location"), transfer.hops)
+            except Refused as exc:  # final: another origin, or too many hops
+                self._publish(transfer.index, self._failure(transfer, exc.reason, transfer.attempts + 1))
+                return
+            transfer.hops += 1  # asked for at once, where it leads; not an attempt
+            transfer.not_before = 0.0
+            self.again.append(transfer)
+            return
         transfer.attempts += 1
         try:
-            outcome, retry_reason = self._judge(transfer, handle.getinfo(pycurl.RESPONSE_CODE), code, message)
+            outcome, retry_reason = self._judge(transfer, status, code, message)
         finally:
             transfer.tmp.unlink(missing_ok=True)  # unless it took its name (or the quarantine's)
         if outcome is None and retry_reason is None:  # a fatal error
@@ -411,6 +438,13 @@ class _Transfers:
         if transfer.error is not None:
             self._os_error(transfer.error)
             return None, None
+        refused = transfer.refused or (base.encoding_refused(transfer.url, transfer.headers.get("content-encoding"))
+                                       if status == 200 else None)
+        if refused is not None:
+            return self._failure(transfer, refused.reason), None
+        if code == pycurl.E_OPERATION_TIMEDOUT and status == 200:  # the body came too slowly
+            slow = "too slow" in message.lower()
+            return None, f"{self.deadline.too_slow() if slow else self.deadline.too_long()} (curl: {message})"
         if code:
             partial = status == 200 and code in _PARTIAL
             return None, f"{'incomplete body: ' if partial else ''}curl error {code}: {message}"
@@ -433,12 +467,13 @@ class _Transfers:
             quarantine = quarantine_path(self.fits_dir, transfer.relpath)
             quarantine.parent.mkdir(parents=True, exist_ok=True)
             os.replace(transfer.tmp, quarantine)
-            return self._failure(transfer, f"invalid file: {exc}")
+            return self._failure(transfer, base.invalid_reason(exc, transfer.tmp, quarantine))
         os.replace(transfer.tmp, transfer.dest)
         return Fetched(transfer.dest, downloaded=True, attempts=transfer.attempts, checked=checked)
 
-    def _failure(self, transfer: _Transfer, reason: str) -> Failure:
-        return Failure(transfer.gaia, transfer.relpath, "download", reason, transfer.attempts)
+    def _failure(self, transfer: _Transfer, reason: str, attempts: int | None = None) -> Failure:
+        return Failure(transfer.gaia, transfer.relpath, "download", reason,
+                       transfer.attempts if attempts is None else attempts)
 
     def _maybe_pause(self, transfer: _Transfer, status: int) -> None:
         """A 429, or a 503 with Retry-After, holds back every download of the build (net.Throttle)."""
@@ -460,12 +495,12 @@ def _phrase(status: int) -> str:
 
 def fetch_many(url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                stopping: Callable[[], bool], *, connections: int, max_attempts: int, max_wait: float,
-               backoff: float = net.DEFAULT_BACKOFF, started_all: Callable[[], None] | None = None
-               ) -> Iterator[tuple[int, Fetched | Failure]]:
+               backoff: float = net.DEFAULT_BACKOFF, started_all: Callable[[], None] | None = None,
+               deadline: net.Deadline = net.DEADLINE) -> Iterator[tuple[int, Fetched | Failure]]:
     """:meth:`HttpSource.fetch_many` on libcurl: the transfers run in one thread while the caller converts what
     has arrived."""
     transfers = _Transfers(url, items, Path(fits_dir), validate, stopping, connections, max_attempts, max_wait,
-                           backoff, started_all)
+                           backoff, started_all, deadline)
     thread = threading.Thread(target=transfers.run, name="tglc-curl", daemon=True)
     thread.start()
     try:

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .. import net
+from . import base
 from ..errors import Failure
 from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
     is_present, quarantine_path
@@ -39,11 +40,14 @@ class HttpSource(Source):
     """``http(s)://`` root of a tree in MAST's layout. ``connections``: downloads in flight per process;
     ``max_attempts``: requests per file before it is reported failed; ``max_wait``: the longest pause (seconds) a
     ``Retry-After`` imposes on the whole build; ``client``: what runs the light curves' downloads, ``curl`` or
-    ``urllib3`` (None: :func:`default_client`); both follow the same rules."""
+    ``urllib3`` (None: :func:`default_client`); both follow the same rules. ``deadline`` and ``listing_deadline``:
+    how slow a light curve's and a listing's body may be (:class:`net.Deadline`)."""
 
     def __init__(self, url: str, connections: int = 12, max_attempts: int = net.DEFAULT_MAX_ATTEMPTS,
-                 max_wait: float = net.DEFAULT_MAX_WAIT, client: str | None = None):
+                 max_wait: float = net.DEFAULT_MAX_WAIT, client: str | None = None,
+                 deadline: net.Deadline = net.DEADLINE, listing_deadline: net.Deadline = net.LISTING_DEADLINE):
         self.url = url.rstrip("/")
+        self.deadline, self.listing_deadline = deadline, listing_deadline
         self.connections, self.max_attempts, self.max_wait = connections, max_attempts, max_wait
         self.client = client or default_client()
         if self.client not in CLIENTS:
@@ -53,8 +57,9 @@ class HttpSource(Source):
         return self.url
 
     def _session(self) -> net.Session:
-        # Keyed by process too: a session (its open sockets) must not be shared with a forked child.
-        key = (os.getpid(), self.connections, self.max_attempts, self.max_wait)
+        # Keyed by process too: a session (its open sockets) must not be shared with a forked child; and by the CA
+        # bundle it checks HTTPS against (read when it is made), as libcurl's handles are.
+        key = (os.getpid(), self.connections, self.max_attempts, self.max_wait, net.ca_bundle())
         with _sessions_lock:
             if key not in _sessions:
                 _sessions[key] = net.make_session(max_attempts=self.max_attempts, connections=self.connections,
@@ -63,7 +68,7 @@ class HttpSource(Source):
 
     def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
         download = net.download_file(self._session(), f"{self.url}/{relpath}", dest, max_attempts=self.max_attempts,
-                                     progress=True)
+                                     progress=True, max_size=base.MAX_LISTING_BYTES, deadline=self.listing_deadline)
         return ListingCopy(download.size, download.validators)
 
     def _budget(self) -> threading.BoundedSemaphore:
@@ -83,7 +88,8 @@ class HttpSource(Source):
             from .curl import fetch_many
 
             yield from fetch_many(self.url, items, fits_dir, validate, stopping, connections=self.connections,
-                                  max_attempts=self.max_attempts, max_wait=self.max_wait, started_all=started_all)
+                                  max_attempts=self.max_attempts, max_wait=self.max_wait, started_all=started_all,
+                                  deadline=self.deadline)
             return
         session, budget = self._session(), self._budget()
         halt = threading.Event()  # set by the first download that finds the disk full
@@ -136,13 +142,11 @@ class HttpSource(Source):
         try:
             if started is not None:
                 started()
-            if dest.parent.is_dir():
-                for debris in dest.parent.glob(f".{dest.name}.part-*"):  # of a run that was killed
-                    debris.unlink(missing_ok=True)
+            base.remove_stale_parts(dest.parent)  # of workers that were killed
             download = net.download_file(session, f"{self.url}/{relpath}", dest,
                                          validate=lambda tmp: checked.append(validate(tmp, i)),
                                          quarantine=quarantine_path(fits_dir, relpath),
-                                         max_attempts=self.max_attempts, stopping=stop)
+                                         max_attempts=self.max_attempts, stopping=stop, deadline=self.deadline)
         except net.Stopped:
             return None
         except SourceError as exc:

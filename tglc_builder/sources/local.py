@@ -10,7 +10,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import Failure, UsageError
-from .base import DISK_FULL_ERRNOS, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator
+from .base import DISK_FULL_ERRNOS, MAX_LISTING_BYTES, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
+    too_big
 
 LISTING_DIRS = ("download_scripts", "target_lists")
 
@@ -64,6 +65,8 @@ class LocalSource(Source):
         tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
         try:
             stat = source.stat()
+            if stat.st_size > MAX_LISTING_BYTES:
+                raise too_big(str(source), MAX_LISTING_BYTES, stat.st_size)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, tmp)
             if tmp.stat().st_size != stat.st_size:

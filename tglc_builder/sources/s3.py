@@ -28,15 +28,18 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
 from botocore.parsers import ResponseParserError
 from fsspec.asyn import sync
 
+from .. import net
 from ..errors import Failure, UsageError
-from .base import (DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, is_present,
-                   quarantine_path)
+from .base import (DISK_FULL_ERRNOS, MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source,
+                   SourceError, Validator, encoding_refused, invalid_reason, is_present, quarantine_path,
+                   remove_stale_parts, too_big)
 from .local import is_contained
 
 ANON_ENV = "TGLC_S3_ANON"  # "0" (or "false", "no"): sign requests with the usual AWS credentials
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 BACKOFF = 0.5  # seconds before the second attempt; doubles with each attempt, times a random 0.5-1.5
-CONNECT_TIMEOUT, READ_TIMEOUT = 5, 60  # seconds
+# seconds; no byte for a deadline's window is below any floor (a trickle is net.Pace's to catch)
+CONNECT_TIMEOUT, READ_TIMEOUT = 5, net.DEADLINE.window
 CHECK_TIMEOUT = 10  # seconds for check() to answer, whatever the endpoint does
 _CHUNK = 1 << 18
 _RETRY_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
@@ -47,6 +50,10 @@ _NETWORK_ERRORS = (HTTPClientError, BotoConnectionError, IncompleteReadError, Fl
 
 class _ShortBody(Exception):
     pass
+
+
+class _TooSlow(Exception):
+    """A body slower than the source's deadline (net.Deadline), abandoned; asked for again."""
 
 
 # ---- one file system per worker process ------------------------------------------------------------------------
@@ -80,10 +87,12 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         code, status = _error_code(exc)
         return code in _RETRY_CODES or status >= 500
-    return isinstance(exc, (*_NETWORK_ERRORS, _ShortBody))
+    return isinstance(exc, (*_NETWORK_ERRORS, _ShortBody, _TooSlow))
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, _TooSlow):
+        return str(exc)
     if isinstance(exc, ClientError):
         code, status = _error_code(exc)
         if code in ("NoSuchKey", "404"):
@@ -95,9 +104,12 @@ def _reason(exc: BaseException) -> str:
 class S3Source(Source):
     """``s3://BUCKET/PREFIX``: the tree below PREFIX is laid out as MAST's (``download_scripts/``, ...).
     ``connections``: GETs in flight per process; ``max_attempts``: tries per object; ``max_wait``: the longest
-    pause between two tries (seconds)."""
+    pause between two tries (seconds); ``deadline`` and ``listing_deadline``: how slow a light curve's and a
+    listing's body may be (:class:`net.Deadline`)."""
 
-    def __init__(self, url: str, connections: int = 12, max_attempts: int = 5, max_wait: float = 300.0):
+    def __init__(self, url: str, connections: int = 12, max_attempts: int = 5, max_wait: float = 300.0,
+                 deadline: net.Deadline = net.DEADLINE, listing_deadline: net.Deadline = net.LISTING_DEADLINE):
+        self.deadline, self.listing_deadline = deadline, listing_deadline
         parts = urlsplit(url)
         if parts.scheme.lower() != "s3" or not parts.netloc or parts.query or parts.fragment:
             raise UsageError(f"{url}: give an S3 location as s3://BUCKET/PREFIX")
@@ -147,7 +159,8 @@ class S3Source(Source):
         return bool(listed.get("KeyCount"))
 
     # ---- one object to a local file, retried -------------------------------------------------------------------
-    async def _get(self, s3, key: str, tmp: Path, disk: Path) -> tuple[int, dict]:
+    async def _get(self, s3, key: str, tmp: Path, disk: Path, max_size: int | None = None,
+                   deadline: net.Deadline | None = None) -> tuple[int, dict]:
         """Stream ``key`` to ``tmp``; return the attempts it took and the response. Raises SourceError (tmp
         removed) or DiskFull (``disk``: the folder to name)."""
         attempts = 0
@@ -155,7 +168,10 @@ class S3Source(Source):
             while True:
                 attempts += 1
                 try:
-                    return attempts, await self._stream(s3, key, tmp)
+                    return attempts, await self._stream(s3, key, tmp, max_size, deadline or self.deadline)
+                except Refused as exc:
+                    exc.attempts = attempts
+                    raise
                 except Exception as exc:
                     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
                         raise DiskFull(disk, exc) from None
@@ -171,16 +187,30 @@ class S3Source(Source):
             tmp.unlink(missing_ok=True)
             raise
 
-    async def _stream(self, s3, key: str, tmp: Path) -> dict:
+    async def _stream(self, s3, key: str, tmp: Path, max_size: int | None = None,
+                      deadline: net.Deadline = net.DEADLINE) -> dict:
+        """One GET of ``key`` to ``tmp``: refused (:class:`Refused`) when stored with a content coding or beyond
+        ``max_size`` bytes (announced, or while read); abandoned (``_TooSlow``) when slower than ``deadline``."""
         response = await s3.get_object(Bucket=self.bucket, Key=key)
         body, expected = response["Body"], response["ContentLength"]
         written = 0
         try:
+            where = f"s3://{self.bucket}/{key}"
+            refused = encoding_refused(where, response.get("ContentEncoding"))
+            if refused is None and max_size is not None and expected > max_size:
+                refused = too_big(where, max_size, expected)
+            if refused is not None:
+                raise refused
             tmp.parent.mkdir(parents=True, exist_ok=True)
+            pace = net.Pace(deadline)
             with open(tmp, "wb") as out:
-                while chunk := await body.read(_CHUNK):
-                    out.write(chunk)
+                while chunk := await body.read(_CHUNK):  # what has arrived, up to _CHUNK
                     written += len(chunk)
+                    if max_size is not None and written > max_size:
+                        raise too_big(where, max_size)
+                    out.write(chunk)
+                    if (slow := pace.check(written)) is not None:
+                        raise _TooSlow(slow)
         finally:
             body.close()
         if written != expected:
@@ -195,7 +225,8 @@ class S3Source(Source):
         tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
 
         async def copy() -> tuple[int, dict]:
-            return await self._get(await fs.set_session(), self._key(relpath), tmp, dest.parent)
+            return await self._get(await fs.set_session(), self._key(relpath), tmp, dest.parent, MAX_LISTING_BYTES,
+                                   self.listing_deadline)
 
         _, response = sync(fs.loop, copy)
         os.replace(tmp, dest)
@@ -257,7 +288,7 @@ class S3Source(Source):
                 bad = quarantine_path(fits_dir, relpath)
                 bad.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, bad)
-                return Failure(gaia, relpath, "download", f"invalid file: {exc}", attempts)
+                return Failure(gaia, relpath, "download", invalid_reason(exc, tmp, bad), attempts)
             os.replace(tmp, dest)
         except OSError as exc:
             if exc.errno in DISK_FULL_ERRNOS:
@@ -271,9 +302,7 @@ def _temporary_name(fits_dir: Path, relpath: str) -> Path | None:
     dest = fits_dir / relpath
     if not is_contained(relpath) or is_present(dest):
         return None
-    if dest.parent.is_dir():
-        for stale in dest.parent.glob(f".{dest.name}.part-*"):
-            stale.unlink(missing_ok=True)  # debris of a run that was killed
+    remove_stale_parts(dest.parent)  # of workers that were killed
     return dest.with_name(f".{dest.name}.part-{os.getpid()}")
 
 
