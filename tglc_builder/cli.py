@@ -148,7 +148,8 @@ def arguments_of(args: argparse.Namespace) -> BuildArguments:
         mast_url=None if args.demo else args.mast_url, n_processes=args.n_processes, tiny=args.tiny,
         format=args.format, columns=args.columns, hats_extras=args.hats_extras, connections=args.connections,
         max_attempts=args.max_attempts, max_wait=args.max_wait, overwrite=args.overwrite,
-        clean_fits=args.clean_fits, verify=args.verify, refresh_listings=args.refresh_listings)
+        clean_fits=args.clean_fits, verify=args.verify, refresh_listings=args.refresh_listings,
+        scheduler=args.scheduler)
 
 
 def run(main: Callable[[argparse.Namespace], int], argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,61 @@
+"""What a new user meets in the first hour (issue 26), run as the user runs it: real subprocesses, real HTTP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_env
+
+SCRIPT = str(REPO / "build_parent_sample.py")
+WITHOUT = str(REPO / "tests" / "_without.py")
+
+
+def _run(args, cwd, without=None, **env):
+    prefix = [WITHOUT, ",".join(without)] if without else []
+    return subprocess.run([sys.executable, *prefix, SCRIPT, *args], cwd=cwd, env=run_env(**env),
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_blocker_hides_a_package_for_real(tmp_path):
+    """The test's own tool: under _without.py, find_spec sees no hats and ``import hats`` fails as uninstalled."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import importlib.util\nprint(importlib.util.find_spec('hats'), importlib.util.find_spec('h5py')"
+                     " is not None)\ntry:\n    import hats.io\nexcept ModuleNotFoundError as e:\n    print(e.name)\n")
+    out = subprocess.run([sys.executable, WITHOUT, "hats", str(probe)], capture_output=True, text=True,
+                         env=run_env(), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "True", "hats"]
+
+
+@pytest.mark.parametrize("hidden, args, needed_by, extra", [
+    (["hats"], ["--format", "both"], "--format both", "hats"),
+    (["lsdb"], ["--format", "hats"], "--format hats", "hats"),
+    (["hats_import"], ["--format", "hats", "--hats-extras"], "--hats-extras", "hats"),
+    (["distributed"], ["--scheduler", "local"], "--scheduler", "dask"),
+    (["s3fs"], ["--mast-url", "s3://stpubdata/tess/public/hlsp/tglc"], "reading s3://stpubdata/tess/public/hlsp/tglc",
+     "s3"),
+])
+def test_a_missing_extra_stops_before_anything_is_fetched(archive, tmp_path, hidden, args, needed_by, extra):
+    data = tmp_path / "data"
+    before = archive.request_count()
+    result = _run(["-s", "23", "--tglc_data_path", str(data), "--mast-url", archive.url, "--tiny", *args], tmp_path,
+                  without=hidden)
+    assert result.returncode == 2
+    name = hidden[0]
+    assert result.stderr == (f"error: {needed_by} needs the [{extra}] extra (no module named {name!r}): "
+                             f"pip install \"tglc-builder[{extra}]\" (or pip install -e \".[{extra}]\" in a clone)\n")
+    assert archive.request_count() == before
+    assert list(tmp_path.iterdir()) == []  # nothing under tglc_data_path, not even the folder
+
+
+def test_the_s3_extra_read_from_the_environment_url(tmp_path):
+    """$TGLC_MAST_URL naming a bucket needs [s3] too."""
+    result = _run(["-s", "23", "--tglc_data_path", str(tmp_path / "data"), "--tiny"], tmp_path, without=["botocore"],
+                  TGLC_MAST_URL="s3://bucket/tglc")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: reading s3://bucket/tglc needs the [s3] extra (no module named "
+                                    "'botocore'): pip install \"tglc-builder[s3]\"")
+    assert list(tmp_path.iterdir()) == []
