@@ -59,3 +59,18 @@ def test_the_s3_extra_read_from_the_environment_url(tmp_path):
     assert result.stderr.startswith("error: reading s3://bucket/tglc needs the [s3] extra (no module named "
                                     "'botocore'): pip install \"tglc-builder[s3]\"")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_archive_leaves_no_empty_folders(tmp_path):
+    """Port 1 refuses at once: the build fails before writing anything, and the folders it made are gone again; a
+    folder the user made is kept."""
+    result = _run(["-s", "23", "--mast-url", "http://127.0.0.1:1", "--max-attempts", "1", "--tiny"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "127.0.0.1:1" in result.stderr.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []  # no ./tglc_data/s0023/{fits_lcs,MultimodalUniverse}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    result = _run(["-s", "23", "--tglc_data_path", str(mine), "--hats_output_path", str(tmp_path / "h" / "hats"),
+                   "--format", "both", "--mast-url", "http://127.0.0.1:1", "--max-attempts", "1"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert list(tmp_path.iterdir()) == [mine] and list(mine.iterdir()) == []

@@ -6,8 +6,11 @@ Nothing here touches a light curve: the stages are plain functions over plain da
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
@@ -17,8 +20,8 @@ from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor, WorkerDied
 from .formats import Writer, make_writers
-from .pipeline import BuildSummary, exclusive, import_soon, remove_debris, writable_dir, write_failure_report, \
-    write_text
+from .pipeline import BuildSummary, exclusive, import_soon, remove_debris, removed_if_left_empty, writable_dir, \
+    write_failure_report, write_text
 from .sources import Source, open_source
 
 log = logging.getLogger(__name__)
@@ -135,14 +138,30 @@ def _lost_batch(task: tuple, error: BaseException) -> units.UnitResult:
     return units.UnitResult(rows=len(task[0]), failures=[Failure(g, p, "download", reason, 0) for g, p in task[0]])
 
 
+def build_folders(args: BuildArguments) -> list[tuple[Path, str]]:
+    """The folders a build writes to, each with the flag that names it."""
+    folders = [(args.sector_dir, "tglc_data_path"), (args.fits_dir, "fits_output_path")]
+    folders += [(args.hdf5_output_dir, "hdf5_output_path")] if "hdf5" in args.formats else []
+    folders += [(args.hats_output_dir, "hats_output_path")] if "hats" in args.formats else []
+    return folders
+
+
+def _no_empty_folders_left(build: Callable[..., BuildSummary]) -> Callable[..., BuildSummary]:
+    """A build that fails removes the folders it created and left empty (see ``removed_if_left_empty``)."""
+    @functools.wraps(build)
+    def wrapper(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
+        with removed_if_left_empty(folder for folder, _ in build_folders(args)):
+            return build(args, executor)
+    return wrapper
+
+
+@_no_empty_folders_left
 def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
     """The whole build. Rerun it to resume: whole output files are kept, failures are tried again."""
     if executor is None:
         with Executor(args.n_processes) as executor:
             return run(args, executor)
-    folders = [(args.sector_dir, "tglc_data_path"), (args.fits_dir, "fits_output_path")]
-    folders += [(args.hdf5_output_dir, "hdf5_output_path")] if "hdf5" in args.formats else []
-    folders += [(args.hats_output_dir, "hats_output_path")] if "hats" in args.formats else []
+    folders = build_folders(args)
     for folder, what in folders:
         writable_dir(folder, what)
     source = open_build_source(args, executor.workers)
