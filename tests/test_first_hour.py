@@ -74,3 +74,35 @@ def test_an_unreachable_archive_leaves_no_empty_folders(tmp_path):
                    "--format", "both", "--mast-url", "http://127.0.0.1:1", "--max-attempts", "1"], tmp_path)
     assert result.returncode == 2, result.stderr
     assert list(tmp_path.iterdir()) == [mine] and list(mine.iterdir()) == []
+
+
+def _sibling_warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "rerun with --format both" in line]
+
+
+def test_a_format_left_behind_is_named_once(archive, tmp_path):
+    """`--format both --tiny`, then a full `--format hdf5` build: the HATS folder (100 rows) is said to be behind the
+    HDF5 (300), once; `--format both` brings it up to date and the warning goes."""
+    paths = ["--tglc_data_path", str(tmp_path / "data"), "--mast-url", archive.url]
+    hats = tmp_path / "data" / "s0023" / "hats"
+    first = _run(["-s", "23", *paths, "--format", "both", "--tiny"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert _sibling_warnings(first.stderr) == []
+    full = _run(["-s", "23", *paths, "--format", "hdf5"], tmp_path)
+    assert full.returncode == 0, full.stderr
+    (line,) = _sibling_warnings(full.stderr)
+    n = len(archive.sector.expected_catalog_indices())
+    files = len(list((tmp_path / "data" / "s0023" / "MultimodalUniverse").rglob("*.hdf5")))
+    differ = int(line.split("light curves (")[1].split()[0])
+    assert 0 < differ <= files
+    assert line.endswith(f"{hats} (HATS, from an earlier build) is behind this build: it lacks {n - 100} of its {n} "
+                         f"light curves ({differ} of {files} files differ); rerun with --format both to bring it up "
+                         "to date")
+    assert "will be written again" not in full.stderr
+    both = _run(["-s", "23", *paths, "--format", "both"], tmp_path)
+    assert both.returncode == 0, both.stderr
+    again = _run(["-s", "23", *paths, "--format", "hdf5"], tmp_path)
+    assert again.returncode == 0 and _sibling_warnings(both.stderr + again.stderr) == []
+    import pyarrow.parquet as pq
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in hats.rglob("Npix=*.parquet"))
+    assert rows == n

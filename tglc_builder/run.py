@@ -101,6 +101,36 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
     return summary
 
 
+def warn_of_sibling_behind(args: BuildArguments, catalog: Table) -> None:
+    """Say once when the other format's folder (HATS beside an ``--format hdf5`` build, HDF5 beside ``hats``), left by
+    an earlier build, does not hold this build's light curves: the two would drift apart silently."""
+    if args.format == "both":
+        return
+    other = "hats" if args.format == "hdf5" else "hdf5"
+    folder = Path(args.hats_output_dir if other == "hats" else args.hdf5_output_dir)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        (sibling,) = make_writers(other, args.sector, args.column_set, args.hdf5_output_dir, args.hats_output_dir)
+    except UsageError:  # its extra is not installed: it cannot be brought up to date here anyway
+        return
+    shards = plan.plan_shards(catalog, args.rows_per_shard or plan.rows_per_shard(args.sector))
+    quiet = logging.getLogger(type(sibling).__module__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "will be written again" warnings are for builds of that format
+    try:
+        held = [sibling.complete_ids(shard) for shard in shards]
+        held = [np.empty(0, np.int64) if ids is None else np.asarray(ids, np.int64) for ids in held]
+    finally:
+        quiet.setLevel(level)
+    differ = sum(not np.array_equal(ids, shard.gaiadr3_id) for ids, shard in zip(held, shards))
+    lacks = sum(int(np.isin(shard.gaiadr3_id, ids, invert=True).sum()) for ids, shard in zip(held, shards))
+    if differ:
+        log.warning("%s (%s, from an earlier build) is behind this build: it lacks %d of its %d light curves (%d of "
+                    "%d files differ); rerun with --format both to bring it up to date", folder, other.upper(),
+                    lacks, len(catalog), differ, len(shards))
+
+
 def _lost_unit(task: tuple, error: BaseException) -> units.UnitResult:
     work: list[plan.ShardTask] = task[0]
     reason = f"the worker building it died ({_death(error)}); rerun to retry"
@@ -173,6 +203,7 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
         summary = write_outputs(args, catalog, source, executor)
         report = args.sector_dir / FAILURES
         write_failure_report(report, summary.failures)
+        warn_of_sibling_behind(args, catalog)
     log.info("Sector %d: %s", args.sector, summary.describe())
     if summary.fatal:
         log.error("The build stopped early: %s; %d light curve(s) were not attempted. Free space, then rerun the "
