@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -106,3 +107,60 @@ def test_a_format_left_behind_is_named_once(archive, tmp_path):
     import pyarrow.parquet as pq
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in hats.rglob("Npix=*.parquet"))
     assert rows == n
+
+
+def test_a_demo_rerun_reuses_its_listings_and_a_log_file_gets_lines_not_bars(tmp_path):
+    """Each demo run serves on another port; the listings fetched by the first are still reused by the second. With
+    stderr not a terminal there is no tqdm bar (no carriage return), but a log line at each tenth of the build."""
+    args = ["-s", "23", "--demo", "--demo-size", "150", "--tglc_data_path", str(tmp_path / "data")]
+    first = _run(args, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("Fetching http://127.0.0.1:") == 2
+    assert "\r" not in first.stderr and "it/s" not in first.stderr and "lc/s" not in first.stderr
+    steps = [line.split("Building: ", 1)[1].split("%")[0] for line in first.stderr.splitlines()
+             if "tglc_builder.progress: Building: " in line]
+    assert steps[-1] == "100" and len(steps) == len(set(steps)) >= 3
+    assert all(int(a) < int(b) for a, b in zip(steps, steps[1:]))
+    second = _run(args, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "Fetching" not in second.stderr
+    assert second.stderr.count("(complete, as recorded in its manifest)") == 2
+
+
+def test_a_terminal_still_gets_the_bar(tmp_path):
+    """The same command with stderr on a terminal (a pty) draws tqdm's bar and logs no percentages."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # tqdm draws nothing 0 columns wide
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        done = subprocess.run([sys.executable, SCRIPT, "-s", "23", "--demo", "--demo-size", "120", "--tiny",
+                               "--tglc_data_path", str(tmp_path / "data")], cwd=tmp_path, env=run_env(),
+                              stdout=subprocess.DEVNULL, stderr=slave, timeout=600)
+    finally:
+        os.close(slave)
+        reader.join(timeout=30)
+        os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    assert done.returncode == 0, text
+    assert re.search("\r(?!\n)", text) and "Building: 100%|" in text  # a bar redrawn in place (not a pty's \r\n)
+    assert "tglc_builder.progress" not in text

@@ -45,7 +45,8 @@ def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = 
     """The sector's catalog: objects in both listings, each once, in listing order, with their HEALPix pixel."""
     import_soon("healpy")  # ~1 s (it loads matplotlib): while the listings arrive and are parsed
     sector_dir = writable_dir(args.sector_dir, "tglc_data_path")
-    listings = listing.fetch_listings(args.sector, args.tglc_data_path, source, refresh=args.refresh_listings)
+    listings = listing.fetch_listings(args.sector, args.tglc_data_path, source, refresh=args.refresh_listings,
+                                      archive_id=args.archive_id)
     bulk = listing.parse_bulk_script(listings.bulk_script, args.sector)
     rejected = sector_dir / REJECTED_LINES
     if bulk.n_rejected:

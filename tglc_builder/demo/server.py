@@ -168,6 +168,15 @@ class LocalArchive:
             raise RuntimeError("the archive is not running: call start() first")
         return f"http://{self.host}:{self._server.server_address[1]}"
 
+    @property
+    def identity(self) -> str | None:
+        """A stable name of what this archive serves (the same bytes every run, whatever the port): the listings
+        fetched from it are reused by the next run. None when tampered with (tests' archives)."""
+        s = self.sector
+        if s.tamper or s.extra_listing_lines:
+            return None
+        return f"demo:sector={s.sector},n={s.n},seed={s.seed}" + ("" if s.flavour == "v1" else f",flavour={s.flavour}")
+
     def start(self) -> LocalArchive:
         if self.pregenerate and not self._made:
             self._made = {i: bytes(file) for i, file in self.sector.fits_files()}
