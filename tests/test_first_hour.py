@@ -164,3 +164,26 @@ def test_a_terminal_still_gets_the_bar(tmp_path):
     assert done.returncode == 0, text
     assert re.search("\r(?!\n)", text) and "Building: 100%|" in text  # a bar redrawn in place (not a pty's \r\n)
     assert "tglc_builder.progress" not in text
+
+
+def test_version_usage_and_help_name_the_program_run(tmp_path):
+    """tglc-build says tglc-build (in --version and in a usage error), build_parent_sample.py says its own name; the
+    help names the seed's columns."""
+    import shutil
+    from pathlib import Path
+
+    from tglc_builder import __version__
+
+    script = shutil.which("tglc-build", path=str(Path(sys.executable).parent))
+    assert script is not None
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, env=run_env(), cwd=tmp_path)
+    assert (version.returncode, version.stdout) == (0, f"tglc-build {__version__}\n")
+    usage = subprocess.run([script, "-s", "x"], capture_output=True, text=True, env=run_env(), cwd=tmp_path)
+    assert usage.returncode == 2
+    assert usage.stderr.splitlines()[0].startswith("usage: tglc-build ")
+    assert usage.stderr.splitlines()[-1] == "tglc-build: error: argument -s/--sector: 'x' is not an integer"
+    ours = _run(["--version"], tmp_path)
+    assert ours.stdout == f"build_parent_sample.py {__version__}\n"
+    help_text = " ".join(_run(["--help"], tmp_path).stdout.split())
+    assert ("'seed': the seed's five series (time, psf_flux, aper_flux, tess_flags, tglc_flags) and two errors "
+            "(psf_flux_err, aper_flux_err)") in help_text
