@@ -121,6 +121,11 @@ def test_a_demo_rerun_reuses_its_listings_and_a_log_file_gets_lines_not_bars(tmp
              if "tglc_builder.progress: Building: " in line]
     assert steps[-1] == "100" and len(steps) == len(set(steps)) >= 3
     assert all(int(a) < int(b) for a, b in zip(steps, steps[1:]))
+    card = (tmp_path / "data" / "s0023" / "MultimodalUniverse" / "README.md").read_text()
+    prose = card.split("\n---\n", 1)[1]
+    assert prose.lstrip().startswith("# TESS-Gaia Light Curves (TGLC), sector 23 (synthetic demo data)\n")
+    assert "**This is synthetic demo data, not TESS data.**" in prose and "none came from MAST" in prose
+    assert "from the TGLC high-level science product at MAST" not in prose
     second = _run(args, tmp_path)
     assert second.returncode == 0, second.stderr
     assert "Fetching" not in second.stderr
