@@ -46,7 +46,11 @@ _BATCH_SIZE = 5000  # files per download task of batched_download
 def demo_archive(sector: int, size: int):
     """Serve a synthetic sector from the built-in local archive on 127.0.0.1 while the block runs; yields it."""
     from tglc_builder.demo import LocalArchive
+    from tglc_builder.demo.server import LAST_TESS_SECTOR
 
+    if sector > LAST_TESS_SECTOR:
+        log.warning("Demo: TESS has no sector %d (its sectors run to %d as this version knows); the demo makes up a "
+                    "synthetic sector of any number, but MAST has none to build", sector, LAST_TESS_SECTOR)
     with LocalArchive(sector=sector, n=size) as archive:
         log.info("Demo: serving a synthetic sector %d of %d objects at %s", sector, size, archive.url)
         yield archive

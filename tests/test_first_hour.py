@@ -192,3 +192,16 @@ def test_version_usage_and_help_name_the_program_run(tmp_path):
     help_text = " ".join(_run(["--help"], tmp_path).stdout.split())
     assert ("'seed': the seed's five series (time, psf_flux, aper_flux, tess_flags, tglc_flags) and two errors "
             "(psf_flux_err, aper_flux_err)") in help_text
+
+
+def test_a_demo_of_a_sector_tess_lacks_warns(tmp_path):
+    result = _run(["-s", "999", "--demo", "--demo-size", "120", "--tiny", "--tglc_data_path", str(tmp_path / "d")],
+                  tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "Demo: TESS has no sector 999 (its sectors run to 107 as this version knows); the demo makes up a synthetic "
+        "sector of any number, but MAST has none to build")
+    ok = _run(["-s", "23", "--demo", "--demo-size", "120", "--tiny", "--tglc_data_path", str(tmp_path / "e")],
+              tmp_path)
+    assert ok.returncode == 0 and "TESS has no sector" not in ok.stderr

@@ -21,6 +21,9 @@ from .sector import SyntheticSector
 
 log = logging.getLogger(__name__)
 
+# TESS's sectors as this version knows them: through Cycle 8 (to September 2026). The demo makes up a sector of any
+# number; a build from it warns beyond this one (a real archive answers 404 for a sector it does not have).
+LAST_TESS_SECTOR = 107
 FAULTS = ("429", "500", "truncate", "reset")
 FAULTY_ATTEMPTS = 2  # faults hit only a file's first two requests, so every file arrives within three
 LISTING_MODES = ("length", "chunked", "close")
