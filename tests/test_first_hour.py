@@ -205,3 +205,40 @@ def test_a_demo_of_a_sector_tess_lacks_warns(tmp_path):
     ok = _run(["-s", "23", "--demo", "--demo-size", "120", "--tiny", "--tglc_data_path", str(tmp_path / "e")],
               tmp_path)
     assert ok.returncode == 0 and "TESS has no sector" not in ok.stderr
+
+
+def test_build_dataset_sh_without_the_package_says_how_to_install(tmp_path):
+    """An interpreter without the packages (site-packages off: -S): one line saying how to install, no traceback."""
+    import shutil
+
+    work = tmp_path / "clone"
+    work.mkdir()
+    shutil.copy(REPO / "build_dataset.sh", work)
+    bare = tmp_path / "bare-python"
+    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    bare.chmod(0o755)
+    result = subprocess.run(["bash", str(work / "build_dataset.sh"), "--demo"], cwd=tmp_path, capture_output=True,
+                            text=True, env=run_env(PYTHON=str(bare)), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {bare} cannot import tglc-builder (or is not found): activate the environment "
+                             f"it is installed in, or install it: python3 -m venv .venv && . .venv/bin/activate && "
+                             f"pip install -e \"{work}\"\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare-python", "clone"]
+
+
+def test_build_dataset_sh_writes_beside_itself(tmp_path):
+    """Run from another folder, the script's ./tglc_data is still the one beside it."""
+    import shutil
+
+    work = tmp_path / "clone"
+    work.mkdir()
+    shutil.copy(REPO / "build_dataset.sh", work)
+    shutil.copy(REPO / "build_parent_sample.py", work)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(["bash", str(work / "build_dataset.sh"), "--demo", "--demo-size", "120", "-n", "1"],
+                            cwd=elsewhere, capture_output=True, text=True, env=run_env(PYTHON=sys.executable),
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert len(list((work / "tglc_data" / "s0023" / "MultimodalUniverse" / "TGLC").glob("healpix=*/*.hdf5"))) > 0
