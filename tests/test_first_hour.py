@@ -242,3 +242,22 @@ def test_build_dataset_sh_writes_beside_itself(tmp_path):
     assert result.returncode == 0, result.stderr
     assert list(elsewhere.iterdir()) == []
     assert len(list((work / "tglc_data" / "s0023" / "MultimodalUniverse" / "TGLC").glob("healpix=*/*.hdf5"))) > 0
+
+
+def test_the_readme_troubleshooting_lists_what_the_command_says(tmp_path):
+    """The README's table quotes the messages as the command prints them (their fixed opening words)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
+    extra = _run(["-s", "23", "--format", "both", "--demo"], tmp_path, without=["hats"]).stderr.strip()
+    assert extra.startswith("error: --format both needs the [hats] extra (no module named 'hats'): pip install "
+                            "\"tglc-builder[hats]\"")
+    assert extra.split(" (or pip")[0] in section
+    unreachable = _run(["-s", "23", "--mast-url", "http://127.0.0.1:1", "--max-attempts", "1"], tmp_path)
+    assert unreachable.stderr.splitlines()[-1].startswith("error: cannot ")
+    usage = _run(["-s", "x"], tmp_path).stderr.splitlines()[-1]
+    assert usage == "build_parent_sample.py: error: argument -s/--sector: 'x' is not an integer"
+    assert "error: argument -s/--sector: 'x' is not an integer" in section
+    for text in ("interrupted: rerun the same command to resume", "is in use by another build; wait for it to finish "
+                 "or choose other folders", "rerun with --format both", "The build stopped early: no space left on",
+                 "cannot import tglc-builder"):
+        assert text in section, text
