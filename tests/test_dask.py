@@ -97,7 +97,7 @@ def test_scheduler_without_dask_explains_how_to_install(tmp_path):
             f"sys.exit(build_parent_sample.main(['-s', '23', '--scheduler', 'local', '--tglc_data_path', "
             f"{str(tmp_path)!r}]))")
     result = subprocess.run([sys.executable, "-c", code], env=run_env(), capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "pip install 'tglc-builder[dask]'" in result.stderr
+    assert result.returncode == 2 and 'pip install "tglc-builder[dask]"' in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from . import layout
+from . import extras, layout
 from .columns import COLUMN_SETS, ColumnSet, column_set
 from .errors import UsageError
 from .formats import FORMATS
 from .formats.hdf5 import BLOCK_ROWS
-from .sources import DEFAULT_CONNECTIONS
+from .sources import DEFAULT_CONNECTIONS, resolve_url
 
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After may impose
@@ -48,6 +49,8 @@ class BuildArguments:
     card_note: str = ""  # a paragraph for the dataset cards (the demo says its light curves are synthetic)
     batch_size: int = 5000  # files per task of the step-by-step download
     block_rows: int = BLOCK_ROWS  # light curves read before each write
+    scheduler: str | None = None  # --scheduler: a Dask scheduler's address or "local" (checked here; cli uses it)
+    archive_id: str | None = None  # a stable name of the archive for the listings' manifests (the demo's port varies)
 
     def __post_init__(self) -> None:
         for name in ("sector", "n_processes", "connections", "max_attempts", "batch_size", "tiny_size", "block_rows"):
@@ -62,6 +65,7 @@ class BuildArguments:
         if self.columns not in COLUMN_SETS:
             raise UsageError(f"columns must be one of {', '.join(COLUMN_SETS)}, got {self.columns!r}")
         _check_processes(self.n_processes)
+        self._check_extras()
         sector_dir = Path(layout.sector_dir(self.tglc_data_path, self.sector))
         self.tglc_data_path = Path(self.tglc_data_path)
         self.hdf5_output_dir = Path(self.hdf5_output_dir or sector_dir / "MultimodalUniverse")
@@ -76,6 +80,15 @@ class BuildArguments:
             for b in names[i + 1:]:
                 if resolved[a] == resolved[b]:
                     raise UsageError(f"--{a} and --{b} are the same folder ({resolved[a]}); give each its own")
+
+    def _check_extras(self) -> None:
+        """Every optional extra this build will import, found installed now: before anything is fetched."""
+        if self.format != "hdf5":
+            extras.require("hats", "--hats-extras" if self.hats_extras else f"--format {self.format}")
+        if self.mast_url != "demo" and urlsplit(resolve_url(self.mast_url)).scheme.lower() == "s3":
+            extras.require("s3", f"reading {resolve_url(self.mast_url)}")
+        if self.scheduler is not None:
+            extras.require("dask", "--scheduler")
 
     @property
     def sector_dir(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -42,9 +43,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def program_name() -> str:
+    """The name the command was run by, for its usage and --version: ``tglc-build`` (the console script) or
+    ``build_parent_sample.py`` (also when run from Python, where ``sys.argv[0]`` is the caller's)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "tglc-build" if name in ("tglc-build", "tglc-build.exe") else "build_parent_sample.py"
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="build_parent_sample.py",
+        prog=prog or program_name(),
         description="Download a TESS sector's TGLC light curves from MAST and write them as HEALPix-partitioned "
                     "HDF5 (nside 16, nested) loadable with Hugging Face datasets.",
         epilog="Rerunning the same command resumes an interrupted build: complete FITS and HDF5 files are kept, and "
@@ -91,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hats-extras", action="store_true",
                         help="with the HATS catalog, also a 10 arcsec margin cache and a gaiadr3_id index")
     parser.add_argument("--columns", choices=COLUMN_SETS, default="seed",
-                        help="'seed': the five series and two errors of the seed; 'all': also cal_psf_flux, "
+                        help="'seed': the seed's five series (time, psf_flux, aper_flux, tess_flags, tglc_flags) "
+                             "and two errors (psf_flux_err, aper_flux_err); 'all': also cal_psf_flux, "
                              "cal_aper_flux, background, cadence_num and the header values of use (default: "
                              "%(default)s)")
     parser.add_argument("--verify", action="store_true",
@@ -148,7 +157,8 @@ def arguments_of(args: argparse.Namespace) -> BuildArguments:
         mast_url=None if args.demo else args.mast_url, n_processes=args.n_processes, tiny=args.tiny,
         format=args.format, columns=args.columns, hats_extras=args.hats_extras, connections=args.connections,
         max_attempts=args.max_attempts, max_wait=args.max_wait, overwrite=args.overwrite,
-        clean_fits=args.clean_fits, verify=args.verify, refresh_listings=args.refresh_listings)
+        clean_fits=args.clean_fits, verify=args.verify, refresh_listings=args.refresh_listings,
+        scheduler=args.scheduler)
 
 
 def run(main: Callable[[argparse.Namespace], int], argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_any
 from typing import Any
 
-from tqdm.auto import tqdm
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ class Executor:
         self._stop.value = 0
         self._runs += 1
         this_run = self._runs
-        with tqdm(total=total, desc=desc, unit=unit, smoothing=0.05) as bar:
+        with progress(total, desc, unit, smoothing=0.05) as bar:
             try:
                 if self.client is not None:
                     yield from self._run_dask(function, tasks, weights, lost, narrow, crumbs, bar)

@@ -70,12 +70,13 @@ class BulkListing:
     rejected: list[str] = field(default_factory=list)  # the first _MAX_REPORTED_LINES rejected lines, cut short
 
 
-def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, source: Source, refresh: bool = False
-                   ) -> Listings:
+def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, source: Source, refresh: bool = False,
+                   archive_id: str | None = None) -> Listings:
     """The sector's two listings: read in place from a mirror, else copied into ``<tglc_data_path>/sSSSS/``.
 
-    A copy is reused only when recorded complete (its manifest matches it, and names the same URL); otherwise, and
-    for both when ``refresh``, it is fetched again. Raises :class:`ListingError` when a listing cannot be had.
+    A copy is reused only when recorded complete (its manifest matches it, and names the same URL, or the same
+    ``archive_id``: a stable name of an archive whose URL changes, as the demo's port); otherwise, and for both when
+    ``refresh``, it is fetched again. Raises :class:`ListingError` when a listing cannot be had.
     """
     directory = Path(layout.sector_dir(tglc_data_path, sector))
     paths = {}
@@ -90,12 +91,12 @@ def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, source: Sourc
             continue
         dest = directory / Path(relpath).name
         url = f"{source.url}/{relpath}"
-        stale = "--refresh-listings" if refresh else _why_not_complete(dest, url)
+        stale = "--refresh-listings" if refresh else _why_not_complete(dest, url, archive_id)
         if stale is None:
             log.info("Reusing %s (complete, as recorded in its manifest)", dest)
         else:
             log.info("Fetching %s (%s)", url, stale)
-            _fetch_listing(source, relpath, dest, url, sector)
+            _fetch_listing(source, relpath, dest, url, sector, archive_id)
         paths[key] = dest
     return Listings(sector=sector, **paths)
 
@@ -112,7 +113,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _why_not_complete(path: Path, url: str) -> str | None:
+def _why_not_complete(path: Path, url: str, archive_id: str | None = None) -> str | None:
     """None when ``path`` is recorded complete, else why it must be fetched again."""
     try:
         manifest = json.loads(manifest_path(path).read_text())
@@ -121,14 +122,19 @@ def _why_not_complete(path: Path, url: str) -> str | None:
         return "no copy recorded complete"
     except (OSError, ValueError):
         return "its manifest is unreadable"
-    if not isinstance(manifest, dict) or manifest.get("url") != url:
+    if not isinstance(manifest, dict):
+        return "its manifest is unreadable"
+    if archive_id is not None and manifest.get("archive") != archive_id:
+        return "the copy came from another archive"
+    if archive_id is None and manifest.get("url") != url:
         return "the copy came from another URL"
     if manifest.get("size") != size or manifest.get("sha256") != _sha256(path):
         return "the copy differs from the one recorded complete"
     return None
 
 
-def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: int) -> None:
+def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: int, archive_id: str | None = None
+                   ) -> None:
     """Fetch a listing whole (the source writes it atomically), then record it complete."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(dest.parent)  # a listing's partial copy left by a build that was killed
@@ -149,6 +155,8 @@ def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: i
                            "network and --mast-url, then rerun") from None
     record = {"url": url, "size": dest.stat().st_size, "sha256": _sha256(dest), "validators": copy.validators,
               "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if archive_id is not None:
+        record["archive"] = archive_id
     tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(json.dumps(record, indent=1) + "\n")

@@ -23,11 +23,11 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
-from tqdm.auto import tqdm
 from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError, NameResolutionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from . import __version__, executor
+from .progress import progress as progress_counter
 from .sources.base import Refused, SourceError, Unreachable, encoding_refused, invalid_reason, too_big
 
 log = logging.getLogger(__name__)
@@ -442,8 +442,8 @@ def _receive(response: urllib3.BaseHTTPResponse, path: Path, progress: bool, url
                           "could not be told from a whole one")
     written = 0
     size = None if response.chunked else response.length_remaining
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc=urlsplit(url).path.rsplit("/", 1)[-1],
-               leave=False) if progress else None
+    bar = progress_counter(size, urlsplit(url).path.rsplit("/", 1)[-1], "B", unit_scale=True,
+                           leave=False) if progress else None
     try:
         with open(path, "wb", buffering=_CHUNK) as out:  # a size given: no isatty() call per file
             pace = Pace(deadline)

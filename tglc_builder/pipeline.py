@@ -89,6 +89,28 @@ def writable_dir(path: str | os.PathLike, what: str) -> Path:
 
 
 @contextmanager
+def removed_if_left_empty(folders: Iterable[str | os.PathLike]) -> Iterator[None]:
+    """The folders (and parents) among ``folders`` that do not exist yet are removed again when the block fails and
+    leaves them empty: a build that stops before writing anything (an unreachable archive, a bad listing) leaves no
+    empty ``fits_lcs``, ``MultimodalUniverse``... behind. Folders that existed, or hold anything, are kept."""
+    created: list[Path] = []
+    for folder in folders:
+        for path in (Path(folder).absolute(), *Path(folder).absolute().parents):
+            if path.exists() or path in created:
+                break
+            created.append(path)
+    try:
+        yield
+    except BaseException:
+        for path in sorted(created, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+            try:
+                path.rmdir()
+            except OSError:  # not empty (something was written), or gone already
+                pass
+        raise
+
+
+@contextmanager
 def exclusive(directories: Iterable[Path]) -> Iterator[None]:
     """Hold an advisory lock on each folder for the build, so a second build on the same folders stops at once.
 

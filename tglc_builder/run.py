@@ -6,9 +6,11 @@ Nothing here touches a light curve: the stages are plain functions over plain da
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
@@ -18,8 +20,8 @@ from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor, WorkerDied
 from .formats import Writer, make_writers
-from .pipeline import BuildSummary, exclusive, import_soon, remove_debris, writable_dir, write_failure_report, \
-    write_text
+from .pipeline import BuildSummary, exclusive, import_soon, remove_debris, removed_if_left_empty, writable_dir, \
+    write_failure_report, write_text
 from .sources import Source, open_source
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = 
     """The sector's catalog: objects in both listings, each once, in listing order, with their HEALPix pixel."""
     import_soon("healpy")  # ~1 s (it loads matplotlib): while the listings arrive and are parsed
     sector_dir = writable_dir(args.sector_dir, "tglc_data_path")
-    listings = listing.fetch_listings(args.sector, args.tglc_data_path, source, refresh=args.refresh_listings)
+    listings = listing.fetch_listings(args.sector, args.tglc_data_path, source, refresh=args.refresh_listings,
+                                      archive_id=args.archive_id)
     bulk = listing.parse_bulk_script(listings.bulk_script, args.sector)
     rejected = sector_dir / REJECTED_LINES
     if bulk.n_rejected:
@@ -101,6 +104,36 @@ def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor
     for writer in writers:
         writer.finish(shards)
     return summary
+
+
+def warn_of_sibling_behind(args: BuildArguments, catalog: Table) -> None:
+    """Say once when the other format's folder (HATS beside an ``--format hdf5`` build, HDF5 beside ``hats``), left by
+    an earlier build, does not hold this build's light curves: the two would drift apart silently."""
+    if args.format == "both":
+        return
+    other = "hats" if args.format == "hdf5" else "hdf5"
+    folder = Path(args.hats_output_dir if other == "hats" else args.hdf5_output_dir)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        (sibling,) = make_writers(other, args.sector, args.column_set, args.hdf5_output_dir, args.hats_output_dir)
+    except UsageError:  # its extra is not installed: it cannot be brought up to date here anyway
+        return
+    shards = plan.plan_shards(catalog, args.rows_per_shard or plan.rows_per_shard(args.sector))
+    quiet = logging.getLogger(type(sibling).__module__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "will be written again" warnings are for builds of that format
+    try:
+        held = [sibling.complete_ids(shard) for shard in shards]
+        held = [np.empty(0, np.int64) if ids is None else np.asarray(ids, np.int64) for ids in held]
+    finally:
+        quiet.setLevel(level)
+    differ = sum(not np.array_equal(ids, shard.gaiadr3_id) for ids, shard in zip(held, shards))
+    lacks = sum(int(np.isin(shard.gaiadr3_id, ids, invert=True).sum()) for ids, shard in zip(held, shards))
+    if differ:
+        log.warning("%s (%s, from an earlier build) is behind this build: it lacks %d of its %d light curves (%d of "
+                    "%d files differ); rerun with --format both to bring it up to date", folder, other.upper(),
+                    lacks, len(catalog), differ, len(shards))
 
 
 def _lost_unit(task: tuple, error: BaseException) -> units.UnitResult:
@@ -170,14 +203,30 @@ def _narrow_batch(task: tuple, error: WorkerDied) -> tuple[units.UnitResult, tup
     return units.UnitResult(rows=len(failures), failures=failures), ((rest, settings) if rest else None)
 
 
+def build_folders(args: BuildArguments) -> list[tuple[Path, str]]:
+    """The folders a build writes to, each with the flag that names it."""
+    folders = [(args.sector_dir, "tglc_data_path"), (args.fits_dir, "fits_output_path")]
+    folders += [(args.hdf5_output_dir, "hdf5_output_path")] if "hdf5" in args.formats else []
+    folders += [(args.hats_output_dir, "hats_output_path")] if "hats" in args.formats else []
+    return folders
+
+
+def _no_empty_folders_left(build: Callable[..., BuildSummary]) -> Callable[..., BuildSummary]:
+    """A build that fails removes the folders it created and left empty (see ``removed_if_left_empty``)."""
+    @functools.wraps(build)
+    def wrapper(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
+        with removed_if_left_empty(folder for folder, _ in build_folders(args)):
+            return build(args, executor)
+    return wrapper
+
+
+@_no_empty_folders_left
 def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
     """The whole build. Rerun it to resume: whole output files are kept, failures are tried again."""
     if executor is None:
         with Executor(args.n_processes) as executor:
             return run(args, executor)
-    folders = [(args.sector_dir, "tglc_data_path"), (args.fits_dir, "fits_output_path")]
-    folders += [(args.hdf5_output_dir, "hdf5_output_path")] if "hdf5" in args.formats else []
-    folders += [(args.hats_output_dir, "hats_output_path")] if "hats" in args.formats else []
+    folders = build_folders(args)
     for folder, what in folders:
         writable_dir(folder, what)
     source = open_build_source(args, executor.workers)
@@ -189,6 +238,7 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
         summary = write_outputs(args, catalog, source, executor)
         report = args.sector_dir / FAILURES
         write_failure_report(report, summary.failures)
+        warn_of_sibling_behind(args, catalog)
     log.info("Sector %d: %s", args.sector, summary.describe())
     if summary.fatal:
         log.error("The build stopped early: %s; %d light curve(s) were not attempted. Free space, then rerun the "

@@ -21,6 +21,9 @@ from .sector import SyntheticSector
 
 log = logging.getLogger(__name__)
 
+# TESS's sectors as this version knows them: through Cycle 8 (to September 2026). The demo makes up a sector of any
+# number; a build from it warns beyond this one (a real archive answers 404 for a sector it does not have).
+LAST_TESS_SECTOR = 107
 FAULTS = ("429", "500", "truncate", "reset")
 FAULTY_ATTEMPTS = 2  # faults hit only a file's first two requests, so every file arrives within three
 LISTING_MODES = ("length", "chunked", "close")
@@ -167,6 +170,15 @@ class LocalArchive:
         if self._server is None:
             raise RuntimeError("the archive is not running: call start() first")
         return f"http://{self.host}:{self._server.server_address[1]}"
+
+    @property
+    def identity(self) -> str | None:
+        """A stable name of what this archive serves (the same bytes every run, whatever the port): the listings
+        fetched from it are reused by the next run. None when tampered with (tests' archives)."""
+        s = self.sector
+        if s.tamper or s.extra_listing_lines:
+            return None
+        return f"demo:sector={s.sector},n={s.n},seed={s.seed}" + ("" if s.flavour == "v1" else f",flavour={s.flavour}")
 
     def start(self) -> LocalArchive:
         if self.pregenerate and not self._made:

@@ -27,6 +27,7 @@ from huggingface_hub import DatasetCardData
 
 from .. import __version__
 from .. import tglc as tglc_script
+from . import DEMO_NOTE
 from ..columns import EXTRA_SCALARS, EXTRA_SERIES, IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, SEED_SCALARS, \
     SEED_SERIES, ColumnSet
 
@@ -173,7 +174,15 @@ def _prose(fmt: str, sectors: list[int], files: list[str], lengths: np.ndarray, 
         f"science product at MAST (doi:10.17909/610m-9474) with the `{columns.name}` column set; values are the "
         "FITS values, bit for bit.",
     ]
-    if note:
+    if note == DEMO_NOTE:  # said first and plainly: nothing here came from MAST
+        head[0] += " (synthetic demo data)"
+        head[-1] = (f"**This is synthetic demo data, not TESS data.** This dataset holds **{n:,} made-up light "
+                    f"curves** of a TESS {_which(sectors)} ({_span(lengths)} cadences each) in {len(files)} "
+                    f"{fmt.upper()} file{'s' if len(files) > 1 else ''}, partitioned by HEALPix pixel (nside 16, "
+                    f"nested), built by tglc-builder {__version__} from its demo archive (`tglc_builder.demo`) with "
+                    f"the `{columns.name}` column set. The files are in the exact TGLC v1 format, for trying the "
+                    "tools out; no value in them was observed, and none came from MAST.")
+    elif note:
         head += ["", note]
     body = _hdf5_prose(files, columns, stored, series) if fmt == "hdf5" else _hats_prose(files, columns, stored)
     tail = [
