@@ -209,6 +209,8 @@ class Executor:
         self._stop = self._context.RawValue("b", 0)
         self._progress = self._context.RawArray("q", n_processes)  # units done, one slot per process
         self._shared = {name: self._context.RawValue(code, value) for name, (code, value) in SHARED_VALUES.items()}
+        self._bar: tqdm | None = None
+        self._postfix = ""  # shown after the bar's counts (a multi-sector build: the sector being fetched)
 
     @property
     def workers(self) -> int:
@@ -222,6 +224,12 @@ class Executor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def postfix(self, text: str) -> None:
+        """Show ``text`` after the progress bar's counts, from now on (in the bar of a run started later too)."""
+        self._postfix = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
 
     def stop(self) -> None:
         """Ask every running task to return at its next file."""
@@ -273,7 +281,8 @@ class Executor:
         self._stop.value = 0
         self._runs += 1
         this_run = self._runs
-        with tqdm(total=total, desc=desc, unit=unit, smoothing=0.05) as bar:
+        with tqdm(total=total, desc=desc, unit=unit, smoothing=0.05, postfix=self._postfix or None) as bar:
+            self._bar = bar
             try:
                 if self.client is not None:
                     yield from self._run_dask(function, tasks, weights, lost, bar)
@@ -285,6 +294,9 @@ class Executor:
                 if self._runs == this_run:  # not an abandoned run's generator, closed later, stopping a newer run
                     self._stop.value = 1
                 raise
+            finally:
+                if self._runs == this_run:
+                    self._bar = None
 
     def warm_up(self, *modules: str) -> None:
         """Start the local worker processes now, each importing ``modules`` (what the tasks will need) as it starts,
