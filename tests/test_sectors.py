@@ -319,3 +319,82 @@ def test_a_killed_multi_sector_build_resumes_to_the_same_bytes(release, together
     assert complete > 0
     want, got = _outputs(root), _outputs(tmp_path)
     assert want.keys() == got.keys() and [k for k in want if want[k] != got[k]] == []
+
+
+# ---- a star listed twice ---------------------------------------------------------------------------------------
+def test_the_catalog_keeps_both_paths_of_a_star_and_one_copy_of_a_path():
+    from astropy.table import Table
+
+    from tglc_builder.listing import BulkListing, build_catalog
+
+    # star 7 under cam1-ccd1, again under the same path (dropped), then under cam2-ccd3 (kept); star 5 once
+    bulk = BulkListing(gaiadr3_id=np.array([7, 5, 7, 7, 9], np.int64), cam=np.array([1, 1, 1, 2, 1], np.int16),
+                       ccd=np.array([1, 2, 1, 3, 1], np.int16))
+    targets = Table({"GAIADR3_ID": np.array([5, 7, 9]), "TIC_ID": np.array([50, 70, 90]),
+                     "RA": np.array([1.0, 2.0, 3.0]), "DEC": np.array([-1.0, -2.0, -3.0])})
+    catalog = build_catalog(bulk, targets, 3)
+    assert catalog["gaiadr3_id"].tolist() == [7, 5, 7, 9]
+    assert list(zip(catalog["cam"].tolist(), catalog["ccd"].tolist())) == [(1, 1), (1, 2), (2, 3), (1, 1)]
+    assert catalog["TIC_ID"].tolist() == [70, 50, 70, 90] and catalog["RA"].tolist() == [2.0, 1.0, 2.0, 3.0]
+    assert [str(p) for p in catalog["path"]] == [layout.lc_relpath(g, 3, c, d) for g, c, d in
+                                                     [(7, 1, 1), (5, 1, 2), (7, 2, 3), (9, 1, 1)]]
+
+
+def test_rows_of_a_star_listed_twice_are_never_carried_by_id():
+    from tglc_builder.units import _carriable
+
+    assert _carriable(np.array([4, 7, 9]), np.array([4, 7, 7, 9])) == {4: 0, 9: 2}
+    assert _carriable(np.array([4, 7, 7]), np.array([4, 7])) == {4: 0}
+    assert _carriable(np.array([4, 7]), np.array([7, 4])) == {4: 0, 7: 1}
+
+
+def test_a_shard_rewritten_for_one_path_of_the_twin_equals_a_clean_build(together, tmp_path):
+    """The first build fails one of the twin's two files (its header names another sector); the rerun rewrites the
+    twin's shard, carrying its other rows from the first file and fetching both of the twin's."""
+    root, _ = together
+    with LocalArchive(sectors=SECTORS, n=N, seed=SEED) as good:
+        twin = int(np.flatnonzero(good.release[1].twin)[0])
+        with LocalArchive(sectors=SECTORS, n=N, seed=SEED, tamper={twin: {"SECTOR": 9}}) as bad:
+            first = _build(tmp_path, bad.url, "1", *_hdf5_path(1))
+        assert first.returncode == 1, first.stderr[-3000:]
+        with open(tmp_path / "data" / "s0001" / "failures.csv") as f:
+            assert [row["path"] for row in csv.DictReader(f)] == [good.release[1].relpath(twin)]
+        second = _build(tmp_path, good.url, "1", *_hdf5_path(1))
+        assert second.returncode == 0, second.stderr[-3000:]
+    datasets = re.compile(r"(out/s0001/hdf5|data/s0001/hats)/")
+    want = {k: v for k, v in _outputs(root).items() if datasets.match(k)}
+    got = {k: v for k, v in _outputs(tmp_path).items() if datasets.match(k)}
+    assert want.keys() == got.keys() and [k for k in want if want[k] != got[k]] == []
+
+
+# ---- S3 ----------------------------------------------------------------------------------------------------------
+def test_a_bucket_lists_its_sectors(release, tmp_path, monkeypatch):
+    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    from tglc_builder.sources import open_source
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        url = "http://%s:%d" % server.get_host_and_port()
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="k",
+                              aws_secret_access_key="k")
+        client.create_bucket(Bucket="tglc")
+        for sector in SECTORS:
+            client.put_object(Bucket="tglc", Key=f"hlsps/tglc/{layout.bulk_script_relpath(sector)}", Body=b"#\n")
+        client.put_object(Bucket="tglc", Key="hlsps/tglc/download_scripts/hlsp_tglc_tess_ffi_s0003_tess_v1_llc.sh.x",
+                          Body=b"")
+        client.put_object(Bucket="tglc", Key="other/download_scripts/readme.txt", Body=b"")
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "k")
+        monkeypatch.setenv("TGLC_S3_ANON", "0")
+        assert open_source("s3://tglc/hlsps/tglc").list_sectors() == [1, 2]
+        assert open_source("s3://tglc/other").list_sectors() == []
+        assert open_source("s3://tglc/nothing").list_sectors() == []
+    finally:
+        server.stop()
