@@ -86,8 +86,8 @@ class TGLC_Downloader:
     format, columns, hats_output_dir, ... : as the command line's flags (see ``BuildArguments``).
     """
 
-    def __init__(self, sector: int | str | list[int], tglc_data_path: str | os.PathLike, hdf5_output_dir: str | os.PathLike,
-                 fits_dir: str | os.PathLike, n_processes: int = 1, mast_url: str | None = None, *,
+    def __init__(self, sector: int | str | list[int], tglc_data_path: str | os.PathLike,
+                 hdf5_output_dir: str | os.PathLike, fits_dir: str | os.PathLike, n_processes: int = 1, mast_url: str | None = None, *,
                  client: Any = None, connections: int = DEFAULT_CONNECTIONS, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  max_wait: float = DEFAULT_MAX_WAIT, overwrite: bool = False, clean_fits: bool = False,
                  format: str = "hdf5", columns: str = "seed", hats_output_dir: str | os.PathLike | None = None,
