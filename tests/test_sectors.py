@@ -398,3 +398,25 @@ def test_a_bucket_lists_its_sectors(release, tmp_path, monkeypatch):
         assert open_source("s3://tglc/nothing").list_sectors() == []
     finally:
         server.stop()
+
+
+# ---- the Python class ------------------------------------------------------------------------------------------
+def test_the_python_class_builds_several_sectors(tmp_path):
+    from build_parent_sample import TGLC_Downloader
+
+    with TGLC_Downloader(sector="1-2", tglc_data_path=tmp_path / "data", hdf5_output_dir=str(tmp_path / "s{sector}"),
+                         fits_dir=str(tmp_path / "fits" / "{sector:02d}"), mast_url="demo", demo_size=30) as d:
+        with pytest.raises(UsageError, match=re.escape("create_sector_catalog() works on one sector; with several, "
+                                                       "use download_sector() (the whole build)")):
+            d.create_sector_catalog()
+        summary = d.download_sector()
+        archive = LocalArchive(sectors=SECTORS, n=30)  # the same release, to count its light curves
+    assert sorted(summary.sectors) == [1, 2] and not summary.failures
+    for sector in SECTORS:
+        n = _catalog_size(archive, sector)
+        assert summary.sectors[sector].in_output == summary.sectors[sector].downloaded == n
+        assert sum(len(h5py.File(f)["gaiadr3_id"]) for f in (tmp_path / f"s{sector}").glob("TGLC/*/*.hdf5")) == n
+        assert len(list((tmp_path / "fits" / f"{sector:02d}").rglob("*.fits"))) == n
+    assert summary.in_output == sum(_catalog_size(archive, s) for s in SECTORS)
+    with pytest.raises(UsageError, match=re.escape("--hdf5_output_path")):
+        TGLC_Downloader(sector=[1, 2], tglc_data_path=tmp_path, hdf5_output_dir=tmp_path / "one", fits_dir="f{sector}")
