@@ -420,3 +420,15 @@ def test_the_python_class_builds_several_sectors(tmp_path):
     assert summary.in_output == sum(_catalog_size(archive, s) for s in SECTORS)
     with pytest.raises(UsageError, match=re.escape("--hdf5_output_path")):
         TGLC_Downloader(sector=[1, 2], tglc_data_path=tmp_path, hdf5_output_dir=tmp_path / "one", fits_dir="f{sector}")
+
+
+def test_demo_with_all_serves_and_builds_a_release_of_three_sectors(tmp_path):
+    result = subprocess.run([sys.executable, SCRIPT, "-s", "all", "--demo", "--demo-size", "30", "--tglc_data_path",
+                             "data"], env=run_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    archive = LocalArchive(sectors=(1, 2, 3), n=30)
+    assert "INFO tglc_builder.run: The archive lists 3 sector(s): 1-3\n" in result.stderr
+    for sector in (1, 2, 3):
+        folder = tmp_path / "data" / layout.sector_tag(sector) / "MultimodalUniverse"
+        assert f"Dataset: {folder} (HDF5, {_catalog_size(archive, sector)} light curves)\n" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["s0001", "s0002", "s0003"]

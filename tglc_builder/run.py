@@ -244,8 +244,7 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
         summaries = build_sectors(sectors, args, source, executor)
         for one in per_sector:
             write_failure_report(one.sector_dir / FAILURES, summaries[one.sector].failures)
-    # Every sector's outputs are whole here: a stage that joins them (their folders: the ``outputs`` of each of
-    # ``summaries``' values) runs next, on the same executor.
+    # Here every sector's outputs are whole: each of ``summaries``' values names its folders (``outputs``).
     for line in closing_lines(summaries):
         log.info("%s", line)
     total = summaries[per_sector[0].sector] if len(per_sector) == 1 else BuildSummary(sectors=summaries)
