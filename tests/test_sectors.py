@@ -432,3 +432,21 @@ def test_demo_with_all_serves_and_builds_a_release_of_three_sectors(tmp_path):
         folder = tmp_path / "data" / layout.sector_tag(sector) / "MultimodalUniverse"
         assert f"Dataset: {folder} (HDF5, {_catalog_size(archive, sector)} light curves)\n" in result.stderr
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["s0001", "s0002", "s0003"]
+
+
+def test_several_sectors_on_dask_build_the_same_datasets(release, together, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from build_parent_sample import TGLC_Downloader
+
+    root, _ = together
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+        with TGLC_Downloader(sector=list(SECTORS), tglc_data_path=tmp_path / "data",
+                             hdf5_output_dir=str(tmp_path / HDF5_TEMPLATE), fits_dir=str(tmp_path / "fits{sector}"),
+                             mast_url=release.url, client=client, format="both") as d:
+            summary = d.download_sector()
+    assert not summary.failures and sorted(summary.sectors) == list(SECTORS)
+    datasets = re.compile(r"(out/s\d{4}/hdf5|data/s\d{4}/hats)/")
+    want = {k: v for k, v in _outputs(root).items() if datasets.match(k)}
+    got = {k: v for k, v in _outputs(tmp_path).items() if datasets.match(k)}
+    assert want.keys() == got.keys() and [k for k in want if want[k] != got[k]] == []
