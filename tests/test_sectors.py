@@ -450,3 +450,19 @@ def test_several_sectors_on_dask_build_the_same_datasets(release, together, tmp_
     want = {k: v for k, v in _outputs(root).items() if datasets.match(k)}
     got = {k: v for k, v in _outputs(tmp_path).items() if datasets.match(k)}
     assert want.keys() == got.keys() and [k for k in want if want[k] != got[k]] == []
+
+
+def test_the_progress_bar_shows_the_sector_being_fetched(capfd):
+    sys.path.insert(0, str(REPO / "tests"))
+    import _tasks
+
+    from tglc_builder.executor import Executor
+
+    with Executor(1) as ex:
+        ex.postfix("sector 7")
+        for k, _ in enumerate(ex.run(_tasks.square, [(i,) for i in range(3)], total=3, desc="Building", unit="lc",
+                                     weights=[1, 1, 1], lost=lambda task, error: None)):
+            if k == 0:
+                ex.postfix("sector 8")
+    err = capfd.readouterr().err
+    assert "lc/s, sector 7]" in err and "3/3 [" in err and err.rstrip().endswith("sector 8]")
