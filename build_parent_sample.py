@@ -29,6 +29,7 @@ from astropy.table import Table
 
 from tglc_builder import cli, run
 from tglc_builder.arguments import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, TINY_SIZE, BuildArguments
+from tglc_builder.errors import UsageError
 from tglc_builder.executor import Executor, run_interruptibly
 from tglc_builder.formats import DEMO_NOTE
 from tglc_builder.pipeline import BuildSummary, exclusive
@@ -42,17 +43,29 @@ _BATCH_SIZE = 5000  # files per download task of batched_download
 
 
 
+DEMO_RELEASE = (1, 2, 3)  # the sectors of the demo archive for -s all
+
+
 @contextlib.contextmanager
-def demo_archive(sector: int, size: int):
-    """Serve a synthetic sector from the built-in local archive on 127.0.0.1 while the block runs; yields it."""
+def demo_archive(sector: int | tuple[int, ...] | None, size: int):
+    """Serve a synthetic sector from the built-in local archive on 127.0.0.1 while the block runs; yields it.
+    Several sectors (None: :data:`DEMO_RELEASE`) are served as a release whose stars recur across sectors."""
     from tglc_builder.demo import LocalArchive
     from tglc_builder.demo.server import LAST_TESS_SECTOR
 
-    if sector > LAST_TESS_SECTOR:
-        log.warning("Demo: TESS has no sector %d (its sectors run to %d as this version knows); the demo makes up a "
-                    "synthetic sector of any number, but MAST has none to build", sector, LAST_TESS_SECTOR)
-    with LocalArchive(sector=sector, n=size) as archive:
-        log.info("Demo: serving a synthetic sector %d of %d objects at %s", sector, size, archive.url)
+    if isinstance(sector, int) or (sector is not None and len(sector) == 1):
+        sector = sector if isinstance(sector, int) else sector[0]
+        if sector > LAST_TESS_SECTOR:
+            log.warning("Demo: TESS has no sector %d (its sectors run to %d as this version knows); the demo makes up "
+                        "a synthetic sector of any number, but MAST has none to build", sector, LAST_TESS_SECTOR)
+        with LocalArchive(sector=sector, n=size) as archive:
+            log.info("Demo: serving a synthetic sector %d of %d objects at %s", sector, size, archive.url)
+            yield archive
+        return
+    sectors = tuple(sector or DEMO_RELEASE)
+    with LocalArchive(sectors=sectors, n=size) as archive:
+        log.info("Demo: serving a synthetic release of sectors %s, %d objects each, at %s",
+                 ",".join(map(str, sectors)), size, archive.url)
         yield archive
 
 
@@ -61,7 +74,9 @@ class TGLC_Downloader:
 
     Parameters
     ----------
-    sector : TESS sector number.
+    sector : TESS sector number; or several (``[1, 2, 3]``, ``"1-13,27"``, ``"all"``), for
+        :meth:`download_sector` only: each sector is built into its own folders, and the paths given are templates
+        with ``{sector}`` (e.g. ``"./out/s{sector:04d}/hdf5"``).
     tglc_data_path : folder for the sector's listings, catalog and failure report (in ``sSSSS/``).
     hdf5_output_dir : output folder of the HDF5 dataset (``TGLC/healpix=<p>/*.hdf5``, ``tglc.py``, ``README.md``).
     fits_dir : folder the FITS files are downloaded to, in MAST's layout.
@@ -74,8 +89,9 @@ class TGLC_Downloader:
     format, columns, hats_output_dir, ... : as the command line's flags (see ``BuildArguments``).
     """
 
-    def __init__(self, sector: int, tglc_data_path: str | os.PathLike, hdf5_output_dir: str | os.PathLike,
-                 fits_dir: str | os.PathLike, n_processes: int = 1, mast_url: str | None = None, *,
+    def __init__(self, sector: int | str | list[int], tglc_data_path: str | os.PathLike,
+                 hdf5_output_dir: str | os.PathLike, fits_dir: str | os.PathLike, n_processes: int = 1,
+                 mast_url: str | None = None, *,
                  client: Any = None, connections: int = DEFAULT_CONNECTIONS, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  max_wait: float = DEFAULT_MAX_WAIT, overwrite: bool = False, clean_fits: bool = False,
                  format: str = "hdf5", columns: str = "seed", hats_output_dir: str | os.PathLike | None = None,
@@ -109,7 +125,7 @@ class TGLC_Downloader:
     def _args(self, **changes) -> BuildArguments:
         """The arguments, with the demo archive's URL once it runs (started on first use, stopped by close())."""
         if self._demo_size is not None and self.arguments.mast_url is None:
-            archive = self._stack.enter_context(demo_archive(self.arguments.sector, self._demo_size))
+            archive = self._stack.enter_context(demo_archive(self.arguments.sectors, self._demo_size))
             self.arguments = replace(self.arguments, mast_url=archive.url, card_note=DEMO_NOTE,
                                      archive_id=archive.identity)
         return replace(self.arguments, batch_size=_BATCH_SIZE, tiny_size=_TINY_SIZE, **changes)
@@ -134,16 +150,22 @@ class TGLC_Downloader:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _one_sector(self, what: str) -> None:
+        if self.arguments.several:
+            raise UsageError(f"{what} works on one sector; with several, use download_sector() (the whole build)")
+
     def create_sector_catalog(self, save_catalog: bool = True, tiny: bool = False) -> Table:
         """The sector's catalog: objects in both listings, each once, in listing order, with their HEALPix pixel.
 
         Fetches the listings first when they are not in ``tglc_data_path`` yet.
         """
+        self._one_sector("create_sector_catalog()")
         args = self._args(tiny=tiny)
         return run.make_catalog(args, run.open_build_source(args), tiny=tiny, save=save_catalog)
 
     def batched_download(self, catalog: Table, tiny: bool = False) -> BuildSummary:
         """Download the catalog's FITS files into ``fits_dir`` in batches of ``_BATCH_SIZE`` over the pool."""
+        self._one_sector("batched_download()")
         if tiny:
             catalog = catalog[:_TINY_SIZE]
         args = self._args()
@@ -160,8 +182,9 @@ class TGLC_Downloader:
         ``batched_download``) are left out."""
         from tglc_builder.sources.local import LocalSource
 
+        self._one_sector("convert_fits_to_standard_format()")
         args = self._args()
-        failed = np.array([f.gaiadr3_id for f in self.summary.failures if f.stage == "download"], np.int64)
+        failed = np.array([f.path.encode() for f in self.summary.failures if f.stage == "download"], "S")
         folders = [run.writable_dir(w.output_dir, w.name) for w in run.writers_of(args)]
         with exclusive(folders):
             result = run.write_outputs(args, catalog, LocalSource(str(args.fits_dir), owns_files=True), self.pool,
@@ -181,7 +204,7 @@ def _main(args: argparse.Namespace) -> int:
     arguments = replace(cli.arguments_of(args), tiny_size=_TINY_SIZE, batch_size=_BATCH_SIZE)
     with contextlib.ExitStack() as stack:
         if args.demo:
-            archive = stack.enter_context(demo_archive(args.sector, args.demo_size))
+            archive = stack.enter_context(demo_archive(arguments.sectors, args.demo_size))
             arguments = replace(arguments, mast_url=archive.url, card_note=DEMO_NOTE, archive_id=archive.identity)
         client = stack.enter_context(cli.dask_client(args.scheduler, args.n_processes))
         executor = stack.enter_context(Executor(args.n_processes, client))

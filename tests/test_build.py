@@ -73,7 +73,7 @@ def test_rerun_downloads_nothing_again(archive, tmp_path):
     assert summary.files_written == 0 and summary.failures == []
 
 
-@pytest.mark.parametrize("kwargs", [{"sector": 0}, {"sector": "23"}, {"n_processes": 0}])
+@pytest.mark.parametrize("kwargs", [{"sector": 0}, {"sector": "23x"}, {"sector": 2.5}, {"n_processes": 0}])
 def test_bad_arguments(tmp_path, kwargs):
     args = dict(sector=23, tglc_data_path=tmp_path, hdf5_output_dir=tmp_path / "o", fits_dir=tmp_path / "f",
                 n_processes=1, mast_url="http://127.0.0.1:9")

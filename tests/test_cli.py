@@ -64,8 +64,8 @@ def test_demo_flag(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-s", "abc"], "not an integer"),
-    (["-s", "0"], "must be at least 1"),
+    (["-s", "abc"], "'abc' is not a sector or a range"),
+    (["-s", "0"], "sectors run from 1 to 9999"),
     (["-s", "23", "-n", "0"], "must be at least 1"),
 ])
 def test_bad_numbers_exit_2_without_traceback(tmp_path, args, message):

@@ -34,9 +34,11 @@ SCRIPT = str(REPO / "build_parent_sample.py")
 N, SEED = 150, 13  # the sector most tests build: ~150 light curves in ~70 shard files
 FITS_SIZE = 57_600  # the largest light-curve file of a sector-23 synthetic sector (bytes)
 SHARD_NAME = re.compile(r"^\d{3}-of-\d{3}\.hdf5$")
-SUMMARY = re.compile(r"Sector \d+: (?P<downloaded>\d+) downloaded, (?P<present>\d+) already present, "
-                     r"(?P<complete>\d+) already converted, (?P<converted>\d+) converted into (?P<files>\d+) "
-                     r"file\(s\)(?:, (?P<carried>\d+) carried over from earlier files)?, (?P<failed>\d+) failed")
+SUMMARY = re.compile(r"Sector \d+: \d+ light curves? in the output \((?P<complete>\d+) already there, "
+                     r"(?P<converted>\d+) "
+                     r"written now into (?P<files>\d+) files?(?:, of which (?P<carried>\d+) copied from earlier "
+                     r"files)?\); FITS files: (?P<downloaded>\d+) downloaded, (?P<present>\d+) already on disk; "
+                     r"(?P<failed>\d+) failed")
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------

@@ -288,7 +288,6 @@ def test_a_file_that_kills_its_worker_is_named_and_fails_alone(tmp_path, monkeyp
     """A file whose read kills the worker (SIGKILL, as an OOM kill) every time: its unit is run again alone, then
     without it; failures.csv names that file only, and every other row is written. A rerun then finishes."""
     import h5py
-    import numpy as np
 
     import _tasks
     from tglc_builder import run

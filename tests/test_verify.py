@@ -5,7 +5,6 @@ Real files, real flips; nothing of the builder is mocked."""
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import replace
 from pathlib import Path

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,13 +22,67 @@ DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After may impose
 TINY_SIZE = 100
 PROCESSES_PER_CORE = 4  # downloads wait on the network, so a few processes per core still pay
 MEMORY_PER_PROCESS = 250 * 2**20  # what one worker needs at most (reader, blocks, HDF5 chunk cache, HTTP)
+MAX_SECTOR = 9999  # sSSSS: four digits
+ALL_SECTORS = "all"
+# The output paths a multi-sector build takes as templates with {sector}: (field, flag).
+TEMPLATED = (("hdf5_output_dir", "hdf5_output_path"), ("fits_dir", "fits_output_path"),
+             ("hats_output_dir", "hats_output_path"))
+_SECTOR_PART = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?")
+
+
+def parse_sectors(spec: int | str | Sequence[int]) -> tuple[int, ...] | None:
+    """The sectors a build names, ascending, each once: ``23``, ``"1-13"``, ``"1,7,8,34"``, ``"1-13,27"``,
+    ``[1, 2, 3]``; None for ``"all"`` (every sector the archive lists, known once the source is asked). Raises
+    UsageError (one line) for anything else."""
+    if isinstance(spec, str) and spec.strip().lower() == ALL_SECTORS:
+        return None
+    if isinstance(spec, bool):
+        raise UsageError(f"sector must be a sector number, a range or a list such as 1-13,27, got {spec!r}")
+    if isinstance(spec, int):
+        numbers = [spec]
+    elif isinstance(spec, str):
+        numbers = []
+        for part in spec.split(","):
+            match = _SECTOR_PART.fullmatch(part)
+            if match is None:
+                raise UsageError(f"sector {spec!r}: {part.strip() or 'an empty item'!r} is not a sector or a range; "
+                                 "give e.g. 23, 1-13, 1,7,8,34, 1-13,27 or all")
+            first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+            if last < first:
+                raise UsageError(f"sector {spec!r}: the range {first}-{last} runs backwards; give {last}-{first}")
+            if first < 1 or last > MAX_SECTOR:
+                raise UsageError(f"sector {spec!r}: sectors run from 1 to {MAX_SECTOR}")
+            numbers += range(first, last + 1)
+    elif isinstance(spec, Sequence) and spec and all(isinstance(x, int) and not isinstance(x, bool) for x in spec):
+        numbers = list(spec)
+    else:
+        raise UsageError(f"sector must be a sector number, a range or a list such as 1-13,27, got {spec!r}")
+    if min(numbers) < 1 or max(numbers) > MAX_SECTOR:
+        raise UsageError(f"sector {spec!r}: sectors run from 1 to {MAX_SECTOR}")
+    return tuple(sorted(set(numbers)))
+
+
+def sector_template(flag: str, value: str | os.PathLike) -> str:
+    """An explicit output path of a multi-sector build: a template naming ``{sector}`` (and nothing else), e.g.
+    ``./out/s{sector:04d}/hdf5``; raises UsageError (one line) otherwise."""
+    text = os.fspath(value)
+    example = f"e.g. --{flag} './out/s{{sector:04d}}/{flag.split('_')[0]}'"
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+        text.format(sector=1)
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise UsageError(f"--{flag} {text!r} is not a valid template ({exc}); {example}") from None
+    if fields != {"sector"}:
+        raise UsageError(f"--{flag} {text!r} names one folder for several sectors: give a template with {{sector}}, "
+                         f"{example}")
+    return text
 
 
 @dataclass
 class BuildArguments:
     """Everything a build needs to know; paths default as the CLI documents."""
 
-    sector: int
+    sector: int | str | Sequence[int]  # one sector, or several (see parse_sectors): then paths are templates
     tglc_data_path: str | os.PathLike = "./tglc_data"
     hdf5_output_dir: str | os.PathLike | None = None  # default <tglc_data_path>/sSSSS/MultimodalUniverse
     fits_dir: str | os.PathLike | None = None  # default <tglc_data_path>/sSSSS/fits_lcs
@@ -51,9 +108,13 @@ class BuildArguments:
     block_rows: int = BLOCK_ROWS  # light curves read before each write
     scheduler: str | None = None  # --scheduler: a Dask scheduler's address or "local" (checked here; cli uses it)
     archive_id: str | None = None  # a stable name of the archive for the listings' manifests (the demo's port varies)
+    sectors: tuple[int, ...] | None = field(init=False, default=None)  # None: "all", resolved by the build
 
     def __post_init__(self) -> None:
-        for name in ("sector", "n_processes", "connections", "max_attempts", "batch_size", "tiny_size", "block_rows"):
+        self.sectors = parse_sectors(self.sector)
+        if self.sectors is not None and len(self.sectors) == 1:
+            self.sector = self.sectors[0]
+        for name in ("n_processes", "connections", "max_attempts", "batch_size", "tiny_size", "block_rows"):
             _positive_int(name, getattr(self, name))
         for name in ("rows_per_shard", "unit_rows"):
             if getattr(self, name) is not None:
@@ -66,8 +127,13 @@ class BuildArguments:
             raise UsageError(f"columns must be one of {', '.join(COLUMN_SETS)}, got {self.columns!r}")
         _check_processes(self.n_processes)
         self._check_extras()
-        sector_dir = Path(layout.sector_dir(self.tglc_data_path, self.sector))
         self.tglc_data_path = Path(self.tglc_data_path)
+        if self.several:  # each sector's paths are made by for_sector, and checked there
+            for name, flag in TEMPLATED:
+                if getattr(self, name) is not None:
+                    setattr(self, name, sector_template(flag, getattr(self, name)))
+            return
+        sector_dir = Path(layout.sector_dir(self.tglc_data_path, self.sector))
         self.hdf5_output_dir = Path(self.hdf5_output_dir or sector_dir / "MultimodalUniverse")
         self.fits_dir = Path(self.fits_dir or sector_dir / "fits_lcs")
         self.hats_output_dir = Path(self.hats_output_dir or sector_dir / "hats")
@@ -89,6 +155,19 @@ class BuildArguments:
             extras.require("s3", f"reading {resolve_url(self.mast_url)}")
         if self.scheduler is not None:
             extras.require("dask", "--scheduler")
+
+    @property
+    def several(self) -> bool:
+        """Whether the build names several sectors (or ``all``): its explicit output paths are templates."""
+        return self.sectors is None or len(self.sectors) > 1
+
+    def for_sector(self, sector: int) -> "BuildArguments":
+        """The arguments of one sector of the build: exactly those of a one-sector build of it."""
+        if not self.several:
+            return self
+        paths = {name: None if getattr(self, name) is None else getattr(self, name).format(sector=sector)
+                 for name, _ in TEMPLATED}
+        return replace(self, sector=int(sector), **paths)
 
     @property
     def sector_dir(self) -> Path:

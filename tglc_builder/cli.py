@@ -58,7 +58,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         epilog="Rerunning the same command resumes an interrupted build: complete FITS and HDF5 files are kept, and "
                "the objects listed in failures.csv are tried again.",
     )
-    parser.add_argument("-s", "--sector", type=_positive_int, required=True, help="TESS sector number, e.g. 23")
+    parser.add_argument("-s", "--sector", required=True,
+                        help="TESS sector(s): 23, a range 1-13, a list 1,7,8,34, both 1-13,27, or 'all' (every sector "
+                             "the archive lists); with several, each is built into its own folders, and explicit "
+                             "output paths are templates with {sector}, e.g. ./out/s{sector:04d}/hdf5")
     parser.add_argument("--tglc_data_path", default="./tglc_data",
                         help="folder for the sector's listings, catalog and failure report (default: %(default)s)")
     parser.add_argument("--hdf5_output_path", default=None,
@@ -77,7 +80,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              "archive")
     parser.add_argument("--demo", action="store_true",
                         help="serve a synthetic sector from the built-in local archive on 127.0.0.1 for this run "
-                             "(no network needed); same as --mast-url demo")
+                             "(no network needed; with several sectors, a release whose stars recur across them; "
+                             "with -s all, sectors 1-3); same as --mast-url demo")
     parser.add_argument("--demo-size", type=_positive_int, default=DEFAULT_DEMO_SIZE,
                         help="objects in the demo archive's synthetic sector (default: %(default)s)")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",

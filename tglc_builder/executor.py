@@ -270,6 +270,8 @@ class Executor:
         self._marks = self._context.RawArray("q", n_processes * MARKS * 2)  # breadcrumbs: (task, mark) pairs
         self._dask_stop: str | None = None  # the name of the running Dask run's stop event
         self._shared = {name: self._context.RawValue(code, value) for name, (code, value) in SHARED_VALUES.items()}
+        self._bar = None  # the running progress counter (tqdm, or progress.LogProgress)
+        self._postfix = ""  # shown after the bar's counts (a multi-sector build: the sector being fetched)
 
     @property
     def workers(self) -> int:
@@ -283,6 +285,12 @@ class Executor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def postfix(self, text: str) -> None:
+        """Show ``text`` after the progress bar's counts, from now on (in the bar of a run started later too)."""
+        self._postfix = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
 
     def stop(self) -> None:
         """Ask every running task to return at its next file."""
@@ -342,7 +350,8 @@ class Executor:
         self._stop.value = 0
         self._runs += 1
         this_run = self._runs
-        with progress(total, desc, unit, smoothing=0.05) as bar:
+        with progress(total, desc, unit, smoothing=0.05, postfix=self._postfix or None) as bar:
+            self._bar = bar
             try:
                 if self.client is not None:
                     yield from self._run_dask(function, tasks, weights, lost, narrow, crumbs, bar)
@@ -354,6 +363,9 @@ class Executor:
                 if self._runs == this_run:  # not an abandoned run's generator, closed later, stopping a newer run
                     self._stop.value = 1
                 raise
+            finally:
+                if self._runs == this_run:
+                    self._bar = None
 
     def warm_up(self, *modules: str) -> None:
         """Start the local worker processes now, each importing ``modules`` (what the tasks will need) as it starts,

@@ -7,6 +7,8 @@ See ``TGLC-FORMAT.md``: ``BASE/sSSSS/cam{C}-ccd{D}/00{z[0:2]}/{z[2:6]}/{z[6:10]}
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -29,6 +31,18 @@ def sector_tag(sector: int) -> str:
 
 def bulk_script_relpath(sector: int) -> str:
     return f"download_scripts/hlsp_tglc_tess_ffi_{sector_tag(sector)}_tess_v1_llc.sh"
+
+
+# A sector's bulk-download script as an archive's ``download_scripts/`` lists it (any file version ``v<k>``).
+BULK_SCRIPT_NAME = re.compile(r"hlsp_tglc_tess_ffi_s(\d{4})_tess_v\d{1,3}_llc\.sh")
+DOWNLOAD_SCRIPTS = "download_scripts"
+
+
+def sectors_of_names(names: Iterable[str]) -> list[int]:
+    """The sectors whose bulk-download script is among ``names`` (file names, untrusted: only exact matches of
+    :data:`BULK_SCRIPT_NAME` count), ascending, each once."""
+    found = {int(m.group(1)) for name in names if (m := BULK_SCRIPT_NAME.fullmatch(name)) is not None}
+    return sorted(found - {0})
 
 
 def target_list_relpath(sector: int) -> str:

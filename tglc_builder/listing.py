@@ -314,23 +314,38 @@ def _share(part: int, whole: int) -> str:
 
 
 def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: Listings | None = None) -> Table:
-    """Join the listings: objects in both, each once, in bulk-listing order, with their HEALPix index.
+    """Join the listings: the light curves of objects in both, each once, in bulk-listing order, with their HEALPix
+    index. A light curve is a path: an object listed again under the same path is the same light curve (dropped),
+    under another camera/CCD path another light curve of the same star (kept: two rows).
 
     Raises :class:`ListingError` when the listings disagree (see :func:`check_agreement`; ``listings`` names the
     files in its message)."""
-    listed, listed_first = _distinct_sorted(bulk.gaiadr3_id)
+    gaia = bulk.gaiadr3_id
+    listed, listed_first = _distinct_sorted(gaia)
     known, known_first = _distinct_sorted(np.asarray(targets["GAIADR3_ID"], np.int64))
     # Both sides sorted: one merge-like pass (searching sorted keys is cache-friendly even for millions).
     pos = np.searchsorted(known, listed).clip(max=max(len(known) - 1, 0))
     found = known[pos] == listed if len(known) else np.zeros(len(listed), bool)
     check_agreement(sector, len(listed), len(known), int(found.sum()),
                     *((listings.bulk_script, listings.target_list) if listings else ()))
-    in_both = np.zeros(len(bulk.gaiadr3_id), bool)  # back to listing order without sorting again
+    first_path = np.zeros(len(gaia), bool)
+    first_path[listed_first] = True
+    again = np.flatnonzero(~first_path)  # listed before: under the same path (dropped) or another (kept)
+    if len(again):
+        rows = np.sort(np.concatenate([listed_first[np.isin(listed, gaia[again])], again]))
+        by_path = rows[np.lexsort((bulk.ccd[rows], bulk.cam[rows], gaia[rows]))]  # stable: earliest first
+        new = np.ones(len(by_path), bool)
+        new[1:] = ((gaia[by_path][1:] != gaia[by_path][:-1]) | (bulk.cam[by_path][1:] != bulk.cam[by_path][:-1])
+                   | (bulk.ccd[by_path][1:] != bulk.ccd[by_path][:-1]))
+        first_path[by_path[new]] = True
+    in_both = np.zeros(len(gaia), bool)  # back to listing order without sorting again
     in_both[listed_first[found]] = True
-    target_row = np.empty(len(bulk.gaiadr3_id), np.int64)
-    target_row[listed_first[found]] = known_first[pos[found]]
+    in_both[again] = np.isin(gaia[again], listed[found])
+    in_both &= first_path
+    target_of = np.full(len(listed), -1, np.int64)
+    target_of[found] = known_first[pos[found]]
     rows = np.flatnonzero(in_both)
-    target_rows = target_row[rows]
+    target_rows = target_of[np.searchsorted(listed, gaia[rows])]
 
     ra = np.asarray(targets["RA"], dtype=np.float64)[target_rows]
     dec = np.asarray(targets["DEC"], dtype=np.float64)[target_rows]
@@ -349,7 +364,7 @@ def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: List
         meta={"sector": sector, "nside": layout.NSIDE, "nest": layout.NEST},
         copy=False,
     )
-    log.info("Sector %d catalog: %d objects (%d listed, %d distinct; %d in the target list)",
+    log.info("Sector %d catalog: %d light curves (%d listed, %d distinct objects; %d in the target list)",
              sector, len(catalog), len(bulk.gaiadr3_id), len(listed), len(known))
     return catalog
 

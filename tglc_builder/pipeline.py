@@ -33,29 +33,66 @@ class BuildSummary:
     failures: list[Failure] = field(default_factory=list)
     fatal: str | None = None  # what stopped the build early (a full disk)
     not_attempted: int = 0  # light curves of work units stopped before they ran (Ctrl-C, a fatal error)
+    outputs: list[tuple[str, Path]] = field(default_factory=list)  # (format, folder) of the sector's datasets
+    sectors: dict[int, "BuildSummary"] = field(default_factory=dict)  # a multi-sector build's, by sector
 
     def add(self, result) -> None:
-        """Count a work unit's result (``units.UnitResult``)."""
+        """Count a work unit's result (``units.UnitResult``), or another summary's counts."""
         self.downloaded += result.downloaded
         self.present += result.present
         self.carried += result.carried
-        self.converted += result.written
+        self.converted += result.written if hasattr(result, "written") else result.converted
         self.files_written += result.files_written
         self.failures.extend(result.failures)
         self.not_attempted += result.not_attempted
         self.fatal = self.fatal or result.fatal
+        if isinstance(result, BuildSummary):
+            self.complete += result.complete
+
+    @property
+    def in_output(self) -> int:
+        """Light curves now in whole output files: already there, and written now."""
+        return self.complete + self.converted
 
     def describe(self) -> str:
-        carried = f", {self.carried} carried over from earlier files" if self.carried else ""
+        """What the build did, in one line: what the output holds, what was written, what was fetched."""
+        carried = f", of which {self.carried} copied from earlier files" if self.carried else ""
         partly = {}  # failed in one format only: whole in the others (--format both)
         for failure in self.failures:
             if failure.whole_in:
                 partly[failure.whole_in] = partly.get(failure.whole_in, 0) + 1
         partly_text = "".join(f" ({n} of them whole in {' and '.join(formats)}, failed in the other format only)"
                               for formats, n in partly.items())
-        return (f"{self.downloaded} downloaded, {self.present} already present, {self.complete} already converted, "
-                f"{self.converted} converted into {self.files_written} file(s){carried}, "
-                f"{len(self.failures)} failed{partly_text}")
+        return (f"{_count(self.in_output, 'light curve')} in the output ({self.complete} already there, "
+                f"{self.converted} written now into {_count(self.files_written, 'file')}{carried}); FITS files: "
+                f"{self.downloaded} downloaded, {self.present} already on disk; {len(self.failures)} failed"
+                f"{partly_text}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+FORMAT_NAMES = {"hdf5": "HDF5", "hats": "HATS"}
+
+
+def closing_lines(summaries: dict[int, BuildSummary]) -> list[str]:
+    """The end of a build's log: a line per sector (and the total of several), then where each dataset is, with its
+    light curves, and the one line that loads it."""
+    lines = [f"Sector {sector}: {summary.describe()}" for sector, summary in summaries.items()]
+    if len(summaries) > 1:
+        total = BuildSummary()
+        for summary in summaries.values():
+            total.add(summary)
+        lines.append(f"All {len(summaries)} sectors: {total.describe()}")
+    folders = [(name, Path(folder).absolute(), summary.in_output) for summary in summaries.values()
+               for name, folder in summary.outputs]
+    for name, folder, n in folders:
+        lines.append(f"Dataset: {folder} ({FORMAT_NAMES.get(name, name)}, {_count(n, 'light curve')})")
+    if folders:
+        what = "it" if len(folders) == 1 else "one"
+        lines.append(f'Load {what} with: datasets.load_dataset("{folders[0][1]}", split="train")')
+    return lines
 
 
 def import_soon(*modules: str) -> threading.Thread:

@@ -7,6 +7,7 @@ sector and column set) and holds exactly the shard's planned rows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,7 @@ def plan_shards(catalog, rows_per_shard: int) -> list[Shard]:
     healpix = np.asarray(catalog["healpix"], np.int64)
     order = np.argsort(healpix, kind="stable")
     pixels, starts = np.unique(healpix[order], return_index=True)
+    sector = int(catalog.meta.get("sector", 0))
     columns = {name: np.asarray(catalog[name]) for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "cam", "ccd",
                                                             "path")}
     shards = []
@@ -72,19 +74,21 @@ def plan_shards(catalog, rows_per_shard: int) -> list[Shard]:
             shards.append(Shard(pixel, index, len(parts), columns["gaiadr3_id"][part].astype(np.int64),
                                 columns["TIC_ID"][part].astype(np.int64), columns["RA"][part].astype(np.float64),
                                 columns["DEC"][part].astype(np.float64), columns["cam"][part].astype(np.int16),
-                                columns["ccd"][part].astype(np.int16), columns["path"][part].astype("S")))
+                                columns["ccd"][part].astype(np.int16), columns["path"][part].astype("S"), sector))
     return shards
 
 
-def make_plan(shards: list[Shard], writers: list[Writer], *, overwrite: bool = False,
+def make_plan(shards: list[Shard], writers: list[Writer] | Mapping[int, list[Writer]], *, overwrite: bool = False,
               verify: bool = False) -> BuildPlan:
-    """Which shards each format still needs, and what can be carried from earlier files. With ``overwrite``
+    """Which shards each format still needs, and what can be carried from earlier files. ``writers``: the formats of
+    a one-sector build, or of each sector (by sector number) when the shards are of several. With ``overwrite``
     everything is written again from the FITS files; with ``verify`` existing files are checked whole (checksums)
-    before they count as done or are carried from."""
+    before they count as done or are carried from. Pending shards come sector by sector (in the shards' order of
+    sectors), largest first within each."""
     pending = []
     for shard in shards:
         todo, whole = [], []
-        for writer in writers:
+        for writer in (writers[shard.sector] if isinstance(writers, Mapping) else writers):
             ids = None if overwrite else writer.complete_ids(shard, verify=verify)
             if ids is not None and len(ids):
                 whole.append(writer)
@@ -93,7 +97,8 @@ def make_plan(shards: list[Shard], writers: list[Writer], *, overwrite: bool = F
         if todo:
             carry = next((rows for rows in (w.rows_of(shard) for w in whole) if rows is not None), None)
             pending.append(ShardTask(shard, tuple(todo), carry))
-    pending.sort(key=lambda task: -len(task.shard))  # largest first: the pool ends together
+    order = {sector: k for k, sector in enumerate(dict.fromkeys(shard.sector for shard in shards))}
+    pending.sort(key=lambda task: (order[task.shard.sector], -len(task.shard)))  # largest first: the pool ends together
     return BuildPlan(shards, pending)
 
 
@@ -110,7 +115,9 @@ def work_units(pending: list[ShardTask], workers: int, max_rows: int, min_rows: 
     guided self-scheduling), so the workers finish together, but only the last is smaller than ``min_rows`` rows:
     below that, their ends would cost more than the workers' unequal finish. (A build too small for that floor to
     give every worker two units, such as ``--tiny``, has a lower one.) A unit holds at most ``max_rows`` rows unless
-    one shard alone is larger.
+    one shard alone is larger. A unit holds shards of one sector (each sector has its own folders and writers);
+    the units of a build's sectors follow each other, so the workers go from one sector to the next without a
+    pause, and only the build's last units shrink.
     """
     remaining = sum(len(task.shard) for task in pending)
     min_rows = max(1, min(min_rows, remaining // (2 * workers)))
@@ -120,7 +127,8 @@ def work_units(pending: list[ShardTask], workers: int, max_rows: int, min_rows: 
     for task in pending:
         target = min(max_rows, max(min_rows, remaining // (2 * workers)))
         grown = size + len(task.shard)
-        if current and grown > target and (size >= min_rows or grown > max_rows):
+        if current and (task.shard.sector != current[0].shard.sector
+                        or grown > target and (size >= min_rows or grown > max_rows)):
             units.append(current)
             current, size = [], 0
         current.append(task)

@@ -25,7 +25,10 @@ def progress(total: int | None, desc: str, unit: str, *, leave: bool = True, uni
     :func:`interactive`, else :class:`LogProgress`."""
     if interactive():
         return tqdm(total=total, desc=desc, unit=unit, leave=leave, unit_scale=unit_scale, **kwargs)
-    return LogProgress(total, desc, unit, quiet_for=0.0 if leave else QUIET_SECONDS)
+    progress = LogProgress(total, desc, unit, quiet_for=0.0 if leave else QUIET_SECONDS)
+    if kwargs.get("postfix"):
+        progress.set_postfix_str(kwargs["postfix"])
+    return progress
 
 
 class LogProgress:
@@ -36,6 +39,10 @@ class LogProgress:
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
         self._logged = 0  # tenths logged so far
         self._speak_after = time.monotonic() + quiet_for
+        self.postfix = ""  # tqdm's postfix, after the counts (a multi-sector build: the sector being fetched)
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -44,7 +51,8 @@ class LogProgress:
         tenth = min(STEPS, self.n * STEPS // self.total)
         if tenth > self._logged and time.monotonic() >= self._speak_after:
             self._logged = tenth
-            log.info("%s: %d%% (%d of %d %s)", self.desc, 100 * tenth // STEPS, self.n, self.total, self.unit)
+            log.info("%s: %d%% (%d of %d %s)%s", self.desc, 100 * tenth // STEPS, self.n, self.total, self.unit,
+                     f", {self.postfix}" if self.postfix else "")
 
     def close(self) -> None:
         pass

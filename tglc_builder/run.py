@@ -6,10 +6,9 @@ Nothing here touches a light curve: the stages are plain functions over plain da
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor, WorkerDied
 from .formats import Writer, make_writers
-from .pipeline import BuildSummary, exclusive, import_soon, remove_debris, removed_if_left_empty, writable_dir, \
-    write_failure_report, write_text
+from .pipeline import BuildSummary, closing_lines, exclusive, import_soon, remove_debris, removed_if_left_empty, \
+    writable_dir,     write_failure_report, write_text
 from .sources import Source, open_source
 
 log = logging.getLogger(__name__)
@@ -68,42 +67,93 @@ def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = 
     return catalog
 
 
-def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor: Executor,
-                  skip: np.ndarray | None = None,
-                  build_unit: Callable[..., units.UnitResult] = units.build_unit
-                  ) -> BuildSummary:
-    """Plan the catalog's shards and run a streaming unit for each one that some format still needs
-    (``build_unit``: the unit's function, for tests)."""
+@dataclass
+class SectorBuild:
+    """One sector of a build: its own arguments (folders), catalog, writers and shards."""
+
+    args: BuildArguments
+    catalog: Table
+    writers: list[Writer]
+    shards: list[plan.Shard]
+
+    @property
+    def sector(self) -> int:
+        return self.args.sector
+
+
+def plan_sector(args: BuildArguments, catalog: Table, overwrite: bool) -> SectorBuild:
+    """A sector's shards and writers, with every folder conflict of its outputs found (Writer.prepare)."""
     writers = writers_of(args)
     for writer in writers:
         writable_dir(writer.output_dir, f"{writer.name} output folder")
     shards = plan.plan_shards(catalog, args.rows_per_shard or plan.rows_per_shard(args.sector))
     for writer in writers:  # every folder conflict is found here, before anything is fetched
-        writer.prepare(shards, args.overwrite)
-    build_plan = plan.make_plan(shards, writers, overwrite=args.overwrite, verify=args.verify)
-    summary = BuildSummary(complete=build_plan.complete_rows)
+        writer.prepare(shards, overwrite)
+    return SectorBuild(args, catalog, writers, shards)
+
+
+def write_outputs(args: BuildArguments, catalog: Table, source: Source, executor: Executor,
+                  skip: np.ndarray | None = None,
+                  build_unit: Callable[..., units.UnitResult] = units.build_unit) -> BuildSummary:
+    """Plan the catalog's shards and run a streaming unit for each one that some format still needs
+    (``build_unit``: the unit's function, for tests)."""
+    return build_sectors([plan_sector(args, catalog, args.overwrite)], args, source, executor, skip,
+                         build_unit)[args.sector]
+
+
+def build_sectors(sectors: list[SectorBuild], args: BuildArguments, source: Source, executor: Executor,
+                  skip: np.ndarray | None = None,
+                  build_unit: Callable[..., units.UnitResult] = units.build_unit) -> dict[int, BuildSummary]:
+    """One plan for the shards of every sector, then its work units on one pool (a sector's units follow the
+    previous sector's, so no worker waits between them), then each sector's folder-level files. ``skip``: paths of
+    rows left out (the step-by-step API: rows whose download failed)."""
+    shards = [shard for sector in sectors for shard in sector.shards]
+    build_plan = plan.make_plan(shards, {sector.sector: sector.writers for sector in sectors},
+                                overwrite=args.overwrite, verify=args.verify)
+    summaries = {sector.sector: BuildSummary(outputs=[(w.name, w.output_dir) for w in sector.writers])
+                 for sector in sectors}
+    for shard in shards:
+        summaries[shard.sector].complete += len(shard)
     pending = build_plan.pending
-    if skip is not None and len(skip):  # the step-by-step API: rows whose download failed are left out
-        pending = [replace(task, shard=task.shard.take(~np.isin(task.shard.gaiadr3_id, skip))) for task in pending]
-    settings = units.UnitSettings(args.sector, source, str(args.fits_dir), tuple(writers), args.column_set,
-                                  args.clean_fits, args.block_rows)
-    max_rows = args.unit_rows or plan.unit_rows(args.sector)
+    if skip is not None and len(skip):
+        pending = [replace(task, shard=task.shard.take(~np.isin(task.shard.path, skip))) for task in pending]
+    for task in build_plan.pending:
+        summaries[task.shard.sector].complete -= len(task.shard)
+    settings = {sector.sector: units.UnitSettings(sector.sector, source, str(sector.args.fits_dir),
+                                                  tuple(sector.writers), sector.args.column_set,
+                                                  sector.args.clean_fits, sector.args.block_rows)
+                for sector in sectors}
+    max_rows = args.unit_rows or min(plan.unit_rows(sector.sector) for sector in sectors)
     work = plan.work_units(pending, executor.workers, max_rows, plan.min_unit_rows(max_rows))
-    tasks = [(unit, settings) for unit in work]
+    tasks = [(unit, settings[unit[0].shard.sector]) for unit in work]
     total = sum(len(task.shard) for task in pending)
-    log.info("Plan: %d shard file(s) in %d pixel(s); %d light curves to write in %d work unit(s), %d already "
-             "complete", len(shards), len({s.pixel for s in shards}), total, len(work), summary.complete)
+    log.info("Plan: %d shard file(s) in %d pixel(s)%s; %d light curves to write in %d work unit(s), %d already "
+             "complete", len(shards), len({(s.sector, s.pixel) for s in shards}),
+             f" of {len(sectors)} sectors" if len(sectors) > 1 else "", total, len(work),
+             sum(summary.complete for summary in summaries.values()))
     import_soon("tglc_builder.formats.card")  # datasets, for the cards, while the workers build
+    left = {sector: sum(1 for unit in work if unit[0].shard.sector == sector) for sector in summaries}
+    fetching = next((sector for sector, n in left.items() if n), None)
+    if len(sectors) > 1 and fetching is not None:
+        executor.postfix(f"sector {fetching}")
     for result in executor.run(build_unit, tasks, total=total, desc="Building", unit="lc",
                                weights=[sum(len(task.shard) for task in unit) for unit in work], lost=_lost_unit,
-                               narrow=_narrow_unit, crumbs=args.sector_dir):
-        summary.add(result)
+                               narrow=_narrow_unit, crumbs=sectors[0].args.sector_dir):
+        summaries[result.sector].add(result)
+        left[result.sector] -= 1
+        now = next((sector for sector, n in left.items() if n), fetching)
+        if len(sectors) > 1 and now != fetching:
+            fetching = now
+            executor.postfix(f"sector {fetching}")
         if result.fatal and not executor.stopping_requested:
             log.error("Stopping the build: %s", result.fatal)
             executor.stop()
-    for writer in writers:
-        writer.finish(shards)
-    return summary
+    if len(sectors) > 1:
+        executor.postfix("")
+    for sector in sectors:
+        for writer in sector.writers:
+            writer.finish(sector.shards)
+    return summaries
 
 
 def warn_of_sibling_behind(args: BuildArguments, catalog: Table) -> None:
@@ -139,7 +189,7 @@ def warn_of_sibling_behind(args: BuildArguments, catalog: Table) -> None:
 def _lost_unit(task: tuple, error: BaseException) -> units.UnitResult:
     work: list[plan.ShardTask] = task[0]
     reason = f"the worker building it died ({_death(error)}); rerun to retry"
-    return units.UnitResult(rows=sum(len(t.shard) for t in work),
+    return units.UnitResult(rows=sum(len(t.shard) for t in work), sector=task[1].sector,
                             failures=[Failure(int(g), p.decode(), "convert", reason, 0) for t in work
                                       for g, p in zip(t.shard.gaiadr3_id, t.shard.path)])
 
@@ -159,7 +209,8 @@ def _narrow_unit(task: tuple, error: WorkerDied) -> tuple[units.UnitResult, tupl
         return None
     rest = [replace(t, shard=t.shard.take(~np.isin(t.shard.gaiadr3_id, culprits))) for t in work]
     rest = [t for t in rest if len(t.shard)]
-    return units.UnitResult(rows=len(failures), failures=failures), ((rest, settings) if rest else None)
+    return (units.UnitResult(rows=len(failures), failures=failures, sector=settings.sector),
+            (rest, settings) if rest else None)
 
 
 def _death(error: BaseException) -> str:
@@ -203,48 +254,91 @@ def _narrow_batch(task: tuple, error: WorkerDied) -> tuple[units.UnitResult, tup
     return units.UnitResult(rows=len(failures), failures=failures), ((rest, settings) if rest else None)
 
 
-def build_folders(args: BuildArguments) -> list[tuple[Path, str]]:
-    """The folders a build writes to, each with the flag that names it."""
+def sectors_of(args: BuildArguments, source: Source) -> tuple[int, ...]:
+    """The build's sectors: as given, or for ``all`` every sector whose bulk-download script the archive lists."""
+    if args.sectors is not None:
+        return args.sectors
+    source.check()
+    listed = source.list_sectors()
+    if not listed:
+        raise UsageError(f"{source.describe()} lists no sector's bulk-download script in download_scripts/; give "
+                         "the sectors explicitly, e.g. -s 1-13")
+    log.info("The archive lists %d sector(s): %s", len(listed), _ranges(listed))
+    return tuple(listed)
+
+
+def _ranges(sectors: tuple[int, ...] | list[int]) -> str:
+    """``1,2,3,7`` -> ``1-3,7``."""
+    parts, start = [], None
+    for k, sector in enumerate(sectors):
+        if start is None:
+            start = sector
+        if k + 1 == len(sectors) or sectors[k + 1] != sector + 1:
+            parts.append(f"{start}-{sector}" if sector > start else str(sector))
+            start = None
+    return ",".join(parts)
+
+
+def folders_of(args: BuildArguments) -> list[tuple[Path, str]]:
+    """The folders a one-sector build writes to, with the flag that names each."""
     folders = [(args.sector_dir, "tglc_data_path"), (args.fits_dir, "fits_output_path")]
     folders += [(args.hdf5_output_dir, "hdf5_output_path")] if "hdf5" in args.formats else []
     folders += [(args.hats_output_dir, "hats_output_path")] if "hats" in args.formats else []
     return folders
 
 
-def _no_empty_folders_left(build: Callable[..., BuildSummary]) -> Callable[..., BuildSummary]:
-    """A build that fails removes the folders it created and left empty (see ``removed_if_left_empty``)."""
-    @functools.wraps(build)
-    def wrapper(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
-        with removed_if_left_empty(folder for folder, _ in build_folders(args)):
-            return build(args, executor)
-    return wrapper
-
-
-@_no_empty_folders_left
 def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
-    """The whole build. Rerun it to resume: whole output files are kept, failures are tried again."""
+    """The whole build, of one sector or several. Rerun it to resume: whole output files are kept, failures are
+    tried again. With several sectors, each is built exactly as a one-sector build of it would be, into its own
+    folders, from one plan; the summary returned is their total, with each sector's in ``sectors``."""
     if executor is None:
         with Executor(args.n_processes) as executor:
             return run(args, executor)
-    folders = build_folders(args)
-    for folder, what in folders:
-        writable_dir(folder, what)
     source = open_build_source(args, executor.workers)
-    source.check()
-    with exclusive([folder for folder, _ in folders]):
-        executor.warm_up(units.__name__)  # the workers start, importing h5py and the reader, while the listings arrive
-        remove_debris(args.sector_dir)
-        catalog = make_catalog(args, source, tiny=args.tiny)
-        summary = write_outputs(args, catalog, source, executor)
-        report = args.sector_dir / FAILURES
-        write_failure_report(report, summary.failures)
-        warn_of_sibling_behind(args, catalog)
-    log.info("Sector %d: %s", args.sector, summary.describe())
-    if summary.fatal:
+    per_sector = [args.for_sector(sector) for sector in sectors_of(args, source)]
+    folders = [folder for one in per_sector for folder in folders_of(one)]
+    if len(per_sector) > 1:
+        _check_distinct(folders)
+    with removed_if_left_empty(folder for folder, _ in folders):  # a build that fails leaves no empty folder
+        for folder, what in folders:
+            writable_dir(folder, what)
+        if args.sectors is not None:
+            source.check()
+        with exclusive([folder for folder, _ in folders]):
+            executor.warm_up(units.__name__)  # the workers start, importing h5py and the reader, while listings arrive
+            for one in per_sector:
+                remove_debris(one.sector_dir)
+            catalogs = [make_catalog(one, source, tiny=one.tiny) for one in per_sector]
+            sectors = [plan_sector(one, catalog, args.overwrite) for one, catalog in zip(per_sector, catalogs)]
+            summaries = build_sectors(sectors, args, source, executor)
+            for one, catalog in zip(per_sector, catalogs):
+                write_failure_report(one.sector_dir / FAILURES, summaries[one.sector].failures)
+                warn_of_sibling_behind(one, catalog)
+    # Here every sector's outputs are whole: each of ``summaries``' values names its folders (``outputs``).
+    for line in closing_lines(summaries):
+        log.info("%s", line)
+    total = summaries[per_sector[0].sector] if len(per_sector) == 1 else BuildSummary(sectors=summaries)
+    if len(per_sector) > 1:
+        for summary in summaries.values():
+            total.add(summary)
+    if total.fatal:
         log.error("The build stopped early: %s; %d light curve(s) were not attempted. Free space, then rerun the "
-                  "same command to resume", summary.fatal, summary.not_attempted)
-    if summary.failures:
-        log.error("%d object(s) failed; see %s, then rerun the same command to retry them",
-                  len(summary.failures), report)
-    return summary
+                  "same command to resume", total.fatal, total.not_attempted)
+    for one in per_sector:
+        if summaries[one.sector].failures:
+            log.error("Sector %d: %d object(s) failed; see %s, then rerun the same command to retry them",
+                      one.sector, len(summaries[one.sector].failures), one.sector_dir / FAILURES)
+    return total
 
+
+def _check_distinct(folders: list[tuple[Path, str]]) -> None:
+    """Two sectors must not share an output folder (a template whose {sector} does not tell them apart)."""
+    seen: set[Path] = set()
+    for folder, what in folders:
+        key = Path(folder).resolve()
+        if what == "tglc_data_path":
+            continue
+        if key in seen:
+            raise UsageError(f"--{what} gives two sectors the same folder {folder}; put {{sector}} in it, e.g. "
+                             f"./out/s{{sector:04d}}/{what.split('_')[0]}")
+        seen.add(key)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class UnitSettings:
-    """What every unit of a build shares (sent with each task; small)."""
+    """What every unit of one sector of a build shares (sent with each task; small): its own folders and writers."""
 
     sector: int
     source: Source
@@ -55,6 +55,7 @@ class UnitResult:
     fatal: str | None = None  # stop the whole build (a full disk)
     stopped: bool = False
     not_attempted: int = 0  # rows of shards not written because the unit stopped (Ctrl-C, a full disk)
+    sector: int = 0  # of the unit's shards
 
 
 def _validator(rows: list[tuple[Shard, int]], sector: int, context: executor.TaskContext):
@@ -169,7 +170,7 @@ def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
     """Fetch, read and write shards, each into the formats named with it; failures are returned, never raised
     (except KeyboardInterrupt). One stream of fetches runs across all the unit's shards, so the connections stay
     busy from the first file to the last."""
-    result = UnitResult(rows=sum(len(task.shard) for task in work))
+    result = UnitResult(rows=sum(len(task.shard) for task in work), sector=settings.sector)
     context = executor.task_context()
     if context.stopping():  # started after the stop (a Dask task the driver no longer waits for): touch nothing
         result.stopped, result.not_attempted = True, result.rows
@@ -177,7 +178,7 @@ def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
     try:
         plans = []
         for task in work:
-            at = {int(g): j for j, g in enumerate(task.carry.ids)} if task.carry is not None else {}
+            at = _carriable(task.carry.ids, task.shard.gaiadr3_id) if task.carry is not None else {}
             carried_at = np.array([at.get(int(g), -1) for g in task.shard.gaiadr3_id], np.int64)
             plans.append(_ShardWork(task.shard, [w for w in settings.writers if w.name in task.formats],
                                     task.carry, carried_at))
@@ -203,10 +204,23 @@ def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
     except Exception as exc:  # noqa: BLE001 - one unit's unforeseen error must not end a sector's build
         log.exception("A work unit failed")
         reason = f"unexpected error ({type(exc).__name__}: {exc}); please report it"
-        done = {f.gaiadr3_id for f in result.failures}
+        done = {f.path for f in result.failures}
         result.failures += [Failure(int(g), p.decode(), "convert", reason, 1) for task in work
-                            for g, p in zip(task.shard.gaiadr3_id, task.shard.path) if int(g) not in done]
+                            for g, p in zip(task.shard.gaiadr3_id, task.shard.path) if p.decode() not in done]
     return result
+
+
+def _carriable(file_ids: np.ndarray, shard_ids: np.ndarray) -> dict[int, int]:
+    """Where each of the shard's Gaia ids is in an earlier file of it, for the ids that name one row in both: a
+    star listed twice in the sector (two camera/CCD paths) is two rows with one id, which the file's ids alone
+    cannot tell apart, so its rows are fetched again rather than carried (rare: a few per sector)."""
+    twice = set(_repeated(file_ids)) | set(_repeated(shard_ids))
+    return {int(g): j for j, g in enumerate(file_ids) if int(g) not in twice}
+
+
+def _repeated(ids: np.ndarray) -> list[int]:
+    values, counts = np.unique(np.asarray(ids, np.int64), return_counts=True)
+    return values[counts > 1].tolist()
 
 
 def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: UnitResult,
@@ -252,7 +266,7 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
                     ours.append(outcome.path)
             if len(builder):
                 block = builder.take()
-                _each_format(plan.writers, sinks, lost, lambda sink: sink.append(block))
+                _each_format(plan.writers, sinks, lost, lambda sink, block=block: sink.append(block))
             executor.advance(stop - start)
         _each_format(plan.writers, sinks, lost, lambda sink: sink.commit())
     except BaseException as exc:
@@ -273,9 +287,9 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
             reason, stage = f"{exc}; rerun with --verify to write the shard again from its FITS files", "convert"
         else:
             raise
-        done = {f.gaiadr3_id for f in result.failures}
+        done = {f.path for f in result.failures}
         result.failures += [Failure(int(g), p.decode(), stage, reason, 1)
-                            for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
+                            for g, p in zip(shard.gaiadr3_id, shard.path) if p.decode() not in done]
         return
     if lost:  # some formats failed, the others' files are whole: the rows fail in the failed formats only
         whole = tuple(w.name for w in plan.writers if w.name not in lost)

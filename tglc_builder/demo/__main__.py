@@ -6,6 +6,8 @@ import argparse
 import logging
 import time
 
+from ..arguments import parse_sectors
+from ..errors import UsageError
 from .mirror import write_mirror
 from .sector import FLAVOURS
 from .server import LISTING_MODES, LocalArchive
@@ -18,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Serve a synthetic TGLC sector in MAST's layout over HTTP, or write "
                                                  "it to a folder.")
     parser.add_argument("--sector", type=int, default=23, help="sector number (default: %(default)s)")
+    parser.add_argument("--sectors", default=None, metavar="SPEC",
+                        help="serve a release of several sectors instead (e.g. 1-3): stars recur across them")
     parser.add_argument("--n", type=int, default=1000, help="light curves served (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic sector (default: %(default)s)")
     parser.add_argument("--flavour", choices=FLAVOURS, default="v1", help="TGLC file version (default: %(default)s)")
@@ -33,16 +37,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the sector's listings and light curves under DIR in MAST's layout, and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    archive = LocalArchive(args.sector, args.n, args.seed, flavour=args.flavour, latency=args.latency,
+    try:
+        sectors = None if args.sectors is None else parse_sectors(args.sectors)
+    except UsageError as exc:
+        parser.error(str(exc))
+    if args.sectors is not None and sectors is None:
+        parser.error("--sectors takes sector numbers, e.g. 1-3")
+    archive = LocalArchive(args.sector, args.n, args.seed, sectors=sectors, flavour=args.flavour,
+                           latency=args.latency,
                            listing_mode=args.listing_mode, host=args.host, port=args.port,
                            pregenerate=args.pregenerate)
     if args.write_mirror:
         root = write_mirror(args.write_mirror, archive)
-        log.info("Wrote a synthetic sector %d of %d light curves to %s", args.sector, args.n, root)
+        log.info("Wrote synthetic sector(s) %s of %d light curves each to %s", ",".join(map(str, archive.release)),
+                 args.n, root)
         return 0
     archive.start()
-    log.info("Serving a synthetic sector %d of %d light curves at %s (Ctrl-C to stop)", args.sector, args.n,
-             archive.url)
+    log.info("Serving synthetic sector(s) %s of %d light curves each at %s (Ctrl-C to stop)",
+             ",".join(map(str, archive.release)), args.n, archive.url)
     try:
         while True:
             time.sleep(3600)

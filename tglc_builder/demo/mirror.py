@@ -16,13 +16,18 @@ _QUEUED = 512  # light curves made but not yet written, at most
 
 
 def write_mirror(root: str | os.PathLike, source: SyntheticSector | LocalArchive) -> Path:
-    """Write the sector of ``source`` under ``root`` as MAST lays it out: both listings (with the extra listing
-    lines) and every light curve (tampered ones included), byte for byte what the archive serves. Return ``root``.
+    """Write the sector of ``source`` (every sector of an archive serving a release) under ``root`` as MAST lays it
+    out: both listings (with the extra listing lines) and every light curve (tampered ones included), byte for byte
+    what the archive serves. Return ``root``.
 
     Files already there are overwritten.
     """
-    sector = source.sector if isinstance(source, LocalArchive) else source
-    root = Path(root)
+    for sector in source.release.values() if isinstance(source, LocalArchive) else (source,):
+        _write_sector(Path(root), sector)
+    return Path(root)
+
+
+def _write_sector(root: Path, sector: SyntheticSector) -> None:
     for relpath, body in ((layout.bulk_script_relpath(sector.sector), sector.bulk_script()),
                           (layout.target_list_relpath(sector.sector), sector.target_list())):
         _write(root / relpath, body)
@@ -36,7 +41,6 @@ def write_mirror(root: str | os.PathLike, source: SyntheticSector | LocalArchive
             futures[-1].add_done_callback(lambda _: slots.release())
     for future in futures:
         future.result()  # the first error, if any
-    return root
 
 
 def _write(path: Path, data: bytes | memoryview) -> None:

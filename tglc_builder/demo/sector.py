@@ -174,11 +174,14 @@ class SyntheticSector:
     ``tamper`` maps an object's index to header cards whose values its file carries instead of the true ones, in
     the primary and the LIGHTCURVE header wherever the card appears (e.g. ``{5: {"SECTOR": 22}}``); the file stays a
     valid FITS file of the same size. ``extra_listing_lines`` are appended to the bulk-download script.
+    ``recurring``: stars of a release (see :func:`release`) that this sector observes too, in place of some of its
+    own; a star of it with a ``twin`` (camera, CCD) is also listed under that second path (two light curves, one
+    target-list row). Without it, the sector is exactly what it always was.
     """
 
     def __init__(self, sector: int, n: int, seed: int = 0, *, flavour: str = "v1",
                  tamper: Mapping[int, Mapping[str, object]] | None = None,
-                 extra_listing_lines: Iterable[str] = ()):
+                 extra_listing_lines: Iterable[str] = (), recurring: SimpleNamespace | None = None):
         if n < 1:
             raise ValueError("a synthetic sector needs at least one object")
         if flavour not in FLAVOURS:
@@ -206,9 +209,32 @@ class SyntheticSector:
         # ~1% of the objects are listed twice, the second time further down.
         self.duplicated = np.flatnonzero(rng.random(n) < 0.01)
         self._dup_keys = self.duplicated + rng.uniform(0.5, 1.0, len(self.duplicated)) * (n - self.duplicated)
-        self._target_order = rng.permutation(int(self.in_target_list.sum()) + len(self.unserved_gaia_ids))
-        self._sorted = np.argsort(self.gaia_ids)
+        self.twin = np.zeros(n, bool)  # a second path of a star listed before: no row of its own in the target list
+        if recurring is not None:
+            self._observe(recurring)
+        self._target_order = rng.permutation(int((self.in_target_list & ~self.twin).sum())
+                                              + len(self.unserved_gaia_ids))
+        self._sorted = np.argsort(self.gaia_ids, kind="stable")
         self._ccd_cache: dict[tuple[int, int], tuple] = {}
+
+    def _observe(self, stars: SimpleNamespace) -> None:
+        """Put the release's ``stars`` (and their twins) in place of some of this sector's own objects."""
+        twins = np.flatnonzero(stars.twin_cam > 0)
+        k = len(stars.gaia) + len(twins)
+        if k > self.n:
+            raise ValueError(f"a release sector of {self.n} objects cannot hold its {k} recurring light curves")
+        at = np.sort(np.random.default_rng([self.seed, self.sector, self.n, 5]).permutation(self.n)[:k])
+        own = np.setdiff1d(np.arange(self.n), at)
+        if np.isin(stars.gaia, np.concatenate([self.gaia_ids[own], self.unserved_gaia_ids])).any():
+            raise ValueError("a recurring star has the id of one of the sector's own objects; choose another seed")
+        star = np.concatenate([np.arange(len(stars.gaia)), twins])
+        first, second = at[:len(stars.gaia)], at[len(stars.gaia):]
+        self.gaia_ids[at], self.tic_ids[at] = stars.gaia[star], stars.tic[star]
+        self.ra[at], self.dec[at], self.tessmag[at] = stars.ra[star], stars.dec[star], stars.tmag[star]
+        self.cam[first], self.ccd[first] = stars.cam, stars.ccd
+        self.cam[second], self.ccd[second] = stars.twin_cam[twins], stars.twin_ccd[twins]
+        self.in_target_list[at] = True
+        self.twin[second] = True
 
     def _check_tamper(self) -> None:
         bad = [i for i in self.tamper if not 0 <= i < self.n]
@@ -229,13 +255,12 @@ class SyntheticSector:
         if match is None:
             raise KeyError(relpath)
         gaia = int(match.group("gaia"))
-        pos = int(np.searchsorted(self.gaia_ids, gaia, sorter=self._sorted))
-        if pos == self.n or self.gaia_ids[self._sorted[pos]] != gaia:
-            raise KeyError(relpath)
-        i = int(self._sorted[pos])
-        if self.relpath(i) != relpath:
-            raise KeyError(relpath)
-        return i
+        first = int(np.searchsorted(self.gaia_ids, gaia, sorter=self._sorted))
+        last = int(np.searchsorted(self.gaia_ids, gaia, side="right", sorter=self._sorted))
+        for i in self._sorted[first:last].tolist():  # a star listed twice has two paths
+            if self.relpath(i) == relpath:
+                return i
+        raise KeyError(relpath)
 
     def expected_catalog_indices(self) -> np.ndarray:
         """Indices of the objects a correct catalog holds, in its order: in both listings, first listing first."""
@@ -264,7 +289,7 @@ class SyntheticSector:
 
     def target_list(self) -> bytes:
         """The target list: a CSV with a '#' header, objects in another order than the script."""
-        served = np.flatnonzero(self.in_target_list)
+        served = np.flatnonzero(self.in_target_list & ~self.twin)
         rng = np.random.default_rng([self.seed, self.sector, self.n, 1])
         k = len(self.unserved_gaia_ids)
         columns = {
@@ -385,6 +410,40 @@ class SyntheticSector:
         if self.flavour == "v2":
             parts += [_header(_MODEL, d, {}, k), *_data(_models(d.flux, d.contamination))]
         return np.concatenate(parts, axis=1)
+
+
+def release(sectors: Iterable[int], n: int, seed: int = 0, **options) -> dict[int, SyntheticSector]:
+    """Synthetic sectors whose stars recur, as TESS's do: a polar cap (declination below -80) observed in every
+    sector, a band shared by each two consecutive sector numbers, and one polar star listed twice in every sector
+    (camera 4 and camera 3). ``n`` light curves per sector; ``options`` as :class:`SyntheticSector`'s."""
+    sectors = sorted({int(s) for s in sectors})
+    rng = np.random.default_rng([seed, 2357])
+    pairs = [a for a, b in zip(sectors, sectors[1:]) if b == a + 1]
+    n_pole, n_band = max(2, n // 20), max(1, n // 40)
+    total = n_pole + n_band * len(pairs)
+    stars = SimpleNamespace(gaia=_distinct_gaia_ids(rng, total), tic=rng.integers(1, 2_000_000_000, total),
+                            tmag=rng.uniform(8.0, 14.0, total), ra=np.empty(total), dec=np.empty(total),
+                            cam=np.empty(total, np.int16), ccd=np.empty(total, np.int16),
+                            twin_cam=np.zeros(total, np.int16), twin_ccd=np.zeros(total, np.int16))
+    stars.ra[:n_pole], stars.dec[:n_pole] = rng.uniform(0, 360, n_pole), rng.uniform(-89.5, -80.5, n_pole)
+    stars.cam[:n_pole] = 4
+    stars.ccd[:n_pole] = 1 + (stars.ra[:n_pole] >= 180) + 2 * (stars.dec[:n_pole] >= -85)
+    stars.twin_cam[0], stars.twin_ccd[0] = 3, stars.ccd[0]
+    for k, a in enumerate(pairs):  # between the fields of sectors a and a + 1 (see SyntheticSector's ra0)
+        band = slice(n_pole + k * n_band, n_pole + (k + 1) * n_band)
+        stars.ra[band] = np.mod(a * 27.7 + 13.85 + rng.uniform(-1, 1, n_band), 360.0)
+        stars.dec[band] = rng.uniform(-30, -6, n_band)
+        stars.cam[band], stars.ccd[band] = 1, 1 + (rng.random(n_band) >= 0.5)
+    out = {}
+    for sector in sectors:
+        chosen = np.zeros(total, bool)
+        chosen[:n_pole] = True
+        for k, a in enumerate(pairs):
+            if sector in (a, a + 1):
+                chosen[n_pole + k * n_band:n_pole + (k + 1) * n_band] = True
+        mine = SimpleNamespace(**{name: values[chosen] for name, values in vars(stars).items()})
+        out[sector] = SyntheticSector(sector, n, seed, recurring=mine, **options)
+    return out
 
 
 def _header(cards: tuple, values: SimpleNamespace, tamper: dict[int, dict[str, object]], k: int) -> np.ndarray:

@@ -6,6 +6,7 @@ import email.utils
 import hashlib
 import http.server
 import logging
+import re
 import socket
 import sys
 import struct
@@ -13,11 +14,11 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 from .. import layout
-from .sector import SyntheticSector
+from .sector import SyntheticSector, release
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(archive.latency)
         finally:
             archive._answered()  # before the answer is sent: once it is, the client may ask again at once
+        if relpath.rstrip("/") == layout.DOWNLOAD_SCRIPTS:
+            return self._answer(200, archive.index_page(), {"Content-Type": "text/html;charset=ISO-8859-1"})
         listing = archive._listing(relpath)
         if listing is not None:
             return self._send_listing(*listing, cut=attempt < archive.listing_cuts)
@@ -71,9 +74,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, status: int, body: bytes, headers: dict | None = None, cut: int | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/fits" if status == 200 else "text/plain")
+        headers = dict(headers or {})
+        self.send_header("Content-Type", headers.pop("Content-Type", None) or
+                         ("application/fits" if status == 200 else "text/plain"))
         self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
+        for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body if cut is None else body[:cut])
@@ -139,9 +144,16 @@ class LocalArchive:
     ``pregenerate`` makes every light curve once, at :meth:`start` (CCD by CCD, at numpy speed, ~60 KB each in
     memory), so that an answer costs only HTTP: made one by one on request, a file costs the archive ~1-3 ms of CPU,
     which on a small machine it takes from the client being measured. The bytes are the same either way.
+
+    ``sectors`` serves a release instead of one sector: the sectors of :func:`.sector.release` (stars that recur
+    across sectors, a star listed twice in each), ``n`` light curves each; ``release`` maps each sector to its
+    :class:`SyntheticSector` (one entry without ``sectors``) and ``sector`` is the first. ``download_scripts/`` is an
+    HTML index page linking each sector's bulk-download script, as MAST's web server writes it (``index=False``: a
+    page that links none).
     """
 
-    def __init__(self, sector: int = 23, n: int = 1000, seed: int = 0, *, flavour: str = "v1",
+    def __init__(self, sector: int = 23, n: int = 1000, seed: int = 0, *, sectors: Sequence[int] | None = None,
+                 index: bool = True, flavour: str = "v1",
                  tamper: Mapping[int, Mapping[str, object]] | None = None, extra_listing_lines: Iterable[str] = (),
                  latency: float = 0.0, faults: Mapping[str, float] | None = None, retry_after: int = 1,
                  listing_mode: str = "length", listing_cuts: int = 0, host: str = "127.0.0.1", port: int = 0,
@@ -151,8 +163,13 @@ class LocalArchive:
             raise ValueError(f"unknown fault(s) {sorted(unknown)}; choose from {FAULTS}")
         if listing_mode not in LISTING_MODES:
             raise ValueError(f"unknown listing mode {listing_mode!r}; choose from {LISTING_MODES}")
-        self.sector = SyntheticSector(sector, n, seed, flavour=flavour, tamper=tamper,
-                                      extra_listing_lines=extra_listing_lines)
+        options = {"flavour": flavour, "tamper": tamper, "extra_listing_lines": extra_listing_lines}
+        if sectors is None:
+            self.release = {int(sector): SyntheticSector(sector, n, seed, **options)}
+        else:
+            self.release = release(sectors, n, seed, **options)
+        self.sector = next(iter(self.release.values()))
+        self.index = index
         self.latency, self.faults, self.retry_after = float(latency), dict(faults or {}), int(retry_after)
         self.listing_mode, self.listing_cuts = listing_mode, int(listing_cuts)
         self.host, self.port = host, port
@@ -163,7 +180,7 @@ class LocalArchive:
         self._in_flight = self._most_in_flight = 0
         self._listings: dict[str, tuple[bytes, str]] = {}
         self.pregenerate = pregenerate
-        self._made: dict[int, bytes] = {}
+        self._made: dict[tuple[int, int], bytes] = {}
 
     @property
     def url(self) -> str:
@@ -178,11 +195,13 @@ class LocalArchive:
         s = self.sector
         if s.tamper or s.extra_listing_lines:
             return None
-        return f"demo:sector={s.sector},n={s.n},seed={s.seed}" + ("" if s.flavour == "v1" else f",flavour={s.flavour}")
+        served = f"sector={s.sector}" if len(self.release) == 1 else f"sectors={','.join(map(str, self.release))}"
+        return f"demo:{served},n={s.n},seed={s.seed}" + ("" if s.flavour == "v1" else f",flavour={s.flavour}")
 
     def start(self) -> LocalArchive:
         if self.pregenerate and not self._made:
-            self._made = {i: bytes(file) for i, file in self.sector.fits_files()}
+            self._made = {(number, i): bytes(file) for number, sector in self.release.items()
+                          for i, file in sector.fits_files()}
         self._server = _Server((self.host, self.port), _Handler)
         self._server.archive = self
         self._thread = threading.Thread(target=self._server.serve_forever, name="tglc-archive", daemon=True)
@@ -229,10 +248,27 @@ class LocalArchive:
         with self._lock:
             self._in_flight -= 1
 
+    def index_page(self) -> bytes:
+        """``download_scripts/`` as Apache lists a folder: sorting links, the parent, then one link per file."""
+        names = [layout.bulk_script_relpath(s).rsplit("/", 1)[-1] for s in self.release] if self.index else []
+        rows = "".join(f'<img src="/icons/text.gif" alt="[TXT]"> <a href="{name}">{name}</a>'
+                       f'{" " * (50 - len(name))}2023-11-14 22:13  304K\n' for name in names)
+        return ('<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 3.2 Final//EN">\n<html>\n <head>\n'
+                '  <title>Index of /hlsps/tglc/download_scripts</title>\n </head>\n <body>\n'
+                '<h1>Index of /hlsps/tglc/download_scripts</h1>\n<pre><img src="/icons/blank.gif" alt="Icon "> '
+                '<a href="?C=N;O=D">Name</a>                    <a href="?C=M;O=A">Last modified</a>      '
+                '<a href="?C=S;O=A">Size</a><hr><img src="/icons/back.gif" alt="[PARENTDIR]"> '
+                '<a href="/hlsps/tglc/">Parent Directory</a>                             -\n'
+                f'{rows}<img src="/icons/text.gif" alt="[TXT]"> <a href="README.txt">README.txt</a>\n'
+                '<hr></pre>\n</body></html>\n').encode("latin-1")
+
     def _listing(self, relpath: str) -> tuple[bytes, str] | None:
         """The listing at ``relpath`` and its ETag (made once), or None when it is not a listing."""
-        make = {layout.bulk_script_relpath(self.sector.sector): self.sector.bulk_script,
-                layout.target_list_relpath(self.sector.sector): self.sector.target_list}.get(relpath)
+        makers = {}
+        for number, sector in self.release.items():
+            makers[layout.bulk_script_relpath(number)] = sector.bulk_script
+            makers[layout.target_list_relpath(number)] = sector.target_list
+        make = makers.get(relpath)
         if make is None:
             return None
         with self._lock:
@@ -242,12 +278,16 @@ class LocalArchive:
             return self._listings[relpath]
 
     def _fits(self, relpath: str) -> bytes | None:
+        match = re.fullmatch(layout.LC_RELPATH_PATTERN, relpath)
+        sector = self.release.get(int(match.group("sector"))) if match else None
         try:
-            i = self.sector.index_of(relpath)
+            i = sector.index_of(relpath) if sector is not None else None
         except KeyError:
             return None
-        made = self._made.get(i)
-        return made if made is not None else self.sector.fits_bytes(i)
+        if i is None:
+            return None
+        made = self._made.get((sector.sector, i))
+        return made if made is not None else sector.fits_bytes(i)
 
     def _fault(self, relpath: str, attempt: int) -> str | None:
         if attempt >= FAULTY_ATTEMPTS or not self.faults:

@@ -36,6 +36,7 @@ class Shard:
     cam: np.ndarray  # int16
     ccd: np.ndarray  # int16
     path: np.ndarray  # bytes (S114), relative to the archive root
+    sector: int = 0  # the TESS sector of its rows (a build's plan may hold shards of several sectors)
 
     @property
     def label(self) -> str:

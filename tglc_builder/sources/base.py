@@ -99,6 +99,12 @@ class Source(abc.ABC):
     def check(self) -> None:  # noqa: B027 - optional: most sources need no check beyond fetching the listings
         """Raise UsageError (one line naming the root) when the source cannot be used at all."""
 
+    def list_sectors(self) -> list[int]:
+        """The sectors whose bulk-download script the archive lists in ``download_scripts/`` (its index page, a
+        mirror's folder, a bucket's prefix), ascending; [] when it lists none or cannot list. The names listed are
+        untrusted: only exact bulk-script names count (``layout.sectors_of_names``)."""
+        return []
+
     @abc.abstractmethod
     def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
         """Copy a listing to ``dest`` (atomically, whole or not at all). Raises SourceError."""

@@ -10,14 +10,19 @@ first time it needs them. Listings always come through urllib3 (``net.download_f
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from .. import net
+from urllib.parse import unquote, urlsplit
+
+from urllib3.exceptions import HTTPError
+
+from .. import layout, net
+from ..errors import Failure, UsageError
 from . import base
-from ..errors import Failure
 from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
     is_present, quarantine_path
 
@@ -25,6 +30,17 @@ _sessions: dict[tuple, net.Session] = {}  # (pid, settings) -> this process's se
 _budgets: dict[tuple, threading.BoundedSemaphore] = {}  # the same key -> downloads in flight, across calls
 _sessions_lock = threading.Lock()
 CLIENTS = ("curl", "urllib3")
+MAX_INDEX_BYTES = 8 << 20  # of download_scripts/'s index page: MAST's is a few kB; a hostile one is cut here
+_HREF = re.compile(rb"""href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+))""", re.IGNORECASE)
+
+
+def linked_names(page: bytes) -> list[str]:
+    """The file names an HTML index page links to (the last path component of each ``href``), as untrusted text."""
+    names = []
+    for match in _HREF.finditer(page):
+        href = next(group for group in match.groups() if group is not None).decode("ascii", "replace")
+        names.append(unquote(urlsplit(href).path).rsplit("/", 1)[-1])
+    return names
 
 
 def default_client() -> str:
@@ -65,6 +81,20 @@ class HttpSource(Source):
                 _sessions[key] = net.make_session(max_attempts=self.max_attempts, connections=self.connections,
                                                   max_wait=self.max_wait)
             return _sessions[key]
+
+    def list_sectors(self) -> list[int]:
+        """From the HTML index page of ``download_scripts/`` (as MAST's web server writes it)."""
+        url = f"{self.url}/{layout.DOWNLOAD_SCRIPTS}/"
+        try:
+            response = self._session().get(url)
+            try:
+                page = response.read(MAX_INDEX_BYTES) if response.status == 200 else b""
+            finally:
+                response.release_conn()
+        except HTTPError as exc:
+            raise UsageError(f"cannot read the index of {url} ({type(exc).__name__}); check the network, or give "
+                             "the sectors explicitly, e.g. -s 1-13") from None
+        return layout.sectors_of_names(linked_names(page))
 
     def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
         download = net.download_file(self._session(), f"{self.url}/{relpath}", dest, max_attempts=self.max_attempts,

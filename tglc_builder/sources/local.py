@@ -9,6 +9,7 @@ from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .. import layout
 from ..errors import Failure, UsageError
 from .base import DISK_FULL_ERRNOS, MAX_LISTING_BYTES, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
     too_big
@@ -59,6 +60,12 @@ class LocalSource(Source):
         if missing:
             raise UsageError(f"mirror {self.root} is not a MAST tree (no {' or '.join(missing)} in it): give the "
                              "directory that holds download_scripts/, target_lists/ and sSSSS/")
+
+    def list_sectors(self) -> list[int]:
+        try:
+            return layout.sectors_of_names(os.listdir(self.root / layout.DOWNLOAD_SCRIPTS))
+        except OSError:
+            return []
 
     def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
         source = self._path(relpath)

@@ -28,7 +28,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
 from botocore.parsers import ResponseParserError
 from fsspec.asyn import sync
 
-from .. import net
+from .. import layout, net
 from ..errors import Failure, UsageError
 from .base import (DISK_FULL_ERRNOS, MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source,
                    SourceError, Validator, encoding_refused, invalid_reason, is_present, quarantine_path,
@@ -218,6 +218,18 @@ class S3Source(Source):
         return response
 
     # ---- listings ----------------------------------------------------------------------------------------------
+    def list_sectors(self) -> list[int]:
+        """The objects under ``PREFIX/download_scripts/`` (one listing of keys, paginated by s3fs)."""
+        fs = self._fs()
+        try:
+            keys = fs.ls(f"{self.bucket}/{self._key(layout.DOWNLOAD_SCRIPTS)}/", detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise UsageError(f"cannot list {self.url}/{layout.DOWNLOAD_SCRIPTS}/ ({_reason(exc)}); give the "
+                             "sectors explicitly, e.g. -s 1-13") from None
+        return layout.sectors_of_names(key.rsplit("/", 1)[-1] for key in keys)
+
     def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
         if not is_contained(relpath):
             raise SourceError(relpath, "not a relative path inside the bucket", 0, permanent=True)
