@@ -248,24 +248,28 @@ def _extra_scalars(columns: ColumnSet) -> list:
     return extra_scalars(columns)
 
 
+def _list(value_type: pa.DataType) -> pa.DataType:
+    return pa.list_(pa.field("element", value_type))  # as Parquet names it, so the schema reads back equal
+
+
 def stars_schema(columns: ColumnSet, flags: dict[str, str]) -> pa.Schema:
     """The main catalog's columns (the contract's order): ids, position, sectors, and the two nested columns as
     structs of lists (nested-pandas' layout, which LSDB reads as nested columns)."""
     from .formats.hats import _field
 
-    info = [_field("sector", pa.list_(pa.int16()), "", "TESS sector"),
-            _field("camera", pa.list_(pa.int16()), "", "TESS camera"),
-            _field("ccd", pa.list_(pa.int16()), "", "TESS CCD")]
+    info = [_field("sector", _list(pa.int16()), "", "TESS sector"),
+            _field("camera", _list(pa.int16()), "", "TESS camera"),
+            _field("ccd", _list(pa.int16()), "", "TESS CCD")]
     scalars = {s.name: s for s in columns.scalars}
     for name in ("psf_flux_err", "aper_flux_err"):
-        info.append(_field(name, pa.list_(pa.float64()), scalars[name].unit, scalars[name].description))
-    info.append(_field("n_cadences", pa.list_(pa.int32()), "", "cadences of the light curve in lightcurve"))
-    info += [_field(s.name, pa.list_(pa.from_numpy_dtype(s.dtype)), s.unit, s.description)
+        info.append(_field(name, _list(pa.float64()), scalars[name].unit, scalars[name].description))
+    info.append(_field("n_cadences", _list(pa.int32()), "", "cadences of the light curve in lightcurve"))
+    info += [_field(s.name, _list(pa.from_numpy_dtype(s.dtype)), s.unit, s.description)
              for s in _extra_scalars(columns)]
-    series = [_field("sector", pa.list_(pa.int16()), "", "TESS sector of the cadence")]
+    series = [_field("sector", _list(pa.int16()), "", "TESS sector of the cadence")]
     for s in columns.series:
         dtype = np.dtype(flags.get(s.name, s.dtype))
-        series.append(_field(s.name, pa.list_(pa.from_numpy_dtype(dtype)), s.unit, s.description))
+        series.append(_field(s.name, _list(pa.from_numpy_dtype(dtype)), s.unit, s.description))
     return pa.schema([
         _field(SPATIAL_INDEX, pa.int64(), "", "HEALPix order-29 nested index of (RA, DEC): HATS' spatial index"),
         _field("gaiadr3_id", pa.int64(), "", "Gaia DR3 source id"),
@@ -273,7 +277,7 @@ def stars_schema(columns: ColumnSet, flags: dict[str, str]) -> pa.Schema:
         _field("RA", pa.float64(), "deg", "right ascension (ICRS), target list of the lowest sector"),
         _field("DEC", pa.float64(), "deg", "declination (ICRS), target list of the lowest sector"),
         _field("n_sectors", pa.int16(), "", "number of distinct sectors"),
-        _field("sectors", pa.list_(pa.int16()), "", "sectors of the star's light curves, ascending"),
+        _field("sectors", _list(pa.int16()), "", "sectors of the star's light curves, ascending"),
         _field("sector_info", pa.struct(info), "", "one entry per light curve, by (sector, camera, ccd)"),
         _field("lightcurve", pa.struct(series), "", "every cadence of every light curve, in sector_info's order"),
     ])
@@ -475,8 +479,8 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
     from .formats.hats import _fsync_dir
 
     final = Path(staging) / part.relpath()
-    if final.is_file() and _read_stars_mark(final) == mark:
-        return {"rows": mark["rows"], "bytes": 0, "kept": True}
+    if final.is_file() and _read_stars_mark(final) == mark:  # staged by an earlier, interrupted run of this plan
+        return {"rows": pq.read_metadata(final).num_rows, "bytes": final.stat().st_size, "kept": True}
     index, which = _gather(sources)
     if part.order < SOURCE_ORDER:
         keep = np.ones(len(index["row"]), bool)
@@ -1074,3 +1078,116 @@ sorted by `_healpix_29`), a {MARGIN_ARCSEC:g} arcsec margin cache and index cata
     text = f"---\n{card.to_yaml()}\n---\n\n{prose}"
     _write_bytes(root / "README.md", text.encode())
     return root / "README.md"
+
+
+# ---- reading a star back -------------------------------------------------------------------------------------------
+@dataclass
+class Star:
+    """One star of the stars catalog: ids, position, and its light curves, one dict of numpy arrays per entry of
+    ``sector_info`` (``sector``, ``camera``, ``ccd``, the per-light-curve values and every series)."""
+
+    gaiadr3_id: int
+    tic_id: int
+    ra: float
+    dec: float
+    sectors: list[int]
+    curves: list[dict[str, Any]]
+    columns: str = "seed"
+
+    def by_sector(self) -> dict[int, list[dict[str, Any]]]:
+        """The light curves per sector (two for a star on two CCDs of one sector)."""
+        out: dict[int, list[dict[str, Any]]] = {}
+        for curve in self.curves:
+            out.setdefault(int(curve["sector"]), []).append(curve)
+        return out
+
+    def to_lightkurve(self, flux_column: str | None = None):
+        """A ``lightkurve.LightCurveCollection`` of ``TessLightCurve`` s, one per light curve: flux from
+        ``flux_column`` (default ``cal_aper_flux`` when built with ``--columns all``, else ``aper_flux``), its
+        per-light-curve error as ``flux_err``, ``quality`` from ``tess_flags``, ``tglc_flags`` kept as a column."""
+        try:
+            import lightkurve
+            from astropy.time import Time
+        except ImportError:
+            raise ImportError("to_lightkurve needs lightkurve: pip install 'tglc-builder[lightkurve]'") from None
+        flux_column = flux_column or ("cal_aper_flux" if self.columns == "all" else "aper_flux")
+        errors = {"aper_flux": "aper_flux_err", "psf_flux": "psf_flux_err", "cal_aper_flux": "cal_aper_flux_err",
+                  "cal_psf_flux": "cal_psf_flux_err"}
+        curves = []
+        for c in self.curves:
+            if flux_column not in c:
+                raise KeyError(f"no column {flux_column!r} in the stars catalog (columns: "
+                               f"{', '.join(k for k in c if isinstance(c[k], np.ndarray))})")
+            flux = c[flux_column]
+            err = np.full(len(flux), c[errors[flux_column]], np.float64) if errors.get(flux_column) in c else None
+            lc = lightkurve.TessLightCurve(time=Time(c["time"], format="btjd", scale="tdb"), flux=flux,
+                                           flux_err=err, quality=c["tess_flags"],
+                                           meta={"SECTOR": int(c["sector"]), "CAMERA": int(c["camera"]),
+                                                 "CCD": int(c["ccd"]), "TICID": self.tic_id,
+                                                 "GAIADR3": self.gaiadr3_id, "LABEL": f"Gaia DR3 {self.gaiadr3_id}",
+                                                 "RA_OBJ": self.ra, "DEC_OBJ": self.dec, "FLUX_ORIGIN": flux_column})
+            lc["tglc_flags"] = c["tglc_flags"]
+            curves.append(lc)
+        return lightkurve.LightCurveCollection(curves)
+
+
+class StarsCatalog:
+    """The stars collection at ``path``, read a star at a time through its index catalogs: a lookup reads a
+    row group or two of the index and of one partition file, never the whole catalog."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.catalog = self.path / CATALOG
+        stamp = _read_json(self.catalog / STAMP)
+        if not stamp or stamp.get("phase") != "finished":
+            raise UsageError(f"{self.path} is not a finished stars catalog (no {CATALOG}/{STAMP} of a finished "
+                             "build); build it with --stars or build_stars()")
+        self.columns = stamp["columns"]
+        self.sectors = stamp["sectors"]
+
+    def _locate(self, column: str, value: int) -> list[tuple[int, int]]:
+        table = pq.read_table(self.path / f"{CATALOG}_{column}" / "dataset", filters=[(column, "==", int(value))],
+                              columns=["Norder", "Npix"])
+        return sorted({(int(o), int(p)) for o, p in zip(table.column(0).to_pylist(), table.column(1).to_pylist())})
+
+    def get(self, gaiadr3_id: int | None = None, tic_id: int | None = None) -> Star:
+        """The star of this Gaia DR3 id or TIC id. KeyError when the catalog has none; ValueError when a TIC id
+        names several Gaia stars (ask by ``gaiadr3_id``)."""
+        if (gaiadr3_id is None) == (tic_id is None):
+            raise ValueError("give exactly one of gaiadr3_id, tic_id")
+        column, value = ("gaiadr3_id", gaiadr3_id) if gaiadr3_id is not None else ("TIC_ID", tic_id)
+        tables = []
+        for order, pixel in self._locate(column, value):
+            file = self.catalog / "dataset" / Partition(order, pixel).relpath()
+            tables.append(pq.read_table(file, filters=[(column, "==", int(value))]))
+        table = pa.concat_tables(tables) if tables else None
+        if table is None or table.num_rows == 0:
+            raise KeyError(f"no star with {column} {value} in {self.path}")
+        if table.num_rows > 1:
+            raise ValueError(f"{column} {value} names {table.num_rows} stars in {self.path} "
+                             f"({', '.join(map(str, table.column('gaiadr3_id').to_pylist()))}); ask by gaiadr3_id")
+        return self._star(table.combine_chunks())
+
+    def _star(self, table: pa.Table) -> Star:
+        """The one row of ``table`` as a Star; values through Arrow -> numpy, so bits (NaN payloads) are kept."""
+        info, curve = table.column("sector_info").chunk(0), table.column("lightcurve").chunk(0)
+        entries = {f.name: pc.list_flatten(pc.struct_field(info, f.name)).to_numpy(zero_copy_only=False)
+                   for f in info.type}
+        series = {f.name: pc.list_flatten(pc.struct_field(curve, f.name)).to_numpy(zero_copy_only=False)
+                  for f in curve.type if f.name != "sector"}
+        curves, start = [], 0
+        for k in range(len(entries["sector"])):
+            n = int(entries["n_cadences"][k])
+            entry: dict[str, Any] = {name: values[k] for name, values in entries.items()}
+            entry.update({name: values[start:start + n] for name, values in series.items()})
+            curves.append(entry)
+            start += n
+        row = {name: table.column(name)[0].as_py() for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "sectors")}
+        return Star(row["gaiadr3_id"], row["TIC_ID"], row["RA"], row["DEC"], row["sectors"], curves, self.columns)
+
+
+def open_stars(path: str | os.PathLike) -> StarsCatalog:
+    """The stars catalog at ``path`` (``--stars_output_path``): ``open_stars(path).get(gaiadr3_id=...)`` or
+    ``.get(tic_id=...)`` gives a :class:`Star`, its light curves as numpy arrays per sector, and
+    ``.to_lightkurve()`` a ``lightkurve.LightCurveCollection`` whose ``stitch()`` gives one light curve."""
+    return StarsCatalog(path)
