@@ -325,3 +325,30 @@ def test_open_stars_numpy_and_lightkurve(release, fresh):
 def test_a_folder_without_outputs_is_refused(tmp_path):
     with pytest.raises(UsageError, match="no finished per-sector output"):
         build_stars([tmp_path], tmp_path / "stars")
+
+
+def test_cli_stars_after_a_one_sector_build(archive, tmp_path):
+    """``--stars`` with an HDF5 seed build at explicit paths: the stars catalog beside the data, one row per star
+    of the sector's catalog; a second run adds nothing. A bad threshold is refused with exit 2."""
+    from astropy.table import Table
+
+    from conftest import run_env
+    from tglc_builder.listing import catalog_path
+
+    script = str(REPO / "build_parent_sample.py")
+    args = [script, "-s", "23", "--mast-url", archive.url, "--tiny", "--tglc_data_path", str(tmp_path / "data"),
+            "--hdf5_output_path", str(tmp_path / "out"), "--fits_output_path", str(tmp_path / "fits"), "--stars"]
+    for _ in range(2):
+        done = subprocess.run([sys.executable, *args], cwd=tmp_path, env=run_env(), capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert "nothing to add" in done.stderr
+    catalog = Table.read(catalog_path(tmp_path / "data", 23, True), path="catalog")
+    stars = _table(tmp_path / "data" / "stars")
+    assert sorted(stars.column("gaiadr3_id").to_pylist()) == sorted(int(g) for g in catalog["gaiadr3_id"])
+    first = catalog[0]
+    star = open_stars(tmp_path / "data" / "stars").get(gaiadr3_id=int(first["gaiadr3_id"]))
+    assert [(c["sector"], c["camera"], c["ccd"]) for c in star.curves] == [(23, first["cam"], first["ccd"])]
+    bad = subprocess.run([sys.executable, *args, "--stars-pixel-threshold", "0"], cwd=tmp_path, env=run_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--stars-pixel-threshold" in bad.stderr

@@ -48,11 +48,14 @@ class BuildArguments:
     card_note: str = ""  # a paragraph for the dataset cards (the demo says its light curves are synthetic)
     batch_size: int = 5000  # files per task of the step-by-step download
     block_rows: int = BLOCK_ROWS  # light curves read before each write
+    stars: bool = False  # after the build, join its outputs into the stars catalog (tglc_builder.stars)
+    stars_output_dir: str | os.PathLike | None = None  # default <tglc_data_path>/stars
+    stars_pixel_threshold: int | None = None  # most stars per partition; default: partitions of ~1 GB
 
     def __post_init__(self) -> None:
         for name in ("sector", "n_processes", "connections", "max_attempts", "batch_size", "tiny_size", "block_rows"):
             _positive_int(name, getattr(self, name))
-        for name in ("rows_per_shard", "unit_rows"):
+        for name in ("rows_per_shard", "unit_rows", "stars_pixel_threshold"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.max_wait, (int, float)) or isinstance(self.max_wait, bool) or self.max_wait < 0:
@@ -67,6 +70,7 @@ class BuildArguments:
         self.hdf5_output_dir = Path(self.hdf5_output_dir or sector_dir / "MultimodalUniverse")
         self.fits_dir = Path(self.fits_dir or sector_dir / "fits_lcs")
         self.hats_output_dir = Path(self.hats_output_dir or sector_dir / "hats")
+        self.stars_output_dir = Path(self.stars_output_dir or self.tglc_data_path / "stars")
         outputs = {"hdf5_output_path": self.hdf5_output_dir, "fits_output_path": self.fits_dir}
         if self.format != "hdf5":
             outputs["hats_output_path"] = self.hats_output_dir

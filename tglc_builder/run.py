@@ -161,5 +161,9 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
     if summary.failures:
         log.error("%d object(s) failed; see %s, then rerun the same command to retry them",
                   len(summary.failures), report)
+    if args.stars and not summary.fatal:  # the stars catalog, joined from this build's outputs
+        from .stars import stars_of_build
+
+        stars_of_build(args, executor)
     return summary
 

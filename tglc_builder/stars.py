@@ -99,7 +99,8 @@ class Source:
         return range(self.pixel >> 2 * (self.order - SOURCE_ORDER), (self.pixel >> 2 * (self.order - SOURCE_ORDER)) + 1)
 
 
-def find_sector_outputs(paths: list[str | os.PathLike]) -> tuple[dict[int, list[Source]], str, dict[str, str]]:
+def find_sector_outputs(paths: list[str | os.PathLike], sector_catalogs: dict | None = None,
+                        ) -> tuple[dict[int, list[Source]], str, dict[str, str]]:
     """The finished per-sector outputs in ``paths`` (HDF5 dataset folders, HATS collections or catalogs): sources
     by sector, the column set, and the flag columns' widest integer types. UsageError (exit 2) names a folder that
     holds no finished output, or outputs of mixed column sets."""
@@ -109,7 +110,7 @@ def find_sector_outputs(paths: list[str | os.PathLike]) -> tuple[dict[int, list[
     flags = {"tess_flags": "int16", "tglc_flags": "int16"}
     for raw in paths:
         folder = Path(raw)
-        found = _hdf5_sources(folder, columns, flags) + _hats_sources(folder, columns, flags)
+        found = _hdf5_sources(folder, columns, flags, sector_catalogs or {}) + _hats_sources(folder, columns, flags)
         if not found:
             raise UsageError(f"{folder}: no finished per-sector output (TGLC/healpix=*/*.hdf5 or a tglc_sSSSS HATS "
                              "catalog); build the sector first, or check the path")
@@ -133,7 +134,7 @@ def _widen(flags: dict[str, str], name: str, dtype: Any) -> None:
         flags[name] = np.dtype(dtype).name
 
 
-def _hdf5_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> list[Source]:
+def _hdf5_sources(folder: Path, columns: set[str], flags: dict[str, str], sector_catalogs: dict) -> list[Source]:
     import h5py
 
     from .formats.hdf5 import COMPLETE
@@ -161,11 +162,11 @@ def _hdf5_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> lis
             out.append(Source("hdf5", str(file), int(mark["sector"]), SOURCE_ORDER, int(directory.name[8:]),
                               None if has_camera else np.zeros((n, 2), np.int16)))
     if any(s.cam_ccd is not None for s in out):
-        out = _with_cameras(folder, out)
+        out = _with_cameras(folder, out, sector_catalogs)
     return out
 
 
-def _with_cameras(folder: Path, sources: list[Source]) -> list[Source]:
+def _with_cameras(folder: Path, sources: list[Source], sector_catalogs: dict) -> list[Source]:
     """Camera and CCD of each row of HDF5 files that lack them, from the sector's catalog (``sSSSS-catalog.hdf5``
     beside the default output folder, ``<tglc_data_path>/sSSSS/``): a pixel's rows are its catalog rows in catalog
     order, so the k-th row of an id in the pixel's files is its k-th row in the catalog."""
@@ -176,7 +177,8 @@ def _with_cameras(folder: Path, sources: list[Source]) -> list[Source]:
     out = []
     for sector in sorted({s.sector for s in sources}):
         mine = [s for s in sources if s.sector == sector]
-        candidates = [catalog_path(folder.parent.parent, sector, tiny) for tiny in (False, True)]
+        where = Path(sector_catalogs[sector]).parent if sector in sector_catalogs else folder.parent.parent
+        candidates = [catalog_path(where, sector, tiny) for tiny in (False, True)]
         ids_per_file = {}
         for s in mine:
             with h5py.File(s.path, "r") as h5:
@@ -674,22 +676,26 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.PathLike, executor=None, *,
-                pixel_threshold: int | None = None, n_processes: int = 1) -> StarsSummary:
+                pixel_threshold: int | None = None, n_processes: int = 1,
+                sector_catalogs: dict[int, str | os.PathLike] | None = None) -> StarsSummary:
     """Join the finished per-sector outputs ``sector_outputs`` into the stars collection at ``stars_path`` (created,
     or extended with the sectors it lacks). ``pixel_threshold``: most stars per partition (default: partitions of
     about :data:`PARTITION_BYTES` of Parquet). Runs its units on ``executor`` (an :class:`~.executor.Executor`; one
-    of ``n_processes`` local processes when None)."""
+    of ``n_processes`` local processes when None). ``sector_catalogs``: sector -> its ``<tglc_data_path>/sSSSS``
+    folder, where HDF5 outputs of ``--columns seed`` (no camera/ccd columns) at non-default paths find their
+    catalog."""
     from .executor import Executor
 
     if executor is None:
         with Executor(n_processes) as own:
-            return build_stars(sector_outputs, stars_path, own, pixel_threshold=pixel_threshold)
+            return build_stars(sector_outputs, stars_path, own, pixel_threshold=pixel_threshold,
+                               sector_catalogs=sector_catalogs)
     if pixel_threshold is not None and (isinstance(pixel_threshold, bool) or not isinstance(pixel_threshold, int)
                                         or pixel_threshold < 1):
         raise UsageError(f"--stars-pixel-threshold must be a positive integer, got {pixel_threshold!r}")
     root = Path(stars_path)
     catalog = root / CATALOG
-    by_sector, columns_name, flags = find_sector_outputs(list(sector_outputs))
+    by_sector, columns_name, flags = find_sector_outputs(list(sector_outputs), sector_catalogs)
     stamp = _read_json(catalog / STAMP)
     if stamp and stamp.get("phase") == "commit":  # a build decided but not finished: finish it first
         log.info("Finishing the stars catalog's last build (it was interrupted)")
@@ -808,6 +814,14 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
     summary.bytes_total = _dataset_bytes(catalog)
     log.info("Stars catalog %s: %s", root, summary.describe())
     return summary
+
+
+def stars_of_build(args, executor) -> StarsSummary:
+    """The ``--stars`` step of a one-sector build: its output folder (HATS when built, else HDF5) joined into
+    ``args.stars_output_dir``, on the build's executor."""
+    folder = args.hats_output_dir if "hats" in args.formats else args.hdf5_output_dir
+    return build_stars([folder], args.stars_output_dir, executor, pixel_threshold=args.stars_pixel_threshold,
+                       sector_catalogs={args.sector: args.sector_dir})
 
 
 def _plan_task(pixel: int, sources: list[Source], new_sectors: list[int]) -> tuple[int, dict]:
