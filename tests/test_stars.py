@@ -352,3 +352,46 @@ def test_cli_stars_after_a_one_sector_build(archive, tmp_path):
     bad = subprocess.run([sys.executable, *args, "--stars-pixel-threshold", "0"], cwd=tmp_path, env=run_env(),
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--stars-pixel-threshold" in bad.stderr
+
+
+def test_a_star_twice_in_one_sector_is_two_entries(release, tmp_path):
+    """A star listed on two CCDs of one sector (as the per-sector formats keep it: two rows of a pixel file, camera
+    and CCD apart) is one row with two entries, in (sector, camera, ccd) order, counted as one sector."""
+    import shutil
+
+    from tglc_builder.formats.hats import MARK_KEY, parquet_options
+
+    _, outputs = release
+    copy = tmp_path / "hats"
+    shutil.copytree(outputs[2], copy)
+    file = max((copy / "tglc_s0002" / "dataset").rglob("Npix=*.parquet"), key=lambda f: f.stat().st_size)
+    with pq.ParquetFile(file) as pf:
+        table, meta = pf.read(), dict(pf.metadata.metadata)
+    twin = table.slice(0, 1)
+    camera = int(twin.column("camera")[0].as_py())
+    twin = twin.set_column(twin.schema.get_field_index("camera"), "camera",
+                           pa.array([camera % 4 + 1], pa.int16()))
+    # the twin's light curve: the same cadences, other fluxes (another CCD's photometry)
+    curve = twin.column("lightcurve").combine_chunks()
+    flux = pc.struct_field(curve, "aper_flux")
+    halved = pa.ListArray.from_arrays(flux.offsets, pc.multiply(pc.list_flatten(flux), pa.scalar(0.5, pa.float32())))
+    fields = [halved if f.name == "aper_flux" else pc.struct_field(curve, f.name) for f in curve.type]
+    twin = twin.set_column(twin.schema.get_field_index("lightcurve"), "lightcurve",
+                           pa.StructArray.from_arrays(fields, fields=list(curve.type)))
+    table = pa.concat_tables([twin, table]).combine_chunks()
+    mark = json.loads(meta[MARK_KEY.encode()])
+    mark["rows"] = table.num_rows
+    with pq.ParquetWriter(file, table.schema, **parquet_options(table.schema)) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata({MARK_KEY: json.dumps(mark, sort_keys=True)})
+    gaia = int(twin.column("gaiadr3_id")[0].as_py())
+    build_stars([copy], tmp_path / "stars")
+    star = open_stars(tmp_path / "stars").get(gaiadr3_id=gaia)
+    assert star.sectors == [2]
+    assert [(c["sector"], c["camera"]) for c in star.curves] == sorted([(2, camera), (2, camera % 4 + 1)])
+    first, second = star.curves if camera < camera % 4 + 1 else star.curves[::-1]
+    assert np.array_equal(_bits(second["aper_flux"]), _bits(first["aper_flux"] * np.float32(0.5)))
+    assert np.array_equal(_bits(first["time"]), _bits(second["time"]))
+    row = _table(tmp_path / "stars").filter(pc.field("gaiadr3_id") == gaia)
+    assert row.column("n_sectors").to_pylist() == [1]
+    assert len(row.column("lightcurve")[0]["time"]) == 2 * int(first["n_cadences"])
