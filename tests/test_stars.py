@@ -395,3 +395,21 @@ def test_a_star_twice_in_one_sector_is_two_entries(release, tmp_path):
     row = _table(tmp_path / "stars").filter(pc.field("gaiadr3_id") == gaia)
     assert row.column("n_sectors").to_pylist() == [1]
     assert len(row.column("lightcurve")[0]["time"]) == 2 * int(first["n_cadences"])
+
+
+@pytest.mark.parametrize("where", ["processes", "dask"])
+def test_on_local_processes_and_on_dask_the_same_catalog(release, fresh, tmp_path, where):
+    """The units run on the project's executor: two local processes, or a Dask cluster of two worker processes."""
+    from tglc_builder.executor import Executor
+
+    _, outputs = release
+    if where == "processes":
+        with Executor(2) as executor:
+            build_stars(list(outputs.values()), tmp_path / "stars", executor, pixel_threshold=THRESHOLD)
+    else:
+        distributed = pytest.importorskip("distributed")
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client, \
+                Executor(client=client) as executor:
+            build_stars(list(outputs.values()), tmp_path / "stars", executor, pixel_threshold=THRESHOLD)
+    _assert_same(_table(tmp_path / "stars"), _table(fresh[0]))
