@@ -413,3 +413,25 @@ def test_on_local_processes_and_on_dask_the_same_catalog(release, fresh, tmp_pat
                 Executor(client=client) as executor:
             build_stars(list(outputs.values()), tmp_path / "stars", executor, pixel_threshold=THRESHOLD)
     _assert_same(_table(tmp_path / "stars"), _table(fresh[0]))
+
+
+def test_ctrl_c_during_the_stage_then_rerun(release, fresh, tmp_path):
+    """SIGINT while partitions are being staged: the stage stops (nothing committed) and a rerun finishes it."""
+    _, outputs = release
+    path = tmp_path / "stars"
+    code = (f"from tglc_builder.executor import Executor; from tglc_builder.stars import build_stars\n"
+            f"with Executor(2) as executor:\n"
+            f"    build_stars({list(outputs.values())!r}, {str(path)!r}, executor, pixel_threshold={THRESHOLD})")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(6000):  # until the first partitions are staged
+        if list((path / CATALOG / STAGING).rglob("Npix=*.parquet")) or proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert not (path / CATALOG / "hats.properties").exists()
+    assert not (path / CATALOG / STAMP).exists()  # nothing committed
+    build_stars(list(outputs.values()), path, pixel_threshold=THRESHOLD)
+    _assert_same(_table(path), _table(fresh[0]))
