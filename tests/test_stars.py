@@ -116,11 +116,11 @@ def test_catalog_is_strict_valid_with_the_contract_columns(fresh):
     assert schema.equals(stars_schema(column_set("seed"), {"tess_flags": "int16", "tglc_flags": "int16"}))
     assert schema.names == ["_healpix_29", "gaiadr3_id", "TIC_ID", "RA", "DEC", "n_sectors", "sectors",
                             "sector_info", "lightcurve"]
-    assert [f.name for f in schema.field("sector_info").type] == ["sector", "camera", "ccd", "psf_flux_err",
-                                                                  "aper_flux_err", "n_cadences"]
-    assert str(schema.field("lightcurve").type) == ("struct<sector: list<element: int16>, time: list<element: double>, "
-                                                   "psf_flux: list<element: float>, aper_flux: list<element: float>, "
-                                                   "tess_flags: list<element: int16>, tglc_flags: list<element: int16>>")
+    assert [f.name for f in schema.field("sector_info").type] == [
+        "sector", "camera", "ccd", "psf_flux_err", "aper_flux_err", "n_cadences"]
+    assert str(schema.field("lightcurve").type) == (
+        "struct<sector: list<element: int16>, time: list<element: double>, psf_flux: list<element: float>, "
+        "aper_flux: list<element: float>, tess_flags: list<element: int16>, tglc_flags: list<element: int16>>")
     orders = {int(p.parent.parent.name.split("=")[1]) for p in (path / CATALOG / "dataset").rglob("Npix=*.parquet")}
     assert len(orders) > 1 and summary.partitions > 3  # adaptive: several orders
     for file in (path / CATALOG / "dataset").rglob("Npix=*.parquet"):
@@ -151,7 +151,7 @@ def test_every_value_is_the_fits_value(release, fresh):
             table.slice(i, 1).column("lightcurve").combine_chunks()
         arrays = {f.name: pc.list_flatten(pc.struct_field(one, f.name)).to_numpy(zero_copy_only=False)
                   for f in one.type}
-        for k, (sector, cam, ccd, header, data) in enumerate(files):
+        for k, (sector, _, _, header, data) in enumerate(files):
             n = len(data)
             assert info["n_cadences"][k] == n
             assert info["psf_flux_err"][k] == header["PSF_ERR"] and info["aper_flux_err"][k] == header["APER_ERR"]
@@ -302,7 +302,7 @@ def test_open_stars_numpy_and_lightkurve(release, fresh):
     assert star.sectors == sorted(star.by_sector()) and len(star.sectors) == 3
     expected = sorted(curves[gaia], key=lambda c: c[:3])
     assert [(c["sector"], c["camera"], c["ccd"]) for c in star.curves] == [c[:3] for c in expected]
-    for c, (_, _, _, header, data) in zip(star.curves, expected):
+    for c, (*_, data) in zip(star.curves, expected):
         assert np.array_equal(_bits(c["time"]), _bits(data["time"].astype("f8")))
         assert np.array_equal(_bits(c["aper_flux"]), _bits(data["aperture_flux"].astype("f4")))
         assert np.array_equal(c["tglc_flags"], data["TGLC_flags"])

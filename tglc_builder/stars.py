@@ -733,8 +733,6 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
         log.info("Finishing the stars catalog's last build (it was interrupted)")
         _finish(root, stamp)
         stamp = _read_json(catalog / STAMP)
-    if stamp and not (catalog / "hats.properties").is_file():
-        stamp = None if not stamp.get("partitions") else stamp
     old_sectors = sorted(stamp["sectors"]) if stamp else []
     if stamp and stamp["columns"] != columns_name:
         raise UsageError(f"{root} holds a stars catalog of --columns {stamp['columns']}; these outputs are "
