@@ -435,3 +435,36 @@ def test_ctrl_c_during_the_stage_then_rerun(release, fresh, tmp_path):
     assert not (path / CATALOG / STAMP).exists()  # nothing committed
     build_stars(list(outputs.values()), path, pixel_threshold=THRESHOLD)
     _assert_same(_table(path), _table(fresh[0]))
+
+
+def test_columns_all_from_hdf5_and_the_calibrated_flux_in_lightkurve(archive, tmp_path):
+    """An HDF5 build with --columns all: sector_info carries the header values, lightcurve the other series, and
+    the lightkurve collection's flux is the calibrated aperture flux by default (any column on request)."""
+    args = BuildArguments(sector=23, tglc_data_path=tmp_path / "data", mast_url=archive.url, tiny=True, tiny_size=12,
+                          columns="all")
+    run(args)
+    build_stars([args.hdf5_output_dir], tmp_path / "stars")
+    schema = pq.read_schema(next((tmp_path / "stars" / CATALOG / "dataset").rglob("Npix=*.parquet")))
+    info = [f.name for f in schema.field("sector_info").type]
+    assert info[:6] == ["sector", "camera", "ccd", "psf_flux_err", "aper_flux_err", "n_cadences"]
+    assert {"cal_aper_flux_err", "tessmag", "gaia_g", "contamrt"} <= set(info) and "camera" not in info[6:]
+    assert [f.name for f in schema.field("lightcurve").type] == [
+        "sector", "time", "psf_flux", "aper_flux", "tess_flags", "tglc_flags", "cal_psf_flux", "cal_aper_flux",
+        "background", "cadence_num"]
+    stars = _table(tmp_path / "stars")
+    gaia = stars.column("gaiadr3_id")[0].as_py()
+    star = open_stars(tmp_path / "stars").get(gaiadr3_id=gaia)
+    (curve,) = star.curves
+    file = next((args.fits_dir).rglob(f"*gaiaid-{gaia}-*.fits"))
+    with fits.open(file) as hdul:
+        data, head0, head1 = np.array(hdul[1].data), hdul[0].header, hdul[1].header
+    assert (curve["camera"], curve["ccd"]) == (head0["CAMERA"], head0["CCD"])
+    assert curve["tessmag"] == head0["TESSMAG"] and curve["cal_aper_flux_err"] == head1["CAPE_ERR"]
+    assert np.array_equal(_bits(curve["background"]), _bits(data["background"].astype("f4")))
+    assert np.array_equal(curve["cadence_num"], data["cadence_num"])
+    pytest.importorskip("lightkurve")
+    (lc,) = star.to_lightkurve()
+    assert np.array_equal(_bits(np.asarray(lc.flux.value, np.float32)), _bits(data["cal_aper_flux"].astype("f4")))
+    assert np.all(lc.flux_err.value == head1["CAPE_ERR"])
+    (psf,) = star.to_lightkurve("psf_flux")
+    assert np.array_equal(_bits(np.asarray(psf.flux.value, np.float32)), _bits(data["psf_flux"].astype("f4")))
