@@ -61,6 +61,8 @@ GOALS: dict[str, tuple[Goal, ...]] = {
     "hats.read_parquet": (Goal("ratio", ">=", 1.5, ">= 1.5x HDF5 with load_tglc"),),
     "hats.read_parquet_batches": (Goal("ratio", ">=", 1.5, ">= 1.5x HDF5 with load_tglc"),),
     "tiny.hdf5": (Goal("ratio", "<=", 1.2, "<= 1.2x the FITS bytes"),),
+    "stars.rate": (Goal("value", ">=", 3000, ">= 3,000 /s/core"),),
+    "stars.peak_rss": (Goal("value", "<=", 1 * GB, "<= 1 GB"),),
 }
 
 

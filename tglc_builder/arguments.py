@@ -109,6 +109,9 @@ class BuildArguments:
     scheduler: str | None = None  # --scheduler: a Dask scheduler's address or "local" (checked here; cli uses it)
     archive_id: str | None = None  # a stable name of the archive for the listings' manifests (the demo's port varies)
     sectors: tuple[int, ...] | None = field(init=False, default=None)  # None: "all", resolved by the build
+    stars: bool | None = None  # join the outputs into the stars catalog; None: with several sectors only
+    stars_output_dir: str | os.PathLike | None = None  # default <tglc_data_path>/stars
+    stars_pixel_threshold: int | None = None  # most stars per partition; default: partitions of ~1 GB
 
     def __post_init__(self) -> None:
         self.sectors = parse_sectors(self.sector)
@@ -116,7 +119,7 @@ class BuildArguments:
             self.sector = self.sectors[0]
         for name in ("n_processes", "connections", "max_attempts", "batch_size", "tiny_size", "block_rows"):
             _positive_int(name, getattr(self, name))
-        for name in ("rows_per_shard", "unit_rows"):
+        for name in ("rows_per_shard", "unit_rows", "stars_pixel_threshold"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.max_wait, (int, float)) or isinstance(self.max_wait, bool) or self.max_wait < 0:
@@ -128,6 +131,7 @@ class BuildArguments:
         _check_processes(self.n_processes)
         self._check_extras()
         self.tglc_data_path = Path(self.tglc_data_path)
+        self.stars_output_dir = Path(self.stars_output_dir or self.tglc_data_path / "stars")
         if self.several:  # each sector's paths are made by for_sector, and checked there
             for name, flag in TEMPLATED:
                 if getattr(self, name) is not None:
@@ -155,6 +159,14 @@ class BuildArguments:
             extras.require("s3", f"reading {resolve_url(self.mast_url)}")
         if self.scheduler is not None:
             extras.require("dask", "--scheduler")
+        if self.joins_stars:
+            extras.require("hats", "the stars catalog (--stars, or several sectors: --no-stars skips it)")
+
+    @property
+    def joins_stars(self) -> bool:
+        """Whether the build ends with the stars catalog: asked for (``--stars``), or by default with several
+        sectors."""
+        return self.several if self.stars is None else bool(self.stars)
 
     @property
     def several(self) -> bool:

@@ -118,6 +118,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--clean-fits", action="store_true",
                         help="delete each FITS file once its light curve is in the finished output files: the FITS "
                              "files on disk are then only those of the shards in flight")
+    parser.add_argument("--stars", action=argparse.BooleanOptionalAction, default=None,
+                        help="after the build, add its light curves to the stars catalog (one row per Gaia DR3 star, "
+                             "every sector built into it; a HATS collection, needs tglc-builder[hats]); the default "
+                             "with several sectors, --no-stars skips it")
+    parser.add_argument("--stars_output_path", default=None,
+                        help="folder of the stars catalog (default: <tglc_data_path>/stars)")
+    parser.add_argument("--stars-pixel-threshold", type=_positive_int, default=None, metavar="STARS",
+                        help="most stars per partition of the stars catalog (default: partitions of about 1 GB)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -162,7 +170,8 @@ def arguments_of(args: argparse.Namespace) -> BuildArguments:
         format=args.format, columns=args.columns, hats_extras=args.hats_extras, connections=args.connections,
         max_attempts=args.max_attempts, max_wait=args.max_wait, overwrite=args.overwrite,
         clean_fits=args.clean_fits, verify=args.verify, refresh_listings=args.refresh_listings,
-        scheduler=args.scheduler)
+        scheduler=args.scheduler, stars=args.stars, stars_output_dir=args.stars_output_path,
+        stars_pixel_threshold=args.stars_pixel_threshold)
 
 
 def run(main: Callable[[argparse.Namespace], int], argv: Sequence[str] | None = None) -> int:

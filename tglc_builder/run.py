@@ -328,6 +328,15 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
         if summaries[one.sector].failures:
             log.error("Sector %d: %d object(s) failed; see %s, then rerun the same command to retry them",
                       one.sector, len(summaries[one.sector].failures), one.sector_dir / FAILURES)
+    if args.joins_stars:
+        if total.fatal or total.failures or executor.stopping_requested:
+            # a sector joins the stars catalog once, whole: joined now, its missing light curves would never be
+            log.warning("The stars catalog (%s) is joined once every sector is whole: rerun the same command",
+                        args.stars_output_dir)
+        else:
+            from .stars import stars_of_build
+
+            stars_of_build(per_sector, executor)
     return total
 
 

@@ -1,0 +1,1247 @@
+"""The stars catalog: one row per Gaia DR3 star, every sector (DATASET-CONTRACT.md, "The stars catalog").
+
+A join stage over finished per-sector outputs (HDF5 dataset folders and/or HATS collections, see formats/), written
+as a HATS collection::
+
+    <stars_path>/
+        collection.properties, README.md      the collection and its dataset card
+        tglc_stars/                           the main catalog, adaptive partitions (orders 0..10)
+            .tglc_stars.json                  the stamp: sectors, columns, layout, phase (the commit mark)
+            .tglc_stars_histogram.npz         stars and cadences per order-10 pixel (for incremental builds)
+            .staging/Norder=k/Dir=d/Npix=p.parquet   partitions of a build not yet committed
+            dataset/Norder=k/Dir=d/Npix=p.parquet, partition_info.csv, _metadata, ..., hats.properties (last)
+        tglc_stars_10arcs/                    margin cache (hats-import's margin pipeline)
+        tglc_stars_gaiadr3_id/, tglc_stars_TIC_ID/   index catalogs
+
+**Work.** Units are plain functions over plain data, run on the project's executor: :func:`plan_pixel` (one
+order-4 pixel: the stars' order-10 pixels and cadences, for the partitioning) and :func:`join_partition` (one stars
+partition: read only the rows of its stars from the per-sector files of the order-4 pixels it covers, in chunks of
+about :data:`CHUNK_CADENCES` cadences, one Parquet row group each). So no process holds more than one partition's
+stars, and only a chunk of them at a time. Per-sector outputs are partitioned at order 4, and a star's light curves
+are assumed to lie in one order-4 pixel in every sector (target-list positions are Gaia DR3's, the same in every
+sector); the index build reports a star split in two rows if that ever fails.
+
+**Integrity.** Partition files are written under temporary names in ``.staging/``, read back whole (page checksums,
+row count, mark) and renamed there. Then the stamp is written with phase ``commit`` (the new layout, the staged files
+to move, the old files to remove): from then on the build is decided, and :func:`_finish` (which a rerun resumes)
+moves the staged files into ``dataset/``, removes the superseded ones, writes hats' metadata, the margin cache,
+the indexes, the card, ``hats.properties`` and last the stamp with phase ``finished``. A kill before the commit
+leaves the committed collection as it was (staged files whose mark matches the rerun's plan are kept).
+
+**Incremental.** Sectors already in the collection are skipped. The partitioning is hats-import's
+(``generate_alignment``) over the histogram of all stars, old and new; a partition whose pixel and stars are
+unchanged is not rewritten, so the result equals a fresh build of all the sectors, row for row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import __version__
+from .columns import ColumnSet, column_set
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+CATALOG = "tglc_stars"
+STAMP = ".tglc_stars.json"
+HISTOGRAM = ".tglc_stars_histogram.npz"
+STAGING = ".staging"
+SPATIAL_INDEX, SPATIAL_ORDER = "_healpix_29", 29
+SOURCE_ORDER = 4  # per-sector outputs are partitioned at order 4 (nside 16)
+HIGHEST_ORDER = 10  # hats-import's default highest order; also the point map's order
+MARGIN_ARCSEC = 10.0
+MARGIN_NAME = f"{CATALOG}_{int(MARGIN_ARCSEC)}arcs"
+INDEX_COLUMNS = ("gaiadr3_id", "TIC_ID")
+PARTITION_BYTES = 1 << 30  # default: keep a partition's Parquet file under about 1 GB
+# Bytes of Parquet per cadence, measured on the demo (zstd 3, byte-stream split): 8.6 KB per 1,282-cadence light
+# curve with the seed columns (6.7 B), ~2x with --columns all; rounded up, so partitions stay under the target.
+BYTES_PER_CADENCE = {"seed": 8, "all": 16}
+CHUNK_CADENCES = 1 << 21  # cadences per row group written (~50-100 MB of Arrow in memory at once)
+MARK_KEY = "tglc_stars"
+_TEMPORARY = ".tmp-"
+_HDF5_SHARD = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
+_HATS_FILE = re.compile(r"^(Npix=\d+\.parquet|\d{3,}-of-\d{3,}\.parquet)$")
+
+
+# ---- inputs ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """One file of light curves: a per-sector shard (``hdf5``/``hats``, one order-4 pixel) or a partition of the
+    existing stars catalog (``stars``). ``cam_ccd``: for HDF5 files without camera/ccd columns (``--columns seed``),
+    each row's camera and CCD from the sector's catalog, ``(n, 2)`` int16."""
+
+    kind: str
+    path: str
+    sector: int  # 0 for a stars partition
+    order: int
+    pixel: int
+    cam_ccd: np.ndarray | None = field(default=None, compare=False)
+
+    def pixels4(self) -> range:
+        """The order-4 pixels this file covers."""
+        if self.order <= SOURCE_ORDER:
+            shift = 2 * (SOURCE_ORDER - self.order)
+            return range(self.pixel << shift, (self.pixel + 1) << shift)
+        return range(self.pixel >> 2 * (self.order - SOURCE_ORDER), (self.pixel >> 2 * (self.order - SOURCE_ORDER)) + 1)
+
+
+def find_sector_outputs(paths: list[str | os.PathLike], sector_catalogs: dict | None = None,
+                        ) -> tuple[dict[int, list[Source]], str, dict[str, str]]:
+    """The finished per-sector outputs in ``paths`` (HDF5 dataset folders, HATS collections or catalogs): sources
+    by sector, the column set, and the flag columns' widest integer types. UsageError (exit 2) names a folder that
+    holds no finished output, or outputs of mixed column sets."""
+    by_sector: dict[int, list[Source]] = {}
+    origin: dict[int, Path] = {}
+    columns: set[str] = set()
+    flags = {"tess_flags": "int16", "tglc_flags": "int16"}
+    for raw in paths:
+        folder = Path(raw)
+        found = _hdf5_sources(folder, columns, flags, sector_catalogs or {}) + _hats_sources(folder, columns, flags)
+        if not found:
+            raise UsageError(f"{folder}: no finished per-sector output (TGLC/healpix=*/*.hdf5 or a tglc_sSSSS HATS "
+                             "catalog); build the sector first, or check the path")
+        for sector in sorted({s.sector for s in found}):
+            if sector in by_sector and origin[sector] != folder:
+                log.info("Sector %d: using %s (also in %s)", sector, origin[sector], folder)
+                continue
+            mine = [s for s in found if s.sector == sector]
+            kinds = {s.kind for s in mine}
+            if len(kinds) > 1:  # both formats in one folder cannot happen; keep one anyway
+                mine = [s for s in mine if s.kind == "hats"]
+            by_sector[sector], origin[sector] = mine, folder
+    if len(columns) > 1:
+        raise UsageError(f"the per-sector outputs were built with different --columns ({', '.join(sorted(columns))});"
+                         " build the stars catalog from outputs of one column set")
+    return by_sector, (columns.pop() if columns else "seed"), flags
+
+
+def _widen(flags: dict[str, str], name: str, dtype: Any) -> None:
+    if name in flags and np.dtype(dtype).itemsize > np.dtype(flags[name]).itemsize:
+        flags[name] = np.dtype(dtype).name
+
+
+def _hdf5_sources(folder: Path, columns: set[str], flags: dict[str, str], sector_catalogs: dict) -> list[Source]:
+    import h5py
+
+    from .formats.hdf5 import COMPLETE
+
+    out: list[Source] = []
+    root = folder / "TGLC"
+    if not root.is_dir():
+        return out
+    for directory in sorted(root.glob("healpix=*")):
+        if not directory.name[8:].isdigit():
+            continue
+        for file in sorted(directory.iterdir()):
+            if not _HDF5_SHARD.match(file.name):
+                continue
+            with h5py.File(file, "r") as h5:
+                mark = json.loads(h5.attrs.get(COMPLETE, "null") or "null")
+                if not mark:
+                    raise UsageError(f"{file} is not a finished shard file (no {COMPLETE} mark); rerun the sector's "
+                                     "build to finish it, then build the stars catalog")
+                for name in flags:
+                    _widen(flags, name, h5[name].dtype)
+                has_camera = "camera" in h5 and "ccd" in h5
+                n = int(mark["rows"])
+            columns.add(mark["columns"])
+            out.append(Source("hdf5", str(file), int(mark["sector"]), SOURCE_ORDER, int(directory.name[8:]),
+                              None if has_camera else np.zeros((n, 2), np.int16)))
+    if any(s.cam_ccd is not None for s in out):
+        out = _with_cameras(folder, out, sector_catalogs)
+    return out
+
+
+def _with_cameras(folder: Path, sources: list[Source], sector_catalogs: dict) -> list[Source]:
+    """Camera and CCD of each row of HDF5 files that lack them, from the sector's catalog (``sSSSS-catalog.hdf5``
+    beside the default output folder, ``<tglc_data_path>/sSSSS/``): a pixel's rows are its catalog rows in catalog
+    order, so the k-th row of an id in the pixel's files is its k-th row in the catalog."""
+    import h5py
+
+    from .listing import catalog_path
+
+    out = []
+    for sector in sorted({s.sector for s in sources}):
+        mine = [s for s in sources if s.sector == sector]
+        where = Path(sector_catalogs[sector]).parent if sector in sector_catalogs else folder.parent.parent
+        candidates = [catalog_path(where, sector, tiny) for tiny in (False, True)]
+        ids_per_file = {}
+        for s in mine:
+            with h5py.File(s.path, "r") as h5:
+                ids_per_file[s.path] = h5["gaiadr3_id"][()]
+        catalog = None
+        for path in candidates:
+            if not path.is_file():
+                continue
+            with h5py.File(path, "r") as h5:
+                table = h5["catalog"]
+                cat = {name: table[name] for name in ("gaiadr3_id", "cam", "ccd")}
+            if all(np.isin(ids, cat["gaiadr3_id"]).all() for ids in ids_per_file.values()):
+                catalog = cat
+                break
+        if catalog is None:
+            raise UsageError(f"{folder}: its HDF5 files have no camera/ccd columns (--columns seed) and the sector "
+                             f"{sector} catalog ({candidates[0]}) is not beside it; build with the default output "
+                             "paths or --columns all")
+        order = np.argsort(catalog["gaiadr3_id"], kind="stable")
+        sorted_ids = catalog["gaiadr3_id"][order]
+        used: dict[int, int] = {}
+        for s in mine:
+            ids = ids_per_file[s.path]
+            start = np.searchsorted(sorted_ids, ids, side="left")
+            rank = _ranks(ids, used)
+            row = order[np.minimum(start + rank, len(order) - 1)]
+            cam_ccd = np.stack([catalog["cam"][row], catalog["ccd"][row]], axis=1).astype(np.int16)
+            out.append(Source(s.kind, s.path, s.sector, s.order, s.pixel, cam_ccd))
+    return out + [s for s in sources if s.cam_ccd is None]
+
+
+def _ranks(ids: np.ndarray, used: dict[int, int]) -> np.ndarray:
+    """The occurrence rank of each id (0 for its first row), continuing the counts of earlier files in ``used``."""
+    ranks = np.empty(len(ids), np.int64)
+    for i, g in enumerate(ids.tolist()):
+        ranks[i] = used.get(g, 0)
+        used[g] = ranks[i] + 1
+    return ranks
+
+
+def _hats_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> list[Source]:
+    from .formats.hats import read_mark
+
+    catalogs = [folder] if (folder / "hats.properties").is_file() and re.fullmatch(r"tglc_s\d{4}", folder.name) \
+        else sorted(d for d in folder.glob("tglc_s[0-9][0-9][0-9][0-9]") if d.is_dir()) if folder.is_dir() else []
+    out: list[Source] = []
+    for catalog in catalogs:
+        if not (catalog / "hats.properties").is_file():
+            raise UsageError(f"{catalog} is not a finished HATS catalog (no hats.properties); rerun the sector's "
+                             "build to finish it")
+        for file in sorted((catalog / "dataset").rglob("*.parquet")):
+            if not _HATS_FILE.match(file.name) or file.name.startswith("."):
+                continue
+            mark = read_mark(file)
+            if not mark:
+                raise UsageError(f"{file} is not a finished pixel file; rerun the sector's build to finish it")
+            columns.add(mark["columns"])
+            lightcurve = pq.read_schema(file).field("lightcurve").type
+            for name in flags:
+                _widen(flags, name, lightcurve.field(name).type.value_type.to_pandas_dtype())
+            out.append(Source("hats", str(file), int(mark["sector"]), SOURCE_ORDER, int(mark["pixel"])))
+    return out
+
+
+# ---- schema ------------------------------------------------------------------------------------------------------
+def _extra_scalars(columns: ColumnSet) -> list:
+    from .formats.hats import extra_scalars
+
+    return extra_scalars(columns)
+
+
+def _list(value_type: pa.DataType) -> pa.DataType:
+    return pa.list_(pa.field("element", value_type))  # as Parquet names it, so the schema reads back equal
+
+
+def stars_schema(columns: ColumnSet, flags: dict[str, str]) -> pa.Schema:
+    """The main catalog's columns (the contract's order): ids, position, sectors, and the two nested columns as
+    structs of lists (nested-pandas' layout, which LSDB reads as nested columns)."""
+    from .formats.hats import _field
+
+    info = [_field("sector", _list(pa.int16()), "", "TESS sector"),
+            _field("camera", _list(pa.int16()), "", "TESS camera"),
+            _field("ccd", _list(pa.int16()), "", "TESS CCD")]
+    scalars = {s.name: s for s in columns.scalars}
+    for name in ("psf_flux_err", "aper_flux_err"):
+        info.append(_field(name, _list(pa.float64()), scalars[name].unit, scalars[name].description))
+    info.append(_field("n_cadences", _list(pa.int32()), "", "cadences of the light curve in lightcurve"))
+    info += [_field(s.name, _list(pa.from_numpy_dtype(s.dtype)), s.unit, s.description)
+             for s in _extra_scalars(columns)]
+    series = [_field("sector", _list(pa.int16()), "", "TESS sector of the cadence")]
+    for s in columns.series:
+        dtype = np.dtype(flags.get(s.name, s.dtype))
+        series.append(_field(s.name, _list(pa.from_numpy_dtype(dtype)), s.unit, s.description))
+    return pa.schema([
+        _field(SPATIAL_INDEX, pa.int64(), "", "HEALPix order-29 nested index of (RA, DEC): HATS' spatial index"),
+        _field("gaiadr3_id", pa.int64(), "", "Gaia DR3 source id"),
+        _field("TIC_ID", pa.int64(), "", "TESS Input Catalog id"),
+        _field("RA", pa.float64(), "deg", "right ascension (ICRS), target list of the lowest sector"),
+        _field("DEC", pa.float64(), "deg", "declination (ICRS), target list of the lowest sector"),
+        _field("n_sectors", pa.int16(), "", "number of distinct sectors"),
+        _field("sectors", _list(pa.int16()), "", "sectors of the star's light curves, ascending"),
+        _field("sector_info", pa.struct(info), "", "one entry per light curve, by (sector, camera, ccd)"),
+        _field("lightcurve", pa.struct(series), "", "every cadence of every light curve, in sector_info's order"),
+    ])
+
+
+def _entry_schema(schema: pa.Schema) -> pa.Schema:
+    """One row per light curve (the join's working table): ids, position, sector_info's fields as scalars, the
+    series as lists."""
+    info = schema.field("sector_info").type
+    fields = [pa.field("gaiadr3_id", pa.int64()), pa.field("TIC_ID", pa.int64()), pa.field("RA", pa.float64()),
+              pa.field("DEC", pa.float64())]
+    fields += [pa.field(f.name, f.type.value_type) for f in info]
+    fields += [pa.field(f.name, f.type) for f in schema.field("lightcurve").type if f.name != "sector"]
+    return pa.schema(fields)
+
+
+def _schema_to_json(schema: pa.Schema) -> str:
+    return hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()
+
+
+# ---- reading sources -----------------------------------------------------------------------------------------------
+_INDEX = ("gaiadr3_id", "TIC_ID", "RA", "DEC", "sector", "camera", "ccd", "n_cadences")
+
+
+def read_index(source: Source) -> dict[str, np.ndarray]:
+    """Per light curve of ``source``: ids, position, sector, camera, ccd, n_cadences, and ``row`` (its row in the
+    file; for a stars partition, the star's row, its entries in order)."""
+    if source.kind == "hdf5":
+        import h5py
+
+        with h5py.File(source.path, "r") as h5:
+            out = {name: h5[name][()] for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "n_cadences")}
+            if source.cam_ccd is None:
+                out["camera"], out["ccd"] = h5["camera"][()], h5["ccd"][()]
+        if source.cam_ccd is not None:
+            out["camera"], out["ccd"] = source.cam_ccd[:, 0], source.cam_ccd[:, 1]
+        out["sector"] = np.full(len(out["gaiadr3_id"]), source.sector, np.int16)
+        out["row"] = np.arange(len(out["gaiadr3_id"]))
+    elif source.kind == "hats":
+        with pq.ParquetFile(source.path) as pf:  # lighter than read_table's dataset machinery, per small file
+            table = pf.read(columns=list(_INDEX))
+        out = {name: table.column(name).to_numpy() for name in _INDEX}
+        out["row"] = np.arange(table.num_rows)
+    else:
+        with pq.ParquetFile(source.path) as pf:
+            table = pf.read(columns=["gaiadr3_id", "TIC_ID", "RA", "DEC", "sector_info"])
+        info = table.column("sector_info").combine_chunks()
+        lengths = pc.list_value_length(pc.struct_field(info, "sector")).to_numpy()
+        out = {name: np.repeat(table.column(name).to_numpy(), lengths) for name in ("gaiadr3_id", "TIC_ID", "RA",
+                                                                                   "DEC")}
+        for name in ("sector", "camera", "ccd", "n_cadences"):
+            out[name] = pc.list_flatten(pc.struct_field(info, name)).to_numpy()
+        out["row"] = np.repeat(np.arange(table.num_rows), lengths)
+        out["rank"] = np.arange(len(out["row"])) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out.setdefault("rank", np.zeros(len(out["row"]), np.int64))
+    out = {k: np.asarray(v) for k, v in out.items()}
+    for name, dtype in (("sector", np.int16), ("camera", np.int16), ("ccd", np.int16), ("n_cadences", np.int32)):
+        out[name] = out[name].astype(dtype, copy=False)
+    return out
+
+
+def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema) -> pa.Table:
+    """The light curves at file rows ``rows`` (sorted, unique) of ``source``, as the entry table (values bit for
+    bit; flags widened to the catalog's type)."""
+    names = entry_schema.names
+    series = [f for f in entry_schema if pa.types.is_list(f.type)]
+    if source.kind == "hdf5":
+        import h5py
+
+        with h5py.File(source.path, "r") as h5:
+            cols: dict[str, Any] = {}
+            for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "n_cadences", *(
+                    f.name for f in entry_schema if not pa.types.is_list(f.type) and f.name in h5)):
+                cols[name] = h5[name][rows] if len(rows) else h5[name][:0]
+            n = cols["n_cadences"].astype(np.int64)
+            width = int(n.max()) if len(n) else 0
+            inside = np.arange(width) < n[:, None]
+            offsets = pa.array(np.concatenate([[0], np.cumsum(n)]).astype(np.int32))
+            for f in series:
+                values = h5[f.name][rows, :width] if len(rows) else np.zeros((0, 0), h5[f.name].dtype)
+                flat = values[inside].astype(f.type.value_type.to_pandas_dtype(), copy=False)
+                cols[f.name] = pa.ListArray.from_arrays(offsets, pa.array(flat))
+        cols["sector"] = np.full(len(rows), source.sector, np.int16)
+        if source.cam_ccd is not None:
+            cols["camera"], cols["ccd"] = source.cam_ccd[rows, 0], source.cam_ccd[rows, 1]
+        arrays = [pa.array(cols[f.name]).cast(f.type) if not pa.types.is_list(f.type) else cols[f.name].cast(f.type)
+                  for f in entry_schema]
+        return pa.Table.from_arrays(arrays, schema=entry_schema)
+    if source.kind == "hats":
+        with pq.ParquetFile(source.path, page_checksum_verification=True) as pf:
+            starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+            groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+            scalar_names = [n for n in names if n in pf.schema_arrow.names]
+            table = pf.read_row_groups(groups.tolist(), columns=scalar_names + ["lightcurve"])
+            local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
+                np.zeros(0, np.int64)
+        curve = table.column("lightcurve").combine_chunks()
+        arrays = []
+        for f in entry_schema:
+            if pa.types.is_list(f.type):
+                arrays.append(pc.struct_field(curve, f.name).cast(f.type))
+            else:
+                arrays.append(table.column(f.name).combine_chunks().cast(f.type))
+        return _take_entries(pa.Table.from_arrays(arrays, schema=entry_schema), np.searchsorted(local, rows))
+    return _read_star_entries(source, rows, entry_schema)[0]
+
+
+def _read_star_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema) -> tuple[pa.Table, np.ndarray]:
+    """Stars ``rows`` of a stars partition, exploded into their entries (in file order), and each star's count."""
+    with pq.ParquetFile(source.path, page_checksum_verification=True) as pf:
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+        table = pf.read_row_groups(groups.tolist())
+        local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
+            np.zeros(0, np.int64)
+    table = table.take(pa.array(np.searchsorted(local, rows)))
+    info = table.column("sector_info").combine_chunks()
+    curve = table.column("lightcurve").combine_chunks()
+    lengths = pc.list_value_length(pc.struct_field(info, "sector")).to_numpy()
+    n = pc.list_flatten(pc.struct_field(info, "n_cadences")).to_numpy().astype(np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(n)]).astype(np.int32))
+    arrays = []
+    for f in entry_schema:
+        if f.name in ("gaiadr3_id", "TIC_ID", "RA", "DEC"):
+            arrays.append(pa.array(np.repeat(table.column(f.name).to_numpy(), lengths)))
+        elif pa.types.is_list(f.type):
+            flat = pc.list_flatten(pc.struct_field(curve, f.name))
+            arrays.append(pa.ListArray.from_arrays(offsets, flat.cast(f.type.value_type)))
+        else:
+            arrays.append(pc.list_flatten(pc.struct_field(info, f.name)).cast(f.type))
+    return pa.Table.from_arrays(arrays, schema=entry_schema), lengths
+
+
+def _spatial(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    from hats.pixel_math.spatial_index import compute_spatial_index
+
+    if not len(ra):
+        return np.zeros(0, np.int64)
+    return np.asarray(compute_spatial_index(np.asarray(ra, np.float64), np.asarray(dec, np.float64)), np.int64)
+
+
+def _stars_of(index: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For light curves ``index`` (of any sources): the entry order (by gaiadr3_id, sector, camera, ccd), each
+    entry's star number in that order, and each star's first entry (whose RA/DEC/TIC_ID the star takes)."""
+    order = np.lexsort((index["ccd"], index["camera"], index["sector"], index["gaiadr3_id"]))
+    ids = index["gaiadr3_id"][order]
+    first = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]])) if len(ids) else np.zeros(0, np.int64)
+    star = np.cumsum(np.concatenate([[False], ids[1:] != ids[:-1]])) if len(ids) else np.zeros(0, np.int64)
+    return order, star, first
+
+
+def _gather(sources: list[Source]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The index of every light curve of ``sources``, concatenated, and each light curve's source number."""
+    parts = [read_index(s) for s in sources]
+    if not parts:
+        return {name: np.zeros(0, np.int64) for name in (*_INDEX, "row", "rank")}, np.zeros(0, np.int64)
+    index = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    which = np.concatenate([np.full(len(p["row"]), i) for i, p in enumerate(parts)])
+    return index, which
+
+
+# ---- units -------------------------------------------------------------------------------------------------------
+def plan_pixel(pixel4: int, sources: list[Source], new_sectors: list[int]) -> dict[str, np.ndarray]:
+    """One order-4 pixel: per order-10 pixel of the stars (by their canonical position) the number of stars and of
+    cadences, and the order-10 pixels of stars that have light curves of ``new_sectors``."""
+    index, _ = _gather(sources)
+    keep = _in_pixel(index, pixel4)
+    index = {k: v[keep] for k, v in index.items()}
+    order, star, first = _stars_of(index)
+    cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first)).astype(np.int64)
+    fresh = np.bincount(star, weights=np.isin(index["sector"][order], new_sectors), minlength=len(first)) > 0
+    pix10 = _spatial(index["RA"][order][first], index["DEC"][order][first]) >> 2 * (SPATIAL_ORDER - HIGHEST_ORDER)
+    cells, inverse = np.unique(pix10, return_inverse=True)
+    return {"pixel": cells, "stars": np.bincount(inverse, minlength=len(cells)).astype(np.int64),
+            "cadences": np.bincount(inverse, weights=cadences, minlength=len(cells)).astype(np.int64),
+            "changed": np.unique(pix10[fresh])}
+
+
+def _in_pixel(index: dict[str, np.ndarray], pixel4: int) -> np.ndarray:
+    """Light curves of the order-4 pixel: by each star's position in its own sector (a stars partition of a lower
+    order holds stars of many order-4 pixels)."""
+    return (_spatial(index["RA"], index["DEC"]) >> 2 * (SPATIAL_ORDER - SOURCE_ORDER)) == pixel4
+
+
+@dataclass(frozen=True)
+class Partition:
+    order: int
+    pixel: int
+
+    def relpath(self) -> str:
+        return f"Norder={self.order}/Dir={self.pixel // 10_000 * 10_000}/Npix={self.pixel}.parquet"
+
+    def pixels4(self) -> range:
+        return Source("stars", "", 0, self.order, self.pixel).pixels4()
+
+
+def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, staging: str, mark: dict) -> dict:
+    """Write one stars partition into ``staging`` (temporary name, read back, renamed) from the light curves of
+    ``sources`` whose star's canonical position lies in it. Returns its rows, bytes and order-10 histogram."""
+    from .formats.hats import _fsync_dir
+
+    final = Path(staging) / part.relpath()
+    if final.is_file() and _read_stars_mark(final) == mark:  # staged by an earlier, interrupted run of this plan
+        return {"rows": pq.read_metadata(final).num_rows, "bytes": final.stat().st_size, "kept": True}
+    index, which = _gather(sources)
+    if part.order < SOURCE_ORDER:
+        keep = np.ones(len(index["row"]), bool)
+    else:
+        keep = _in_pixel(index, part.pixel >> 2 * (part.order - SOURCE_ORDER)) if part.order > SOURCE_ORDER else \
+            _in_pixel(index, part.pixel)
+    index = {k: v[keep] for k, v in index.items()}
+    which = which[keep]
+    order, star, first = _stars_of(index)
+    spatial = _spatial(index["RA"][order][first], index["DEC"][order][first])
+    inside = (spatial >> 2 * (SPATIAL_ORDER - part.order)) == part.pixel
+    # stars in output order: by spatial index, then id
+    star_ids = index["gaiadr3_id"][order][first]
+    star_order = np.flatnonzero(inside)[np.lexsort((star_ids[inside], spatial[inside]))]
+    counts = np.diff(np.concatenate([first, [len(order)]]))
+    star_cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first))
+    entry_schema = _entry_schema(schema)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}{_TEMPORARY}{os.getpid()}")
+    from .formats.hats import parquet_options
+
+    writer = pq.ParquetWriter(str(tmp), schema, **parquet_options(schema))
+    histogram: dict[int, int] = {}
+    rows = 0
+    try:
+        start = 0
+        while start < len(star_order):
+            budget = np.cumsum(star_cadences[star_order[start:]])
+            stop = start + max(1, int(np.searchsorted(budget, CHUNK_CADENCES, side="right")))
+            chunk = star_order[start:stop]
+            table = _chunk_table(chunk, first, counts, order, index, which, sources, entry_schema, schema)
+            writer.write_table(table)
+            cells = table.column(SPATIAL_INDEX).to_numpy() >> 2 * (SPATIAL_ORDER - HIGHEST_ORDER)
+            for c, k in zip(*np.unique(cells, return_counts=True)):
+                histogram[int(c)] = histogram.get(int(c), 0) + int(k)
+            rows += table.num_rows
+            start = stop
+        writer.add_key_value_metadata({MARK_KEY: json.dumps(mark | {"rows": rows}, sort_keys=True)})
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    try:
+        _verify_partition(tmp, schema, mark | {"rows": rows})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"rows": rows, "bytes": final.stat().st_size, "kept": False}
+
+
+def _chunk_table(chunk: np.ndarray, first: np.ndarray, counts: np.ndarray, order: np.ndarray,
+                 index: dict[str, np.ndarray], which: np.ndarray, sources: list[Source], entry_schema: pa.Schema,
+                 schema: pa.Schema) -> pa.Table:
+    """Stars ``chunk`` (star numbers, in output order) as rows of the catalog."""
+    entries = np.concatenate([order[first[s]:first[s] + counts[s]] for s in chunk])  # light curves, output order
+    src, row = which[entries], index["row"][entries]
+    pieces, placed = [], []
+    for s in np.unique(src):
+        mine = np.flatnonzero(src == s)
+        rows = row[mine]
+        if sources[s].kind == "stars":  # whole stars: each read once, its entries exploded in file order
+            star_rows = np.unique(rows)
+            table, lengths = _read_star_entries(sources[s], star_rows, entry_schema)
+            base = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            take = base[np.searchsorted(star_rows, rows)] + index["rank"][entries[mine]]
+            pieces.append(_take_entries(table, take))
+        else:
+            unique, inverse = np.unique(rows, return_inverse=True)
+            table = read_entries(sources[s], unique, entry_schema)
+            pieces.append(_take_entries(table, inverse))
+        placed.append(mine)
+    table = _take_entries(pa.concat_tables(pieces), np.argsort(np.concatenate(placed), kind="stable"))
+    return _stars_table(table, counts[chunk], schema)
+
+
+def _take_entries(table: pa.Table, idx: np.ndarray) -> pa.Table:
+    """Rows ``idx`` of an entry table (chunked or not), in that order, gathered in numpy: each list column's values
+    once, through an index of their positions (Arrow's ``take`` on list arrays copies more and costs ~3x here);
+    bits kept, NaN payloads included."""
+    idx = np.asarray(idx, np.int64)
+    if len(idx) == table.num_rows and np.array_equal(idx, np.arange(len(idx))):
+        return table.combine_chunks()
+    arrays = []
+    positions = offsets = None  # every series of an entry has its n_cadences values: one gather index for all
+    for f, column in zip(table.schema, table.columns):
+        if not pa.types.is_list(f.type):
+            values = np.concatenate([c.to_numpy(zero_copy_only=False) for c in column.chunks]) if \
+                column.num_chunks != 1 else column.chunk(0).to_numpy(zero_copy_only=False)
+            arrays.append(pa.array(values[idx], f.type))
+            continue
+        chunks = column.chunks
+        flat = [pc.list_flatten(c).to_numpy(zero_copy_only=False) for c in chunks]
+        flat = flat[0] if len(flat) == 1 else np.concatenate(flat) if flat else np.zeros(0)
+        if positions is None:
+            lengths = np.concatenate([pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in chunks]
+                                     ).astype(np.int64) if chunks else np.zeros(0, np.int64)
+            starts = np.cumsum(lengths) - lengths
+            n = lengths[idx]
+            out_starts = np.cumsum(n) - n
+            positions = np.repeat(starts[idx] - out_starts, n) + np.arange(int(n.sum()))
+            offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int32)
+        if len(flat) != len(positions) and len(positions) and positions.max() >= len(flat):
+            raise ValueError(f"series {f.name} is shorter than its entries' n_cadences")
+        arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat[positions], f.type.value_type)))
+    return pa.Table.from_arrays(arrays, schema=table.schema)
+
+
+def _stars_table(entries: pa.Table, counts: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """Entries (light curves, grouped by star in output order) -> one row per star."""
+    counts = np.asarray(counts, np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sector = entries.column("sector").to_numpy()
+    n = entries.column("n_cadences").to_numpy().astype(np.int64)
+    ra, dec = entries.column("RA").to_numpy()[first], entries.column("DEC").to_numpy()[first]
+    info_offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    star_of_entry = np.repeat(np.arange(len(counts)), counts)
+    cadence_counts = np.bincount(star_of_entry, weights=n, minlength=len(counts)).astype(np.int64)
+    curve_offsets = pa.array(np.concatenate([[0], np.cumsum(cadence_counts)]).astype(np.int32))
+    # distinct sectors per star: entries are sorted by (sector, camera, ccd) within a star
+    new_sector = np.ones(len(sector), bool)
+    new_sector[1:] = (sector[1:] != sector[:-1]) | (star_of_entry[1:] != star_of_entry[:-1])
+    n_sectors = np.bincount(star_of_entry[new_sector], minlength=len(counts)).astype(np.int16)
+    sectors = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(n_sectors, dtype=np.int64)])
+                                                .astype(np.int32)), pa.array(sector[new_sector], pa.int16()))
+    info_type = schema.field("sector_info").type
+    info = pa.StructArray.from_arrays(
+        [pa.ListArray.from_arrays(info_offsets, entries.column(f.name).combine_chunks()) for f in info_type],
+        fields=list(info_type))
+    curve_type = schema.field("lightcurve").type
+    children = []
+    for f in curve_type:
+        if f.name == "sector":
+            values = pa.array(np.repeat(sector, n), pa.int16())
+        else:
+            values = pc.list_flatten(entries.column(f.name).combine_chunks())
+        children.append(pa.ListArray.from_arrays(curve_offsets, values))
+    curve = pa.StructArray.from_arrays(children, fields=list(curve_type))
+    arrays = [pa.array(_spatial(ra, dec)), pa.array(entries.column("gaiadr3_id").to_numpy()[first]),
+              pa.array(entries.column("TIC_ID").to_numpy()[first]), pa.array(ra), pa.array(dec),
+              pa.array(n_sectors), sectors, info, curve]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _read_stars_mark(file: Path) -> dict | None:
+    try:
+        meta = pq.read_metadata(file).metadata or {}
+        mark = json.loads(meta[MARK_KEY.encode()])
+        mark.pop("rows", None)
+        return mark
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+
+
+def _verify_partition(file: Path, schema: pa.Schema, mark: dict) -> None:
+    """Read a partition file back whole (every page checksum), and check its mark, schema, rows, sort order and
+    ``sum(sector_info.n_cadences) == len(lightcurve)`` per star."""
+    from .formats.base import WriteError
+
+    with pq.ParquetFile(file, page_checksum_verification=True) as pf:
+        found = json.loads((pf.metadata.metadata or {}).get(MARK_KEY.encode(), b"null"))
+        if found != mark or not pf.schema_arrow.equals(schema, check_metadata=False) or \
+                pf.metadata.num_rows != mark["rows"]:
+            raise WriteError(f"{file}: its mark, columns or rows are not what was written")
+        last = -1
+        for g in range(pf.num_row_groups):
+            table = pf.read_row_group(g)
+            spatial = table.column(SPATIAL_INDEX).to_numpy()
+            if len(spatial) and (spatial[0] < last or np.any(np.diff(spatial) < 0)):
+                raise WriteError(f"{file}: {SPATIAL_INDEX} is not sorted")
+            last = spatial[-1] if len(spatial) else last
+            info = table.column("sector_info").combine_chunks()
+            curve = table.column("lightcurve").combine_chunks()
+            n = pc.list_flatten(pc.struct_field(info, "n_cadences")).to_numpy().astype(np.int64)
+            per = pc.list_value_length(pc.struct_field(info, "n_cadences")).to_numpy()
+            star = np.repeat(np.arange(len(per)), per)
+            if not np.array_equal(np.bincount(star, weights=n, minlength=len(per)),
+                                  pc.list_value_length(pc.struct_field(curve, "time")).to_numpy()):
+                raise WriteError(f"{file}: lightcurve is not sum(sector_info.n_cadences) long")
+
+
+# ---- the driver ----------------------------------------------------------------------------------------------------
+@dataclass
+class StarsSummary:
+    sectors: list[int]
+    new_sectors: list[int]
+    stars: int = 0
+    light_curves: int = 0
+    partitions: int = 0
+    written: int = 0
+    bytes_written: int = 0
+    bytes_total: int = 0
+
+    def describe(self) -> str:
+        return (f"{self.stars} stars of sectors {_span(self.sectors)} in {self.partitions} partition(s); "
+                f"{self.written} partition(s) written ({self.bytes_written / 1e6:.1f} MB of "
+                f"{self.bytes_total / 1e6:.1f} MB)")
+
+
+def _span(sectors: list[int]) -> str:
+    return ",".join(str(s) for s in sectors) or "none"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}{_TEMPORARY}{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.PathLike, executor=None, *,
+                pixel_threshold: int | None = None, n_processes: int = 1,
+                sector_catalogs: dict[int, str | os.PathLike] | None = None) -> StarsSummary:
+    """Join the finished per-sector outputs ``sector_outputs`` into the stars collection at ``stars_path`` (created,
+    or extended with the sectors it lacks). ``pixel_threshold``: most stars per partition (default: partitions of
+    about :data:`PARTITION_BYTES` of Parquet). Runs its units on ``executor`` (an :class:`~.executor.Executor`; one
+    of ``n_processes`` local processes when None). ``sector_catalogs``: sector -> its ``<tglc_data_path>/sSSSS``
+    folder, where HDF5 outputs of ``--columns seed`` (no camera/ccd columns) at non-default paths find their
+    catalog."""
+    from .executor import Executor
+
+    if executor is None:
+        with Executor(n_processes) as own:
+            return build_stars(sector_outputs, stars_path, own, pixel_threshold=pixel_threshold,
+                               sector_catalogs=sector_catalogs)
+    if pixel_threshold is not None and (isinstance(pixel_threshold, bool) or not isinstance(pixel_threshold, int)
+                                        or pixel_threshold < 1):
+        raise UsageError(f"--stars-pixel-threshold must be a positive integer, got {pixel_threshold!r}")
+    root = Path(stars_path)
+    catalog = root / CATALOG
+    by_sector, columns_name, flags = find_sector_outputs(list(sector_outputs), sector_catalogs)
+    stamp = _read_json(catalog / STAMP)
+    if stamp and stamp.get("phase") == "commit":  # a build decided but not finished: finish it first
+        log.info("Finishing the stars catalog's last build (it was interrupted)")
+        _finish(root, stamp)
+        stamp = _read_json(catalog / STAMP)
+    old_sectors = sorted(stamp["sectors"]) if stamp else []
+    if stamp and stamp["columns"] != columns_name:
+        raise UsageError(f"{root} holds a stars catalog of --columns {stamp['columns']}; these outputs are "
+                         f"--columns {columns_name}: choose another --stars_output_path")
+    if stamp:
+        for name, dtype in stamp["flags"].items():
+            _widen(flags, name, dtype)
+    new_sectors = sorted(set(by_sector) - set(old_sectors))
+    skipped = sorted(set(by_sector) & set(old_sectors))
+    if skipped:
+        log.info("Sectors %s are already in the stars catalog %s; kept as they are", _span(skipped), root)
+    threshold = pixel_threshold if pixel_threshold is not None else (stamp or {}).get("threshold")
+    summary = StarsSummary(sorted(set(old_sectors) | set(new_sectors)), new_sectors)
+    columns = column_set(columns_name)
+    schema = stars_schema(columns, flags)
+    digest = _schema_to_json(schema)
+    old_parts = [Partition(o, p) for o, p in stamp["partitions"]] if stamp else []
+    if not new_sectors and stamp and stamp.get("phase") == "finished" and threshold == stamp.get("threshold") \
+            and digest == stamp.get("schema"):
+        summary.stars, summary.partitions = stamp["stars"], len(old_parts)
+        summary.light_curves = stamp["light_curves"]
+        summary.bytes_total = _dataset_bytes(catalog)
+        log.info("Stars catalog %s: nothing to add (%s)", root, summary.describe())
+        return summary
+    root.mkdir(parents=True, exist_ok=True)
+    schema_changed = bool(stamp) and digest != stamp.get("schema")
+    new_sources = [s for sector in new_sectors for s in by_sector[sector]]
+    old_sources = [Source("stars", str(catalog / "dataset" / p.relpath()), 0, p.order, p.pixel) for p in old_parts]
+
+    # 1. the histogram: old pixels from the stored histogram, pixels with new light curves planned again
+    touched = sorted({p for s in new_sources for p in s.pixels4()}) if not schema_changed else \
+        sorted({p for s in new_sources + old_sources for p in s.pixels4()})
+    stored = dict(np.load(catalog / HISTOGRAM)) if stamp and (catalog / HISTOGRAM).is_file() else None
+    if stamp and stored is None:
+        touched = sorted({p for s in new_sources + old_sources for p in s.pixels4()})
+    tasks = [(p, _sources_of([p], new_sources, old_sources), new_sectors) for p in touched]
+    planned = {}
+    for result in executor.run(_plan_task, tasks, total=len(tasks), desc="Planning stars", unit="pixel",
+                               weights=[1] * len(tasks), lost=_lost):
+        if isinstance(result, BaseException):
+            raise result
+        planned[result[0]] = result[1]  # in completion order: each result names its pixel
+    if executor.stopping_requested:
+        raise KeyboardInterrupt
+    shift = 2 * (HIGHEST_ORDER - SOURCE_ORDER)
+    cells, stars, cadences, changed = [], [], [], []
+    if stored is not None:
+        keep = ~np.isin(stored["pixel"] >> shift, touched)
+        cells.append(stored["pixel"][keep]), stars.append(stored["stars"][keep])
+        cadences.append(stored["cadences"][keep])
+    for result in planned.values():
+        cells.append(result["pixel"]), stars.append(result["stars"]), cadences.append(result["cadences"])
+        changed.append(result["changed"])
+    cells_a = np.concatenate(cells) if cells else np.zeros(0, np.int64)
+    order = np.argsort(cells_a, kind="stable")
+    hist_cells = cells_a[order]
+    hist_stars = (np.concatenate(stars) if stars else np.zeros(0, np.int64))[order]
+    hist_cadences = (np.concatenate(cadences) if cadences else np.zeros(0, np.int64))[order]
+    changed_cells = np.unique(np.concatenate(changed)) if changed else np.zeros(0, np.int64)
+    if not len(hist_cells):
+        raise UsageError(f"the per-sector outputs {', '.join(map(str, sector_outputs))} hold no light curve")
+
+    # 2. the partitions, as hats-import makes them
+    parts = _alignment(hist_cells, hist_stars, hist_cadences, threshold, columns_name)
+    old_set = set(old_parts)
+    cell_part = _part_of_cells(hist_cells, parts)
+    dirty = {parts[i] for i in np.unique(cell_part[np.isin(hist_cells, changed_cells)])}
+    if schema_changed:
+        dirty = set(parts)
+    to_write = [p for p in parts if p not in old_set or p in dirty]
+    summary.partitions, summary.written = len(parts), len(to_write)
+    summary.stars = int(hist_stars.sum())
+
+    # 3. the partitions to write, into the staging folder
+    staging = catalog / STAGING
+    staging.mkdir(parents=True, exist_ok=True)
+    plan_id = hashlib.sha256(json.dumps([sorted(by_sector), digest, old_sectors, threshold]).encode()).hexdigest()
+    for stale in staging.rglob("*.parquet"):
+        if _read_stars_mark(stale) is None or _read_stars_mark(stale).get("plan") != plan_id or \
+                Partition(*_read_stars_mark(stale)["partition"]) not in to_write:
+            stale.unlink()
+    for stale in staging.rglob(f".*{_TEMPORARY}*"):
+        stale.unlink(missing_ok=True)
+    jobs = []
+    for part in to_write:
+        sources = _sources_of(list(part.pixels4()), new_sources, old_sources)
+        jobs.append((part, sources, schema, str(staging), {"plan": plan_id, "partition": [part.order, part.pixel]}))
+    weights = [int(hist_stars[cell_part == parts.index(p)].sum()) or 1 for p in to_write]
+    for result in executor.run(join_partition, jobs, total=sum(weights), desc="Joining stars", unit="star",
+                               weights=weights, lost=_lost):
+        if isinstance(result, BaseException):
+            raise result
+        summary.bytes_written += result["bytes"]
+    if executor.stopping_requested:
+        raise KeyboardInterrupt
+
+    # 4. commit, then finish
+    np.savez(catalog / f".{HISTOGRAM}{_TEMPORARY}{os.getpid()}.npz", pixel=hist_cells, stars=hist_stars,
+             cadences=hist_cadences)
+    os.replace(catalog / f".{HISTOGRAM}{_TEMPORARY}{os.getpid()}.npz", catalog / HISTOGRAM)
+    new_stamp = {"phase": "commit", "sectors": summary.sectors, "columns": columns_name, "flags": flags,
+                 "schema": digest, "threshold": threshold, "partitions": [[p.order, p.pixel] for p in parts],
+                 "staged": [p.relpath() for p in to_write], "stars": summary.stars,
+                 "light_curves": int(stamp["light_curves"] if stamp else 0) + _count_rows(new_sources),
+                 "tglc_builder_version": __version__}
+    _write_bytes(catalog / STAMP, (json.dumps(new_stamp, sort_keys=True) + "\n").encode())
+    log.debug("Stars catalog %s: %d partition(s) committed; finishing", root, len(to_write))
+    _finish(root, new_stamp)
+    summary.light_curves = new_stamp["light_curves"]
+    summary.bytes_total = _dataset_bytes(catalog)
+    log.info("Stars catalog %s: %s; open it with tglc_builder.open_stars(\"%s\") or lsdb.open_catalog(\"%s\")",
+             root, summary.describe(), root, root)
+    return summary
+
+
+def stars_of_build(builds: list, executor) -> StarsSummary:
+    """The stars step of a build: each sector's output folder (HATS when built, else HDF5; ``builds``: the
+    sectors' ``BuildArguments``) joined into the build's ``stars_output_dir``, on the build's executor."""
+    folders = [one.hats_output_dir if "hats" in one.formats else one.hdf5_output_dir for one in builds]
+    first = builds[0]
+    return build_stars(folders, first.stars_output_dir, executor, pixel_threshold=first.stars_pixel_threshold,
+                       sector_catalogs={one.sector: one.sector_dir for one in builds})
+
+
+def _plan_task(pixel: int, sources: list[Source], new_sectors: list[int]) -> tuple[int, dict]:
+    return pixel, plan_pixel(pixel, sources, new_sectors)
+
+
+def _lost(task: tuple, error: BaseException) -> BaseException:
+    return RuntimeError(f"the worker of a stars unit died ({error}); rerun to resume")
+
+
+def _count_rows(sources: list[Source]) -> int:
+    import h5py
+
+    total = 0
+    for s in sources:
+        if s.kind == "hdf5":
+            with h5py.File(s.path, "r") as h5:
+                total += len(h5["gaiadr3_id"])
+        else:
+            total += pq.read_metadata(s.path).num_rows
+    return total
+
+
+def _dataset_bytes(catalog: Path) -> int:
+    return sum(f.stat().st_size for f in (catalog / "dataset").rglob("Npix=*.parquet"))
+
+
+def _sources_of(pixels4: list[int], new_sources: list[Source], old_sources: list[Source]) -> list[Source]:
+    wanted = set(pixels4)
+    return [s for s in new_sources + old_sources if wanted & set(s.pixels4())]
+
+
+def _alignment(cells: np.ndarray, stars: np.ndarray, cadences: np.ndarray, threshold: int | None,
+               columns_name: str) -> list[Partition]:
+    """hats-import's adaptive partitions over the stars' order-10 histogram (``generate_alignment`` without
+    dropping siblings): from order 0 down, a pixel whose stars number at most ``threshold`` (by default: whose
+    estimated Parquet is at most :data:`PARTITION_BYTES`) is a partition, else it is split. Computed here on the
+    sparse histogram: hats' function takes the dense one (12.6 M cells), ~10 s on this project's machines, for the
+    same partitions (tests/test_stars.py holds the two equal)."""
+    weight = stars if threshold is not None else cadences * BYTES_PER_CADENCE[columns_name]
+    limit = threshold if threshold is not None else PARTITION_BYTES
+    found: list[Partition] = []
+    open_ = np.ones(len(cells), bool)
+    for order in range(HIGHEST_ORDER + 1):
+        parents = cells[open_] >> 2 * (HIGHEST_ORDER - order)
+        unique, inverse = np.unique(parents, return_inverse=True)
+        sums = np.bincount(inverse, weights=weight[open_], minlength=len(unique))
+        counts = np.bincount(inverse, weights=stars[open_], minlength=len(unique))
+        fits = (sums <= limit) & (counts > 0)
+        if order == HIGHEST_ORDER and not fits.all():
+            raise UsageError(f"an order-{HIGHEST_ORDER} pixel holds more than the stars pixel threshold "
+                             f"({limit}); raise --stars-pixel-threshold")
+        found += [Partition(order, int(p)) for p in unique[fits]]
+        closed = np.flatnonzero(open_)[fits[inverse]]
+        open_[closed] = False
+        if not open_.any():
+            break
+    return sorted(found, key=lambda p: (p.order, p.pixel))
+
+
+def _part_of_cells(cells: np.ndarray, parts: list[Partition]) -> np.ndarray:
+    out = np.full(len(cells), -1, np.int64)
+    for i, p in enumerate(parts):
+        out[(cells >> 2 * (HIGHEST_ORDER - p.order)) == p.pixel] = i
+    return out
+
+
+# ---- finishing: from the committed stamp to a finished collection ---------------------------------------------
+def _finish(root: Path, stamp: dict) -> None:
+    """Move the staged partitions into ``dataset/``, remove superseded ones, then write hats' metadata, the margin
+    cache, the indexes, the collection's properties and card, ``hats.properties`` and the stamp (phase
+    ``finished``), in that order. Idempotent: a rerun after a kill resumes it."""
+    from hats.catalog.dataset.collection_properties import CollectionProperties
+    from hats.catalog.dataset.table_properties import TableProperties
+    from hats.catalog.partition_info import PartitionInfo
+    from hats.io import paths
+    from hats.io.file_io import write_fits_image
+    from hats.io.parquet_metadata import write_parquet_metadata
+    from hats.io.skymap import write_skymap
+    from hats.pixel_math.healpix_pixel import HealpixPixel
+
+    from .formats.base import WriteError
+    from .formats.hats import _fsync_dir, _hats_complaints
+
+    catalog = root / CATALOG
+    for name in ("hats.properties", "properties"):
+        (catalog / name).unlink(missing_ok=True)
+    (root / "collection.properties").unlink(missing_ok=True)
+    staging, dataset = catalog / STAGING, catalog / "dataset"
+    for relpath in stamp["staged"]:
+        if (staging / relpath).is_file():
+            (dataset / relpath).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / relpath, dataset / relpath)
+            _fsync_dir((dataset / relpath).parent)
+        elif not (dataset / relpath).is_file():
+            raise WriteError(f"{dataset / relpath}: staged partition missing; remove {catalog / STAMP} and rebuild")
+    shutil.rmtree(staging, ignore_errors=True)
+    parts = [Partition(o, p) for o, p in stamp["partitions"]]
+    wanted = {dataset / p.relpath() for p in parts}
+    for file in list(dataset.rglob("*")) if dataset.is_dir() else []:
+        if file.is_file() and file not in wanted and file.name not in ("_metadata", "_common_metadata"):
+            file.unlink()
+    for directory in sorted((d for d in dataset.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+        if not any(directory.iterdir()):
+            directory.rmdir()
+    for name in ("partition_info.csv", "point_map.fits", "skymap.fits", "dataset/_metadata",
+                 "dataset/_common_metadata"):
+        (catalog / name).unlink(missing_ok=True)
+    for skymap in catalog.glob("skymap.*.fits"):
+        skymap.unlink()
+    partition_info = PartitionInfo.from_healpix([HealpixPixel(p.order, p.pixel) for p in parts])
+    partition_info.write_to_file(paths.get_partition_info_pointer(catalog))
+    total = write_parquet_metadata(catalog)
+    hist = np.load(catalog / HISTOGRAM)
+    histogram = np.zeros(12 * 4 ** HIGHEST_ORDER, np.int64)
+    histogram[hist["pixel"]] = hist["stars"]
+    if histogram.sum() != total:
+        raise WriteError(f"{catalog}: the partitions hold {total} stars, the plan {histogram.sum()}")
+    write_fits_image(histogram, paths.get_point_map_file_pointer(catalog))
+    write_skymap(histogram, catalog)
+    rows_per_part = [int(pq.read_metadata(dataset / p.relpath()).num_rows) for p in parts]
+    del histogram
+    properties = TableProperties.new_provenance_dict(catalog, builder=f"tglc_builder v{__version__}") | {
+        "catalog_name": CATALOG, "catalog_type": "object", "total_rows": total, "ra_column": "RA",
+        "dec_column": "DEC", "healpix_column": SPATIAL_INDEX, "healpix_order": SPATIAL_ORDER,
+        "skymap_order": HIGHEST_ORDER, "hats_max_rows": max(rows_per_part),
+        "moc_sky_fraction": f"{partition_info.calculate_fractional_coverage():0.5f}",
+        "obs_title": f"TESS-Gaia Light Curves (TGLC), one row per star, sectors {_span(stamp['sectors'])}",
+        "tglc_sectors": " ".join(map(str, stamp["sectors"])), "tglc_columns": stamp["columns"]}
+    TableProperties(**properties).to_properties_file(catalog)  # hats-import's margin pipeline needs it
+    margins = _build_margin(root)
+    indexes = {column: _write_index(root / f"{CATALOG}_{column}", catalog, parts, column) for column in INDEX_COLUMNS}
+    collection = {"name": f"{CATALOG}_collection", "hats_primary_table_url": CATALOG, "all_indexes": indexes}
+    if margins:
+        collection |= {"all_margins": margins, "default_margin": margins[0]}
+    CollectionProperties(**collection).to_properties_file(root)
+    write_stars_card(root, [f"{CATALOG}/dataset/{p.relpath()}" for p in parts], stamp, total)
+    complaints = _hats_complaints(root)
+    if complaints:
+        raise WriteError(f"{root}: hats does not accept the stars collection: {'; '.join(complaints)}")
+    _write_bytes(catalog / STAMP, (json.dumps(stamp | {"phase": "finished", "staged": []}, sort_keys=True)
+                                   + "\n").encode())
+
+
+def _build_margin(root: Path) -> list[str]:
+    """A :data:`MARGIN_ARCSEC` margin cache by hats-import's margin pipeline (on a small in-process Dask client,
+    as the per-sector HATS writer does); none when no star lies near a partition edge."""
+    from dask.distributed import Client
+    from hats_import.margin_cache.margin_cache_arguments import MarginCacheArguments
+    from hats_import.pipeline import pipeline_with_client
+
+    shutil.rmtree(root / MARGIN_NAME, ignore_errors=True)
+    tmp = root / f".hats-import{_TEMPORARY}{os.getpid()}"
+    chatty = logging.getLogger("distributed")  # its INFO lines (workers, plugins, comms) say nothing to our user
+    level = chatty.level
+    try:
+        chatty.setLevel(max(logging.WARNING, chatty.getEffectiveLevel()))
+        with warnings.catch_warnings(), \
+                Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as client:
+            warnings.filterwarnings("ignore", message="Computing partitions from catalog parquet files")
+            pipeline_with_client(MarginCacheArguments(
+                input_catalog_path=root / CATALOG, output_path=root, output_artifact_name=MARGIN_NAME,
+                margin_threshold=MARGIN_ARCSEC, tmp_dir=tmp, progress_bar=False, resume=False), client)
+    finally:
+        chatty.setLevel(level)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [MARGIN_NAME] if (root / MARGIN_NAME / "hats.properties").is_file() else []
+
+
+def _write_index(index_dir: Path, catalog: Path, parts: list[Partition], column: str,
+                 rows_per_file: int = 1_000_000) -> str:
+    """A HATS index catalog of ``column`` as hats-import's index pipeline writes it (the column sorted, with each
+    row's ``Norder``/``Npix``), written under a temporary name and swapped in. By hand for the reason given in
+    formats/hats.py's write_index (hats-import's pipeline needs a pinned Dask); the partitions here vary in order."""
+    from hats.catalog.dataset.table_properties import TableProperties
+    from hats.io.file_io import get_parquet_write_table_kwargs
+    from hats.io.parquet_metadata import write_parquet_metadata
+
+    values, norder, npix = [], [], []
+    for p in parts:
+        v = pq.read_table(catalog / "dataset" / p.relpath(), columns=[column]).column(0).to_numpy()
+        values.append(v)
+        norder.append(np.full(len(v), p.order, np.uint8))
+        npix.append(np.full(len(v), p.pixel, np.uint64))
+    values_a = np.concatenate(values)
+    order = np.argsort(values_a, kind="stable")
+    if column == "gaiadr3_id" and len(values_a) and np.any(values_a[order][1:] == values_a[order][:-1]):
+        log.error("A Gaia DR3 id is in two rows of %s: its light curves lie in different order-4 pixels in "
+                  "different sectors", catalog)
+    table = pa.table({column: values_a[order], "Norder": np.concatenate(norder)[order],
+                      "Npix": np.concatenate(npix)[order]})
+    options = get_parquet_write_table_kwargs(table.schema, write_table_kwargs={
+        "data_page_size": 16 * 1024, "sorting_columns": pq.SortingColumn.from_ordering(
+            table.schema, [(column, "ascending")]), "write_page_checksum": True})
+    options.pop("row_group_size", None)
+    tmp = index_dir.with_name(f".{index_dir.name}{_TEMPORARY}{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "dataset" / "index").mkdir(parents=True)
+    for part, start in enumerate(range(0, max(len(table), 1), rows_per_file)):
+        pq.write_table(table.slice(start, rows_per_file), tmp / "dataset" / "index" / f"part.{part}.parquet",
+                       row_group_size=rows_per_file, **options)
+    write_parquet_metadata(tmp, order_by_healpix=False)
+    TableProperties(**(TableProperties.new_provenance_dict(tmp, builder=f"tglc_builder v{__version__}") | {
+        "catalog_name": index_dir.name, "catalog_type": "index", "total_rows": len(table),
+        "primary_catalog": CATALOG, "indexing_column": column})).to_properties_file(tmp)
+    shutil.rmtree(index_dir, ignore_errors=True)
+    os.replace(tmp, index_dir)
+    return index_dir.name
+
+
+def write_stars_card(root: Path, files: list[str], stamp: dict, total: int) -> Path:
+    """The collection's dataset card: front matter naming exactly the main catalog's files (so
+    ``datasets.load_dataset(<collection>, split="train")`` gives one example per star, not the margin or index
+    rows), the features as stored, and prose."""
+    import datasets
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    from .formats.card import _SIZES, CITATION
+
+    schema = pq.read_schema(root / files[0])
+    features = datasets.Features.from_arrow_schema(schema)
+    size = next((label for limit, label in _SIZES if total < limit), "1B<n<10B")
+    config = {"config_name": "default", "data_files": [{"split": "train", "path": sorted(files)}]}
+    card = DatasetCardData(license="cc-by-4.0", pretty_name="TESS-Gaia Light Curves (TGLC), one row per star",
+                           size_categories=[size], configs=[config],
+                           tags=["astronomy", "time-series", "light-curves", "tess", "gaia", "healpix", "hats"])
+    DatasetInfosDict({"default": datasets.DatasetInfo(features=features)}).to_dataset_card_data(card)
+    rows = []
+    for f in schema:
+        if pa.types.is_struct(f.type):
+            for child in f.type:
+                meta = child.metadata or {}
+                rows.append(f"| `{f.name}.{child.name}` | {child.type.value_type} per entry | "
+                            f"{meta.get(b'unit', b'').decode()} | {meta.get(b'description', b'').decode()} |")
+        else:
+            meta = f.metadata or {}
+            rows.append(f"| `{f.name}` | {f.type} | {meta.get(b'unit', b'').decode()} | "
+                        f"{meta.get(b'description', b'').decode()} |")
+    prose = f"""# TESS-Gaia Light Curves (TGLC): one row per star
+
+Light curves of the TESS-Gaia Light Curve collection (TGLC; Han & Brandt 2023), joined across sectors
+{_span(stamp['sectors'])} by tglc-builder v{__version__}: {total} Gaia DR3 stars, {stamp['light_curves']} light curves
+(--columns {stamp['columns']}). Each row is one star: its ids, its position (the target list of its lowest sector),
+its sectors, `sector_info` (one entry per light curve, by sector, camera and CCD; a star observed on two CCDs of
+one sector has two entries) and `lightcurve` (every cadence of every entry, in that order, nothing padded:
+`sum(sector_info.n_cadences) == len(lightcurve.time)`). Values are the FITS values bit for bit.
+
+| column | type | unit | description |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+## Loading
+
+```python
+from datasets import load_dataset
+stars = load_dataset("<this folder>", split="train")   # one example per star; nested columns as dicts of lists
+
+import lsdb                                              # HATS: partitions, margin cache, id indexes
+catalog = lsdb.open_catalog("<this folder>")
+catalog.id_search(values={{"gaiadr3_id": ...}}).compute()
+
+import tglc_builder                                      # numpy arrays per sector, or lightkurve
+star = tglc_builder.open_stars("<this folder>").get(gaiadr3_id=...)
+```
+
+The folder is a HATS collection: the main catalog `{CATALOG}/` (adaptive HEALPix partitions, orders 0 to 10,
+sorted by `_healpix_29`), a {MARGIN_ARCSEC:g} arcsec margin cache and index catalogs on `gaiadr3_id` and `TIC_ID`.
+
+## Citation
+
+{CITATION}
+"""
+    text = f"---\n{card.to_yaml()}\n---\n\n{prose}"
+    _write_bytes(root / "README.md", text.encode())
+    return root / "README.md"
+
+
+# ---- reading a star back -------------------------------------------------------------------------------------------
+@dataclass
+class Star:
+    """One star of the stars catalog: ids, position, and its light curves, one dict of numpy arrays per entry of
+    ``sector_info`` (``sector``, ``camera``, ``ccd``, the per-light-curve values and every series)."""
+
+    gaiadr3_id: int
+    tic_id: int
+    ra: float
+    dec: float
+    sectors: list[int]
+    curves: list[dict[str, Any]]
+    columns: str = "seed"
+
+    def by_sector(self) -> dict[int, list[dict[str, Any]]]:
+        """The light curves per sector (two for a star on two CCDs of one sector)."""
+        out: dict[int, list[dict[str, Any]]] = {}
+        for curve in self.curves:
+            out.setdefault(int(curve["sector"]), []).append(curve)
+        return out
+
+    def to_lightkurve(self, flux_column: str | None = None):
+        """A ``lightkurve.LightCurveCollection`` of ``TessLightCurve`` s, one per light curve: flux from
+        ``flux_column`` (default ``cal_aper_flux`` when built with ``--columns all``, else ``aper_flux``), its
+        per-light-curve error as ``flux_err``, ``quality`` from ``tess_flags``, ``tglc_flags`` kept as a column."""
+        try:
+            import lightkurve
+            from astropy.time import Time
+        except ImportError:
+            raise ImportError("to_lightkurve needs lightkurve: pip install 'tglc-builder[lightkurve]'") from None
+        flux_column = flux_column or ("cal_aper_flux" if self.columns == "all" else "aper_flux")
+        errors = {"aper_flux": "aper_flux_err", "psf_flux": "psf_flux_err", "cal_aper_flux": "cal_aper_flux_err",
+                  "cal_psf_flux": "cal_psf_flux_err"}
+        curves = []
+        for c in self.curves:
+            if flux_column not in c:
+                raise KeyError(f"no column {flux_column!r} in the stars catalog (columns: "
+                               f"{', '.join(k for k in c if isinstance(c[k], np.ndarray))})")
+            flux = c[flux_column]
+            err = np.full(len(flux), c[errors[flux_column]], np.float64) if errors.get(flux_column) in c else None
+            lc = lightkurve.TessLightCurve(time=Time(c["time"], format="btjd", scale="tdb"), flux=flux,
+                                           flux_err=err, quality=c["tess_flags"],
+                                           meta={"SECTOR": int(c["sector"]), "CAMERA": int(c["camera"]),
+                                                 "CCD": int(c["ccd"]), "TICID": self.tic_id,
+                                                 "GAIADR3": self.gaiadr3_id, "LABEL": f"Gaia DR3 {self.gaiadr3_id}",
+                                                 "RA_OBJ": self.ra, "DEC_OBJ": self.dec, "FLUX_ORIGIN": flux_column})
+            lc["tglc_flags"] = c["tglc_flags"]
+            curves.append(lc)
+        return lightkurve.LightCurveCollection(curves)
+
+
+class StarsCatalog:
+    """The stars collection at ``path``, read a star at a time through its index catalogs: a lookup reads a
+    row group or two of the index and of one partition file, never the whole catalog."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.catalog = self.path / CATALOG
+        stamp = _read_json(self.catalog / STAMP)
+        if not stamp or stamp.get("phase") != "finished":
+            raise UsageError(f"{self.path} is not a finished stars catalog (no {CATALOG}/{STAMP} of a finished "
+                             "build); build it with --stars or build_stars()")
+        self.columns = stamp["columns"]
+        self.sectors = stamp["sectors"]
+
+    def _locate(self, column: str, value: int) -> list[tuple[int, int]]:
+        table = pq.read_table(self.path / f"{CATALOG}_{column}" / "dataset", filters=[(column, "==", int(value))],
+                              columns=["Norder", "Npix"])
+        return sorted({(int(o), int(p)) for o, p in zip(table.column(0).to_pylist(), table.column(1).to_pylist())})
+
+    def get(self, gaiadr3_id: int | None = None, tic_id: int | None = None) -> Star:
+        """The star of this Gaia DR3 id or TIC id. KeyError when the catalog has none; ValueError when a TIC id
+        names several Gaia stars (ask by ``gaiadr3_id``)."""
+        if (gaiadr3_id is None) == (tic_id is None):
+            raise ValueError("give exactly one of gaiadr3_id, tic_id")
+        column, value = ("gaiadr3_id", gaiadr3_id) if gaiadr3_id is not None else ("TIC_ID", tic_id)
+        tables = []
+        for order, pixel in self._locate(column, value):
+            file = self.catalog / "dataset" / Partition(order, pixel).relpath()
+            tables.append(pq.read_table(file, filters=[(column, "==", int(value))]))
+        table = pa.concat_tables(tables) if tables else None
+        if table is None or table.num_rows == 0:
+            raise KeyError(f"no star with {column} {value} in {self.path}")
+        if table.num_rows > 1:
+            raise ValueError(f"{column} {value} names {table.num_rows} stars in {self.path} "
+                             f"({', '.join(map(str, table.column('gaiadr3_id').to_pylist()))}); ask by gaiadr3_id")
+        return self._star(table.combine_chunks())
+
+    def _star(self, table: pa.Table) -> Star:
+        """The one row of ``table`` as a Star; values through Arrow -> numpy, so bits (NaN payloads) are kept."""
+        info, curve = table.column("sector_info").chunk(0), table.column("lightcurve").chunk(0)
+        entries = {f.name: pc.list_flatten(pc.struct_field(info, f.name)).to_numpy(zero_copy_only=False)
+                   for f in info.type}
+        series = {f.name: pc.list_flatten(pc.struct_field(curve, f.name)).to_numpy(zero_copy_only=False)
+                  for f in curve.type if f.name != "sector"}
+        curves, start = [], 0
+        for k in range(len(entries["sector"])):
+            n = int(entries["n_cadences"][k])
+            entry: dict[str, Any] = {name: values[k] for name, values in entries.items()}
+            entry.update({name: values[start:start + n] for name, values in series.items()})
+            curves.append(entry)
+            start += n
+        row = {name: table.column(name)[0].as_py() for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "sectors")}
+        return Star(row["gaiadr3_id"], row["TIC_ID"], row["RA"], row["DEC"], row["sectors"], curves, self.columns)
+
+
+def open_stars(path: str | os.PathLike) -> StarsCatalog:
+    """The stars catalog at ``path`` (``--stars_output_path``): ``open_stars(path).get(gaiadr3_id=...)`` or
+    ``.get(tic_id=...)`` gives a :class:`Star`, its light curves as numpy arrays per sector, and
+    ``.to_lightkurve()`` a ``lightkurve.LightCurveCollection`` whose ``stitch()`` gives one light curve."""
+    return StarsCatalog(path)
