@@ -33,7 +33,7 @@ class Shard:
     dec: np.ndarray  # float64
     cam: np.ndarray  # int16
     ccd: np.ndarray  # int16
-    path: np.ndarray  # bytes (S114), relative to the archive root
+    path: np.ndarray  # bytes (S116), relative to the archive root
 
     @property
     def label(self) -> str:
