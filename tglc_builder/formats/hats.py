@@ -453,6 +453,7 @@ class HatsWriter(Writer):
         pixels = sorted({_pixel_of(f) for f in files})
         partition_info = PartitionInfo.from_healpix([HealpixPixel(ORDER, p) for p in pixels])
         partition_info.write_to_file(paths.get_partition_info_pointer(catalog))
+        self._one_flag_width(files)
         total = write_parquet_metadata(catalog, create_metadata=(suffix == FILE_SUFFIX))
         histogram = np.zeros(12 * 4 ** SKYMAP_ORDER, np.int64)
         rows_per_pixel: dict[int, int] = {}
@@ -489,6 +490,32 @@ class HatsWriter(Writer):
             raise WriteError(f"{self.output_dir}: hats does not accept the collection: {'; '.join(complaints)}")
         log.info("HATS collection %s: %d light curves in %d pixel(s), %d file(s)", self.output_dir, total,
                  len(pixels), len(files))
+
+    def _one_flag_width(self, files: list[Path]) -> None:
+        """A HATS catalog is one Parquet dataset of one schema (``_metadata`` appends the files' row groups, which
+        requires equal schemas): when some files hold 32-bit flags (tglc 0.8 light curves) and others 16-bit ones,
+        the narrower files are written again with the wider flags, values kept (rare: a sector mixing versions)."""
+        bits = {file: 8 * np.dtype(pq.read_schema(file).field("lightcurve").type.field("tglc_flags").type
+                                   .value_type.to_pandas_dtype()).itemsize for file in files}
+        widest = max(bits.values())
+        schema = widened(self.schema, self.columns, widest)
+        for file in (f for f in files if bits[f] < widest):
+            tmp = file.with_name(f".{file.name}{_TEMPORARY}{os.getpid()}")
+            try:
+                with pq.ParquetFile(file, page_checksum_verification=True) as pf:
+                    kept = {k: v for k, v in (pf.metadata.metadata or {}).items() if k != b"ARROW:schema"}
+                    writer = pq.ParquetWriter(str(tmp), schema, **parquet_options(schema))
+                    try:
+                        for group in range(pf.num_row_groups):
+                            writer.write_table(pf.read_row_group(group).cast(schema))
+                        writer.add_key_value_metadata(kept)
+                    finally:
+                        writer.close()
+                verify_file(tmp, schema, read_mark(file), full=True)
+                os.replace(tmp, file)
+            finally:
+                tmp.unlink(missing_ok=True)
+            log.info("%s: flags widened to %d bits, as other files of the catalog hold", file, widest)
 
     def _card_note(self, suffix: str, margins: list[str] | None, indexes: dict[str, str] | None) -> str:
         """What the card must add for this build: the pixel-folder layout, the extras."""
