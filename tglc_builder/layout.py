@@ -138,8 +138,14 @@ def objects_of_relpaths(paths: np.ndarray, lengths: np.ndarray, sector: int
     lengths = np.asarray(lengths, np.int64)
     accepted = np.zeros(len(paths), bool)
     found = []
-    for m in range(1, len(str(MAX_VERSION)) + 1):  # digits of the version: 1 for every file seen so far
-        digits_count = lengths - (_PREFIX + _SUFFIX + m - 1)
+    # Digits of each path's version, read off the 'v' before "_llc.fits" (0: none), so that every row is parsed once.
+    version_digits = np.zeros(len(paths), np.int64)
+    for m in range(len(str(MAX_VERSION)), 0, -1):
+        at = lengths - len("_llc.fits") - m - 1
+        inside = np.flatnonzero((at >= 0) & (at < paths.shape[1]))
+        version_digits[inside[paths[inside, at[inside]] == ord("v")]] = m
+    for m in range(1, len(str(MAX_VERSION)) + 1):  # 1 for every file seen so far
+        digits_count = np.where(version_digits == m, lengths - (_PREFIX + _SUFFIX + m - 1), 0)
         for k in np.unique(digits_count[(digits_count >= 1) & (digits_count <= 19)]):  # almost all are 19 digits
             rows = np.flatnonzero(digits_count == k)
             part = paths[rows]
