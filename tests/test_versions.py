@@ -20,7 +20,7 @@ from test_loading import as_example, assert_examples_exact, read_fits
 from tglc_builder import layout
 from tglc_builder.columns import column_set
 from tglc_builder.demo import SyntheticSector
-from tglc_builder.formats.card import example_features, hdf5_features
+from tglc_builder.formats.card import example_features, hdf5_features, write_card
 from tglc_builder.loading import hats_data_files, load_tglc
 from tglc_builder.reader import InvalidTGLCFile, read_tglc
 
@@ -223,6 +223,36 @@ def test_tglc_08_files_mixed_with_v1_in_one_pixel(tmp_path):
         assert kinds == {6: "list<element: int32>", 2: "list<element: int32>"}
         assert sorted(versions_of(f)["file_version"] for f in parquet) == [[1], [1, 2]]
     assert_every_loader_exact(root, rows, 32, SECTOR, tmp_path)
+    if HATS:
+        _parquet_folder_mixing_widths_loads(root, rows, tmp_path)
+
+
+def _parquet_folder_mixing_widths_loads(root: Path, rows: dict[str, dict], tmp_path: Path) -> None:
+    """datasets' Parquet loader, on a folder of one int16 file and one int32 file with the card write_card gives it:
+    the card declares int32 flags, and datasets casts the int16 file to them, values kept."""
+    import pyarrow as pa
+
+    folder = tmp_path / "mixed_parquet"
+    folder.mkdir()
+    files = []
+    for k, file in enumerate(hats_data_files(root / "hats" / f"tglc_s{SECTOR:04d}")):
+        table = pq.read_table(file)
+        if table.num_rows == 2:  # the v1-only file, back to the 16-bit flags it would have alone
+            curve = table.schema.field("lightcurve").type
+            narrow = pa.struct([f.with_type(pa.list_(pa.field("element", pa.int16()))) if f.name.endswith("_flags")
+                                else f for f in curve])
+            table = table.cast(table.schema.set(table.schema.get_field_index("lightcurve"),
+                                                table.schema.field("lightcurve").with_type(narrow)))
+        files.append(folder / f"part-{k}.parquet")
+        pq.write_table(table, files[-1])
+    assert sorted(str(pq.read_schema(f).field("lightcurve").type.field("tess_flags").type) for f in files) == [
+        "list<element: int16>", "list<element: int32>"]
+    write_card(folder, "hats", files, ALL, sectors=[SECTOR])
+    native = load_alone_once(folder, tmp_path / "mixed_native")
+    assert native["features"]["lightcurve"]["tglc_flags"].feature.dtype == "int32"
+    wide = widened(rows, 32)
+    assert_examples_exact(native["numpy"], [as_example(wide[e["gaiadr3_id"]], ALL) for e in native["numpy"]])
+    assert len(native["numpy"]) == len(rows)
 
 
 # ---- layouts the builder cannot read -------------------------------------------------------------------------------
