@@ -28,8 +28,9 @@ OPTIONAL_COLUMNS = {"cal_psf_flux": "E", "cal_aper_flux": "E", "background": "E"
                     "aperture_flux_raw": "E", "psf_flux_raw": "E"}
 _TYPED = {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}
 # Limits checked before anything is allocated from what a file says (issue: a 54 KB file claiming 1e8 fields, a
-# sparse multi-GB file). The largest TGLC file known is a v2 file of a 200-s sector: ~11,000 cadences with its 5x5
-# cut-out cube and models, about 1.6 MB; 64 MB leaves room for longer sectors and is still cheap to hold.
+# sparse multi-GB file). The largest TGLC file expected is a v2 file of a 200-s sector: ~11,000 cadences with its 5x5
+# cut-out cube (100 bytes a cadence) and table (40), about 1.6 MB (estimated; the real 10-min v2 file in tests/data,
+# 3,489 cadences, is 495 KB); 64 MB leaves room for longer sectors and is still cheap to hold.
 MAX_FILE_BYTES = 64 << 20
 MAX_FIELDS = 999  # FITS standard: TFIELDS <= 999
 MAX_AXES = 999  # FITS standard: NAXIS <= 999
