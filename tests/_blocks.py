@@ -11,7 +11,7 @@ import healpy
 import numpy as np
 
 from tglc_builder import layout
-from tglc_builder.columns import ColumnSet
+from tglc_builder.columns import FROM_FILE_NAME, STRING, ColumnSet
 from tglc_builder.formats import Block, Shard
 from tglc_builder.reader import read_tglc
 
@@ -95,15 +95,19 @@ def blocks(shard: Shard, fits_dir: Path, columns: ColumnSet, block_rows: int = 7
         for s in columns.series:
             values = np.full((len(rows), width), s.pad, s.dtype)
             for j, curve in enumerate(curves):
-                values[j, :lengths[j]] = curve.data[s.fits_column]
+                if s.fits_column in curve.data.dtype.names:  # else NaN: a column of newer versions only
+                    values[j, :lengths[j]] = curve.data[s.fits_column]
             series[s.name] = values
         idx = np.array(rows, np.int64)
         scalars = {"TIC_ID": shard.tic_id[idx], "gaiadr3_id": shard.gaiadr3_id[idx], "RA": shard.ra[idx],
                    "DEC": shard.dec[idx]}
         for s in columns.scalars:
+            if s.hdu == FROM_FILE_NAME:
+                scalars[s.name] = np.array([layout.file_version(shard.path[i]) for i in rows], s.dtype)
+                continue
             values = [(c.primary if s.hdu == 0 else c.header).get(s.card) for c in curves]
-            scalars[s.name] = np.array([(np.nan if s.dtype.kind == "f" else 0) if v is None else v for v in values],
-                                       s.dtype)
+            absent = np.nan if s.dtype.kind == "f" else "" if s.dtype == STRING else 0
+            scalars[s.name] = np.array([absent if v is None else v for v in values], s.dtype)
         yield Block(rows=idx, n_cadences=lengths, series=series, scalars=scalars)
 
 

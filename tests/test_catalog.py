@@ -58,10 +58,40 @@ def test_vectorised_paths_match_the_naming_scheme():
     for i, p in enumerate(paths):
         rows[i, :len(p)] = np.frombuffer(p, np.uint8)
     lengths = np.array([len(p) for p in paths])
-    ok, back, back_cam, back_ccd = layout.objects_of_relpaths(rows, lengths, 7)
-    assert ok.all() and back.tolist() == gaia.tolist()
+    ok, back, back_cam, back_ccd, back_version = layout.objects_of_relpaths(rows, lengths, 7)
+    assert ok.all() and back.tolist() == gaia.tolist() and back_version.tolist() == [1] * len(gaia)
     assert back_cam.tolist() == cam.tolist() and back_ccd.tolist() == ccd.tolist()
     assert not layout.objects_of_relpaths(rows, lengths, 8)[0].any()
+
+
+def test_file_versions_are_part_of_the_canonical_path():
+    """Files named _tess_v<k>_llc.fits (k = 1..999) are light curves; the version goes through exactly."""
+    gaia = np.array([1, 4295806720, 6479517581213243264, 2**63 - 1, 10**17], np.int64)
+    cam, ccd = np.array([1, 2, 3, 4, 1]), np.array([4, 3, 2, 1, 1])
+    version = np.array([2, 1, 12, 999, 2])
+    paths = layout.lc_relpaths(gaia, 7, cam, ccd, version)
+    assert [p.decode() for p in paths] == [layout.lc_relpath(*args) for args in zip(gaia, [7] * 5, cam, ccd, version)]
+    assert paths[0].decode().endswith("-s0007-cam1-ccd4_tess_v2_llc.fits") and len(paths[3]) == layout.RELPATH_WIDTH
+    assert [layout.file_version(p) for p in paths] == version.tolist()
+    rows = np.zeros((len(paths), layout.RELPATH_WIDTH), np.uint8)
+    for i, p in enumerate(paths):
+        rows[i, :len(p)] = np.frombuffer(p, np.uint8)
+    ok, back, back_cam, back_ccd, back_version = layout.objects_of_relpaths(rows, [len(p) for p in paths], 7)
+    assert ok.all() and back.tolist() == gaia.tolist() and back_version.tolist() == version.tolist()
+    assert back_cam.tolist() == cam.tolist() and back_ccd.tolist() == ccd.tolist()
+
+
+def test_a_listing_of_v2_files(tmp_path):
+    v2 = [layout.lc_relpath(6479517581213243264, SECTOR, 1, 2, 2), layout.lc_relpath(4295806720, SECTOR, 3, 4, 2)]
+    text = "#!/bin/sh\n" + "".join(f"{_curl(p)}\n" for p in v2) + f"{_curl(layout.lc_relpath(5, SECTOR, 1, 1))}\n"
+    bulk = listing.parse_bulk_script(_listing_file(tmp_path, text.encode()), SECTOR)
+    assert bulk.n_rejected == 0 and bulk.gaiadr3_id.tolist() == [6479517581213243264, 4295806720, 5]
+    assert bulk.version.tolist() == [2, 2, 1]
+    targets = Table({"GAIADR3_ID": bulk.gaiadr3_id, "TIC_ID": np.array([1, 2, 3]), "RA": np.array([1.0, 2.0, 3.0]),
+                     "DEC": np.array([4.0, 5.0, 6.0])})
+    catalog = listing.build_catalog(bulk, targets, SECTOR)
+    assert [bytes(p).decode() if isinstance(p, bytes) else p for p in catalog["path"]] == [
+        *v2, layout.lc_relpath(5, SECTOR, 1, 1)]
 
 
 @pytest.mark.parametrize("bad", [
@@ -73,6 +103,8 @@ def test_vectorised_paths_match_the_naming_scheme():
     layout.lc_relpath(6479517581213243264, SECTOR, 1, 2).replace("-cam1-ccd2_", "-cam3-ccd2_"),
     "s0023/cam1-ccd2/0099/9999/9999/9999/hlsp_tglc_tess_ffi_gaiaid-9999999999999999999-s0023-cam1-ccd2_tess_v1_llc.fits",
     "https://evil.example/s0023/x.fits",
+    *(layout.lc_relpath(6479517581213243264, SECTOR, 1, 2).replace("_tess_v1_", bad)  # not a version we can name
+      for bad in ("_tess_v0_", "_tess_v01_", "_tess_v1000_", "_tess_v2.1_", "_tess_vX_", "_tess_v_", "_tess_v-2_")),
 ])
 def test_parse_rejects_hostile_or_malformed_paths(tmp_path, bad):
     good = layout.lc_relpath(6479517581213243264, SECTOR, 1, 2)

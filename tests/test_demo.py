@@ -248,7 +248,10 @@ def test_tamper_changes_exactly_the_card():
 def test_v2_files(tmp_path):
     v1 = SyntheticSector(23, 20, seed=2)
     with LocalArchive(sector=23, n=20, seed=2, flavour="v2", tamper={4: {"CONTAMRT": 0.5}}) as archive:
-        served = {i: requests.get(f"{archive.url}/{v1.relpath(i)}", timeout=10).content for i in (3, 4)}
+        served = {i: requests.get(f"{archive.url}/{archive.sector.relpath(i)}", timeout=10).content for i in (3, 4)}
+        # named as the tglc package names them: _tess_v2_llc.fits (the v1 name is not served)
+        assert archive.sector.relpath(3) == v1.relpath(3).replace("_tess_v1_llc", "_tess_v2_llc")
+        assert requests.get(f"{archive.url}/{v1.relpath(3)}", timeout=10).status_code == 404
     assert served[3] == archive.sector.fits_bytes(3) != v1.fits_bytes(3)
     with fits.open(io.BytesIO(served[3])) as hdul, fits.open(io.BytesIO(v1.fits_bytes(3))) as old:
         hdul.verify("exception")

@@ -28,8 +28,8 @@ from astropy.io import fits
 import tglc_builder.tglc as tglc_module
 from conftest import SAMPLE
 from tglc_builder import layout
-from tglc_builder.columns import (EXTRA_SCALARS, EXTRA_SERIES, IDS_AND_POSITION, SEED_SCALARS, SEED_SERIES,
-                                  ColumnSet, column_set)
+from tglc_builder.columns import (EXTRA_SCALARS, EXTRA_SERIES, FROM_FILE_NAME, IDS_AND_POSITION, SEED_SCALARS,
+                                  SEED_SERIES, STRING, ColumnSet, column_set)
 from tglc_builder.formats.card import example_features
 from tglc_builder.loading import hats_data_files, load_tglc
 
@@ -212,13 +212,21 @@ def read_fits(path: Path, columns: ColumnSet) -> dict[str, Any]:
                                "gaiadr3_id": np.int64(headers[0]["GAIADR3"]),
                                "RA": np.float64(headers[0]["RA_OBJ"]), "DEC": np.float64(headers[0]["DEC_OBJ"])}
         for series in columns.series:
-            row[series.name] = np.asarray(table[series.fits_column]).astype(series.dtype)
+            if series.fits_column not in table.columns.names:  # a column of newer files (0.8's raw fluxes): NaN
+                assert not series.required, (path, series.fits_column)
+                row[series.name] = np.full(len(table), series.pad, series.dtype)
+                continue
+            values = np.asarray(table[series.fits_column])  # the flags keep the file's width (16 or 32 bits)
+            row[series.name] = values.astype(values.dtype.newbyteorder("=") if series.widens else series.dtype)
         for scalar in columns.scalars:
+            if scalar.hdu == FROM_FILE_NAME:  # the v<k> of the file's name
+                row[scalar.name] = scalar.dtype.type(layout.file_version(path.name))
+                continue
             value = headers[scalar.hdu].get(scalar.card)
-            if value is None:  # a card only some files carry (CONTAMRT): NaN / 0, as the contract says
+            if value is None:  # a card only some files carry (CONTAMRT, PROCVER): NaN / 0 / "", as the contract says
                 assert not scalar.required, (path, scalar.card)
-                value = np.nan if scalar.dtype.kind == "f" else 0
-            row[scalar.name] = scalar.dtype.type(value)
+                value = np.nan if scalar.dtype.kind == "f" else "" if scalar.dtype == STRING else 0
+            row[scalar.name] = value if scalar.dtype == STRING else scalar.dtype.type(value)
     row["n_cadences"] = np.int32(len(row["time"]))
     return row
 

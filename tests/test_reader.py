@@ -91,7 +91,8 @@ def test_other_files_are_refused(good):
     _refused(tmp_path, b"<html>not found</html>".ljust(2880), "not a FITS file")
     _refused(tmp_path, data.replace(b"'LIGHTCURVE'", b"'SPECTRUM  '"), "not the LIGHTCURVE")
     _refused(tmp_path, data.replace(b"'psf_flux'", b"'psf_fluz'"), "no 'psf_flux' column")
-    _refused(tmp_path, data.replace(b"TFORM8  = 'I       '", b"TFORM8  = 'J       '"), "format")
+    _refused(tmp_path, data.replace(b"TFORM8  = 'I       '", b"TFORM8  = 'E       '"),
+             "column 'TESS_flags' has format 'E', not 'I' or 'J'")
     _refused(tmp_path, data, "GAIADR3", gaiadr3_id=1)
     header = read_tglc_bytes(tmp_path, data).primary
     # a file of another sector, camera or CCD than its path says

@@ -21,6 +21,8 @@ class Series:
     pad: float | int  # beyond n_cadences: NaN for floats, 0 for integers
     unit: str
     description: str
+    required: bool = True  # False: a column only some file versions carry (padding for files without it)
+    widens: bool = False  # True: dtype is the narrowest; an output file takes the widest of its files (the flags)
 
 
 @dataclass(frozen=True)
@@ -33,18 +35,23 @@ class Scalar:
     dtype: np.dtype
     unit: str
     description: str
-    required: bool = True  # False: a card only some files carry (NaN / 0 when absent)
+    required: bool = True  # False: a card only some files carry (NaN / 0 / "" when absent)
 
 
 _F8, _F4, _I4, _I2 = np.dtype("float64"), np.dtype("float32"), np.dtype("int32"), np.dtype("int16")
+STRING = np.dtype("O")  # a text scalar (str values): HDF5 fixed-length ASCII of STRING_BYTES, Arrow string
+STRING_BYTES = 64  # fixed length, so that Fletcher32 covers the values (HDF5 filters refuse variable-length data)
+FROM_FILE_NAME = -1  # Scalar.hdu of a value read off the file's name (its version), not a header card
 _NAN = float("nan")
 
 SEED_SERIES = (
     Series("time", "time", _F8, _NAN, "d", "TBJD = BJD - 2457000, barycentric TDB"),
     Series("psf_flux", "psf_flux", _F4, _NAN, "e-/s", "PSF flux, not detrended"),
     Series("aper_flux", "aperture_flux", _F4, _NAN, "e-/s", "3x3 aperture flux, not detrended"),
-    Series("tess_flags", "TESS_flags", _I2, 0, "", "SPOC quality flags of the FFI cadence"),
-    Series("tglc_flags", "TGLC_flags", _I2, 0, "", "TGLC flags (bit 0 scattered light, bit 1 near the CCD edge)"),
+    Series("tess_flags", "TESS_flags", _I2, 0, "", "SPOC quality flags of the FFI cadence (int16, or int32 in a "
+           "file holding tglc 0.8 light curves)", widens=True),
+    Series("tglc_flags", "TGLC_flags", _I2, 0, "", "TGLC flags (bit 0 scattered light, bit 1 near the CCD edge; "
+           "int16, or int32 in a file holding tglc 0.8 light curves)", widens=True),
 )
 EXTRA_SERIES = (
     Series("cal_psf_flux", "cal_psf_flux", _F4, _NAN, "", "detrended, normalised PSF flux"),
@@ -52,6 +59,10 @@ EXTRA_SERIES = (
            "recommended starting point)"),
     Series("background", "background", _F4, _NAN, "e-/s", "local background (true background = this + LOC_BG)"),
     Series("cadence_num", "cadence_num", _I4, 0, "", "FFI cadence number"),
+    Series("aper_flux_raw", "aperture_flux_raw", _F4, _NAN, "e-/s", "decontaminated 3x3 aperture sum before "
+           "catalog-based offsets and detrending (tglc 0.8 files; NaN for files without it)", required=False),
+    Series("psf_flux_raw", "psf_flux_raw", _F4, _NAN, "e-/s", "fitted PSF amplitude before catalog-based offsets "
+           "and detrending (tglc 0.8 files; NaN for files without it)", required=False),
 )
 
 # Scalars every build has. TIC_ID, gaiadr3_id, RA and DEC come from the catalog (the target list), not a header.
@@ -75,6 +86,12 @@ EXTRA_SCALARS = (
     Scalar("camera", "CAMERA", 0, _I2, "", "TESS camera"),
     Scalar("ccd", "CCD", 0, _I2, "", "TESS CCD"),
     Scalar("contamrt", "CONTAMRT", 0, _F8, "", "contamination ratio (TGLC v2 files only; NaN otherwise)",
+           required=False),
+    Scalar("file_version", "", FROM_FILE_NAME, _I2, "", "file version: the k of the FITS file's name "
+           "_tess_v<k>_llc.fits (1 on MAST, 2 for files of the tglc package since 0.6.6)"),
+    Scalar("tglcver", "TGLCVER", 0, STRING, "", "TGLC version that wrote the file (TGLCVER; empty when absent)",
+           required=False),
+    Scalar("procver", "PROCVER", 0, STRING, "", "processing version (PROCVER of tglc 0.8 files; empty when absent)",
            required=False),
 )
 

@@ -20,8 +20,12 @@ NEST = True
 # comparing each with the canonical path of the object it names).
 LC_RELPATH_PATTERN = (
     r"^s(?P<sector>\d{4})/cam(?P<cam>[1-4])-ccd(?P<ccd>[1-4])/00\d{2}/\d{4}/\d{4}/\d{4}/"
-    r"hlsp_tglc_tess_ffi_gaiaid-(?P<gaia>[1-9]\d{0,18})-s\d{4}-cam[1-4]-ccd[1-4]_tess_v1_llc\.fits$"
+    r"hlsp_tglc_tess_ffi_gaiaid-(?P<gaia>[1-9]\d{0,18})-s\d{4}-cam[1-4]-ccd[1-4]_tess_v(?P<version>[1-9]\d{0,2})"
+    r"_llc\.fits$"
 )
+# The file version is the ``v<k>`` of ``_tess_v<k>_llc.fits``: 1 on MAST, 2 for files of the tglc package since 0.6.6
+# (0.8 included). Any k from 1 to MAX_VERSION names a light curve; the path stays exactly the canonical one of k.
+MAX_VERSION = 999
 
 
 def sector_tag(sector: int) -> str:
@@ -49,38 +53,64 @@ def target_list_relpath(sector: int) -> str:
     return f"target_lists/{sector_tag(sector)}.csv"
 
 
-def lc_filename(gaia_id: int, sector: int, cam: int, ccd: int) -> str:
-    return f"hlsp_tglc_tess_ffi_gaiaid-{int(gaia_id)}-{sector_tag(sector)}-cam{cam}-ccd{ccd}_tess_v1_llc.fits"
+def lc_filename(gaia_id: int, sector: int, cam: int, ccd: int, version: int = 1) -> str:
+    return (f"hlsp_tglc_tess_ffi_gaiaid-{int(gaia_id)}-{sector_tag(sector)}-cam{cam}-ccd{ccd}"
+            f"_tess_v{int(version)}_llc.fits")
 
 
-def lc_relpath(gaia_id: int, sector: int, cam: int, ccd: int) -> str:
+def lc_relpath(gaia_id: int, sector: int, cam: int, ccd: int, version: int = 1) -> str:
     """Path of one light curve relative to the archive root."""
     z = str(int(gaia_id)).zfill(19)
     return (
         f"{sector_tag(sector)}/cam{cam}-ccd{ccd}/00{z[0:2]}/{z[2:6]}/{z[6:10]}/{z[10:14]}/"
-        + lc_filename(gaia_id, sector, cam, ccd)
+        + lc_filename(gaia_id, sector, cam, ccd, version)
     )
 
 
-RELPATH_WIDTH = 114  # bytes of the longest canonical path (a 19-digit Gaia id)
+def file_version(relpath: str | bytes) -> int:
+    """The ``k`` of a canonical path's ``_tess_v<k>_llc.fits``."""
+    name = relpath.decode() if isinstance(relpath, bytes) else relpath
+    return int(name.rsplit("_tess_v", 1)[1].split("_", 1)[0])
+
+
+RELPATH_WIDTH = 116  # bytes of the longest canonical path (a 19-digit Gaia id, a 3-digit version)
 _PREFIX = len("s0000/cam1-ccd1/0000/0000/0000/0000/hlsp_tglc_tess_ffi_gaiaid-")
-_SUFFIX = len("-s0000-cam1-ccd1_tess_v1_llc.fits")
+_SUFFIX = len("-s0000-cam1-ccd1_tess_v1_llc.fits")  # with a 1-digit version
+_VERSION_AT = len("-s0000-cam1-ccd1_tess_v")  # after the id
 _CAM_AT, _CCD_AT = len("s0000/cam"), len("s0000/cam1-ccd")
 _CHUNK = 1 << 17
 _Z_AT = (18, 21, 26, 31)  # where z[0:2], z[2:6], z[6:10], z[10:14] go in the folders
 
 
-def lc_relpaths(gaia_ids: np.ndarray, sector: int, cam: np.ndarray, ccd: np.ndarray) -> np.ndarray:
-    """:func:`lc_relpath` of many objects at once, as a fixed-width bytes array (dtype ``S114``), in numpy.
+def lc_relpaths(gaia_ids: np.ndarray, sector: int, cam: np.ndarray, ccd: np.ndarray,
+                version: int | np.ndarray = 1) -> np.ndarray:
+    """:func:`lc_relpath` of many objects at once, as a fixed-width bytes array (dtype ``S116``), in numpy.
 
-    Two million paths take about half a second; ``gaia_ids`` must be positive and ``cam``, ``ccd`` in 1..4.
+    Two million paths take about half a second; ``gaia_ids`` must be positive, ``cam``, ``ccd`` in 1..4 and
+    ``version`` (one for all, or one per object) in 1..:data:`MAX_VERSION`.
     """
     gaia = np.asarray(gaia_ids, np.int64)
+    if np.ndim(version):
+        versions = np.asarray(version, np.int64)
+        kinds = np.unique(versions)
+        if len(kinds) == 1:
+            version = int(kinds[0])
+        else:  # rare: a listing naming files of several versions
+            out = np.empty(len(gaia), f"S{RELPATH_WIDTH}")
+            cam, ccd = np.asarray(cam), np.asarray(ccd)
+            for v in kinds.tolist():
+                rows = versions == v
+                out[rows] = lc_relpaths(gaia[rows], sector, cam[rows], ccd[rows], v)
+            return out
+    version = int(version)
+    if not 1 <= version <= MAX_VERSION:
+        raise ValueError(f"file version {version} is outside 1..{MAX_VERSION}")
     if len(gaia) > _CHUNK:  # in slices, so the temporaries stay small (and in the cache)
         out = np.empty(len(gaia), f"S{RELPATH_WIDTH}")
         for i in range(0, len(gaia), _CHUNK):
-            out[i:i + _CHUNK] = lc_relpaths(gaia[i:i + _CHUNK], sector, cam[i:i + _CHUNK], ccd[i:i + _CHUNK])
+            out[i:i + _CHUNK] = lc_relpaths(gaia[i:i + _CHUNK], sector, cam[i:i + _CHUNK], ccd[i:i + _CHUNK], version)
         return out
+    suffix_len = _SUFFIX + len(str(version)) - 1
     n = len(gaia)
     digits = np.empty((n, 19), np.uint8)  # z = the id zero-padded to 19 digits, as ASCII
     rest = gaia.copy()
@@ -91,7 +121,7 @@ def lc_relpaths(gaia_ids: np.ndarray, sector: int, cam: np.ndarray, ccd: np.ndar
     cam_digit = np.asarray(cam, np.uint8) + ord("0")
     ccd_digit = np.asarray(ccd, np.uint8) + ord("0")
     # Start from the path of a 19-digit id on cam1-ccd1 (bytes repetition: a memcpy), then fill in what varies.
-    template = lc_relpath(10**18, sector, 1, 1).encode()
+    template = lc_relpath(10**18, sector, 1, 1, version).encode().ljust(RELPATH_WIDTH, b"\0")
     out = np.frombuffer(bytearray(template * n), np.uint8).reshape(n, RELPATH_WIDTH)
     suffix_at = _PREFIX + 19
     for where, value in ((_CAM_AT, cam_digit), (_CCD_AT, ccd_digit), (suffix_at + _CAM_AT + 1, cam_digit),
@@ -103,44 +133,59 @@ def lc_relpaths(gaia_ids: np.ndarray, sector: int, cam: np.ndarray, ccd: np.ndar
     # Shorter ids (a few percent): the id and the suffix end earlier, zero bytes fill the rest.
     for k in np.unique(lengths[lengths < 19]):
         rows = np.flatnonzero(lengths == k)
-        suffix = out[rows, suffix_at:]
+        suffix = out[rows, suffix_at:suffix_at + suffix_len]
         out[rows, _PREFIX:_PREFIX + k] = digits[rows, 19 - k:]
-        out[rows, _PREFIX + k:_PREFIX + k + _SUFFIX] = suffix
-        out[rows, _PREFIX + k + _SUFFIX:] = 0
+        out[rows, _PREFIX + k:_PREFIX + k + suffix_len] = suffix
+        out[rows, _PREFIX + k + suffix_len:] = 0
     return out.view(f"S{RELPATH_WIDTH}").ravel()
 
 
 def objects_of_relpaths(paths: np.ndarray, lengths: np.ndarray, sector: int
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The inverse of :func:`lc_relpaths`: which candidate paths are canonical light-curve paths of ``sector``.
 
     ``paths`` is ``(n, RELPATH_WIDTH)`` bytes (``uint8``), row ``i`` meaningful up to ``lengths[i]``. A path is
-    accepted only when it is byte for byte the canonical path of the object it names, so absolute paths, ``..``,
-    other hosts, other sectors, leading zeros and folders that disagree with the id are all refused. Returns
-    ``(accepted, gaia_id, cam, ccd)``, the last three for the accepted rows only, in row order.
+    accepted only when it is byte for byte the canonical path of the object and file version it names, so absolute
+    paths, ``..``, other hosts, other sectors, leading zeros and folders that disagree with the id are all refused.
+    Returns ``(accepted, gaia_id, cam, ccd, version)``, the last four for the accepted rows only, in row order.
     """
-    digits_count = np.asarray(lengths, np.int64) - (_PREFIX + _SUFFIX)
+    lengths = np.asarray(lengths, np.int64)
     accepted = np.zeros(len(paths), bool)
     found = []
-    for k in np.unique(digits_count[(digits_count >= 1) & (digits_count <= 19)]):  # almost all are 19 digits
-        rows = np.flatnonzero(digits_count == k)
-        part = paths[rows]
-        part[:, _PREFIX + k + _SUFFIX:] = 0  # what follows the path on its line
-        digits = part[:, _PREFIX:_PREFIX + k] - np.uint8(ord("0"))  # non-digits wrap around to > 9
-        ok = (digits <= 9).all(axis=1) & (digits[:, 0] > 0)
-        value = np.zeros(len(rows), np.uint64)  # 19 digits may overflow int64, never uint64
-        for j in range(k):
-            value = value * np.uint64(10) + digits[:, j]
-        ok &= value <= np.uint64(np.iinfo(np.int64).max)
-        cam, ccd = part[:, _CAM_AT].astype(np.int16) - ord("0"), part[:, _CCD_AT].astype(np.int16) - ord("0")
-        ok &= (cam >= 1) & (cam <= 4) & (ccd >= 1) & (ccd <= 4)
-        canonical = lc_relpaths(value[ok].astype(np.int64), sector, cam[ok], ccd[ok])
-        same = part[ok].view(f"S{RELPATH_WIDTH}").ravel() == canonical
-        ok[ok] = same
-        accepted[rows[ok]] = True
-        found.append((rows[ok], value[ok].astype(np.int64), cam[ok], ccd[ok]))
+    # Digits of each path's version, read off the 'v' before "_llc.fits" (0: none), so that every row is parsed once.
+    version_digits = np.zeros(len(paths), np.int64)
+    for m in range(len(str(MAX_VERSION)), 0, -1):
+        at = lengths - len("_llc.fits") - m - 1
+        inside = np.flatnonzero((at >= 0) & (at < paths.shape[1]))
+        version_digits[inside[paths[inside, at[inside]] == ord("v")]] = m
+    for m in range(1, len(str(MAX_VERSION)) + 1):  # 1 for every file seen so far
+        digits_count = np.where(version_digits == m, lengths - (_PREFIX + _SUFFIX + m - 1), 0)
+        for k in np.unique(digits_count[(digits_count >= 1) & (digits_count <= 19)]):  # almost all are 19 digits
+            rows = np.flatnonzero(digits_count == k)
+            part = paths[rows]
+            part[:, _PREFIX + k + _SUFFIX + m - 1:] = 0  # what follows the path on its line
+            digits = part[:, _PREFIX:_PREFIX + k] - np.uint8(ord("0"))  # non-digits wrap around to > 9
+            ok = (digits <= 9).all(axis=1) & (digits[:, 0] > 0)
+            value = np.zeros(len(rows), np.uint64)  # 19 digits may overflow int64, never uint64
+            for j in range(k):
+                value = value * np.uint64(10) + digits[:, j]
+            ok &= value <= np.uint64(np.iinfo(np.int64).max)
+            at = _PREFIX + k + _VERSION_AT
+            vdigits = part[:, at:at + m] - np.uint8(ord("0"))
+            ok &= (vdigits <= 9).all(axis=1) & (vdigits[:, 0] > 0)
+            version = np.zeros(len(rows), np.int64)
+            for j in range(m):
+                version = version * 10 + vdigits[:, j]
+            cam, ccd = part[:, _CAM_AT].astype(np.int16) - ord("0"), part[:, _CCD_AT].astype(np.int16) - ord("0")
+            ok &= (cam >= 1) & (cam <= 4) & (ccd >= 1) & (ccd <= 4)
+            canonical = lc_relpaths(value[ok].astype(np.int64), sector, cam[ok], ccd[ok], version[ok])
+            same = part[ok].view(f"S{RELPATH_WIDTH}").ravel() == canonical
+            ok[ok] = same
+            accepted[rows[ok]] = True
+            found.append((rows[ok], value[ok].astype(np.int64), cam[ok], ccd[ok], version[ok].astype(np.int16)))
     if not found:
-        return accepted, np.empty(0, np.int64), np.empty(0, np.int16), np.empty(0, np.int16)
+        return (accepted, np.empty(0, np.int64), np.empty(0, np.int16), np.empty(0, np.int16),
+                np.empty(0, np.int16))
     rows, *columns = (np.concatenate(values) for values in zip(*found))
     order = np.argsort(rows)
     return (accepted, *(column[order] for column in columns))

@@ -68,6 +68,7 @@ class BulkListing:
     n_lines: int = 0
     n_rejected: int = 0
     rejected: list[str] = field(default_factory=list)  # the first _MAX_REPORTED_LINES rejected lines, cut short
+    version: np.ndarray | None = None  # int16, the v<k> of each file's name (None: all 1)
 
 
 def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, source: Source, refresh: bool = False,
@@ -241,10 +242,10 @@ def parse_bulk_script(path: str | os.PathLike, sector: int) -> BulkListing:
     if rejected:
         log.warning("%s: %d line(s) rejected (not a TGLC light curve of sector %d), e.g. %r",
                     path, len(rejected_rows), sector, rejected[0][:200])
-    gaia, cam, ccd = (np.concatenate(column) for column in zip(*objects)) if objects else \
-        (np.empty(0, np.int64), np.empty(0, np.int16), np.empty(0, np.int16))
+    gaia, cam, ccd, version = (np.concatenate(column) for column in zip(*objects)) if objects else \
+        (np.empty(0, np.int64), np.empty(0, np.int16), np.empty(0, np.int16), np.empty(0, np.int16))
     return BulkListing(gaiadr3_id=gaia, cam=cam, ccd=ccd, n_lines=len(line_start), n_rejected=len(rejected_rows),
-                       rejected=rejected)
+                       rejected=rejected, version=version)
 
 
 def _reported(line: np.ndarray) -> str:
@@ -358,7 +359,8 @@ def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: List
             "sector": np.full(len(rows), sector, dtype=np.int16),
             "cam": bulk.cam[rows],
             "ccd": bulk.ccd[rows],
-            "path": layout.lc_relpaths(bulk.gaiadr3_id[rows], sector, bulk.cam[rows], bulk.ccd[rows]),
+            "path": layout.lc_relpaths(bulk.gaiadr3_id[rows], sector, bulk.cam[rows], bulk.ccd[rows],
+                                       1 if bulk.version is None else bulk.version[rows]),
             "healpix": _healpy().ang2pix(layout.NSIDE, ra, dec, lonlat=True, nest=layout.NEST).astype(np.int64),
         },
         meta={"sector": sector, "nside": layout.NSIDE, "nest": layout.NEST},

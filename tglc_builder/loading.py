@@ -18,7 +18,7 @@ import datasets
 import pyarrow.parquet as pq
 
 from tglc_builder.columns import EXTRA_SERIES, column_set
-from tglc_builder.formats.card import example_features
+from tglc_builder.formats.card import example_features, flag_widths
 from tglc_builder.tglc import DEFAULT_DATA_FILES, TGLC
 
 Loaded = datasets.Dataset | datasets.IterableDataset | datasets.DatasetDict | datasets.IterableDatasetDict
@@ -90,6 +90,7 @@ def _load_hats(catalog: Path, split: str | None, streaming: bool, cache_dir: str
     files = [str(f) for f in hats_data_files(catalog)]
     stored = pq.read_schema(files[0]).field("lightcurve").type
     extras = {s.name for s in EXTRA_SERIES} <= {stored.field(i).name for i in range(stored.num_fields)}
-    features = example_features(column_set("all" if extras else "seed"))
+    columns = column_set("all" if extras else "seed")
+    features = example_features(columns, flag_widths(files, "hats", columns))  # flags: the widest of the files
     return datasets.load_dataset("parquet", data_files={"train": files}, split=split, streaming=streaming,
                                  cache_dir=cache_dir, features=features, columns=list(features))

@@ -20,8 +20,20 @@ BLOCK = 2880
 CARD = 80
 _END_CARD = b"END" + b" " * 77
 
-# The columns the dataset needs, with the FITS format each must have.
-REQUIRED_COLUMNS = {"time": "D", "psf_flux": "E", "aperture_flux": "E", "TESS_flags": "I", "TGLC_flags": "I"}
+# The columns the dataset needs, with the FITS formats each may have: the flags are 16-bit (``I``) up to tglc 0.7 and
+# 32-bit (``J``) from tglc 0.8 on; both are read exactly, in their own width.
+REQUIRED_COLUMNS = {"time": "D", "psf_flux": "E", "aperture_flux": "E", "TESS_flags": "IJ", "TGLC_flags": "IJ"}
+# Columns only some versions carry (``--columns all``): when present, they must have these formats.
+OPTIONAL_COLUMNS = {"cal_psf_flux": "E", "cal_aper_flux": "E", "background": "E", "cadence_num": "J",
+                    "aperture_flux_raw": "E", "psf_flux_raw": "E"}
+_TYPED = {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}
+# Limits checked before anything is allocated from what a file says (issue: a 54 KB file claiming 1e8 fields, a
+# sparse multi-GB file). The largest TGLC file expected is a v2 file of a 200-s sector: ~11,000 cadences with its 5x5
+# cut-out cube (100 bytes a cadence) and table (40), about 1.6 MB (estimated; the real 10-min v2 file in tests/data,
+# 3,489 cadences, is 495 KB); 64 MB leaves room for longer sectors and is still cheap to hold.
+MAX_FILE_BYTES = 64 << 20
+MAX_FIELDS = 999  # FITS standard: TFIELDS <= 999
+MAX_AXES = 999  # FITS standard: NAXIS <= 999
 _FORMATS = {"L": "i1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8", "C": ">c8",
             "M": ">c16"}
 _TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCM])")
@@ -122,15 +134,24 @@ def _data_size(header: Header) -> int:
     naxis = header.get("NAXIS", 0)
     if naxis == 0:
         return 0
+    if not isinstance(naxis, int) or not 0 < naxis <= MAX_AXES:
+        raise InvalidTGLCFile(f"NAXIS = {naxis!r} (FITS allows 0 to {MAX_AXES})")
     size = 1
     for i in range(1, naxis + 1):
-        size *= header[f"NAXIS{i}"]
+        length = header[f"NAXIS{i}"]
+        if not isinstance(length, int) or length < 0:
+            raise InvalidTGLCFile(f"NAXIS{i} = {length!r} is not a length")
+        size *= length
     return abs(header["BITPIX"]) // 8 * header.get("GCOUNT", 1) * (header.get("PCOUNT", 0) + size)
 
 
 def _table_dtype(header: Header, path: os.PathLike | str) -> np.dtype:
     # Every file of a sector has the same columns: parse their cards once, then look the dtype up by their text.
-    columns = tuple(map(header.raw, _column_keys(header["TFIELDS"])))
+    fields = header["TFIELDS"]
+    if not isinstance(fields, int) or not 0 < fields <= MAX_FIELDS:  # before building 2 x TFIELDS keys
+        raise InvalidTGLCFile(f"{path}: its table header says TFIELDS = {fields!r} (FITS allows 1 to {MAX_FIELDS}); "
+                              "not a TGLC light curve")
+    columns = tuple(map(header.raw, _column_keys(fields)))
     try:
         if None in columns:
             raise InvalidTGLCFile("the table's TTYPEn/TFORMn cards are incomplete")
@@ -138,10 +159,12 @@ def _table_dtype(header: Header, path: os.PathLike | str) -> np.dtype:
     except InvalidTGLCFile as exc:
         raise InvalidTGLCFile(f"{path}: {exc}") from None
     if "TSCAL" in header.text or "TZERO" in header.text:
-        for name in REQUIRED_COLUMNS:
+        for name in _TYPED:
+            if name not in dtype.names:
+                continue
             index = dtype.names.index(name) + 1
             if f"TSCAL{index}" in header or f"TZERO{index}" in header:
-                raise InvalidTGLCFile(f"{path}: column {name!r} is scaled (TSCAL/TZERO), which TGLC v1 never does")
+                raise InvalidTGLCFile(f"{path}: column {name!r} is scaled (TSCAL/TZERO), which TGLC never does")
     return dtype
 
 
@@ -160,8 +183,9 @@ def _dtype_of_columns(columns: tuple[str, ...]) -> np.dtype:
         if match is None:
             raise InvalidTGLCFile(f"column {name!r} has format {tform!r}, which a TGLC file never uses")
         repeat, code = int(match.group(1) or 1), match.group(2)
-        if name in REQUIRED_COLUMNS and (repeat, code) != (1, REQUIRED_COLUMNS[name]):
-            raise InvalidTGLCFile(f"column {name!r} has format {tform!r}, not {REQUIRED_COLUMNS[name]!r}")
+        if name in _TYPED and (repeat != 1 or code not in _TYPED[name]):
+            wanted = " or ".join(map(repr, _TYPED[name]))
+            raise InvalidTGLCFile(f"column {name!r} has format {tform!r}, not {wanted}")
         if code == "A":
             fmt = f"S{repeat}"
         elif code == "X":
@@ -188,9 +212,9 @@ class ReadBuffer:
 
     def read(self, path: str | os.PathLike) -> tuple[bytearray, int]:
         with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
+            size = _checked_size(path, os.fstat(f.fileno()).st_size)
             if size > len(self._buffer):  # a new buffer: arrays may still view the old one
-                self._buffer = bytearray(2 * size)
+                self._buffer = bytearray(min(2 * size, MAX_FILE_BYTES))
             view = memoryview(self._buffer)
             done = 0
             while done < size:
@@ -206,22 +230,38 @@ def read_tglc(path: str | os.PathLike, gaiadr3_id: int | None = None, buffer: Re
               sector: int | None = None, camera: int | None = None, ccd: int | None = None) -> TGLCLightCurve:
     """Read and check a TGLC light curve; raise :class:`InvalidTGLCFile` for anything that is not one.
 
-    Checked: whole FITS blocks, the primary header, HDU 1 a ``BINTABLE`` named ``LIGHTCURVE`` holding the columns of
-    :data:`REQUIRED_COLUMNS` with their formats and no scaling, and the table's bytes all present. Each of
+    Checked first, before anything is allocated from what the file says: its size (at most :data:`MAX_FILE_BYTES`),
+    ``TFIELDS`` and ``NAXIS`` within the FITS limits. Then: whole FITS blocks, the primary header, HDU 1 a
+    ``BINTABLE`` named ``LIGHTCURVE`` holding the columns of :data:`REQUIRED_COLUMNS` (and those of
+    :data:`OPTIONAL_COLUMNS` it has) with their formats and no scaling, and the table's bytes all present. Any file
+    version is read (v1, v2, tglc 0.8); extra HDUs, cards and columns, in any order, are ignored. Each of
     ``gaiadr3_id``, ``sector``, ``camera`` and ``ccd`` that is given must equal the primary header's ``GAIADR3``,
     ``SECTOR``, ``CAMERA``, ``CCD`` (what the file's path says it is). With ``buffer``, the file is read into it and
     the light curve's data are valid only until the buffer's next read.
     """
     if buffer is None:
         with open(path, "rb") as f:
-            raw = f.read()
-        size = len(raw)
+            _checked_size(path, os.fstat(f.fileno()).st_size)
+            raw = f.read(MAX_FILE_BYTES + 1)  # the file may have grown since
+        size = _checked_size(path, len(raw))
     else:
         raw, size = buffer.read(path)
     try:
         return _parse(raw, size, path, {"GAIADR3": gaiadr3_id, "SECTOR": sector, "CAMERA": camera, "CCD": ccd})
     except (KeyError, TypeError) as exc:  # a card missing or of the wrong type
         raise InvalidTGLCFile(f"{path}: not a TGLC light curve ({exc})") from None
+    except InvalidTGLCFile as exc:
+        text = str(exc)
+        if text.startswith(os.fspath(path)):
+            raise
+        raise InvalidTGLCFile(f"{path}: {text}") from None
+
+
+def _checked_size(path: str | os.PathLike, size: int) -> int:
+    if size > MAX_FILE_BYTES:
+        raise InvalidTGLCFile(f"{path}: {size:,} bytes, larger than any TGLC light curve (at most "
+                              f"{MAX_FILE_BYTES:,} bytes are read); not a TGLC light curve")
+    return size
 
 
 def _parse(raw: bytes | bytearray, size: int, path: str | os.PathLike, expected: dict[str, int | None]
@@ -244,7 +284,7 @@ def _parse(raw: bytes | bytearray, size: int, path: str | os.PathLike, expected:
         raise InvalidTGLCFile(f"{path}: HDU 1 is not the LIGHTCURVE binary table of a TGLC file")
     dtype = _table_dtype(header, path)
     width, rows = header["NAXIS1"], header["NAXIS2"]
-    if width != dtype.itemsize or header.get("PCOUNT", 0) < 0 or rows < 0:
+    if not isinstance(rows, int) or width != dtype.itemsize or header.get("PCOUNT", 0) < 0 or rows < 0:
         raise InvalidTGLCFile(f"{path}: the table's row width {width} does not match its columns")
     if start + _data_size(header) > size:
         raise InvalidTGLCFile(f"{path}: the table's data is cut short at {size} bytes (truncated)")

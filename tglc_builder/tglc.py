@@ -55,10 +55,11 @@ DEFAULT_DATA_FILES = "TGLC/healpix=*/*.hdf5"  # relative to the dataset folder
 
 # The examples' column order (that of tglc_builder/columns.py); columns a file holds beyond these follow by name.
 SERIES_ORDER = ("time", "psf_flux", "aper_flux", "tess_flags", "tglc_flags",
-                "cal_psf_flux", "cal_aper_flux", "background", "cadence_num")
+                "cal_psf_flux", "cal_aper_flux", "background", "cadence_num", "aper_flux_raw", "psf_flux_raw")
 SCALAR_ORDER = ("TIC_ID", "gaiadr3_id", "RA", "DEC", "psf_flux_err", "aper_flux_err",
                 "cal_psf_flux_err", "cal_aper_flux_err", "tessmag", "gaia_g", "gaia_bp", "gaia_rp", "rawflux",
-                "loc_bg", "star_x", "star_y", "cut_x", "cut_y", "camera", "ccd", "contamrt")
+                "loc_bg", "star_x", "star_y", "cut_x", "cut_y", "camera", "ccd", "contamrt", "file_version",
+                "tglcver", "procver")
 _IDS = ("TIC_ID", "gaiadr3_id")
 _N_CADENCES = "n_cadences"
 
@@ -99,7 +100,16 @@ class TGLC(datasets.ArrowBasedBuilder):
         # Always the first file's columns: datasets 3.x also hands the script the features of the folder's card,
         # which describe the files as stored (padded, flat), not these examples.
         with open(first, "rb") as f, h5py.File(f, "r") as h5:
-            self.info.features = features_of(h5)
+            features = features_of(h5)
+        # Integer series (the flags) may be 16-bit in some files and 32-bit in others (tglc 0.8): the widest.
+        curve = dict(features["lightcurve"])
+        integers = [name for name, feature in curve.items() if np.dtype(feature.feature.dtype).kind == "i"]
+        for path in (p for paths in files.values() for p in paths):
+            with open(path, "rb") as f, h5py.File(f, "r") as h5:
+                for name in (n for n in integers if n in h5):
+                    if h5[name].dtype.itemsize > np.dtype(curve[name].feature.dtype).itemsize:
+                        curve[name] = datasets.Sequence(datasets.Value(h5[name].dtype.name))
+        self.info.features = datasets.Features({**features, "lightcurve": curve})
         return [datasets.SplitGenerator(name=split, gen_kwargs={"files": paths}) for split, paths in files.items()]
 
     def _generate_tables(self, files: list[str]) -> Iterator[tuple[str, pa.Table]]:
@@ -131,7 +141,8 @@ def features_of(h5: h5py.File) -> datasets.Features:
                                                for name in series}}
     for name in order([name for name in names if h5[name].ndim == 1], SCALAR_ORDER):
         dtype = h5[name].dtype
-        features[name] = datasets.Value("string" if name in _IDS else "float64" if dtype.kind == "f" else dtype.name)
+        features[name] = datasets.Value("string" if name in _IDS or dtype.kind in "OS" else
+                                        "float64" if dtype.kind == "f" else dtype.name)
     return datasets.Features(features)
 
 

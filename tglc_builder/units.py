@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import executor
-from .columns import ColumnSet
+from . import executor, layout
+from .columns import FROM_FILE_NAME, STRING, STRING_BYTES, ColumnSet
 from .errors import Failure
 from .formats import Block, RowSource, Shard, WriteError, Writer
 from .formats.hdf5 import BLOCK_ROWS
@@ -74,6 +74,28 @@ def _header_value(curve: TGLCLightCurve, card: str, hdu: int):
     return header.get(card)
 
 
+def _scalar_value(scalar, value):
+    """A header card's value as the column's type, exactly, or InvalidTGLCFile naming the card (never a value
+    rounded or cut to fit)."""
+    if value is None:
+        if scalar.required:
+            raise InvalidTGLCFile(f"no {scalar.card} card in HDU {scalar.hdu}")
+        return np.nan if scalar.dtype.kind == "f" else "" if scalar.dtype == STRING else 0
+    if scalar.dtype == STRING:
+        value = value if isinstance(value, str) else str(value)
+        if len(value) > STRING_BYTES:
+            raise InvalidTGLCFile(f"card {scalar.card} in HDU {scalar.hdu} is {len(value)} characters long, more "
+                                  f"than the {STRING_BYTES} the dataset keeps")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            scalar.dtype.kind == "i" and not isinstance(value, int)):
+        kind = "an integer" if scalar.dtype.kind == "i" else "a number"
+        raise InvalidTGLCFile(f"card {scalar.card} in HDU {scalar.hdu} is {value!r}, not {kind}")
+    if scalar.dtype.kind == "i" and not np.iinfo(scalar.dtype).min <= value <= np.iinfo(scalar.dtype).max:
+        raise InvalidTGLCFile(f"card {scalar.card} in HDU {scalar.hdu} is {value}, outside {scalar.dtype}")
+    return value
+
+
 class _BlockBuilder:
     """Up to ``size`` consecutive rows of a shard in reused, padded arrays."""
 
@@ -101,26 +123,44 @@ class _BlockBuilder:
                 self.series[series.name] = wider
 
     def add_curve(self, row: int, curve: TGLCLightCurve) -> None:
-        """Row ``row`` of the shard from its FITS file (big-endian to native: a byte swap, values kept)."""
+        """Row ``row`` of the shard from its FITS file (big-endian to native: a byte swap, values kept). Raises
+        InvalidTGLCFile, naming the card or column, for a file the column set cannot take exactly."""
         values = {}
         for scalar in self.columns.scalars:  # first, so a missing card leaves the block untouched
-            value = _header_value(curve, scalar.card, scalar.hdu)
-            if value is None:
-                if scalar.required:
-                    raise InvalidTGLCFile(f"no {scalar.card} card in HDU {scalar.hdu}")
-                value = np.nan if scalar.dtype.kind == "f" else 0
-            values[scalar.name] = value
+            if scalar.hdu == FROM_FILE_NAME:
+                values[scalar.name] = layout.file_version(self.shard.path[row])
+                continue
+            values[scalar.name] = _scalar_value(scalar, _header_value(curve, scalar.card, scalar.hdu))
+        sources = {}
+        for series in self.columns.series:
+            if series.fits_column in curve.data.dtype.names:
+                sources[series.name] = curve.data[series.fits_column]
+            elif series.required:
+                raise InvalidTGLCFile(f"the LIGHTCURVE table has no {series.fits_column!r} column, which --columns "
+                                      f"{self.columns.name} needs")
         n = curve.n_cadences
         self._widen(n)
         pos = len(self.rows)
         for series in self.columns.series:
-            target = self.series[series.name]
-            target[pos, :n] = curve.data[series.fits_column]
+            source = sources.get(series.name)
+            target = self._holding(series, source)
+            if source is None:  # a column of newer versions only: padding, as the card says
+                target[pos, :] = series.pad
+                continue
+            target[pos, :n] = source
             target[pos, n:] = series.pad
         for name, value in values.items():
             self.values[name].append(value)
         self.rows.append(row)
         self.lengths.append(n)
+
+    def _holding(self, series, source: np.ndarray | None) -> np.ndarray:
+        """The block's array of ``series``, widened first (values kept) when ``source`` has wider integers: a
+        shard's flag columns take the widest width of its files (16 bits, 32 from tglc 0.8 on)."""
+        target = self.series[series.name]
+        if series.widens and source is not None and source.dtype.itemsize > target.dtype.itemsize:
+            target = self.series[series.name] = target.astype(np.dtype(f"i{source.dtype.itemsize}"))
+        return target
 
     def add_carried(self, row: int, carried: dict[str, np.ndarray], j: int) -> None:
         """Row ``row`` of the shard from row ``j`` of arrays read from an earlier file of the shard."""
@@ -128,7 +168,7 @@ class _BlockBuilder:
         self._widen(n)
         pos = len(self.rows)
         for series in self.columns.series:
-            target = self.series[series.name]
+            target = self._holding(series, carried[series.name])
             target[pos, :n] = carried[series.name][j, :n]
             target[pos, n:] = series.pad
         for scalar in self.columns.scalars:

@@ -31,7 +31,7 @@ def _write_sector(root: Path, sector: SyntheticSector) -> None:
     for relpath, body in ((layout.bulk_script_relpath(sector.sector), sector.bulk_script()),
                           (layout.target_list_relpath(sector.sector), sector.target_list())):
         _write(root / relpath, body)
-    relpaths = layout.lc_relpaths(sector.gaia_ids, sector.sector, sector.cam, sector.ccd)
+    relpaths = layout.lc_relpaths(sector.gaia_ids, sector.sector, sector.cam, sector.ccd, sector.version)
     slots = threading.BoundedSemaphore(_QUEUED)
     futures = []
     with ThreadPoolExecutor(_WRITERS, thread_name_prefix="tglc-mirror") as pool:

@@ -22,14 +22,20 @@ from .fits import card, header_rows
 
 MAST_FILE_URL = "https://archive.stsci.edu/hlsps/tglc"  # what the listing's curl lines name (never fetched)
 TARGET_COLUMNS = ("TIC_ID", "GAIADR3_ID", "RA", "DEC", "Tmag")  # not in the order the builder needs them
-FLAVOURS = ("v1", "v2")
+FLAVOURS = ("v1", "v2", "0.8")
 TGLC_VERSION = "0.6.6"  # TGLCVER of v2 files
+TGLC_VERSION_08, PROCVER_08 = "0.8.0", "spoc-0.8.0"  # TGLCVER and PROCVER of files of tglc 0.8
+FILE_VERSION = {"v1": 1, "v2": 2, "0.8": 2}  # the v<k> of each flavour's file names (tglc names its files v2)
 
 # The LIGHTCURVE table of a TGLC file: (name, FITS format, numpy dtype), in file order.
 COLUMNS = (("time", "D", ">f8"), ("psf_flux", "E", ">f4"), ("aperture_flux", "E", ">f4"),
            ("cal_psf_flux", "E", ">f4"), ("cal_aper_flux", "E", ">f4"), ("background", "E", ">f4"),
            ("cadence_num", "J", ">i4"), ("TESS_flags", "I", ">i2"), ("TGLC_flags", "I", ">i2"))
 TABLE_DTYPE = np.dtype([(name, dtype) for name, _, dtype in COLUMNS])
+# tglc 0.8.0 writes both flag columns as 32-bit integers and appends the raw fluxes (its lc_output's order).
+COLUMNS_08 = (*COLUMNS[:7], ("TESS_flags", "J", ">i4"), ("TGLC_flags", "J", ">i4"),
+              ("aperture_flux_raw", "E", ">f4"), ("psf_flux_raw", "E", ">f4"))
+TABLE_DTYPE_08 = np.dtype([(name, dtype) for name, _, dtype in COLUMNS_08])
 
 # ---- header cards, as data ------------------------------------------------------------------------------------
 # (key, value, comment), in file order. A value is a constant, or a function of the values of a block of objects of
@@ -72,17 +78,23 @@ _PRIMARY = (
     ("CALIB", "TGLC", "pipeline used for image calibration"),
 )
 
+def _table_cards(columns: tuple) -> tuple:
+    return (
+        ("XTENSION", "BINTABLE", "binary table extension"),
+        ("BITPIX", 8, "array data type"),
+        ("NAXIS", 2, "number of array dimensions"),
+        ("NAXIS1", np.dtype([(name, dtype) for name, _, dtype in columns]).itemsize, "length of dimension 1"),
+        ("NAXIS2", _of("length"), "length of dimension 2"),
+        ("PCOUNT", 0, "number of group parameters"),
+        ("GCOUNT", 1, "number of groups"),
+        ("TFIELDS", len(columns), "number of table fields"),
+        *((key, value, "") for k, (name, fmt, _) in enumerate(columns, start=1)
+          for key, value in ((f"TTYPE{k}", name), (f"TFORM{k}", fmt))),
+    )
+
+
 _LIGHTCURVE = (
-    ("XTENSION", "BINTABLE", "binary table extension"),
-    ("BITPIX", 8, "array data type"),
-    ("NAXIS", 2, "number of array dimensions"),
-    ("NAXIS1", TABLE_DTYPE.itemsize, "length of dimension 1"),
-    ("NAXIS2", _of("length"), "length of dimension 2"),
-    ("PCOUNT", 0, "number of group parameters"),
-    ("GCOUNT", 1, "number of groups"),
-    ("TFIELDS", len(COLUMNS), "number of table fields"),
-    *((key, value, "") for k, (name, fmt, _) in enumerate(COLUMNS, start=1)
-      for key, value in ((f"TTYPE{k}", name), (f"TFORM{k}", fmt))),
+    *_table_cards(COLUMNS),
     ("INHERIT", "T", "inherit the primary header"),  # sic: a string in TGLC v1 files
     ("EXTNAME", "LIGHTCURVE", "name of extension"),
     ("EXTVER", 1, "extension version"),
@@ -130,6 +142,11 @@ _V2_AFTER = {
 }
 _PRIMARY_V2 = tuple(entry for key, value, comment in _PRIMARY
                     for entry in ((key, _V2_VALUES.get(key, value), comment), *_V2_AFTER.get(key, ())))
+# tglc 0.8: v2's primary HDU with its own TGLCVER and a PROCVER card; the 0.8 table columns.
+_PRIMARY_08 = tuple(entry for key, value, comment in _PRIMARY_V2 for entry in (
+    ((key, TGLC_VERSION_08, comment), ("PROCVER", PROCVER_08, "processing version")) if key == "TGLCVER"
+    else ((key, value, comment),)))
+_LIGHTCURVE_08 = (*_table_cards(COLUMNS_08), *_LIGHTCURVE[len(_table_cards(COLUMNS)):])
 _MODEL = (
     ("XTENSION", "IMAGE", "Image extension"),
     ("BITPIX", -32, "array data type"),
@@ -169,8 +186,10 @@ def _distinct_gaia_ids(rng: np.random.Generator, n: int) -> np.ndarray:
 class SyntheticSector:
     """A deterministic sector of ``n`` served light curves; arrays are in listing order (index ``i``).
 
-    ``flavour`` is ``"v1"`` (files as on MAST) or ``"v2"`` (files of the tglc package's current version: primary
-    cards ``TGLCVER``, ``FFIVER``, ``CONTAMRT``, a cut-out cube in the primary HDU and a third HDU, ``MODEL``).
+    ``flavour`` is ``"v1"`` (files as on MAST), ``"v2"`` (files of the tglc package since 0.6.6, named
+    ``_tess_v2_llc.fits``: primary cards ``TGLCVER``, ``FFIVER``, ``CONTAMRT``, a cut-out cube in the primary HDU and
+    a third HDU, ``MODEL``) or ``"0.8"`` (v2 as tglc 0.8.0 writes it: 32-bit flag columns using bits beyond 16, the
+    columns ``aperture_flux_raw`` and ``psf_flux_raw``, a ``PROCVER`` card).
     ``tamper`` maps an object's index to header cards whose values its file carries instead of the true ones, in
     the primary and the LIGHTCURVE header wherever the card appears (e.g. ``{5: {"SECTOR": 22}}``); the file stays a
     valid FITS file of the same size. ``extra_listing_lines`` are appended to the bulk-download script.
@@ -189,7 +208,9 @@ class SyntheticSector:
         self.sector, self.n, self.seed, self.flavour = int(sector), int(n), int(seed), flavour
         self.tamper = {int(i): dict(cards) for i, cards in (tamper or {}).items()}
         self.extra_listing_lines = list(extra_listing_lines)
-        self._primary_cards = _PRIMARY_V2 if flavour == "v2" else _PRIMARY
+        self._primary_cards = {"v1": _PRIMARY, "v2": _PRIMARY_V2, "0.8": _PRIMARY_08}[flavour]
+        self._table_cards = _LIGHTCURVE_08 if flavour == "0.8" else _LIGHTCURVE
+        self.version = FILE_VERSION[flavour]
         self._check_tamper()
         rng = np.random.default_rng([self.seed, self.sector, self.n])
         # ~3% more ids: objects the target list names but the archive does not serve
@@ -240,14 +261,15 @@ class SyntheticSector:
         bad = [i for i in self.tamper if not 0 <= i < self.n]
         if bad:
             raise ValueError(f"tamper: no object {bad[0]} in a sector of {self.n}")
-        keys = {key for key, _, _ in (*self._primary_cards, *_LIGHTCURVE)} - {"COMMENT"}
+        keys = {key for key, _, _ in (*self._primary_cards, *self._table_cards)} - {"COMMENT"}
         unknown = sorted({key for cards in self.tamper.values() for key in cards} - keys)
         if unknown:
             raise ValueError(f"tamper: no header card {unknown[0]!r} in a TGLC {self.flavour} file")
 
     # -- where things are ------------------------------------------------------------------------------------------
     def relpath(self, i: int) -> str:
-        return layout.lc_relpath(int(self.gaia_ids[i]), self.sector, int(self.cam[i]), int(self.ccd[i]))
+        return layout.lc_relpath(int(self.gaia_ids[i]), self.sector, int(self.cam[i]), int(self.ccd[i]),
+                                 self.version)
 
     def index_of(self, relpath: str) -> int:
         """The object served at ``relpath`` (relative to the archive root); KeyError when there is none."""
@@ -275,7 +297,8 @@ class SyntheticSector:
         """The bulk-download script, as MAST writes it (and with the imperfections of a real one)."""
         order = np.argsort(np.concatenate([np.arange(self.n, dtype=float), self._dup_keys]), kind="stable")
         index = np.concatenate([np.arange(self.n), self.duplicated])[order]
-        rel = pa.array(layout.lc_relpaths(self.gaia_ids[index], self.sector, self.cam[index], self.ccd[index])).cast(
+        rel = pa.array(layout.lc_relpaths(self.gaia_ids[index], self.sector, self.cam[index], self.ccd[index],
+                                          self.version)).cast(
             pa.string())
         # CRLF on every 7th line, as when a file passed through another system
         eol = pc.if_else(pa.array(np.arange(len(index)) % 7 == 3), "\r\n", "\n")
@@ -361,7 +384,7 @@ class SyntheticSector:
             star_x, star_y = float(rng.uniform(1, 3)), float(rng.uniform(1, 3))
             cut_x, cut_y = int(rng.integers(0, 14)), int(rng.integers(0, 14))
             contamination = (round(float(np.random.default_rng([self.seed, self.sector, i, 4]).uniform(0, 0.3)), 9)
-                             if self.flavour == "v2" else None)
+                             if self.flavour != "v1" else None)
             primary.append((g, float(np.float32(g + 0.3)), float(np.float32(g - 0.45)),
                             float(np.float32(15000.0 * 10 ** (-0.4 * (tmag - 10.0)))), star_x, star_y, cut_x, cut_y,
                             contamination))
@@ -375,7 +398,7 @@ class SyntheticSector:
         time_, tess, tglc, tstart, timedel = self._ccd_columns(cam, ccd)
         k, length = len(index), len(time_)
         d = self._draws(index, length)
-        table = np.empty((k, length), TABLE_DTYPE)
+        table = np.empty((k, length), TABLE_DTYPE_08 if self.flavour == "0.8" else TABLE_DTYPE)
         table["time"] = time_
         psf = (d.flux[:, None] + d.noise[:, None] * d.normal[0]).astype(np.float32)
         aper = (d.flux[:, None] * 0.93 + d.noise[:, None] * d.normal[1]).astype(np.float32)
@@ -387,6 +410,11 @@ class SyntheticSector:
         table["cadence_num"] = np.arange(length, dtype=np.int32) + 4697 + 1000 * self.sector
         table["TESS_flags"] = tess
         table["TGLC_flags"] = np.where(d.near_edge[:, None], tglc | np.int16(2), tglc)
+        if self.flavour == "0.8":  # flag bits beyond 16 (0.8 documents TGLC bits up to 32) and the raw fluxes
+            table["TGLC_flags"] |= np.where(np.arange(length) % 50 == 7, np.int32(1 << 20), np.int32(0))
+            table["TESS_flags"] |= np.where(np.arange(length) % 97 == 5, np.int32(1 << 16), np.int32(0))
+            table["aperture_flux_raw"] = aper - background
+            table["psf_flux_raw"] = psf - np.float32(0.5) * background
 
         # the values of the header cards: d's, and these
         gaia = self.gaia_ids[index].tolist()
@@ -404,10 +432,10 @@ class SyntheticSector:
         tamper = {j: self.tamper[i] for j, i in enumerate(index.tolist()) if i in self.tamper}
 
         parts = [_header(self._primary_cards, d, tamper, k)]
-        if self.flavour == "v2":
+        if self.flavour != "v1":
             parts += _data(_cut_out(background, aper, d.star_x, d.star_y))
-        parts += [_header(_LIGHTCURVE, d, tamper, k), *_data(table)]
-        if self.flavour == "v2":
+        parts += [_header(self._table_cards, d, tamper, k), *_data(table)]
+        if self.flavour != "v1":
             parts += [_header(_MODEL, d, {}, k), *_data(_models(d.flux, d.contamination))]
         return np.concatenate(parts, axis=1)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import errno
 import hashlib
+import json
 import mmap
 import os
 from dataclasses import dataclass, replace
@@ -35,7 +36,7 @@ class Shard:
     dec: np.ndarray  # float64
     cam: np.ndarray  # int16
     ccd: np.ndarray  # int16
-    path: np.ndarray  # bytes (S114), relative to the archive root
+    path: np.ndarray  # bytes (S116), relative to the archive root
     sector: int = 0  # the TESS sector of its rows (a build's plan may hold shards of several sectors)
 
     @property
@@ -67,6 +68,24 @@ class Block:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+VERSIONS_KEY = "tglc_versions"  # HDF5 attribute / Parquet footer key: JSON of the versions met in the file
+
+
+def note_versions(seen: dict[str, set], shard: Shard, block: Block) -> None:
+    """Add a block's TGLC versions to ``seen``: the file versions (the ``v<k>`` of the FITS names, always) and, when
+    the column set has them, the distinct ``TGLCVER`` and ``PROCVER`` values (empty ones left out)."""
+    from ..layout import file_version
+
+    seen.setdefault("file_version", set()).update(file_version(p) for p in shard.path[block.rows])
+    for name in ("tglcver", "procver"):
+        if name in block.scalars:
+            seen.setdefault(name, set()).update(str(v) for v in block.scalars[name] if v)
+
+
+def versions_text(seen: dict[str, set]) -> str:
+    return json.dumps({name: sorted(values) for name, values in seen.items()}, sort_keys=True)
 
 
 class WriteError(Exception):

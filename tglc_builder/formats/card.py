@@ -29,7 +29,7 @@ from .. import __version__
 from .. import tglc as tglc_script
 from . import DEMO_NOTE
 from ..columns import EXTRA_SCALARS, EXTRA_SERIES, IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, SEED_SCALARS, \
-    SEED_SERIES, ColumnSet
+    SEED_SERIES, STRING, ColumnSet
 
 CARD_FORMATS = ("hdf5", "hats")
 
@@ -46,24 +46,52 @@ CITATION = tglc_script.CITATION.rstrip()  # tglc.py is copied alone into the out
 
 
 
-def hdf5_features(columns: ColumnSet) -> datasets.Features:
+def _value(dtype: np.dtype) -> str:
+    return "string" if dtype == STRING else dtype.name
+
+
+def _series_dtype(series, widths: dict[str, str] | None) -> str:
+    """A series' declared type: for the flags, the widest of the build's files (``widths``), so that ``datasets``
+    casts every file, 16-bit or 32-bit, to one type that holds them all."""
+    return (widths or {}).get(series.name, series.dtype.name) if series.widens else series.dtype.name
+
+
+def hdf5_features(columns: ColumnSet, widths: dict[str, str] | None = None) -> datasets.Features:
     """The HDF5 files' datasets as stored: scalars in their exact dtypes, series as variable-length lists."""
     features = {name: datasets.Value(dtype.name) for name, (dtype, _, _) in IDS_AND_POSITION.items()}
-    features.update({s.name: datasets.Value(s.dtype.name) for s in columns.scalars})
+    features.update({s.name: datasets.Value(_value(s.dtype)) for s in columns.scalars})
     features[N_CADENCES[0]] = datasets.Value(N_CADENCES[1].name)
-    features.update({s.name: datasets.Sequence(datasets.Value(s.dtype.name)) for s in columns.series})
+    features.update({s.name: datasets.Sequence(datasets.Value(_series_dtype(s, widths))) for s in columns.series})
     return datasets.Features(features)
 
 
-def example_features(columns: ColumnSet) -> datasets.Features:
+def example_features(columns: ColumnSet, widths: dict[str, str] | None = None) -> datasets.Features:
     """The examples of ``tglc.py`` and ``load_tglc``: the series in a ``lightcurve`` struct (trimmed to
     ``n_cadences``), ids as exact decimal strings, floats as float64, the header scalars at top level."""
-    features: dict = {"lightcurve": {s.name: datasets.Sequence(datasets.Value(s.dtype.name)) for s in columns.series}}
+    features: dict = {"lightcurve": {s.name: datasets.Sequence(datasets.Value(_series_dtype(s, widths)))
+                                     for s in columns.series}}
     for name, (dtype, _, _) in IDS_AND_POSITION.items():
         features[name] = datasets.Value("string" if dtype.kind == "i" else "float64")
-    features.update({s.name: datasets.Value("float64" if s.dtype.kind == "f" else s.dtype.name)
+    features.update({s.name: datasets.Value("float64" if s.dtype.kind == "f" else _value(s.dtype))
                      for s in columns.scalars})
     return datasets.Features(features)
+
+
+def flag_widths(paths: Iterable[str | os.PathLike], fmt: str, columns: ColumnSet) -> dict[str, str]:
+    """The widest integer type of each flag column (``Series.widens``) over the files (read from their schemas)."""
+    names = [s.name for s in columns.series if s.widens]
+    widest = {name: np.dtype("int16") for name in names}
+    for path in paths:
+        if fmt == "hdf5":
+            with h5py.File(path, "r") as h5:
+                found = {name: h5[name].dtype for name in names if name in h5}
+        else:
+            curve = pq.read_schema(path).field("lightcurve").type
+            found = {name: np.dtype(curve.field(name).type.value_type.to_pandas_dtype()) for name in names
+                     if curve.get_field_index(name) >= 0}
+        for name, dtype in found.items():
+            widest[name] = max(widest[name], dtype, key=lambda d: d.itemsize)
+    return {name: dtype.name for name, dtype in widest.items()}
 
 
 def write_card(folder: str | os.PathLike, fmt: str, data_files: Iterable[str | os.PathLike], columns: ColumnSet,
@@ -86,19 +114,21 @@ def write_card(folder: str | os.PathLike, fmt: str, data_files: Iterable[str | o
     size = next((label for limit, label in _SIZES if len(lengths) < limit), "1B<n<10B")
 
     config: dict = {"config_name": "default", "data_files": [{"split": "train", "path": files}]}
+    widths = flag_widths([folder / f for f in files], fmt, columns)
     if fmt == "hdf5":
-        features = hdf5_features(columns)
+        features = hdf5_features(columns, widths)
         config["batch_size"] = 256  # rows read at once: bounded memory for 10,000-row files
     else:
-        features = example_features(columns)
+        features = example_features(columns, widths)
         config["columns"] = list(features)
     card = DatasetCardData(license="cc-by-4.0", pretty_name=_title(sectors), size_categories=[size],
                            tags=["astronomy", "time-series", "light-curves", "tess", "gaia", "healpix", fmt],
                            configs=[config])
     DatasetInfosDict({"default": datasets.DatasetInfo(features=features)}).to_dataset_card_data(card)
-    stored = hdf5_features(columns) if fmt == "hdf5" else datasets.Features.from_arrow_schema(
+    stored = hdf5_features(columns, widths) if fmt == "hdf5" else datasets.Features.from_arrow_schema(
         pq.read_schema(folder / files[0]))
-    text = f"---\n{card.to_yaml()}\n---\n\n" + _prose(fmt, sectors, files, lengths, columns, stored, note)
+    text = f"---\n{card.to_yaml()}\n---\n\n" + _prose(fmt, sectors, files, lengths, columns, stored, note,
+                                                         widths)
 
     fd, tmp = tempfile.mkstemp(prefix=".README.md.", dir=folder)
     try:
@@ -156,7 +186,7 @@ def _row(name: str, dtype: str, unit: str, description: str) -> str:
 
 
 def _prose(fmt: str, sectors: list[int], files: list[str], lengths: np.ndarray, columns: ColumnSet,
-           stored: datasets.Features, note: str) -> str:
+           stored: datasets.Features, note: str, widths: dict[str, str] | None = None) -> str:
     n = len(lengths)
     series = [s.name for s in columns.series]
     head = [
@@ -184,7 +214,8 @@ def _prose(fmt: str, sectors: list[int], files: list[str], lengths: np.ndarray, 
                     "tools out; no value in them was observed, and none came from MAST.")
     elif note:
         head += ["", note]
-    body = _hdf5_prose(files, columns, stored, series) if fmt == "hdf5" else _hats_prose(files, columns, stored)
+    body = _hdf5_prose(files, columns, stored, series, widths) if fmt == "hdf5" else \
+        _hats_prose(files, columns, stored, widths)
     tail = [
         "",
         "## Citation",
@@ -210,14 +241,14 @@ def _span(lengths: np.ndarray) -> str:
     return f"{low}" if low == high else f"{low} to {high}"
 
 
-def _examples_section(columns: ColumnSet) -> list[str]:
+def _examples_section(columns: ColumnSet, widths: dict[str, str] | None = None) -> list[str]:
     return [
         "",
         "Each example is one light curve, trimmed to its true length (no padding):",
         "",
         "| column | type | unit | description |",
         "|---|---|---|---|",
-        *_column_rows(example_features(columns), "examples"),
+        *_column_rows(example_features(columns, widths), "examples"),
         "",
         "For NumPy arrays in the stored dtypes use `ds.with_format(\"numpy\", dtype=None)`: plain "
         "`with_format(\"numpy\")` lets `datasets` cast float64 to float32, which rounds the times (TBJD) by up to "
@@ -225,7 +256,8 @@ def _examples_section(columns: ColumnSet) -> list[str]:
     ]
 
 
-def _hdf5_prose(files: list[str], columns: ColumnSet, stored: datasets.Features, series: list[str]) -> list[str]:
+def _hdf5_prose(files: list[str], columns: ColumnSet, stored: datasets.Features, series: list[str],
+                widths: dict[str, str] | None = None) -> list[str]:
     first = files[0]
     return [
         "",
@@ -241,7 +273,10 @@ def _hdf5_prose(files: list[str], columns: ColumnSet, stored: datasets.Features,
         "cadence `(N, L)`, where L is the longest light curve of that file (so L differs between files). "
         "**Padding:** beyond a row's `n_cadences`, floats are NaN and integers 0. NaN also occurs inside real light "
         "curves (cadences without a fit), so trim by `n_cadences`, never by NaN. File attributes: `sector`, "
-        "`healpix`, `nside`, `nest`, `shard`, `tglc_builder_version`. Chunks carry Fletcher32 checksums: a damaged "
+        "`healpix`, `nside`, `nest`, `shard`, `tglc_builder_version`, and `tglc_versions` (JSON: the TGLC file "
+        "versions of its light curves, and with `--columns all` their `TGLCVER` and `PROCVER` values). Flag "
+        "columns are int16, or int32 in a file holding a light curve of tglc 0.8 (32-bit flags); the features "
+        "below declare the widest, so every file loads. Chunks carry Fletcher32 checksums: a damaged "
         "file raises an error when read.",
         "",
         "| column | HDF5 shape, dtype | unit | description |",
@@ -285,7 +320,7 @@ def _hdf5_prose(files: list[str], columns: ColumnSet, stored: datasets.Features,
         "",
         "With any `datasets` release, `pip install tglc-builder` and `from tglc_builder import load_tglc; "
         "ds = load_tglc(\"path/to/this/folder\")` (`streaming=True` reads the files directly).",
-        *_examples_section(columns),
+        *_examples_section(columns, widths),
         "",
         "### h5py",
         "",
@@ -305,7 +340,8 @@ def _hdf5_prose(files: list[str], columns: ColumnSet, stored: datasets.Features,
     ]
 
 
-def _hats_prose(files: list[str], columns: ColumnSet, stored: datasets.Features) -> list[str]:
+def _hats_prose(files: list[str], columns: ColumnSet, stored: datasets.Features,
+                widths: dict[str, str] | None = None) -> list[str]:
     catalog = files[0].split("/dataset/")[0] if "/dataset/" in files[0] else "."
     return [
         "",
@@ -332,7 +368,7 @@ def _hats_prose(files: list[str], columns: ColumnSet, stored: datasets.Features)
         "This reads exactly the main catalog's files (not the margin cache or the thumbnail), in the shape of "
         "`tglc_builder`'s `load_tglc` (any `datasets` release, `streaming=True` too) and of the HDF5 build's "
         "`tglc.py`.",
-        *_examples_section(columns),
+        *_examples_section(columns, widths),
         "",
         "### LSDB",
         "",

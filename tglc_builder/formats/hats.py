@@ -56,10 +56,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__, layout
-from ..columns import IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, ColumnSet
+from ..columns import IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, STRING, ColumnSet
 from ..errors import UsageError
-from .base import (_UNSEALED, DIGEST_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer, check_digest, seal,
-                   write_error)
+from .base import (_UNSEALED, DIGEST_KEY, VERSIONS_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer,
+                   check_digest, note_versions, seal, versions_text, write_error)
 from .card import write_card
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,21 @@ def _field(name: str, type_: pa.DataType, unit: str = "", description: str = "")
     return pa.field(name, type_, metadata=meta or None)
 
 
+def _arrow(dtype: np.dtype) -> pa.DataType:
+    return pa.string() if dtype == STRING else pa.from_numpy_dtype(dtype)
+
+
+def widened(schema: pa.Schema, columns: ColumnSet, bits: int) -> pa.Schema:
+    """``schema`` with the flag columns (``Series.widens``) of ``bits``-bit integers: a file's flags take the
+    narrowest width that holds every light curve it holds (16, or 32 with tglc 0.8 files)."""
+    names = {s.name for s in columns.series if s.widens}
+    index = schema.get_field_index("lightcurve")
+    curve = schema.field(index)
+    fields = [f.with_type(pa.list_(pa.field("element", pa.from_numpy_dtype(np.dtype(f"i{bits // 8}")))))
+              if f.name in names else f for f in curve.type]
+    return schema.set(index, curve.with_type(pa.struct(fields)))
+
+
 def extra_scalars(columns: ColumnSet) -> list:
     """The header scalars that are columns of their own (``psf_flux_err``, ... but not ``camera``/``ccd``)."""
     seed = {"psf_flux_err", "aper_flux_err"}
@@ -120,7 +135,7 @@ def arrow_schema(columns: ColumnSet) -> pa.Schema:
         s = by_name[name]
         fields.append(_field(name, pa.from_numpy_dtype(s.dtype), s.unit, s.description))
     fields.append(_field(N_CADENCES[0], pa.from_numpy_dtype(N_CADENCES[1]), N_CADENCES[2], N_CADENCES_NESTED))
-    fields += [_field(s.name, pa.from_numpy_dtype(s.dtype), s.unit, s.description) for s in extra_scalars(columns)]
+    fields += [_field(s.name, _arrow(s.dtype), s.unit, s.description) for s in extra_scalars(columns)]
     series = [_field(s.name, pa.list_(pa.field("element", pa.from_numpy_dtype(s.dtype))), s.unit, s.description)
               for s in columns.series]
     fields.append(_field("lightcurve", pa.struct(series), "", "the light curve, each list n_cadences long"))
@@ -154,7 +169,7 @@ def read_mark(file: Path | str) -> dict | None:
 
 
 def verify_file(file: Path, schema: pa.Schema, mark: dict | None = None, full: bool = True,
-                ) -> tuple[np.ndarray, np.ndarray]:
+                columns: ColumnSet | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Check a pixel file and return its (gaiadr3_id, _healpix_29) in file order; raise WriteError if it is not
     whole. Checked: the mark (equal to ``mark`` when given), the schema, the row count, every column chunk's value
     count, no nulls, ids, the spatial index sorted and inside the mark's pixel. With ``full``, every value is read
@@ -168,7 +183,8 @@ def verify_file(file: Path, schema: pa.Schema, mark: dict | None = None, full: b
             raise WriteError(f"{file}: no {MARK_KEY} mark in its footer (not a finished shard file)")
         if mark is not None and found != mark:
             raise WriteError(f"{file}: its mark {found} is not the expected {mark}")
-        if not pf.schema_arrow.equals(schema, check_metadata=False):
+        schemas = [schema] if columns is None else [widened(schema, columns, bits) for bits in (16, 32)]
+        if not any(pf.schema_arrow.equals(x, check_metadata=False) for x in schemas):
             raise WriteError(f"{file}: its columns differ from the build's ({pf.schema_arrow.names})")
         if meta.num_rows != found["rows"]:
             raise WriteError(f"{file}: {meta.num_rows} rows, its mark says {found['rows']}")
@@ -311,7 +327,7 @@ class HatsWriter(Writer):
             log.warning("%s: its mark does not hold the checksum found in it; it will be written again", file)
             return None
         try:
-            ids, _ = verify_file(file, self.schema, mark, full=verify)
+            ids, _ = verify_file(file, self.schema, mark, full=verify, columns=self.columns)
         except WriteError as exc:
             log.warning("%s; it will be written again", exc)
             return None
@@ -450,6 +466,7 @@ class HatsWriter(Writer):
         pixels = sorted({_pixel_of(f) for f in files})
         partition_info = PartitionInfo.from_healpix([HealpixPixel(ORDER, p) for p in pixels])
         partition_info.write_to_file(paths.get_partition_info_pointer(catalog))
+        self._one_flag_width(files)
         total = write_parquet_metadata(catalog, create_metadata=(suffix == FILE_SUFFIX))
         histogram = np.zeros(12 * 4 ** SKYMAP_ORDER, np.int64)
         rows_per_pixel: dict[int, int] = {}
@@ -486,6 +503,36 @@ class HatsWriter(Writer):
             raise WriteError(f"{self.output_dir}: hats does not accept the collection: {'; '.join(complaints)}")
         log.info("HATS collection %s: %d light curves in %d pixel(s), %d file(s)", self.output_dir, total,
                  len(pixels), len(files))
+
+    def _one_flag_width(self, files: list[Path]) -> None:
+        """A HATS catalog is one Parquet dataset of one schema (``_metadata`` appends the files' row groups, which
+        requires equal schemas): when some files hold 32-bit flags (tglc 0.8 light curves) and others 16-bit ones,
+        the narrower files are written again with the wider flags, values kept (rare: a sector mixing versions)."""
+        bits = {file: 8 * np.dtype(pq.read_schema(file).field("lightcurve").type.field("tglc_flags").type
+                                   .value_type.to_pandas_dtype()).itemsize for file in files}
+        widest = max(bits.values())
+        schema = widened(self.schema, self.columns, widest)
+        for file in (f for f in files if bits[f] < widest):
+            tmp = file.with_name(f".{file.name}{_TEMPORARY}{os.getpid()}")
+            try:
+                mark = (read_mark(file) or {}) | {DIGEST_KEY: _UNSEALED}  # a new file: sealed anew below
+                with pq.ParquetFile(file, page_checksum_verification=True) as pf:
+                    kept = {k: v for k, v in (pf.metadata.metadata or {}).items()
+                            if k not in (b"ARROW:schema", MARK_KEY.encode())}
+                    kept[MARK_KEY.encode()] = json.dumps(mark, sort_keys=True).encode()
+                    writer = pq.ParquetWriter(str(tmp), schema, **parquet_options(schema))
+                    try:
+                        for group in range(pf.num_row_groups):
+                            writer.write_table(pf.read_row_group(group).cast(schema))
+                        writer.add_key_value_metadata(kept)
+                    finally:
+                        writer.close()
+                verify_file(tmp, schema, mark, full=True)
+                seal(tmp)
+                os.replace(tmp, file)
+            finally:
+                tmp.unlink(missing_ok=True)
+            log.info("%s: flags widened to %d bits, as other files of the catalog hold", file, widest)
 
     def _card_note(self, suffix: str, margins: list[str] | None, indexes: dict[str, str] | None) -> str:
         """What the card must add for this build: the pixel-folder layout, the extras."""
@@ -611,7 +658,10 @@ class _HatsSink(ShardSink):
         self.file = writer.file(shard)
         self.tmp = self.file.with_name(f".{self.file.name}{_TEMPORARY}{os.getpid()}")
         self.ipc_path = self.file.with_name(f".{self.file.name}{_TEMPORARY}{os.getpid()}.arrow")
-        self.schema = writer.schema
+        # The temporary file holds 32-bit flags; the Parquet file the narrowest width of its light curves' files.
+        self.schema = widened(writer.schema, writer.columns, 32)
+        self.flag_bits = 16
+        self.versions: dict[str, set] = {}
         self._ipc: pa.ipc.RecordBatchFileWriter | None = None
         self._ipc_file = None
         self._spatial: list[np.ndarray] = []
@@ -637,6 +687,9 @@ class _HatsSink(ShardSink):
             raise self._fail(exc) from None
         self._spatial.append(batch.column(0).to_numpy())
         self.rows += len(block)
+        self.flag_bits = max([self.flag_bits] + [8 * block.series[s.name].dtype.itemsize
+                                                 for s in self.writer.columns.series if s.widens])
+        note_versions(self.versions, self.shard, block)
 
     def _batch(self, block: Block) -> pa.RecordBatch:
         """The block as the catalog's columns, each list trimmed to its n_cadences (values copied, bits kept)."""
@@ -672,6 +725,7 @@ class _HatsSink(ShardSink):
             self.file.unlink(missing_ok=True)
             return
         mark = self.writer.mark(self.shard, self.rows)
+        schema = widened(self.writer.schema, self.writer.columns, self.flag_bits)
         try:
             self._ipc.close()
             self._ipc_file.close()
@@ -684,16 +738,17 @@ class _HatsSink(ShardSink):
                 if sum(len(b) for b in batches) != self.rows:
                     raise WriteError(f"{self.ipc_path}: {sum(len(b) for b in batches)} rows read back, "
                                      f"{self.rows} written")
-                writer = pq.ParquetWriter(str(self.tmp), self.schema, **parquet_options(self.schema))
+                writer = pq.ParquetWriter(str(self.tmp), schema, **parquet_options(schema))
                 try:
                     for start in range(0, len(order), ROW_GROUP_ROWS):
-                        writer.write_table(_take(batches, order[start:start + ROW_GROUP_ROWS]))
+                        writer.write_table(_take(batches, order[start:start + ROW_GROUP_ROWS]).cast(schema))
+                    writer.add_key_value_metadata({VERSIONS_KEY: versions_text(self.versions)})
                     writer.add_key_value_metadata({MARK_KEY: json.dumps(mark, sort_keys=True)})
                 finally:
                     writer.close()
                 del batches, reader
             self.ipc_path.unlink(missing_ok=True)
-            ids, sorted_spatial = verify_file(self.tmp, self.schema, mark, full=True)
+            ids, sorted_spatial = verify_file(self.tmp, schema, mark, full=True)
             if not np.array_equal(sorted_spatial, spatial[order]):
                 raise WriteError(f"{self.tmp}: {SPATIAL_INDEX} read back differs from what was written")
             digest = seal(self.tmp)
@@ -762,9 +817,9 @@ class _HatsRows(RowSource):
         inside = np.arange(width) < n[:, None]
         curve = table.column("lightcurve").combine_chunks()
         for series in self.columns.series:
-            values = np.full((len(n), width), series.pad, series.dtype)
-            lists = pc.struct_field(curve, series.name)
-            values[inside] = lists.flatten().to_numpy(zero_copy_only=False)  # bits kept
+            flat = pc.struct_field(curve, series.name).flatten().to_numpy(zero_copy_only=False)
+            values = np.full((len(n), width), series.pad, flat.dtype if series.widens else series.dtype)
+            values[inside] = flat  # bits kept
             out[series.name] = values
         return out
 

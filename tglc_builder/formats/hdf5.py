@@ -28,10 +28,10 @@ import h5py
 import numpy as np
 
 from .. import __version__, layout
-from ..columns import IDS_AND_POSITION, N_CADENCES, ColumnSet
+from ..columns import IDS_AND_POSITION, N_CADENCES, STRING, STRING_BYTES, ColumnSet
 from ..errors import UsageError
-from .base import (_UNSEALED, DIGEST_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer, check_digest, seal,
-                   write_error)
+from .base import (_UNSEALED, DIGEST_KEY, VERSIONS_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer,
+                   check_digest, note_versions, seal, versions_text, write_error)
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +330,7 @@ class _HDF5Sink(ShardSink):
         self.datasets: dict[str, h5py.Dataset] = {}  # looked up once: h5py's name lookup is slow
         self.rows = self.width = 0
         self.pads = {s.name: s.pad for s in writer.columns.series}
+        self.versions: dict[str, set] = {}  # the TGLC versions of the rows written (base.note_versions)
 
     def _fail(self, exc: BaseException) -> WriteError:
         self.abort()
@@ -343,14 +344,14 @@ class _HDF5Sink(ShardSink):
                 self.h5.attrs.update({"sector": self.writer.sector, "healpix": self.shard.pixel,
                                       "nside": layout.NSIDE, "nest": layout.NEST, "shard": self.shard.label,
                                       "columns": self.writer.columns.name, "tglc_builder_version": __version__})
-                self._create(int(block.n_cadences.max()))
+                self._create(int(block.n_cadences.max()), block)
             self._append(block)
         except WriteError:
             raise
         except Exception as exc:  # noqa: BLE001 - h5py raises OSError, RuntimeError, ValueError for write errors
             raise self._fail(exc) from None
 
-    def _create(self, width: int) -> None:
+    def _create(self, width: int, block: Block) -> None:
         n = len(self.shard)
         # A power of two, so that blocks (BLOCK_ROWS rows) fill whole chunks (a chunk written in two parts would be
         # compressed, read back, decompressed and compressed again), and no more rows than the file will hold.
@@ -361,12 +362,32 @@ class _HDF5Sink(ShardSink):
         scalars[N_CADENCES[0]] = N_CADENCES[1]
         scalars.update({s.name: s.dtype for s in self.writer.columns.scalars})
         for name, dtype in scalars.items():
+            # text: fixed-length ASCII (FITS cards are ASCII), so that Fletcher32 applies (not to variable length)
+            dtype = h5py.string_dtype("ascii", STRING_BYTES) if dtype == STRING else dtype
             self.datasets[name] = self.h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
                                                          chunks=scalar_chunk, **_SCALAR)
+        self._chunk_rows = chunk_rows
         for series in self.writer.columns.series:
-            self.datasets[series.name] = self.h5.create_dataset(
-                series.name, shape=(0, width), maxshape=(None, None), dtype=series.dtype, chunks=(chunk_rows, width),
-                fillvalue=series.pad, **_filters(series.dtype))
+            self._create_series(series.name, block.series[series.name].dtype, width)
+
+    def _create_series(self, name: str, dtype: np.dtype, width: int) -> None:
+        series = next(s for s in self.writer.columns.series if s.name == name)
+        self.datasets[name] = self.h5.create_dataset(
+            name, shape=(0, width), maxshape=(None, None), dtype=dtype, chunks=(self._chunk_rows, width),
+            fillvalue=series.pad, **_filters(dtype))
+
+    def _widen_series(self, name: str, dtype: np.dtype) -> None:
+        """A flag column met wider integers (a tglc 0.8 file after 16-bit ones): the rows written so far move into
+        a dataset of the wider type, values kept, so the file's column has the narrowest type that holds them all."""
+        old = self.datasets.pop(name)
+        self.h5.move(name, f"{name}.narrow")
+        self._create_series(name, dtype, old.chunks[1])
+        new = self.datasets[name]
+        new.resize(old.shape)
+        step = old.chunks[0]
+        for start in range(0, old.shape[0], step):
+            new[start:start + step] = old[start:start + step]
+        del self.h5[f"{name}.narrow"]
 
     def _append(self, block: Block) -> None:
         k, used = len(block), int(block.n_cadences.max())
@@ -378,19 +399,25 @@ class _HDF5Sink(ShardSink):
         rows = slice(start, self.rows)
         self.datasets[N_CADENCES[0]][rows] = block.n_cadences
         for name, values in block.scalars.items():
-            self.datasets[name][rows] = values
+            dset = self.datasets[name]
+            dset[rows] = values.astype(dset.dtype) if dset.dtype.kind == "S" else values
         for name, values in block.series.items():
+            if values.dtype.itemsize > self.datasets[name].dtype.itemsize:
+                self._widen_series(name, values.dtype)
+                self.datasets[name].resize((self.rows, width))
             dset = self.datasets[name]
             if dset.dtype == np.float32:
                 _write_flux(dset, start, values, self.pads[name])
             else:
                 dset[rows, :values.shape[1]] = values
+        note_versions(self.versions, self.shard, block)
 
     def commit(self) -> None:
         if self.h5 is None:  # no row readable: no file (a stale one would hold rows that are no longer planned)
             self.file.unlink(missing_ok=True)
             return
         try:
+            self.h5.attrs[VERSIONS_KEY] = versions_text(self.versions)
             self.h5.flush()  # a write that fails here fails loudly; then closing has nothing left to write
             self.datasets = {}
             self.h5.close()
@@ -435,7 +462,8 @@ class _HDF5Rows(RowSource):
             out = {N_CADENCES[0]: h5[N_CADENCES[0]][span][picked]}
             width = int(out[N_CADENCES[0]].max())
             for name in [*IDS_AND_POSITION, *(s.name for s in self.columns.scalars)]:
-                out[name] = h5[name][span][picked]
+                dset = h5[name]
+                out[name] = (dset.asstr() if dset.dtype.kind == "S" else dset)[span][picked]
             for series in self.columns.series:
                 out[series.name] = h5[series.name][span, :width][picked]
         return out
