@@ -183,10 +183,11 @@ def test_version_usage_and_help_name_the_program_run(tmp_path):
     assert script is not None
     version = subprocess.run([script, "--version"], capture_output=True, text=True, env=run_env(), cwd=tmp_path)
     assert (version.returncode, version.stdout) == (0, f"tglc-build {__version__}\n")
-    usage = subprocess.run([script, "-s", "x"], capture_output=True, text=True, env=run_env(), cwd=tmp_path)
+    usage = subprocess.run([script, "-s", "1", "-n", "x"], capture_output=True, text=True, env=run_env(),
+                           cwd=tmp_path)
     assert usage.returncode == 2
     assert usage.stderr.splitlines()[0].startswith("usage: tglc-build ")
-    assert usage.stderr.splitlines()[-1] == "tglc-build: error: argument -s/--sector: 'x' is not an integer"
+    assert usage.stderr.splitlines()[-1] == "tglc-build: error: argument -n/--n_processes: 'x' is not an integer"
     ours = _run(["--version"], tmp_path)
     assert ours.stdout == f"build_parent_sample.py {__version__}\n"
     help_text = " ".join(_run(["--help"], tmp_path).stdout.split())
@@ -254,9 +255,11 @@ def test_the_readme_troubleshooting_lists_what_the_command_says(tmp_path):
     assert extra.split(" (or pip")[0] in section
     unreachable = _run(["-s", "23", "--mast-url", "http://127.0.0.1:1", "--max-attempts", "1"], tmp_path)
     assert unreachable.stderr.splitlines()[-1].startswith("error: cannot ")
-    usage = _run(["-s", "x"], tmp_path).stderr.splitlines()[-1]
-    assert usage == "build_parent_sample.py: error: argument -s/--sector: 'x' is not an integer"
-    assert "error: argument -s/--sector: 'x' is not an integer" in section
+    usage = _run(["-s", "1", "-n", "x"], tmp_path).stderr.splitlines()[-1]
+    assert usage == "build_parent_sample.py: error: argument -n/--n_processes: 'x' is not an integer"
+    assert "error: argument -n/--n_processes: 'x' is not an integer" in section
+    sector = _run(["-s", "x"], tmp_path).stderr.splitlines()[-1]
+    assert sector.startswith("error: sector 'x': 'x' is not a sector or a range") and sector[:40] in section
     for text in ("interrupted: rerun the same command to resume", "is in use by another build; wait for it to finish "
                  "or choose other folders", "rerun with --format both", "The build stopped early: no space left on",
                  "cannot import tglc-builder"):
