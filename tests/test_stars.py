@@ -322,6 +322,20 @@ def test_open_stars_numpy_and_lightkurve(release, fresh):
     assert len(stitched) == sum(len(c[4]) for c in expected)
 
 
+def test_to_lightkurve_without_lightkurve_says_how_to_install_it(fresh, monkeypatch):
+    """Without lightkurve (here: not importable), the numpy arrays work and to_lightkurve names the one-command
+    install that keeps hats' pandas (installing lightkurve alone beside hats would downgrade pandas under it)."""
+    path, _ = fresh
+    table = _table(path)
+    star = open_stars(path).get(gaiadr3_id=table.column("gaiadr3_id")[0].as_py())
+    monkeypatch.setitem(sys.modules, "lightkurve", None)  # `import lightkurve` raises ImportError
+    assert len(star.curves) >= 1 and star.curves[0]["time"].dtype == np.float64
+    with pytest.raises(ImportError) as raised:
+        star.to_lightkurve()
+    assert str(raised.value) == ("to_lightkurve needs lightkurve: pip install 'tglc-builder[lightkurve]' (with hats "
+                                 "installed: 'tglc-builder[hats,lightkurve]', in one command)")
+
+
 def test_a_folder_without_outputs_is_refused(tmp_path):
     with pytest.raises(UsageError, match="no finished per-sector output"):
         build_stars([tmp_path], tmp_path / "stars")

@@ -1163,7 +1163,8 @@ class Star:
             import lightkurve
             from astropy.time import Time
         except ImportError:
-            raise ImportError("to_lightkurve needs lightkurve: pip install 'tglc-builder[lightkurve]'") from None
+            raise ImportError("to_lightkurve needs lightkurve: pip install 'tglc-builder[lightkurve]' (with hats "
+                              "installed: 'tglc-builder[hats,lightkurve]', in one command)") from None
         flux_column = flux_column or ("cal_aper_flux" if self.columns == "all" else "aper_flux")
         errors = {"aper_flux": "aper_flux_err", "psf_flux": "psf_flux_err", "cal_aper_flux": "cal_aper_flux_err",
                   "cal_psf_flux": "cal_psf_flux_err"}
