@@ -15,10 +15,8 @@ from .columns import COLUMN_SETS, ColumnSet, column_set
 from .errors import UsageError
 from .formats import FORMATS
 from .formats.hdf5 import BLOCK_ROWS
-from .sources import DEFAULT_CONNECTIONS, resolve_url
+from .sources import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, resolve_url
 
-DEFAULT_MAX_ATTEMPTS = 5
-DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After may impose
 TINY_SIZE = 100
 PROCESSES_PER_CORE = 4  # downloads wait on the network, so a few processes per core still pay
 MEMORY_PER_PROCESS = 250 * 2**20  # what one worker needs at most (reader, blocks, HDF5 chunk cache, HTTP)

@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from . import __version__
-from .arguments import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, BuildArguments
+from .arguments import BuildArguments
 from .columns import COLUMN_SETS
 from .errors import UsageError
 from .formats import FORMATS
-from .sources import DEFAULT_CONNECTIONS, DEFAULT_MAST_URL, MAST_URL_ENV
+from .sources import DEFAULT_CONNECTIONS, DEFAULT_MAST_URL, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, MAST_URL_ENV
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_DEMO_SIZE = 1000

@@ -6,13 +6,13 @@ import os
 from urllib.parse import urlsplit
 
 from ..errors import UsageError
-from .base import DiskFull, Fetched, ListingCopy, Source, SourceError, is_present, quarantine_path
+from .base import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, DiskFull, Fetched, ListingCopy, Source, \
+    SourceError, is_present, quarantine_path
 
 DEFAULT_MAST_URL = "https://archive.stsci.edu/hlsps/tglc"
 MAST_URL_ENV = "TGLC_MAST_URL"
-DEFAULT_CONNECTIONS = 24  # in flight for the whole build, shared out among its workers
 
-__all__ = ["DEFAULT_MAST_URL", "MAST_URL_ENV", "DiskFull", "Fetched", "ListingCopy", "Source", "SourceError",
+__all__ = ["DEFAULT_CONNECTIONS", "DEFAULT_MAST_URL", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_MAX_WAIT", "MAST_URL_ENV", "DiskFull", "Fetched", "ListingCopy", "Source", "SourceError",
            "is_present", "open_source", "quarantine_path", "resolve_url"]
 
 
@@ -22,8 +22,8 @@ def resolve_url(url: str | None) -> str:
     return url if url == "/" else url.rstrip("/")
 
 
-def open_source(url: str | None, *, connections: int = 12, max_attempts: int = 5, max_wait: float = 300.0
-                ) -> Source:
+def open_source(url: str | None, *, connections: int = DEFAULT_CONNECTIONS, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                max_wait: float = DEFAULT_MAX_WAIT) -> Source:
     """The source for ``url``: ``http(s)://`` (an archive), ``s3://BUCKET/PREFIX`` (a bucket, e.g. MAST's cloud
     copy), ``file:///path`` or a plain directory (a mirror read in place). ``connections``: files in flight per
     worker process."""
