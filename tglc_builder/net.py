@@ -28,7 +28,8 @@ from urllib3.util.retry import Retry
 
 from . import __version__, executor
 from .progress import progress as progress_counter
-from .sources.base import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, Refused, SourceError, Unreachable, encoding_refused, invalid_reason, too_big
+from .sources.base import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, Refused, SourceError, \
+    Unreachable, encoding_refused, invalid_reason, too_big
 
 log = logging.getLogger(__name__)
 

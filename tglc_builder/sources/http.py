@@ -60,7 +60,8 @@ class HttpSource(Source):
     how slow a light curve's and a listing's body may be (:class:`net.Deadline`)."""
 
     def __init__(self, url: str, connections: int = base.DEFAULT_CONNECTIONS,
-                 max_attempts: int = base.DEFAULT_MAX_ATTEMPTS, max_wait: float = base.DEFAULT_MAX_WAIT, client: str | None = None,
+                 max_attempts: int = base.DEFAULT_MAX_ATTEMPTS, max_wait: float = base.DEFAULT_MAX_WAIT,
+                 client: str | None = None,
                  deadline: net.Deadline = net.DEADLINE, listing_deadline: net.Deadline = net.LISTING_DEADLINE):
         self.url = url.rstrip("/")
         self.deadline, self.listing_deadline = deadline, listing_deadline
