@@ -13,8 +13,8 @@ DEFAULT_MAST_URL = "https://archive.stsci.edu/hlsps/tglc"
 MAST_URL_ENV = "TGLC_MAST_URL"
 
 __all__ = ["DEFAULT_CONNECTIONS", "DEFAULT_MAST_URL", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_MAX_WAIT", "MAST_URL_ENV",
-           "DiskFull", "Fetched", "ListingCopy", "Source", "SourceError", "is_present", "open_source", "quarantine_path",
-           "resolve_url"]
+           "DiskFull", "Fetched", "ListingCopy", "Source", "SourceError", "is_present", "open_source",
+           "quarantine_path", "resolve_url"]
 
 
 def resolve_url(url: str | None) -> str:
