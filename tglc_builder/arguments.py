@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from . import extras, layout
 from .columns import COLUMN_SETS, ColumnSet, column_set
 from .errors import UsageError
-from .formats import FORMATS
+from .formats import FORMATS, format_spec, parse_formats
 from .formats.hdf5 import BLOCK_ROWS
 from .sources import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, resolve_url
 
@@ -23,8 +23,7 @@ MEMORY_PER_PROCESS = 250 * 2**20  # what one worker needs at most (reader, block
 MAX_SECTOR = 9999  # sSSSS: four digits
 ALL_SECTORS = "all"
 # The output paths a multi-sector build takes as templates with {sector}: (field, flag).
-TEMPLATED = (("hdf5_output_dir", "hdf5_output_path"), ("fits_dir", "fits_output_path"),
-             ("hats_output_dir", "hats_output_path"))
+TEMPLATED = (("fits_dir", "fits_output_path"), *((f.folder, f.flag) for f in FORMATS.values()))
 _SECTOR_PART = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?")
 
 
@@ -89,7 +88,7 @@ class BuildArguments:
     n_processes: int = 1
     tiny: bool = False
     tiny_size: int = TINY_SIZE  # objects in a tiny build
-    format: str = "hdf5"
+    format: str | Sequence[str] = "hdf5"  # a format, a comma-separated list, an alias (see parse_formats)
     columns: str = "seed"
     hats_extras: bool = False
     connections: int = DEFAULT_CONNECTIONS  # in flight for the whole build
@@ -107,6 +106,7 @@ class BuildArguments:
     scheduler: str | None = None  # --scheduler: a Dask scheduler's address or "local" (checked here; cli uses it)
     archive_id: str | None = None  # a stable name of the archive for the listings' manifests (the demo's port varies)
     sectors: tuple[int, ...] | None = field(init=False, default=None)  # None: "all", resolved by the build
+    formats: tuple[str, ...] = field(init=False, default=())  # the formats built, in registry order
     stars: bool | None = None  # join the outputs into the stars catalog; None: with several sectors only
     stars_output_dir: str | os.PathLike | None = None  # default <tglc_data_path>/stars
     stars_pixel_threshold: int | None = None  # most stars per partition; default: partitions of ~1 GB
@@ -122,8 +122,7 @@ class BuildArguments:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.max_wait, (int, float)) or isinstance(self.max_wait, bool) or self.max_wait < 0:
             raise UsageError(f"max_wait must be a number of seconds >= 0, got {self.max_wait!r}")
-        if self.format not in FORMATS:
-            raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        self.formats = parse_formats(self.format)
         if self.columns not in COLUMN_SETS:
             raise UsageError(f"columns must be one of {', '.join(COLUMN_SETS)}, got {self.columns!r}")
         _check_processes(self.n_processes)
@@ -136,12 +135,11 @@ class BuildArguments:
                     setattr(self, name, sector_template(flag, getattr(self, name)))
             return
         sector_dir = Path(layout.sector_dir(self.tglc_data_path, self.sector))
-        self.hdf5_output_dir = Path(self.hdf5_output_dir or sector_dir / "MultimodalUniverse")
         self.fits_dir = Path(self.fits_dir or sector_dir / "fits_lcs")
-        self.hats_output_dir = Path(self.hats_output_dir or sector_dir / "hats")
-        outputs = {"hdf5_output_path": self.hdf5_output_dir, "fits_output_path": self.fits_dir}
-        if self.format != "hdf5":
-            outputs["hats_output_path"] = self.hats_output_dir
+        for fmt in FORMATS.values():
+            setattr(self, fmt.folder, Path(getattr(self, fmt.folder) or sector_dir / fmt.default_folder))
+        outputs = {FORMATS[name].flag: getattr(self, FORMATS[name].folder) for name in self.formats}
+        outputs["fits_output_path"] = self.fits_dir
         resolved = {name: path.resolve() for name, path in outputs.items()}
         names = list(resolved)
         for i, a in enumerate(names):
@@ -151,8 +149,9 @@ class BuildArguments:
 
     def _check_extras(self) -> None:
         """Every optional extra this build will import, found installed now: before anything is fetched."""
-        if self.format != "hdf5":
-            extras.require("hats", "--hats-extras" if self.hats_extras else f"--format {self.format}")
+        for fmt in (FORMATS[name] for name in self.formats if FORMATS[name].extra):
+            asked = [f"--{name.replace('_', '-')}" for _, name in fmt.options if getattr(self, name)]
+            extras.require(fmt.extra, asked[0] if asked else f"--format {format_spec(self.formats)}")
         if self.mast_url != "demo" and urlsplit(resolve_url(self.mast_url)).scheme.lower() == "s3":
             extras.require("s3", f"reading {resolve_url(self.mast_url)}")
         if self.scheduler is not None:
@@ -187,9 +186,6 @@ class BuildArguments:
     def column_set(self) -> ColumnSet:
         return column_set(self.columns)
 
-    @property
-    def formats(self) -> tuple[str, ...]:
-        return ("hdf5", "hats") if self.format == "both" else (self.format,)
 
 
 def _positive_int(name: str, value) -> None:
