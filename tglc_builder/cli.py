@@ -52,14 +52,36 @@ def _formats(text: str) -> str:
     return text
 
 
+class _Negatable(argparse.BooleanOptionalAction):
+    """``--stars`` / ``--no-stars``, and ``--no_stars`` too."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, not (option_string or "").startswith(("--no-", "--no_")))
+
+    def format_usage(self) -> str:
+        return " | ".join(getattr(self, "shown", self.option_strings))
+
+
+def _other_spelling(flag: str) -> str | None:
+    """``--mast-url`` for ``--mast_url`` and the reverse; None for a flag of one word."""
+    if not flag.startswith("--") or not ("_" in flag or "-" in flag[2:]):
+        return None
+    return "--" + (flag[2:].replace("_", "-") if "_" in flag else flag[2:].replace("-", "_"))
+
+
 class _Parser(argparse.ArgumentParser):
     """Takes every long flag in both spellings, ``--mast-url`` and ``--mast_url``; the help shows the first."""
 
     def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
-        other = ["--" + (name[2:].replace("_", "-") if "_" in name else name[2:].replace("-", "_")) for name in names
-                 if name.startswith("--") and ("_" in name or "-" in name[2:])]
-        action = super().add_argument(*names, *other, **kwargs)
-        action.shown = action.option_strings[:len(action.option_strings) - len(other)]  # type: ignore[attr-defined]
+        if kwargs.get("action") is argparse.BooleanOptionalAction:
+            kwargs["action"] = _Negatable
+        action = super().add_argument(*names, **kwargs)
+        action.shown = list(action.option_strings)  # type: ignore[attr-defined]
+        for flag in action.shown:  # type: ignore[attr-defined]
+            other = _other_spelling(flag)
+            if other is not None and other not in self._option_string_actions:
+                action.option_strings.append(other)
+                self._option_string_actions[other] = action  # as argparse registers each option string
         return action
 
 
