@@ -197,3 +197,22 @@ def test_a_bad_format_list_is_refused_by_the_parser(capsys):
     assert exited.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (f"tglc-build: error: argument --format: format 'hdf5,csv': "
                                                         f"'csv' is not a format; {FORMAT_HINT}")
+
+
+# ---- the source registry ---------------------------------------------------------------------------------------------
+def test_an_archive_of_no_registered_scheme_is_refused_with_the_arguments(tmp_path):
+    with pytest.raises(UsageError) as caught:
+        BuildArguments(23, tglc_data_path=tmp_path, mast_url="ftp://archive/tglc/")
+    assert str(caught.value) == ("archive URL 'ftp://archive/tglc' has an unknown scheme 'ftp'; give an http(s):// URL, "
+                                 "an s3://BUCKET/PREFIX, or a directory holding a MAST tree")
+
+
+def test_each_scheme_opens_its_registered_source(tmp_path):
+    from tglc_builder.sources import SOURCES, open_source
+
+    opened = {url: type(open_source(url, connections=3)).__name__ for url in
+              ("http://127.0.0.1:9/tglc", "HTTPS://127.0.0.1:9/tglc", str(tmp_path), tmp_path.as_uri())}
+    assert opened == {"http://127.0.0.1:9/tglc": "HttpSource", "HTTPS://127.0.0.1:9/tglc": "HttpSource",
+                      str(tmp_path): "LocalSource", tmp_path.as_uri(): "LocalSource"}
+    assert open_source("http://127.0.0.1:9", connections=3, max_attempts=2).connections == 3
+    assert sorted(SOURCES) == ["", "file", "http", "https", "s3"]

@@ -8,14 +8,13 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from . import extras, layout
 from .columns import COLUMN_SETS, ColumnSet, column_set
 from .errors import UsageError
 from .formats import FORMATS, format_spec, parse_formats
 from .formats.hdf5 import BLOCK_ROWS
-from .sources import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, resolve_url
+from .sources import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, resolve_url, source_class
 
 TINY_SIZE = 100
 PROCESSES_PER_CORE = 4  # downloads wait on the network, so a few processes per core still pay
@@ -152,8 +151,9 @@ class BuildArguments:
         for fmt in (FORMATS[name] for name in self.formats if FORMATS[name].extra):
             asked = [f"--{name.replace('_', '-')}" for _, name in fmt.options if getattr(self, name)]
             extras.require(fmt.extra, asked[0] if asked else f"--format {format_spec(self.formats)}")
-        if self.mast_url != "demo" and urlsplit(resolve_url(self.mast_url)).scheme.lower() == "s3":
-            extras.require("s3", f"reading {resolve_url(self.mast_url)}")
+        extra = None if self.mast_url == "demo" else source_class(self.mast_url)[1]
+        if extra is not None:
+            extras.require(extra, f"reading {resolve_url(self.mast_url)}")
         if self.scheduler is not None:
             extras.require("dask", "--scheduler")
         if self.joins_stars:
