@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tglc_builder import arguments
@@ -203,8 +204,8 @@ def test_a_bad_format_list_is_refused_by_the_parser(capsys):
 def test_an_archive_of_no_registered_scheme_is_refused_with_the_arguments(tmp_path):
     with pytest.raises(UsageError) as caught:
         BuildArguments(23, tglc_data_path=tmp_path, mast_url="ftp://archive/tglc/")
-    assert str(caught.value) == ("archive URL 'ftp://archive/tglc' has an unknown scheme 'ftp'; give an http(s):// URL, "
-                                 "an s3://BUCKET/PREFIX, or a directory holding a MAST tree")
+    assert str(caught.value) == ("archive URL 'ftp://archive/tglc' has an unknown scheme 'ftp'; give an http(s):// "
+                                 "URL, an s3://BUCKET/PREFIX, or a directory holding a MAST tree")
 
 
 def test_each_scheme_opens_its_registered_source(tmp_path):
@@ -216,3 +217,37 @@ def test_each_scheme_opens_its_registered_source(tmp_path):
                       str(tmp_path): "LocalSource", tmp_path.as_uri(): "LocalSource"}
     assert open_source("http://127.0.0.1:9", connections=3, max_attempts=2).connections == 3
     assert sorted(SOURCES) == ["", "file", "http", "https", "s3"]
+
+
+# ---- a new format: one module and one registry line ------------------------------------------------------------------
+def test_a_new_format_is_one_module_and_one_registry_line(archive, tmp_path, monkeypatch):
+    from helpers import npz_format
+    from tglc_builder.cli import arguments_of
+    from tglc_builder.loading import load_tglc
+
+    monkeypatch.setitem(FORMATS, "npz", npz_format.FORMAT)  # the one line
+    parsed = build_parser("tglc-build").parse_args(["-s", "23", "--tglc_data_path", str(tmp_path), "--format",
+                                                    "npz,hdf5", "--npz-output-path", str(tmp_path / "n"),
+                                                    "--mast-url", archive.url, "--tiny"])
+    args = arguments_of(parsed)
+    assert args.formats == ("hdf5", "npz") and args.output_dir("npz") == tmp_path / "n"
+    assert BuildArguments(23, tglc_data_path=tmp_path, format="npz").output_dir("npz") == tmp_path / "s0023" / "npz"
+    assert folders_of(args)[-1] == (tmp_path / "n", "npz_output_path")
+    summary = run(args)
+    assert summary.failures == [] and [name for name, _ in summary.outputs] == ["hdf5", "npz"]
+    ids = np.concatenate([np.load(f)["gaiadr3_id"] for f in sorted((tmp_path / "n" / "npz").glob("*.npz"))])
+    assert sorted(ids) == sorted(load_tglc(tmp_path / "n")["gaiadr3_id"]) and len(ids) == 100
+    card = (tmp_path / "n" / "README.md").read_text()
+    assert "This dataset holds **100 light curves**" in card and "NPZ files" in card
+    assert "\n## Files\n\n`npz/healpix=" in card and "\n| `gaiadr3_id` | int64 | - | - |\n" in card
+    with pytest.raises(UsageError) as caught:
+        BuildArguments(23, tglc_data_path=tmp_path, format="npz", output_dirs={"npz": tmp_path / "s0023" / "fits_lcs"})
+    assert str(caught.value) == (f"--npz_output_path and --fits_output_path are the same folder "
+                                 f"({tmp_path / 's0023' / 'fits_lcs'}); give each its own")
+
+
+def test_output_dirs_name_only_formats_without_a_field(tmp_path):
+    with pytest.raises(UsageError) as caught:
+        BuildArguments(23, tglc_data_path=tmp_path, output_dirs={"hdf5": tmp_path / "x"})
+    assert str(caught.value) == ("output_dirs names hdf5, not a format whose folder goes there; the folders of "
+                                 "hdf5_output_dir (hdf5), hats_output_dir (hats) have their own fields")

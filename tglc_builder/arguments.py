@@ -21,8 +21,8 @@ PROCESSES_PER_CORE = 4  # downloads wait on the network, so a few processes per 
 MEMORY_PER_PROCESS = 250 * 2**20  # what one worker needs at most (reader, blocks, HDF5 chunk cache, HTTP)
 MAX_SECTOR = 9999  # sSSSS: four digits
 ALL_SECTORS = "all"
-# The output paths a multi-sector build takes as templates with {sector}: (field, flag).
-TEMPLATED = (("fits_dir", "fits_output_path"), *((f.folder, f.flag) for f in FORMATS.values()))
+# The output paths a multi-sector build takes as templates with {sector}, besides each format's folder: (field, flag).
+TEMPLATED = (("fits_dir", "fits_output_path"),)
 _SECTOR_PART = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?")
 
 
@@ -106,6 +106,9 @@ class BuildArguments:
     archive_id: str | None = None  # a stable name of the archive for the listings' manifests (the demo's port varies)
     sectors: tuple[int, ...] | None = field(init=False, default=None)  # None: "all", resolved by the build
     formats: tuple[str, ...] = field(init=False, default=())  # the formats built, in registry order
+    # format name -> its output folder, for a format of the registry without a field of its own here (all default
+    # to <tglc_data_path>/sSSSS/<the registry's default folder>); read them with output_dir(name)
+    output_dirs: dict[str, str | os.PathLike | None] = field(default_factory=dict)
     stars: bool | None = None  # join the outputs into the stars catalog; None: with several sectors only
     stars_output_dir: str | os.PathLike | None = None  # default <tglc_data_path>/stars
     stars_pixel_threshold: int | None = None  # most stars per partition; default: partitions of ~1 GB
@@ -128,16 +131,23 @@ class BuildArguments:
         self._check_extras()
         self.tglc_data_path = Path(self.tglc_data_path)
         self.stars_output_dir = Path(self.stars_output_dir or self.tglc_data_path / "stars")
+        unknown = sorted(set(self.output_dirs) - {f.name for f in FORMATS.values() if f.folder is None})
+        if unknown:
+            own = ", ".join(f"{f.folder} ({f.name})" for f in FORMATS.values() if f.folder)
+            raise UsageError(f"output_dirs names {', '.join(unknown)}, not a format whose folder goes there; the "
+                             f"folders of {own} have their own fields")
+        self.output_dirs = {f.name: self.output_dirs.get(f.name) for f in FORMATS.values() if f.folder is None}
         if self.several:  # each sector's paths are made by for_sector, and checked there
-            for name, flag in TEMPLATED:
-                if getattr(self, name) is not None:
-                    setattr(self, name, sector_template(flag, getattr(self, name)))
+            for name, flag in self._templated():
+                if self._path(name) is not None:
+                    self._set_path(name, sector_template(flag, self._path(name)))
             return
         sector_dir = Path(layout.sector_dir(self.tglc_data_path, self.sector))
         self.fits_dir = Path(self.fits_dir or sector_dir / "fits_lcs")
         for fmt in FORMATS.values():
-            setattr(self, fmt.folder, Path(getattr(self, fmt.folder) or sector_dir / fmt.default_folder))
-        outputs = {FORMATS[name].flag: getattr(self, FORMATS[name].folder) for name in self.formats}
+            self._set_path(fmt.folder or fmt.name, Path(self._path(fmt.folder or fmt.name) or
+                                                        sector_dir / fmt.default_folder))
+        outputs = {FORMATS[name].flag: self.output_dir(name) for name in self.formats}
         outputs["fits_output_path"] = self.fits_dir
         resolved = {name: path.resolve() for name, path in outputs.items()}
         names = list(resolved)
@@ -174,9 +184,30 @@ class BuildArguments:
         """The arguments of one sector of the build: exactly those of a one-sector build of it."""
         if not self.several:
             return self
-        paths = {name: None if getattr(self, name) is None else getattr(self, name).format(sector=sector)
-                 for name, _ in TEMPLATED}
-        return replace(self, sector=int(sector), **paths)
+        paths = {name: None if self._path(name) is None else self._path(name).format(sector=sector)
+                 for name, _ in self._templated()}
+        fields = {name: path for name, path in paths.items() if name not in self.output_dirs}
+        return replace(self, sector=int(sector), **fields,
+                       output_dirs={name: path for name, path in paths.items() if name in self.output_dirs})
+
+    def output_dir(self, name: str) -> Path:
+        """The output folder of the format ``name`` (of a one-sector build; a template with several sectors)."""
+        fmt = FORMATS[name]
+        return getattr(self, fmt.folder) if fmt.folder else self.output_dirs[name]
+
+    @staticmethod
+    def _templated() -> tuple[tuple[str, str], ...]:
+        """(field, or format name in output_dirs; flag) of every path a multi-sector build takes as a template."""
+        return (*TEMPLATED, *((f.folder or f.name, f.flag) for f in FORMATS.values()))
+
+    def _path(self, name: str):
+        return self.output_dirs[name] if name in self.output_dirs else getattr(self, name)
+
+    def _set_path(self, name: str, value) -> None:
+        if name in self.output_dirs:
+            self.output_dirs[name] = value
+        else:
+            setattr(self, name, value)
 
     @property
     def sector_dir(self) -> Path:

@@ -220,7 +220,8 @@ def configure_logging(verbose: bool = False) -> None:
 def arguments_of(args: argparse.Namespace) -> BuildArguments:
     return BuildArguments(
         sector=args.sector, tglc_data_path=args.tglc_data_path, fits_dir=args.fits_output_path,
-        **{fmt.folder: getattr(args, fmt.flag) for fmt in FORMATS.values()},
+        **{fmt.folder: getattr(args, fmt.flag) for fmt in FORMATS.values() if fmt.folder},
+        output_dirs={fmt.name: getattr(args, fmt.flag) for fmt in FORMATS.values() if not fmt.folder},
         mast_url=None if args.demo else args.mast_url, n_processes=args.n_processes, tiny=args.tiny,
         format=args.format, columns=args.columns, hats_extras=args.hats_extras, connections=args.connections,
         max_attempts=args.max_attempts, max_wait=args.max_wait, overwrite=args.overwrite,

@@ -164,7 +164,7 @@ def warn_of_sibling_behind(args: BuildArguments, catalog: Table) -> None:
 
 
 def _warn_if_behind(args: BuildArguments, catalog: Table, other: str) -> None:
-    folder = Path(getattr(args, FORMATS[other].folder))
+    folder = Path(args.output_dir(other))
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     try:
@@ -284,7 +284,7 @@ def _ranges(sectors: tuple[int, ...] | list[int]) -> str:
 def folders_of(args: BuildArguments) -> list[tuple[Path, str]]:
     """The folders a one-sector build writes to, with the flag that names each."""
     folders = [(args.sector_dir, "tglc_data_path"), (args.fits_dir, "fits_output_path")]
-    folders += [(getattr(args, FORMATS[name].folder), FORMATS[name].flag) for name in args.formats]
+    folders += [(args.output_dir(name), FORMATS[name].flag) for name in args.formats]
     return folders
 
 

@@ -28,7 +28,7 @@ class Format:
     name: str  # --format NAME, and the writer's ``name``
     label: str  # how the log and the card name it
     writer: str  # "module:Class" of its Writer
-    folder: str  # the BuildArguments field of its output folder
+    folder: str | None  # the BuildArguments field of its output folder; None: BuildArguments.output_dirs[name]
     flag: str  # the command-line flag of that folder (also accepted with hyphens)
     default_folder: str  # its folder's name under <tglc_data_path>/sSSSS
     card: str  # "module:function" giving its dataset card's parts (formats.card.CardParts) for its files
@@ -51,7 +51,7 @@ class Format:
         except ImportError as exc:
             raise UsageError(f"--format {format_spec(args.formats)} needs {self.extra or exc.name} ({exc.name} is "
                              f"missing): pip install 'tglc-builder[{self.extra}]'") from None
-        return cls(getattr(args, self.folder), args.sector, args.column_set, note=args.card_note,
+        return cls(args.output_dir(self.name), args.sector, args.column_set, note=args.card_note,
                    **{keyword: getattr(args, field) for keyword, field in self.options})
 
 

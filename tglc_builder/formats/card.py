@@ -76,6 +76,7 @@ class CardParts:
     lengths: np.ndarray  # n_cadences of every light curve of the files
     rows: list[str]  # the table of the stored columns, one Markdown row each
     fields: dict[str, str] = field(default_factory=dict)  # the other fields of templates/<format>.md
+    template: str | None = None  # the card's body, if not templates/<format>.md ($rows, $examples and the fields)
 
 
 def hdf5_card(folder: Path, files: list[str], columns: ColumnSet) -> CardParts:
@@ -191,7 +192,8 @@ def _prose(fmt: str, sectors: list[int], files: list[str], columns: ColumnSet, p
     if note and not demo:
         about += "\n\n" + note
     examples = _template("examples.md").substitute(rows="\n".join(_column_rows(example_features(columns), "examples")))
-    body = _template(f"{fmt}.md").substitute(rows="\n".join(parts.rows), examples=examples, **parts.fields)
+    template = _template(f"{fmt}.md") if parts.template is None else string.Template(parts.template)
+    body = template.substitute(rows="\n".join(parts.rows), examples=examples, **parts.fields)
     title = _title(sectors) + (" (synthetic demo data)" if demo else "")
     return _template("card.md").substitute(title=title, about=about, body=body, citation=CITATION) + "\n"
 
