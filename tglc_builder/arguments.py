@@ -106,12 +106,12 @@ class BuildArguments:
     archive_id: str | None = None  # a stable name of the archive for the listings' manifests (the demo's port varies)
     sectors: tuple[int, ...] | None = field(init=False, default=None)  # None: "all", resolved by the build
     formats: tuple[str, ...] = field(init=False, default=())  # the formats built, in registry order
-    # format name -> its output folder, for a format of the registry without a field of its own here (all default
-    # to <tglc_data_path>/sSSSS/<the registry's default folder>); read them with output_dir(name)
-    output_dirs: dict[str, str | os.PathLike | None] = field(default_factory=dict)
     stars: bool | None = None  # join the outputs into the stars catalog; None: with several sectors only
     stars_output_dir: str | os.PathLike | None = None  # default <tglc_data_path>/stars
     stars_pixel_threshold: int | None = None  # most stars per partition; default: partitions of ~1 GB
+    # format name -> its output folder, for a format of the registry without a field of its own here (all default
+    # to <tglc_data_path>/sSSSS/<the registry's default folder>); read them with output_dir(name)
+    output_dirs: dict[str, str | os.PathLike | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sectors = parse_sectors(self.sector)
