@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import _tasks
+import helpers
 from tglc_builder.executor import Executor
 
 
@@ -80,7 +81,7 @@ def test_one_pool_serves_the_whole_build():
 def test_warm_up_starts_the_workers_that_then_run_the_tasks(tmp_path, monkeypatch):
     monkeypatch.setenv("TGLC_TEST_WARM_DIR", str(tmp_path))
     with Executor(2) as ex:
-        ex.warm_up("_warm_record")
+        ex.warm_up(helpers.WARM_RECORD)
         deadline = time.monotonic() + 60
         while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -92,7 +93,7 @@ def test_warm_up_starts_the_workers_that_then_run_the_tasks(tmp_path, monkeypatc
 
 def test_a_worker_killed_warming_up_is_replaced():
     with Executor(2) as ex:
-        ex.warm_up("_warm_die")
+        ex.warm_up(helpers.WARM_DIE)
         time.sleep(1.0)  # the pool is broken before the first task is given
         assert sorted(_run(ex, _tasks.square, [(i,) for i in range(6)])) == [i * i for i in range(6)]
 

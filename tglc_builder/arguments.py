@@ -8,25 +8,21 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from . import extras, layout
 from .columns import COLUMN_SETS, ColumnSet, column_set
 from .errors import UsageError
-from .formats import FORMATS
+from .formats import FORMATS, format_spec, parse_formats
 from .formats.hdf5 import BLOCK_ROWS
-from .sources import DEFAULT_CONNECTIONS, resolve_url
+from .sources import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, resolve_url, source_class
 
-DEFAULT_MAX_ATTEMPTS = 5
-DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After may impose
 TINY_SIZE = 100
 PROCESSES_PER_CORE = 4  # downloads wait on the network, so a few processes per core still pay
 MEMORY_PER_PROCESS = 250 * 2**20  # what one worker needs at most (reader, blocks, HDF5 chunk cache, HTTP)
 MAX_SECTOR = 9999  # sSSSS: four digits
 ALL_SECTORS = "all"
-# The output paths a multi-sector build takes as templates with {sector}: (field, flag).
-TEMPLATED = (("hdf5_output_dir", "hdf5_output_path"), ("fits_dir", "fits_output_path"),
-             ("hats_output_dir", "hats_output_path"))
+# The output paths a multi-sector build takes as templates with {sector}, besides each format's folder: (field, flag).
+TEMPLATED = (("fits_dir", "fits_output_path"),)
 _SECTOR_PART = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?")
 
 
@@ -91,7 +87,7 @@ class BuildArguments:
     n_processes: int = 1
     tiny: bool = False
     tiny_size: int = TINY_SIZE  # objects in a tiny build
-    format: str = "hdf5"
+    format: str | Sequence[str] = "hdf5"  # a format, a comma-separated list, an alias (see parse_formats)
     columns: str = "seed"
     hats_extras: bool = False
     connections: int = DEFAULT_CONNECTIONS  # in flight for the whole build
@@ -109,9 +105,13 @@ class BuildArguments:
     scheduler: str | None = None  # --scheduler: a Dask scheduler's address or "local" (checked here; cli uses it)
     archive_id: str | None = None  # a stable name of the archive for the listings' manifests (the demo's port varies)
     sectors: tuple[int, ...] | None = field(init=False, default=None)  # None: "all", resolved by the build
+    formats: tuple[str, ...] = field(init=False, default=())  # the formats built, in registry order
     stars: bool | None = None  # join the outputs into the stars catalog; None: with several sectors only
     stars_output_dir: str | os.PathLike | None = None  # default <tglc_data_path>/stars
     stars_pixel_threshold: int | None = None  # most stars per partition; default: partitions of ~1 GB
+    # format name -> its output folder, for a format of the registry without a field of its own here (all default
+    # to <tglc_data_path>/sSSSS/<the registry's default folder>); read them with output_dir(name)
+    output_dirs: dict[str, str | os.PathLike | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sectors = parse_sectors(self.sector)
@@ -124,26 +124,31 @@ class BuildArguments:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.max_wait, (int, float)) or isinstance(self.max_wait, bool) or self.max_wait < 0:
             raise UsageError(f"max_wait must be a number of seconds >= 0, got {self.max_wait!r}")
-        if self.format not in FORMATS:
-            raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        self.formats = parse_formats(self.format)
         if self.columns not in COLUMN_SETS:
             raise UsageError(f"columns must be one of {', '.join(COLUMN_SETS)}, got {self.columns!r}")
         _check_processes(self.n_processes)
         self._check_extras()
         self.tglc_data_path = Path(self.tglc_data_path)
         self.stars_output_dir = Path(self.stars_output_dir or self.tglc_data_path / "stars")
+        unknown = sorted(set(self.output_dirs) - {f.name for f in FORMATS.values() if f.folder is None})
+        if unknown:
+            own = ", ".join(f"{f.folder} ({f.name})" for f in FORMATS.values() if f.folder)
+            raise UsageError(f"output_dirs names {', '.join(unknown)}, not a format whose folder goes there; the "
+                             f"folders of {own} have their own fields")
+        self.output_dirs = {f.name: self.output_dirs.get(f.name) for f in FORMATS.values() if f.folder is None}
         if self.several:  # each sector's paths are made by for_sector, and checked there
-            for name, flag in TEMPLATED:
-                if getattr(self, name) is not None:
-                    setattr(self, name, sector_template(flag, getattr(self, name)))
+            for name, flag in self._templated():
+                if self._path(name) is not None:
+                    self._set_path(name, sector_template(flag, self._path(name)))
             return
         sector_dir = Path(layout.sector_dir(self.tglc_data_path, self.sector))
-        self.hdf5_output_dir = Path(self.hdf5_output_dir or sector_dir / "MultimodalUniverse")
         self.fits_dir = Path(self.fits_dir or sector_dir / "fits_lcs")
-        self.hats_output_dir = Path(self.hats_output_dir or sector_dir / "hats")
-        outputs = {"hdf5_output_path": self.hdf5_output_dir, "fits_output_path": self.fits_dir}
-        if self.format != "hdf5":
-            outputs["hats_output_path"] = self.hats_output_dir
+        for fmt in FORMATS.values():
+            self._set_path(fmt.folder or fmt.name, Path(self._path(fmt.folder or fmt.name) or
+                                                        sector_dir / fmt.default_folder))
+        outputs = {FORMATS[name].flag: self.output_dir(name) for name in self.formats}
+        outputs["fits_output_path"] = self.fits_dir
         resolved = {name: path.resolve() for name, path in outputs.items()}
         names = list(resolved)
         for i, a in enumerate(names):
@@ -153,10 +158,12 @@ class BuildArguments:
 
     def _check_extras(self) -> None:
         """Every optional extra this build will import, found installed now: before anything is fetched."""
-        if self.format != "hdf5":
-            extras.require("hats", "--hats-extras" if self.hats_extras else f"--format {self.format}")
-        if self.mast_url != "demo" and urlsplit(resolve_url(self.mast_url)).scheme.lower() == "s3":
-            extras.require("s3", f"reading {resolve_url(self.mast_url)}")
+        for fmt in (FORMATS[name] for name in self.formats if FORMATS[name].extra):
+            asked = [f"--{name.replace('_', '-')}" for _, name in fmt.options if getattr(self, name)]
+            extras.require(fmt.extra, asked[0] if asked else f"--format {format_spec(self.formats)}")
+        extra = None if self.mast_url == "demo" else source_class(self.mast_url)[1]
+        if extra is not None:
+            extras.require(extra, f"reading {resolve_url(self.mast_url)}")
         if self.scheduler is not None:
             extras.require("dask", "--scheduler")
         if self.joins_stars:
@@ -177,9 +184,30 @@ class BuildArguments:
         """The arguments of one sector of the build: exactly those of a one-sector build of it."""
         if not self.several:
             return self
-        paths = {name: None if getattr(self, name) is None else getattr(self, name).format(sector=sector)
-                 for name, _ in TEMPLATED}
-        return replace(self, sector=int(sector), **paths)
+        paths = {name: None if self._path(name) is None else self._path(name).format(sector=sector)
+                 for name, _ in self._templated()}
+        fields = {name: path for name, path in paths.items() if name not in self.output_dirs}
+        return replace(self, sector=int(sector), **fields,
+                       output_dirs={name: path for name, path in paths.items() if name in self.output_dirs})
+
+    def output_dir(self, name: str) -> Path:
+        """The output folder of the format ``name`` (of a one-sector build; a template with several sectors)."""
+        fmt = FORMATS[name]
+        return getattr(self, fmt.folder) if fmt.folder else self.output_dirs[name]
+
+    @staticmethod
+    def _templated() -> tuple[tuple[str, str], ...]:
+        """(field, or format name in output_dirs; flag) of every path a multi-sector build takes as a template."""
+        return (*TEMPLATED, *((f.folder or f.name, f.flag) for f in FORMATS.values()))
+
+    def _path(self, name: str):
+        return self.output_dirs[name] if name in self.output_dirs else getattr(self, name)
+
+    def _set_path(self, name: str, value) -> None:
+        if name in self.output_dirs:
+            self.output_dirs[name] = value
+        else:
+            setattr(self, name, value)
 
     @property
     def sector_dir(self) -> Path:
@@ -189,9 +217,6 @@ class BuildArguments:
     def column_set(self) -> ColumnSet:
         return column_set(self.columns)
 
-    @property
-    def formats(self) -> tuple[str, ...]:
-        return ("hdf5", "hats") if self.format == "both" else (self.format,)
 
 
 def _positive_int(name: str, value) -> None:

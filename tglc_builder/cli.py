@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import logging
 import os
@@ -13,11 +14,11 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from . import __version__
-from .arguments import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, BuildArguments
+from .arguments import BuildArguments
 from .columns import COLUMN_SETS
 from .errors import UsageError
-from .formats import FORMATS
-from .sources import DEFAULT_CONNECTIONS, DEFAULT_MAST_URL, MAST_URL_ENV
+from .formats import ALIASES, FORMATS, parse_formats
+from .sources import DEFAULT_CONNECTIONS, DEFAULT_MAST_URL, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, MAST_URL_ENV
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_DEMO_SIZE = 1000
@@ -43,6 +44,56 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _formats(text: str) -> str:
+    try:
+        parse_formats(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+class _Negatable(argparse.BooleanOptionalAction):
+    """``--stars`` / ``--no-stars``, and ``--no_stars`` too."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, not (option_string or "").startswith(("--no-", "--no_")))
+
+    def format_usage(self) -> str:
+        return " | ".join(getattr(self, "shown", self.option_strings))
+
+
+def _other_spelling(flag: str) -> str | None:
+    """``--mast-url`` for ``--mast_url`` and the reverse; None for a flag of one word."""
+    if not flag.startswith("--") or not ("_" in flag or "-" in flag[2:]):
+        return None
+    return "--" + (flag[2:].replace("_", "-") if "_" in flag else flag[2:].replace("-", "_"))
+
+
+class _Parser(argparse.ArgumentParser):
+    """Takes every long flag in both spellings, ``--mast-url`` and ``--mast_url``; the help shows the first."""
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        if kwargs.get("action") is argparse.BooleanOptionalAction:
+            kwargs["action"] = _Negatable
+        action = super().add_argument(*names, **kwargs)
+        action.shown = list(action.option_strings)  # type: ignore[attr-defined]
+        for flag in action.shown:  # type: ignore[attr-defined]
+            other = _other_spelling(flag)
+            if other is not None and other not in self._option_string_actions:
+                action.option_strings.append(other)
+                self._option_string_actions[other] = action  # as argparse registers each option string
+        return action
+
+
+class _Help(argparse.HelpFormatter):
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if getattr(action, "shown", None) is None:
+            return super()._format_action_invocation(action)
+        shown = copy.copy(action)
+        shown.option_strings = action.shown  # type: ignore[attr-defined]
+        return super()._format_action_invocation(shown)
+
+
 def program_name() -> str:
     """The name the command was run by, for its usage and --version: ``tglc-build`` (the console script) or
     ``build_parent_sample.py`` (also when run from Python, where ``sys.argv[0]`` is the caller's)."""
@@ -51,12 +102,13 @@ def program_name() -> str:
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog or program_name(),
+    parser = _Parser(
+        prog=prog or program_name(), formatter_class=_Help,
         description="Download a TESS sector's TGLC light curves from MAST and write them as HEALPix-partitioned "
                     "HDF5 (nside 16, nested) loadable with Hugging Face datasets.",
         epilog="Rerunning the same command resumes an interrupted build: complete FITS and HDF5 files are kept, and "
-               "the objects listed in failures.csv are tried again.",
+               "the objects listed in failures.csv are tried again. Every flag may be spelled with '_' or '-' "
+               "(--mast-url or --mast_url).",
     )
     parser.add_argument("-s", "--sector", required=True,
                         help="TESS sector(s): 23, a range 1-13, a list 1,7,8,34, both 1-13,27, or 'all' (every sector "
@@ -64,8 +116,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              "output paths are templates with {sector}, e.g. ./out/s{sector:04d}/hdf5")
     parser.add_argument("--tglc_data_path", default="./tglc_data",
                         help="folder for the sector's listings, catalog and failure report (default: %(default)s)")
-    parser.add_argument("--hdf5_output_path", default=None,
-                        help="output folder of the HDF5 dataset (default: <tglc_data_path>/sSSSS/MultimodalUniverse)")
     parser.add_argument("--fits_output_path", default=None,
                         help="folder the FITS light curves are downloaded to "
                              "(default: <tglc_data_path>/sSSSS/fits_lcs)")
@@ -95,11 +145,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--max-wait", type=_seconds, default=DEFAULT_MAX_WAIT, metavar="SECONDS",
                         help="longest pause a throttling archive's Retry-After may impose on the build "
                              "(default: %(default)s)")
-    parser.add_argument("--format", choices=FORMATS, default="hdf5",
-                        help="output: HEALPix-partitioned HDF5, a HATS catalog (Parquet, for LSDB; needs "
-                             "tglc-builder[hats]) or both, from one read of each FITS file (default: %(default)s)")
-    parser.add_argument("--hats_output_path", default=None,
-                        help="folder of the HATS collection (default: <tglc_data_path>/sSSSS/hats)")
+    aliases = " or ".join(f"{alias} (= {','.join(them)})" for alias, them in ALIASES.items())
+    parser.add_argument("--format", type=_formats, default="hdf5", metavar="FORMAT[,FORMAT]",
+                        help=f"output: {', '.join(FORMATS)}, several comma-separated (hdf5,hats) or {aliases}, from "
+                             "one read of each FITS file; hdf5: "
+                             "HEALPix-partitioned HDF5, hats: a HATS catalog (Parquet, for LSDB; needs "
+                             "tglc-builder[hats]) (default: %(default)s)")
+    for fmt in FORMATS.values():
+        parser.add_argument(f"--{fmt.flag}", default=None,
+                            help=f"output folder of the {fmt.label} dataset (default: "
+                                 f"<tglc_data_path>/sSSSS/{fmt.default_folder})")
     parser.add_argument("--hats-extras", action="store_true",
                         help="with the HATS catalog, also a 10 arcsec margin cache and a gaiadr3_id index")
     parser.add_argument("--columns", choices=COLUMN_SETS, default="seed",
@@ -164,8 +219,9 @@ def configure_logging(verbose: bool = False) -> None:
 
 def arguments_of(args: argparse.Namespace) -> BuildArguments:
     return BuildArguments(
-        sector=args.sector, tglc_data_path=args.tglc_data_path, hdf5_output_dir=args.hdf5_output_path,
-        fits_dir=args.fits_output_path, hats_output_dir=args.hats_output_path,
+        sector=args.sector, tglc_data_path=args.tglc_data_path, fits_dir=args.fits_output_path,
+        **{fmt.folder: getattr(args, fmt.flag) for fmt in FORMATS.values() if fmt.folder},
+        output_dirs={fmt.name: getattr(args, fmt.flag) for fmt in FORMATS.values() if not fmt.folder},
         mast_url=None if args.demo else args.mast_url, n_processes=args.n_processes, tiny=args.tiny,
         format=args.format, columns=args.columns, hats_extras=args.hats_extras, connections=args.connections,
         max_attempts=args.max_attempts, max_wait=args.max_wait, overwrite=args.overwrite,

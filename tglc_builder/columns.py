@@ -1,6 +1,6 @@
 """The dataset's columns, in one table: what each output column is, where in a TGLC file it comes from, its dtype
 and its padding. ``--columns seed`` gives the seed's columns, ``--columns all`` every column of use a TGLC file
-carries (see DATASET-CONTRACT.md). Every reader and writer takes its columns from here."""
+carries (see docs/DATASET.md). Every reader and writer takes its columns from here."""
 
 from __future__ import annotations
 

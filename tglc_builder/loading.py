@@ -18,6 +18,7 @@ import datasets
 import pyarrow.parquet as pq
 
 from tglc_builder.columns import EXTRA_SERIES, column_set
+from tglc_builder.formats import FORMATS
 from tglc_builder.formats.card import example_features, flag_widths
 from tglc_builder.tglc import DEFAULT_DATA_FILES, TGLC
 
@@ -45,17 +46,37 @@ def load_tglc(path: str | os.PathLike, split: str | None = "train", streaming: b
     """
     path = Path(path).absolute()
     cache = None if cache_dir is None else os.fspath(cache_dir)
-    catalog = hats_catalog(path)
-    if catalog is not None:
-        return _load_hats(catalog, split, streaming, cache)
+    for fmt in FORMATS.values():  # each format's loader answers for its own folders only
+        loaded = fmt.attribute("loader")(path, split, streaming, cache)
+        if loaded is not None:
+            return loaded
+    raise FileNotFoundError(f"{path} is neither {' nor '.join(fmt.described for fmt in FORMATS.values())}")
+
+
+def load_hdf5(path: Path, split: str | None, streaming: bool, cache_dir: str | None) -> Loaded | None:
+    """An HDF5 output folder (holding ``TGLC/``) through ``tglc.py``'s builder; None for another folder."""
     if not (path / "TGLC").is_dir():
-        raise FileNotFoundError(f"{path} is neither a TGLC HDF5 output folder (with TGLC/) nor a HATS catalog")
-    builder = TGLC(base_path=str(path), data_files={"train": [DEFAULT_DATA_FILES]}, cache_dir=cache,
+        return None
+    builder = TGLC(base_path=str(path), data_files={"train": [DEFAULT_DATA_FILES]}, cache_dir=cache_dir,
                    hash=_builder_hash())
     if streaming:
         return builder.as_streaming_dataset(split=split)
     builder.download_and_prepare()
     return builder.as_dataset(split=split)
+
+
+def load_hats(path: Path, split: str | None, streaming: bool, cache_dir: str | None) -> Loaded | None:
+    """A HATS collection or catalog through datasets' Parquet loader; None for another folder."""
+    catalog = hats_catalog(path)
+    if catalog is None:
+        return None
+    files = [str(f) for f in hats_data_files(catalog)]
+    stored = pq.read_schema(files[0]).field("lightcurve").type
+    extras = {s.name for s in EXTRA_SERIES} <= {stored.field(i).name for i in range(stored.num_fields)}
+    columns = column_set("all" if extras else "seed")
+    features = example_features(columns, flag_widths(files, "hats", columns))  # flags: the widest of the files
+    return datasets.load_dataset("parquet", data_files={"train": files}, split=split, streaming=streaming,
+                                 cache_dir=cache_dir, features=features, columns=list(features))
 
 
 def hats_catalog(path: Path) -> Path | None:
@@ -84,13 +105,3 @@ def _properties(file: Path) -> dict[str, str]:
     pairs = (line.split("=", 1) for line in file.read_text().splitlines()
              if "=" in line and not line.lstrip().startswith("#"))
     return {key.strip(): value.strip() for key, value in pairs}
-
-
-def _load_hats(catalog: Path, split: str | None, streaming: bool, cache_dir: str | None) -> Loaded:
-    files = [str(f) for f in hats_data_files(catalog)]
-    stored = pq.read_schema(files[0]).field("lightcurve").type
-    extras = {s.name for s in EXTRA_SERIES} <= {stored.field(i).name for i in range(stored.num_fields)}
-    columns = column_set("all" if extras else "seed")
-    features = example_features(columns, flag_widths(files, "hats", columns))  # flags: the widest of the files
-    return datasets.load_dataset("parquet", data_files={"train": files}, split=split, streaming=streaming,
-                                 cache_dir=cache_dir, features=features, columns=list(features))

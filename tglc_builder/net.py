@@ -28,7 +28,8 @@ from urllib3.util.retry import Retry
 
 from . import __version__, executor
 from .progress import progress as progress_counter
-from .sources.base import Refused, SourceError, Unreachable, encoding_refused, invalid_reason, too_big
+from .sources.base import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, Refused, SourceError, \
+    Unreachable, encoding_refused, invalid_reason, too_big
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,7 @@ def _retries_at_debug(record: logging.LogRecord) -> bool:
 
 logging.getLogger("urllib3.connectionpool").addFilter(_retries_at_debug)
 
-DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKOFF = 0.5  # seconds; doubles with each attempt
-DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After imposes (--max-wait)
 TIMEOUT = urllib3.Timeout(connect=10, read=60)  # seconds
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 VALIDATORS = ("Content-Length", "ETag", "Last-Modified")
@@ -308,8 +307,8 @@ def ca_bundle() -> str | None:
     return certifi.where()
 
 
-def make_session(max_attempts: int = DEFAULT_MAX_ATTEMPTS, connections: int = 10, backoff: float = DEFAULT_BACKOFF,
-                 max_wait: float = DEFAULT_MAX_WAIT) -> Session:
+def make_session(max_attempts: int = DEFAULT_MAX_ATTEMPTS, connections: int = DEFAULT_CONNECTIONS,
+                 backoff: float = DEFAULT_BACKOFF, max_wait: float = DEFAULT_MAX_WAIT) -> Session:
     """Pools that reuse up to ``connections`` connections per host and retry transient failures within
     ``max_attempts`` requests per call. Bodies come as the server stores them (no content coding), so their size
     can be checked against Content-Length and written byte for byte."""

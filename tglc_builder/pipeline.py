@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import Failure, UsageError
+from .formats import FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-FORMAT_NAMES = {"hdf5": "HDF5", "hats": "HATS"}
-
-
 def closing_lines(summaries: dict[int, BuildSummary]) -> list[str]:
     """The end of a build's log: a line per sector (and the total of several), then where each dataset is, with its
     light curves, and the one line that loads it."""
@@ -88,7 +86,8 @@ def closing_lines(summaries: dict[int, BuildSummary]) -> list[str]:
     folders = [(name, Path(folder).absolute(), summary.in_output) for summary in summaries.values()
                for name, folder in summary.outputs]
     for name, folder, n in folders:
-        lines.append(f"Dataset: {folder} ({FORMAT_NAMES.get(name, name)}, {_count(n, 'light curve')})")
+        label = FORMATS[name].label if name in FORMATS else name
+        lines.append(f"Dataset: {folder} ({label}, {_count(n, 'light curve')})")
     if folders:
         what = "it" if len(folders) == 1 else "one"
         lines.append(f'Load {what} with: datasets.load_dataset("{folders[0][1]}", split="train")')

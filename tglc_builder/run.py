@@ -18,7 +18,7 @@ from . import listing, plan, units
 from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor, WorkerDied
-from .formats import Writer, make_writers
+from .formats import FORMATS, Writer, format_spec, make_writers
 from .pipeline import BuildSummary, closing_lines, exclusive, import_soon, remove_debris, removed_if_left_empty, \
     writable_dir,     write_failure_report, write_text
 from .sources import Source, open_source
@@ -36,8 +36,7 @@ def open_build_source(args: BuildArguments, workers: int = 1) -> Source:
 
 
 def writers_of(args: BuildArguments) -> list[Writer]:
-    return make_writers(args.format, args.sector, args.column_set, args.hdf5_output_dir, args.hats_output_dir,
-                        args.hats_extras, args.card_note)
+    return make_writers(args)
 
 
 def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = True) -> Table:
@@ -157,16 +156,19 @@ def build_sectors(sectors: list[SectorBuild], args: BuildArguments, source: Sour
 
 
 def warn_of_sibling_behind(args: BuildArguments, catalog: Table) -> None:
-    """Say once when the other format's folder (HATS beside an ``--format hdf5`` build, HDF5 beside ``hats``), left by
-    an earlier build, does not hold this build's light curves: the two would drift apart silently."""
-    if args.format == "both":
-        return
-    other = "hats" if args.format == "hdf5" else "hdf5"
-    folder = Path(args.hats_output_dir if other == "hats" else args.hdf5_output_dir)
+    """Say once for each other format's folder (HATS beside an ``--format hdf5`` build, HDF5 beside ``hats``), left by
+    an earlier build, that does not hold this build's light curves: the two would drift apart silently."""
+    for other in FORMATS:
+        if other not in args.formats:
+            _warn_if_behind(args, catalog, other)
+
+
+def _warn_if_behind(args: BuildArguments, catalog: Table, other: str) -> None:
+    folder = Path(args.output_dir(other))
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     try:
-        (sibling,) = make_writers(other, args.sector, args.column_set, args.hdf5_output_dir, args.hats_output_dir)
+        (sibling,) = make_writers(args, [other])
     except UsageError:  # its extra is not installed: it cannot be brought up to date here anyway
         return
     shards = plan.plan_shards(catalog, args.rows_per_shard or plan.rows_per_shard(args.sector))
@@ -182,8 +184,8 @@ def warn_of_sibling_behind(args: BuildArguments, catalog: Table) -> None:
     lacks = sum(int(np.isin(shard.gaiadr3_id, ids, invert=True).sum()) for ids, shard in zip(held, shards))
     if differ:
         log.warning("%s (%s, from an earlier build) is behind this build: it lacks %d of its %d light curves (%d of "
-                    "%d files differ); rerun with --format both to bring it up to date", folder, other.upper(),
-                    lacks, len(catalog), differ, len(shards))
+                    "%d files differ); rerun with --format %s to bring it up to date", folder, FORMATS[other].label,
+                    lacks, len(catalog), differ, len(shards), format_spec((*args.formats, other)))
 
 
 def _lost_unit(task: tuple, error: BaseException) -> units.UnitResult:
@@ -282,8 +284,7 @@ def _ranges(sectors: tuple[int, ...] | list[int]) -> str:
 def folders_of(args: BuildArguments) -> list[tuple[Path, str]]:
     """The folders a one-sector build writes to, with the flag that names each."""
     folders = [(args.sector_dir, "tglc_data_path"), (args.fits_dir, "fits_output_path")]
-    folders += [(args.hdf5_output_dir, "hdf5_output_path")] if "hdf5" in args.formats else []
-    folders += [(args.hats_output_dir, "hats_output_path")] if "hats" in args.formats else []
+    folders += [(args.output_dir(name), FORMATS[name].flag) for name in args.formats]
     return folders
 
 

@@ -1,4 +1,4 @@
-"""The stars catalog: one row per Gaia DR3 star, every sector (DATASET-CONTRACT.md, "The stars catalog").
+"""The stars catalog: one row per Gaia DR3 star, every sector (docs/DATASET.md, "The stars catalog").
 
 A join stage over finished per-sector outputs (HDF5 dataset folders and/or HATS collections, see formats/), written
 as a HATS collection::

@@ -14,8 +14,11 @@ data files, and the features. With it, ``load_dataset(<folder>, split="train")``
 from __future__ import annotations
 
 import os
+import string
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import datasets
@@ -27,11 +30,9 @@ from huggingface_hub import DatasetCardData
 
 from .. import __version__
 from .. import tglc as tglc_script
-from . import DEMO_NOTE
+from . import DEMO_NOTE, FORMATS
 from ..columns import EXTRA_SCALARS, EXTRA_SERIES, IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, SEED_SCALARS, \
     SEED_SERIES, STRING, ColumnSet
-
-CARD_FORMATS = ("hdf5", "hats")
 
 # name -> (unit, description) of every column either format may hold
 _DESCRIPTIONS = {name: (unit, text) for name, (_, unit, text) in IDS_AND_POSITION.items()}
@@ -94,41 +95,69 @@ def flag_widths(paths: Iterable[str | os.PathLike], fmt: str, columns: ColumnSet
     return {name: dtype.name for name, dtype in widest.items()}
 
 
+@dataclass
+class CardParts:
+    """What a format's card says of its files (the registry's ``card`` of each format gives it)."""
+
+    features: datasets.Features  # the front matter's: what ``load_dataset(<folder>)`` yields
+    config: dict  # the default config's keys besides its name and data files
+    lengths: np.ndarray  # n_cadences of every light curve of the files
+    rows: list[str]  # the table of the stored columns, one Markdown row each
+    fields: dict[str, str] = field(default_factory=dict)  # the other fields of templates/<format>.md
+    template: str | None = None  # the card's body, if not templates/<format>.md ($rows, $examples and the fields)
+    widths: dict[str, str] | None = None  # the flag columns' widest type over the files (flag_widths)
+
+
+def hdf5_card(folder: Path, files: list[str], columns: ColumnSet) -> CardParts:
+    """The HDF5 files' card: their features as stored, read 256 rows at a time."""
+    lengths = []
+    for f in files:
+        with h5py.File(folder / f, "r") as h5:
+            lengths.append(h5[N_CADENCES[0]][()])
+    widths = flag_widths([folder / f for f in files], "hdf5", columns)
+    features = hdf5_features(columns, widths)
+    return CardParts(features, {"batch_size": 256},  # rows read at once: bounded memory for 10,000-row files
+                     np.concatenate(lengths), _column_rows(features, "hdf5"),
+                     {"series": repr([s.name for s in columns.series]), "first": files[0]}, widths=widths)
+
+
+def hats_card(folder: Path, files: list[str], columns: ColumnSet) -> CardParts:
+    """The HATS catalog's card: its Parquet files cast to the examples of ``load_tglc``."""
+    widths = flag_widths([folder / f for f in files], "hats", columns)
+    features = example_features(columns, widths)
+    stored = datasets.Features.from_arrow_schema(pq.read_schema(folder / files[0]))
+    lengths = np.concatenate([pq.read_table(folder / f, columns=[N_CADENCES[0]]).column(0).to_numpy() for f in files])
+    catalog = files[0].split("/dataset/")[0] if "/dataset/" in files[0] else "."
+    return CardParts(features, {"columns": list(features)}, lengths, _column_rows(stored, "hats"),
+                     {"catalog": catalog, "first": files[0]}, widths=widths)
+
+
 def write_card(folder: str | os.PathLike, fmt: str, data_files: Iterable[str | os.PathLike], columns: ColumnSet,
                sectors: int | Iterable[int], note: str = "") -> Path:
     """Write ``<folder>/README.md`` (atomically) for the given data files and return its path.
 
-    ``fmt``: ``"hdf5"`` (the ``TGLC/healpix=<p>/*.hdf5`` files) or ``"hats"`` (the main catalog's Parquet files,
-    ``folder`` being the collection or the catalog). ``data_files`` are paths inside ``folder`` (absolute or
-    relative to it); the card names exactly these, sorted. Rows and lengths are read from the files. ``note``: an
-    extra paragraph, e.g. that the light curves are the demo archive's synthetic ones.
+    ``fmt``: a format of the registry, e.g. ``"hdf5"`` (the ``TGLC/healpix=<p>/*.hdf5`` files) or ``"hats"`` (the
+    main catalog's Parquet files, ``folder`` being the collection or the catalog). ``data_files`` are paths inside
+    ``folder`` (absolute or relative to it); the card names exactly these, sorted. Rows and lengths are read from the
+    files. ``note``: an extra paragraph, e.g. that the light curves are the demo archive's synthetic ones. The prose
+    is ``templates/card.md`` around the format's ``templates/<fmt>.md``.
     """
-    if fmt not in CARD_FORMATS:
-        raise ValueError(f"unknown card format {fmt!r}; choose from {CARD_FORMATS}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown card format {fmt!r}; choose from {tuple(FORMATS)}")
     folder = Path(folder)
     files = sorted({Path(os.path.relpath(folder / f, folder)).as_posix() for f in data_files})
     if not files or any(f.startswith("../") for f in files):
         raise ValueError(f"the card needs data files inside {folder}, got {files}")
     sectors = [int(sectors)] if isinstance(sectors, (int, np.integer)) else sorted({int(s) for s in sectors})
-    lengths = np.concatenate([_n_cadences(folder / f, fmt) for f in files])
-    size = next((label for limit, label in _SIZES if len(lengths) < limit), "1B<n<10B")
+    parts: CardParts = FORMATS[fmt].attribute("card")(folder, files, columns)
+    size = next((label for limit, label in _SIZES if len(parts.lengths) < limit), "1B<n<10B")
 
-    config: dict = {"config_name": "default", "data_files": [{"split": "train", "path": files}]}
-    widths = flag_widths([folder / f for f in files], fmt, columns)
-    if fmt == "hdf5":
-        features = hdf5_features(columns, widths)
-        config["batch_size"] = 256  # rows read at once: bounded memory for 10,000-row files
-    else:
-        features = example_features(columns, widths)
-        config["columns"] = list(features)
+    config: dict = {"config_name": "default", "data_files": [{"split": "train", "path": files}], **parts.config}
     card = DatasetCardData(license="cc-by-4.0", pretty_name=_title(sectors), size_categories=[size],
                            tags=["astronomy", "time-series", "light-curves", "tess", "gaia", "healpix", fmt],
                            configs=[config])
-    DatasetInfosDict({"default": datasets.DatasetInfo(features=features)}).to_dataset_card_data(card)
-    stored = hdf5_features(columns, widths) if fmt == "hdf5" else datasets.Features.from_arrow_schema(
-        pq.read_schema(folder / files[0]))
-    text = f"---\n{card.to_yaml()}\n---\n\n" + _prose(fmt, sectors, files, lengths, columns, stored, note,
-                                                         widths)
+    DatasetInfosDict({"default": datasets.DatasetInfo(features=parts.features)}).to_dataset_card_data(card)
+    text = f"---\n{card.to_yaml()}\n---\n\n" + _prose(fmt, sectors, files, columns, parts, note)
 
     fd, tmp = tempfile.mkstemp(prefix=".README.md.", dir=folder)
     try:
@@ -142,11 +171,10 @@ def write_card(folder: str | os.PathLike, fmt: str, data_files: Iterable[str | o
     return folder / "README.md"
 
 
-def _n_cadences(path: Path, fmt: str) -> np.ndarray:
-    if fmt == "hdf5":
-        with h5py.File(path, "r") as h5:
-            return h5[N_CADENCES[0]][()]
-    return pq.read_table(path, columns=[N_CADENCES[0]]).column(0).to_numpy()
+def _template(name: str) -> string.Template:
+    """``templates/<name>``, shipped as package data; its final newline belongs to the text around it."""
+    text = resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
+    return string.Template(text[:-1] if text.endswith("\n") else text)
 
 
 def _which(sectors: list[int]) -> str:
@@ -185,203 +213,23 @@ def _row(name: str, dtype: str, unit: str, description: str) -> str:
     return f"| `{name}` | {dtype} | {unit or '-'} | {description} |"
 
 
-def _prose(fmt: str, sectors: list[int], files: list[str], lengths: np.ndarray, columns: ColumnSet,
-           stored: datasets.Features, note: str, widths: dict[str, str] | None = None) -> str:
-    n = len(lengths)
-    series = [s.name for s in columns.series]
-    head = [
-        f"# {_title(sectors)}",
-        "",
-        "The [TESS-Gaia Light Curves](https://archive.stsci.edu/hlsp/tglc) (TGLC, Han & Brandt 2023) are light "
-        "curves of stars observed by NASA's Transiting Exoplanet Survey Satellite (TESS), extracted from its "
-        "full-frame images by fitting an effective point-spread function with the positions and magnitudes of "
-        "Gaia DR3 as priors, which separates the light of blended neighbours. Each light curve is one star in one "
-        "sector, with PSF and aperture fluxes per cadence and TESS's and TGLC's quality flags.",
-        "",
-        f"This dataset holds **{n:,} light curves** of TESS {_which(sectors)} ({_span(lengths)} cadences each) in "
-        f"{len(files)} {fmt.upper()} file{'s' if len(files) > 1 else ''}, partitioned by "
-        f"HEALPix pixel (nside 16, nested). It was built by tglc-builder {__version__} from the TGLC high-level "
-        f"science product at MAST (doi:10.17909/610m-9474) with the `{columns.name}` column set; values are the "
-        "FITS values, bit for bit.",
-    ]
-    if note == DEMO_NOTE:  # said first and plainly: nothing here came from MAST
-        head[0] += " (synthetic demo data)"
-        head[-1] = (f"**This is synthetic demo data, not TESS data.** This dataset holds **{n:,} made-up light "
-                    f"curves** of a TESS {_which(sectors)} ({_span(lengths)} cadences each) in {len(files)} "
-                    f"{fmt.upper()} file{'s' if len(files) > 1 else ''}, partitioned by HEALPix pixel (nside 16, "
-                    f"nested), built by tglc-builder {__version__} from its demo archive (`tglc_builder.demo`) with "
-                    f"the `{columns.name}` column set. The files are in the exact TGLC v1 format, for trying the "
-                    "tools out; no value in them was observed, and none came from MAST.")
-    elif note:
-        head += ["", note]
-    body = _hdf5_prose(files, columns, stored, series, widths) if fmt == "hdf5" else \
-        _hats_prose(files, columns, stored, widths)
-    tail = [
-        "",
-        "## Citation",
-        "",
-        "Han, T. & Brandt, T. D. 2023, AJ, 165, 71 (doi:10.3847/1538-3881/acaaa7). "
-        "Data: doi:10.17909/610m-9474.",
-        "",
-        "```bibtex",
-        CITATION,
-        "```",
-        "",
-        "## License",
-        "",
-        "The TGLC light curves are distributed by MAST under the Creative Commons Attribution 4.0 International "
-        "license (CC BY 4.0): cite the paper and the data DOI above when you use them.",
-        "",
-    ]
-    return "\n".join(head + body + tail)
+def _prose(fmt: str, sectors: list[int], files: list[str], columns: ColumnSet, parts: CardParts,
+           note: str) -> str:
+    demo = note == DEMO_NOTE  # said first and plainly: nothing here came from MAST
+    about = _template("about-demo.md" if demo else "about.md").substitute(
+        n=f"{len(parts.lengths):,}", which=_which(sectors), span=_span(parts.lengths),
+        files=f"{len(files)} {FORMATS[fmt].label} file{'s' if len(files) > 1 else ''}", version=__version__,
+        columns=columns.name)
+    if note and not demo:
+        about += "\n\n" + note
+    examples = _template("examples.md").substitute(
+        rows="\n".join(_column_rows(example_features(columns, parts.widths), "examples")))
+    template = _template(f"{fmt}.md") if parts.template is None else string.Template(parts.template)
+    body = template.substitute(rows="\n".join(parts.rows), examples=examples, **parts.fields)
+    title = _title(sectors) + (" (synthetic demo data)" if demo else "")
+    return _template("card.md").substitute(title=title, about=about, body=body, citation=CITATION) + "\n"
 
 
 def _span(lengths: np.ndarray) -> str:
     low, high = (int(lengths.min()), int(lengths.max())) if len(lengths) else (0, 0)
     return f"{low}" if low == high else f"{low} to {high}"
-
-
-def _examples_section(columns: ColumnSet, widths: dict[str, str] | None = None) -> list[str]:
-    return [
-        "",
-        "Each example is one light curve, trimmed to its true length (no padding):",
-        "",
-        "| column | type | unit | description |",
-        "|---|---|---|---|",
-        *_column_rows(example_features(columns, widths), "examples"),
-        "",
-        "For NumPy arrays in the stored dtypes use `ds.with_format(\"numpy\", dtype=None)`: plain "
-        "`with_format(\"numpy\")` lets `datasets` cast float64 to float32, which rounds the times (TBJD) by up to "
-        "about 10 s.",
-    ]
-
-
-def _hdf5_prose(files: list[str], columns: ColumnSet, stored: datasets.Features, series: list[str],
-                widths: dict[str, str] | None = None) -> list[str]:
-    first = files[0]
-    return [
-        "",
-        "## Files",
-        "",
-        "```",
-        "TGLC/healpix=<p>/<k>-of-<n>.hdf5   one or more shards per HEALPix pixel p",
-        "tglc.py                           a `datasets` loading script (datasets 3.x)",
-        "README.md                         this card",
-        "```",
-        "",
-        "Each HDF5 file holds one row per light curve as flat datasets of N rows: per light curve `(N,)`, per "
-        "cadence `(N, L)`, where L is the longest light curve of that file (so L differs between files). "
-        "**Padding:** beyond a row's `n_cadences`, floats are NaN and integers 0. NaN also occurs inside real light "
-        "curves (cadences without a fit), so trim by `n_cadences`, never by NaN. File attributes: `sector`, "
-        "`healpix`, `nside`, `nest`, `shard`, `tglc_builder_version`, and `tglc_versions` (JSON: the TGLC file "
-        "versions of its light curves, and with `--columns all` their `TGLCVER` and `PROCVER` values). Flag "
-        "columns are int16, or int32 in a file holding a light curve of tglc 0.8 (32-bit flags); the features "
-        "below declare the widest, so every file loads. Chunks carry Fletcher32 checksums: a damaged "
-        "file raises an error when read.",
-        "",
-        "| column | HDF5 shape, dtype | unit | description |",
-        "|---|---|---|---|",
-        *_column_rows(stored, "hdf5"),
-        "",
-        "## Loading",
-        "",
-        "### `datasets` 4.1 and later (nothing else needed but h5py)",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        "ds = load_dataset(\"path/to/this/folder\", split=\"train\")   # or the Hub repository's name",
-        "```",
-        "",
-        "This reads the files as stored, through `datasets`' own HDF5 loader and the features above: one row per "
-        "light curve with the columns of the table, each series a list **padded to its file's width L**, and "
-        "`n_cadences` its true length. Trim before use:",
-        "",
-        "```python",
-        "row = ds.with_format(\"numpy\", dtype=None)[0]",
-        "n = row[\"n_cadences\"]",
-        f"lc = {{name: row[name][:n] for name in {series!r}}}",
-        "```",
-        "",
-        "`datasets`' HDF5 loader cannot trim the padding or group the series, so the `lightcurve` struct of the "
-        "examples below comes only from `tglc.py` or `load_tglc`. Every value is exact either way. (Current "
-        "`datasets` refuses a folder or Hub repository named `tglc`, as it holds `tglc.py`: name it otherwise.)",
-        "",
-        "### The examples of `tglc.py` and `load_tglc`",
-        "",
-        "With `datasets` 3.x, the loading script beside the data:",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        "from datasets.data_files import DataFilesPatternsDict",
-        "ds = load_dataset(\"path/to/this/folder/tglc.py\", trust_remote_code=True,",
-        "                  data_files=DataFilesPatternsDict.from_patterns("
-        "{\"train\": [\"TGLC/healpix=*/*.hdf5\"]}))[\"train\"]",
-        "```",
-        "",
-        "With any `datasets` release, `pip install tglc-builder` and `from tglc_builder import load_tglc; "
-        "ds = load_tglc(\"path/to/this/folder\")` (`streaming=True` reads the files directly).",
-        *_examples_section(columns, widths),
-        "",
-        "### h5py",
-        "",
-        "```python",
-        "import h5py",
-        f"with h5py.File(\"path/to/this/folder/{first}\") as h5:",
-        "    n = h5[\"n_cadences\"][0]                  # the first light curve's length",
-        "    time, flux = h5[\"time\"][0, :n], h5[\"aper_flux\"][0, :n]",
-        "```",
-        "",
-        "### HATS and LSDB",
-        "",
-        "tglc-builder also writes the same light curves as a [HATS](https://hats.readthedocs.io) catalog "
-        "(`--format hats` or `both`: Parquet, trimmed series in a `lightcurve` struct), which "
-        "[LSDB](https://docs.lsdb.io) opens with `lsdb.open_catalog(\"path/to/the/hats/folder\")` for cone "
-        "searches and cross-matches, and `load_tglc` or `load_dataset` load as the examples above.",
-    ]
-
-
-def _hats_prose(files: list[str], columns: ColumnSet, stored: datasets.Features,
-                widths: dict[str, str] | None = None) -> list[str]:
-    catalog = files[0].split("/dataset/")[0] if "/dataset/" in files[0] else "."
-    return [
-        "",
-        "## Files",
-        "",
-        "A [HATS](https://hats.readthedocs.io) catalog: Parquet files partitioned by HEALPix pixel (order 4 = nside "
-        f"16, nested) under `{catalog}/dataset/Norder=4/Dir=<d>/Npix=<p>.parquet`, with `partition_info.csv`, "
-        "`_metadata`, `_common_metadata`, the point map and `hats.properties`. One row per light curve, sorted by "
-        "`_healpix_29`; the series are lists in the `lightcurve` struct, trimmed to `n_cadences` (no padding).",
-        "",
-        "| column | Arrow type | unit | description |",
-        "|---|---|---|---|",
-        *_column_rows(stored, "hats"),
-        "",
-        "## Loading",
-        "",
-        "### `datasets` (nothing else needed)",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        "ds = load_dataset(\"path/to/this/folder\", split=\"train\")   # or the Hub repository's name",
-        "```",
-        "",
-        "This reads exactly the main catalog's files (not the margin cache or the thumbnail), in the shape of "
-        "`tglc_builder`'s `load_tglc` (any `datasets` release, `streaming=True` too) and of the HDF5 build's "
-        "`tglc.py`.",
-        *_examples_section(columns, widths),
-        "",
-        "### LSDB",
-        "",
-        "```python",
-        "import lsdb",
-        "catalog = lsdb.open_catalog(\"path/to/this/folder\")",
-        "nearby = catalog.cone_search(ra=332.67, dec=-65.52, radius_arcsec=3600).compute()",
-        "```",
-        "",
-        "### pyarrow",
-        "",
-        "```python",
-        "import pyarrow.parquet as pq",
-        f"table = pq.read_table(\"path/to/this/folder/{files[0]}\")   # one HEALPix pixel",
-        "```",
-    ]

@@ -1,5 +1,5 @@
 """The HATS format (``--format hats``): a HATS collection that LSDB opens, cross-matches and cone-searches, and that
-``datasets.load_dataset(<folder>, split="train")`` loads (see DATASET-CONTRACT.md, "HATS output")::
+``datasets.load_dataset(<folder>, split="train")`` loads (see docs/DATASET.md, "HATS")::
 
     <output_dir>/
         collection.properties                 the collection (hats' CollectionProperties)

@@ -1,5 +1,5 @@
 """The HDF5 format: ``<out>/TGLC/healpix=<p>/<k>-of-<n>.hdf5`` plus ``tglc.py`` and the dataset card (see
-DATASET-CONTRACT.md).
+docs/DATASET.md).
 
 A shard streams through blocks into chunked, compressed datasets, so memory does not grow with the pixel. Every
 dataset carries HDF5's Fletcher32 chunk checksums, so a corrupted chunk raises on read in every reader. A file is

@@ -25,6 +25,10 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 # rounded up; a bigger one (or one announced bigger) is refused before it fills the disk.
 MAX_LISTING_BYTES = 2 << 30
 WINDOW = 4  # items a source starts ahead of the one being yielded, per connection (bounds the FITS on disk)
+# The defaults of every source, of the build's arguments and of the command line: defined here only.
+DEFAULT_CONNECTIONS = 24  # in flight for the whole build, shared out among its workers (all of them for one process)
+DEFAULT_MAX_ATTEMPTS = 5  # tries per file
+DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After may impose (--max-wait)
 
 
 class SourceError(Exception):

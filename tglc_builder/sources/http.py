@@ -59,8 +59,9 @@ class HttpSource(Source):
     ``urllib3`` (None: :func:`default_client`); both follow the same rules. ``deadline`` and ``listing_deadline``:
     how slow a light curve's and a listing's body may be (:class:`net.Deadline`)."""
 
-    def __init__(self, url: str, connections: int = 12, max_attempts: int = net.DEFAULT_MAX_ATTEMPTS,
-                 max_wait: float = net.DEFAULT_MAX_WAIT, client: str | None = None,
+    def __init__(self, url: str, connections: int = base.DEFAULT_CONNECTIONS,
+                 max_attempts: int = base.DEFAULT_MAX_ATTEMPTS, max_wait: float = base.DEFAULT_MAX_WAIT,
+                 client: str | None = None,
                  deadline: net.Deadline = net.DEADLINE, listing_deadline: net.Deadline = net.LISTING_DEADLINE):
         self.url = url.rstrip("/")
         self.deadline, self.listing_deadline = deadline, listing_deadline

@@ -27,9 +27,10 @@ class LocalSource(Source):
     """``file:///path`` or a plain directory holding MAST's layout. Files are read where they are (symbolic links
     inside the tree are followed); the mirror is never written to."""
 
-    def __init__(self, url: str, owns_files: bool = False):
+    def __init__(self, url: str, owns_files: bool = False, **network: object):
         """``owns_files``: the tree is the build's own ``fits_output_path`` (the seed's step-by-step convert), whose
-        invalid files are quarantined and whose converted files ``--clean-fits`` deletes."""
+        invalid files are quarantined and whose converted files ``--clean-fits`` deletes. ``network``: the settings
+        ``open_source`` gives every source (connections...), of no use to a directory read in place."""
         self.url, self.owns_files = url, owns_files
         parts = urlsplit(url)
         if parts.scheme == "file":

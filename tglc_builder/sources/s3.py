@@ -30,7 +30,8 @@ from fsspec.asyn import sync
 
 from .. import layout, net
 from ..errors import Failure, UsageError
-from .base import (DISK_FULL_ERRNOS, MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source,
+from .base import (DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, DISK_FULL_ERRNOS,
+                   MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source,
                    SourceError, Validator, encoding_refused, invalid_reason, is_present, quarantine_path,
                    remove_stale_parts, too_big)
 from .local import is_contained
@@ -107,7 +108,8 @@ class S3Source(Source):
     pause between two tries (seconds); ``deadline`` and ``listing_deadline``: how slow a light curve's and a
     listing's body may be (:class:`net.Deadline`)."""
 
-    def __init__(self, url: str, connections: int = 12, max_attempts: int = 5, max_wait: float = 300.0,
+    def __init__(self, url: str, connections: int = DEFAULT_CONNECTIONS, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 max_wait: float = DEFAULT_MAX_WAIT,
                  deadline: net.Deadline = net.DEADLINE, listing_deadline: net.Deadline = net.LISTING_DEADLINE):
         self.deadline, self.listing_deadline = deadline, listing_deadline
         parts = urlsplit(url)

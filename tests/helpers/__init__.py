@@ -1,0 +1,5 @@
+"""Modules the tests hand to worker processes. A worker imports them by name (``Executor.warm_up``), so they are
+named here, from this package, never spelled as loose strings; importing them in the test process would run them."""
+
+WARM_RECORD = f"{__name__}.warm_record"  # leaves the worker's pid in $TGLC_TEST_WARM_DIR
+WARM_DIE = f"{__name__}.warm_die"  # kills the worker, as the OOM killer would
