@@ -88,6 +88,7 @@ class BuildArguments:
     fits_dir: str | os.PathLike | None = None  # default <tglc_data_path>/sSSSS/fits_lcs
     hats_output_dir: str | os.PathLike | None = None  # default <tglc_data_path>/sSSSS/hats
     mast_url: str | None = None  # archive root (http(s)://, s3://, a directory); None: $TGLC_MAST_URL or MAST
+    listing_url: str | None = None  # root of the listings (and download_scripts/), when not the archive's own
     n_processes: int = 1
     tiny: bool = False
     tiny_size: int = TINY_SIZE  # objects in a tiny build
@@ -128,6 +129,9 @@ class BuildArguments:
             raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.columns not in COLUMN_SETS:
             raise UsageError(f"columns must be one of {', '.join(COLUMN_SETS)}, got {self.columns!r}")
+        if self.listing_url is not None and (not isinstance(self.listing_url, str) or not self.listing_url.strip()):
+            raise UsageError(f"listing_url must be an archive root (http(s)://, s3:// or a directory), got "
+                             f"{self.listing_url!r}")
         _check_processes(self.n_processes)
         self._check_extras()
         self.tglc_data_path = Path(self.tglc_data_path)
@@ -157,6 +161,8 @@ class BuildArguments:
             extras.require("hats", "--hats-extras" if self.hats_extras else f"--format {self.format}")
         if self.mast_url != "demo" and urlsplit(resolve_url(self.mast_url)).scheme.lower() == "s3":
             extras.require("s3", f"reading {resolve_url(self.mast_url)}")
+        if self.listing_url is not None and urlsplit(self.listing_url).scheme.lower() == "s3":
+            extras.require("s3", f"reading the listings from {self.listing_url}")
         if self.scheduler is not None:
             extras.require("dask", "--scheduler")
         if self.joins_stars:

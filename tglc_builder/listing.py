@@ -27,6 +27,7 @@ from astropy.table import Table
 
 from . import layout
 from .errors import UsageError
+from .sources import DEFAULT_MAST_URL
 from .sources.base import Refused, Source, SourceError, Unreachable, remove_stale_parts
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,14 @@ class BulkListing:
 
 
 def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, source: Source, refresh: bool = False,
-                   archive_id: str | None = None) -> Listings:
-    """The sector's two listings: read in place from a mirror, else copied into ``<tglc_data_path>/sSSSS/``.
+                   archive_id: str | None = None, flag: str = "--mast-url") -> Listings:
+    """The sector's two listings from ``source`` (the build's archive, or the root given with ``--listing-url``,
+    named by ``flag`` in the messages): read in place from a mirror, else copied into ``<tglc_data_path>/sSSSS/``.
 
     A copy is reused only when recorded complete (its manifest matches it, and names the same URL, or the same
     ``archive_id``: a stable name of an archive whose URL changes, as the demo's port); otherwise, and for both when
-    ``refresh``, it is fetched again. Raises :class:`ListingError` when a listing cannot be had.
+    ``refresh``, it is fetched again. Raises :class:`ListingError` when a listing cannot be had; when the build's
+    own archive holds no listings at all (MAST's cloud copy may not), the message names ``--listing-url``.
     """
     directory = Path(layout.sector_dir(tglc_data_path, sector))
     paths = {}
@@ -85,6 +88,8 @@ def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, source: Sourc
         local = source.local_path(relpath)
         if local is not None:
             if not local.is_file():
+                if flag == "--mast-url" and not _lists_any(source):
+                    raise ListingError(no_listings(source))
                 raise ListingError(f"sector {sector}: {local} does not exist; check the sector number and that "
                                    f"{source.describe()} is a copy of MAST's TGLC tree")
             paths[key] = local
@@ -96,7 +101,7 @@ def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, source: Sourc
             log.info("Reusing %s (complete, as recorded in its manifest)", dest)
         else:
             log.info("Fetching %s (%s)", url, stale)
-            _fetch_listing(source, relpath, dest, url, sector, archive_id)
+            _fetch_listing(source, relpath, dest, url, sector, archive_id, flag)
         paths[key] = dest
     return Listings(sector=sector, **paths)
 
@@ -133,8 +138,22 @@ def _why_not_complete(path: Path, url: str, archive_id: str | None = None) -> st
     return None
 
 
-def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: int, archive_id: str | None = None
-                   ) -> None:
+def no_listings(source: Source) -> str:
+    """The one line for an archive that holds no listings at all (a bucket of light curves only)."""
+    return (f"{source.describe()} holds no listings (nothing in {layout.DOWNLOAD_SCRIPTS}/): read them from another "
+            f"root with --listing-url, e.g. --listing-url {DEFAULT_MAST_URL}")
+
+
+def _lists_any(source: Source) -> bool:
+    """Whether ``source`` lists any sector's bulk-download script; True when that cannot be told."""
+    try:
+        return bool(source.list_sectors())
+    except (UsageError, SourceError, OSError):
+        return True
+
+
+def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: int, archive_id: str | None = None,
+                   flag: str = "--mast-url") -> None:
     """Fetch a listing whole (the source writes it atomically), then record it complete."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(dest.parent)  # a listing's partial copy left by a build that was killed
@@ -143,17 +162,19 @@ def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: i
     try:
         copy = source.fetch_listing(relpath, dest)
     except Unreachable as exc:  # no network, or a mistyped host
-        raise ListingError(f"{exc.reason}: check the network and --mast-url, or try the built-in demo with --demo"
+        raise ListingError(f"{exc.reason}: check the network and {flag}, or try the built-in demo with --demo"
                            ) from None
     except Refused as exc:  # a redirect to another origin, a content coding, a listing beyond the size cap
         raise ListingError(f"sector {sector}: {url}: {exc.reason}") from None
     except SourceError as exc:
+        if exc.permanent and flag == "--mast-url" and not _lists_any(source):
+            raise ListingError(no_listings(source)) from None
         if exc.permanent:
             raise ListingError(f"sector {sector}: {url} answered {exc.reason}; the archive has no such listing: "
-                               "check the sector number and --mast-url") from None
+                               f"check the sector number and {flag}") from None
         raise ListingError(f"cannot fetch {url} whole: {exc.reason} (after {exc.attempts} attempt(s)); check the "
-                           "network and --mast-url, then rerun") from None
-    record = {"url": url, "size": dest.stat().st_size, "sha256": _sha256(dest), "validators": copy.validators,
+                           f"network and {flag}, then rerun") from None
+    record = {"url": url, "root": source.describe(), "size": dest.stat().st_size, "sha256": _sha256(dest), "validators": copy.validators,
               "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if archive_id is not None:
         record["archive"] = archive_id

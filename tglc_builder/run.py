@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from . import listing, plan, units
+from . import layout, listing, plan, units
 from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor, WorkerDied
@@ -35,6 +35,14 @@ def open_build_source(args: BuildArguments, workers: int = 1) -> Source:
                        max_wait=args.max_wait)
 
 
+def open_listing_source(args: BuildArguments, source: Source) -> Source:
+    """Where the build's listings (and, for ``-s all``, its download_scripts/ index) come from: ``--listing-url``,
+    else the build's own source (a bucket may hold the light curves but not the listings)."""
+    if args.listing_url is None:
+        return source
+    return open_source(args.listing_url, connections=1, max_attempts=args.max_attempts, max_wait=args.max_wait)
+
+
 def writers_of(args: BuildArguments) -> list[Writer]:
     return make_writers(args.format, args.sector, args.column_set, args.hdf5_output_dir, args.hats_output_dir,
                         args.hats_extras, args.card_note)
@@ -44,8 +52,10 @@ def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = 
     """The sector's catalog: objects in both listings, each once, in listing order, with their HEALPix pixel."""
     import_soon("healpy")  # ~1 s (it loads matplotlib): while the listings arrive and are parsed
     sector_dir = writable_dir(args.sector_dir, "tglc_data_path")
-    listings = listing.fetch_listings(args.sector, args.tglc_data_path, source, refresh=args.refresh_listings,
-                                      archive_id=args.archive_id)
+    listing_source = open_listing_source(args, source)
+    listings = listing.fetch_listings(args.sector, args.tglc_data_path, listing_source,
+                                      refresh=args.refresh_listings, archive_id=args.archive_id,
+                                      flag="--mast-url" if listing_source is source else "--listing-url")
     bulk = listing.parse_bulk_script(listings.bulk_script, args.sector)
     rejected = sector_dir / REJECTED_LINES
     if bulk.n_rejected:
@@ -57,6 +67,7 @@ def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = 
     catalog = listing.build_catalog(bulk, listing.read_target_list(listings.target_list), args.sector,
                                     listings=listings)
     catalog.meta["mast_url"] = source.describe()
+    catalog.meta["listing_url"] = listing_source.describe()
     if tiny:
         catalog = catalog[:args.tiny_size]
     if len(catalog) == 0:
@@ -258,11 +269,14 @@ def sectors_of(args: BuildArguments, source: Source) -> tuple[int, ...]:
     """The build's sectors: as given, or for ``all`` every sector whose bulk-download script the archive lists."""
     if args.sectors is not None:
         return args.sectors
-    source.check()
-    listed = source.list_sectors()
+    lister = open_listing_source(args, source)
+    lister.check()
+    listed = lister.list_sectors()
+    if not listed and lister is source:
+        raise UsageError(listing.no_listings(source))
     if not listed:
-        raise UsageError(f"{source.describe()} lists no sector's bulk-download script in download_scripts/; give "
-                         "the sectors explicitly, e.g. -s 1-13")
+        raise UsageError(f"{lister.describe()} (--listing-url) lists no sector's bulk-download script in "
+                         f"{layout.DOWNLOAD_SCRIPTS}/; give the sectors explicitly, e.g. -s 1-13")
     log.info("The archive lists %d sector(s): %s", len(listed), _ranges(listed))
     return tuple(listed)
 
