@@ -70,7 +70,11 @@ def s3_env(monkeypatch, tmp_path, bucket):
     return monkeypatch
 
 
-def _no_listings_line(bucket) -> str:
+def _no_listings_line(bucket, sector: str = "23") -> str:
+    if sector == "all":
+        return (f"s3://{BUCKET}/{PREFIX} at {bucket.url} lists no sector's bulk-download script in download_scripts/; "
+                "give the sectors explicitly, e.g. -s 1-13, or if it holds no listings, their root with "
+                f"--listing-url, e.g. --listing-url {DEFAULT_MAST_URL}")
     return (f"s3://{BUCKET}/{PREFIX} at {bucket.url} holds no listings (nothing in download_scripts/): read them "
             f"from another root with --listing-url, e.g. --listing-url {DEFAULT_MAST_URL}")
 
@@ -117,7 +121,7 @@ def test_all_sectors_are_listed_by_the_listing_root(archive, bucket, s3_env, tmp
     without = BuildArguments(sector="all", tglc_data_path=tmp_path, mast_url=f"s3://{BUCKET}/{PREFIX}")
     with pytest.raises(UsageError) as caught:
         run.sectors_of(without, source)
-    assert str(caught.value) == _no_listings_line(bucket)
+    assert str(caught.value) == _no_listings_line(bucket, "all")
 
 
 @pytest.mark.parametrize("sector", ["23", "all"])
@@ -128,7 +132,7 @@ def test_a_bucket_without_listings_names_the_flag(bucket, s3_env, tmp_path, sect
                           env=run_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
-    assert errors == [f"error: {_no_listings_line(bucket)}"]
+    assert errors == [f"error: {_no_listings_line(bucket, sector)}"]
     assert not any(p.suffix == ".fits" for p in tmp_path.rglob("*"))
     assert not any(path.split("?")[0].endswith(".fits") for path, _ in bucket.requests[requests:])
 
@@ -139,5 +143,26 @@ def test_a_listing_root_without_the_sector_names_listing_url(archive, bucket, s3
     with pytest.raises(UsageError) as caught:
         run.make_catalog(args, open_source(args.mast_url), tiny=True)
     assert str(caught.value) == (
-        f"sector 24: {archive.url}/{layout.bulk_script_relpath(24)} answered HTTP 404 Not Found; the archive has no such "
-        "listing: check the sector number and --listing-url")
+        f"sector 24: {archive.url}/{layout.bulk_script_relpath(24)} answered HTTP 404 Not Found; the archive has no "
+        "such listing: check the sector number and --listing-url")
+
+
+def test_a_mirror_without_listings_names_the_flag(archive, tmp_path):
+    import shutil
+
+    mirror = write_mirror(tmp_path / "tree", archive)
+    for name in LISTING_DIRS:
+        shutil.rmtree(mirror / name)
+    source = open_source(str(mirror))
+    args = BuildArguments(sector=SECTOR, tglc_data_path=tmp_path / "data", mast_url=str(mirror))
+    with pytest.raises(UsageError) as caught:
+        run.make_catalog(args, source, tiny=True)
+    assert str(caught.value) == (f"{source.describe()} holds no listings (nothing in download_scripts/): read them "
+                                 f"from another root with --listing-url, e.g. --listing-url {DEFAULT_MAST_URL}")
+    # with the listings from the HTTP archive, the mirror's light curves make the catalog
+    with_listings = BuildArguments(sector=SECTOR, tglc_data_path=tmp_path / "data", mast_url=str(mirror),
+                                   listing_url=archive.url)
+    catalog = run.make_catalog(with_listings, source, tiny=True)
+    truth = archive.sector
+    assert catalog["gaiadr3_id"].tolist() == truth.gaia_ids[truth.expected_catalog_indices()[:100]].tolist()
+    assert (catalog.meta["mast_url"], catalog.meta["listing_url"]) == (source.describe(), archive.url)

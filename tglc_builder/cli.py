@@ -75,7 +75,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="build only the first 100 objects of the catalog, for testing")
     parser.add_argument("--mast-url", default=None,
                         help=f"archive root in MAST's layout: an http(s):// URL, s3://BUCKET/PREFIX (MAST's cloud "
-                             f"copy is s3://stpubdata/mast/hlsp/tglc, read anonymously; needs tglc-builder[s3]) or a directory (a mirror, read in place) (default: "
+                             "copy is s3://stpubdata/mast/hlsp/tglc, read anonymously; needs tglc-builder[s3]) "
+                             f"or a directory (a mirror, read in place) (default: "
                              f"${MAST_URL_ENV} if set, else {DEFAULT_MAST_URL}); 'demo' uses the built-in local "
                              "archive")
     parser.add_argument("--listing-url", default=None, metavar="URL",
@@ -170,7 +171,8 @@ def arguments_of(args: argparse.Namespace) -> BuildArguments:
     return BuildArguments(
         sector=args.sector, tglc_data_path=args.tglc_data_path, hdf5_output_dir=args.hdf5_output_path,
         fits_dir=args.fits_output_path, hats_output_dir=args.hats_output_path,
-        mast_url=None if args.demo else args.mast_url, listing_url=args.listing_url, n_processes=args.n_processes, tiny=args.tiny,
+        mast_url=None if args.demo else args.mast_url, listing_url=args.listing_url, n_processes=args.n_processes,
+        tiny=args.tiny,
         format=args.format, columns=args.columns, hats_extras=args.hats_extras, connections=args.connections,
         max_attempts=args.max_attempts, max_wait=args.max_wait, overwrite=args.overwrite,
         clean_fits=args.clean_fits, verify=args.verify, refresh_listings=args.refresh_listings,

@@ -145,7 +145,10 @@ def no_listings(source: Source) -> str:
 
 
 def _lists_any(source: Source) -> bool:
-    """Whether ``source`` lists any sector's bulk-download script; True when that cannot be told."""
+    """Whether ``source`` lists any sector's bulk-download script; True when that cannot be told (an HTTP archive
+    may serve its listings without an index page of them: only a bucket's or a directory's listing is proof)."""
+    if source.url.split(":", 1)[0].lower() in ("http", "https"):
+        return True
     try:
         return bool(source.list_sectors())
     except (UsageError, SourceError, OSError):
@@ -174,8 +177,8 @@ def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: i
                                f"check the sector number and {flag}") from None
         raise ListingError(f"cannot fetch {url} whole: {exc.reason} (after {exc.attempts} attempt(s)); check the "
                            f"network and {flag}, then rerun") from None
-    record = {"url": url, "root": source.describe(), "size": dest.stat().st_size, "sha256": _sha256(dest), "validators": copy.validators,
-              "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record = {"url": url, "root": source.describe(), "size": dest.stat().st_size, "sha256": _sha256(dest),
+              "validators": copy.validators, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if archive_id is not None:
         record["archive"] = archive_id
     tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
@@ -300,13 +303,17 @@ def read_target_list(path: str | os.PathLike) -> Table:
     return Table({name: table.column(name).to_numpy() for name in TARGET_COLUMNS})
 
 
-def _distinct_sorted(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct ids in increasing order, and the index of each one's first occurrence in ``ids``."""
+def _distinct_sorted(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct ids in increasing order, the index of each one's first occurrence in ``ids``, and the index in
+    the distinct ids of each of ``ids`` (what ``np.unique`` returns, from one sort, without its second)."""
     order = np.argsort(ids)
     ordered = ids[order]
-    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]])) if len(ids) else np.empty(0, int)
+    is_start = np.concatenate([[True], ordered[1:] != ordered[:-1]]) if len(ids) else np.empty(0, bool)
+    starts = np.flatnonzero(is_start)
     first = np.minimum.reduceat(order, starts) if len(ids) else np.empty(0, np.int64)
-    return ordered[starts], first
+    inverse = np.empty(len(ids), np.int64)
+    inverse[order] = np.cumsum(is_start) - 1
+    return ordered[starts], first, inverse
 
 
 def check_agreement(sector: int, listed: int, targeted: int, both: int, bulk_script: str | os.PathLike = "",
@@ -342,8 +349,10 @@ def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: List
     Raises :class:`ListingError` when the listings disagree (see :func:`check_agreement`; ``listings`` names the
     files in its message)."""
     gaia = bulk.gaiadr3_id
-    listed, listed_first = _distinct_sorted(gaia)
-    known, known_first = _distinct_sorted(np.asarray(targets["GAIADR3_ID"], np.int64))
+    # Every membership test below is an index into the sorted distinct ids (no np.isin, no search of unsorted
+    # keys): linear after the two sorts, for a sector of 6 million lines as of 2.
+    listed, listed_first, listed_at = _distinct_sorted(gaia)
+    known, known_first, _ = _distinct_sorted(np.asarray(targets["GAIADR3_ID"], np.int64))
     # Both sides sorted: one merge-like pass (searching sorted keys is cache-friendly even for millions).
     pos = np.searchsorted(known, listed).clip(max=max(len(known) - 1, 0))
     found = known[pos] == listed if len(known) else np.zeros(len(listed), bool)
@@ -353,7 +362,9 @@ def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: List
     first_path[listed_first] = True
     again = np.flatnonzero(~first_path)  # listed before: under the same path (dropped) or another (kept)
     if len(again):
-        rows = np.sort(np.concatenate([listed_first[np.isin(listed, gaia[again])], again]))
+        listed_again = np.zeros(len(listed), bool)
+        listed_again[listed_at[again]] = True
+        rows = np.sort(np.concatenate([listed_first[listed_again], again]))
         by_path = rows[np.lexsort((bulk.ccd[rows], bulk.cam[rows], gaia[rows]))]  # stable: earliest first
         new = np.ones(len(by_path), bool)
         new[1:] = ((gaia[by_path][1:] != gaia[by_path][:-1]) | (bulk.cam[by_path][1:] != bulk.cam[by_path][:-1])
@@ -361,12 +372,12 @@ def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: List
         first_path[by_path[new]] = True
     in_both = np.zeros(len(gaia), bool)  # back to listing order without sorting again
     in_both[listed_first[found]] = True
-    in_both[again] = np.isin(gaia[again], listed[found])
+    in_both[again] = found[listed_at[again]]
     in_both &= first_path
     target_of = np.full(len(listed), -1, np.int64)
     target_of[found] = known_first[pos[found]]
     rows = np.flatnonzero(in_both)
-    target_rows = target_of[np.searchsorted(listed, gaia[rows])]
+    target_rows = target_of[listed_at[rows]]
 
     ra = np.asarray(targets["RA"], dtype=np.float64)[target_rows]
     dec = np.asarray(targets["DEC"], dtype=np.float64)[target_rows]

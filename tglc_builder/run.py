@@ -21,7 +21,7 @@ from .executor import Executor, WorkerDied
 from .formats import Writer, make_writers
 from .pipeline import BuildSummary, closing_lines, exclusive, import_soon, remove_debris, removed_if_left_empty, \
     writable_dir,     write_failure_report, write_text
-from .sources import Source, open_source
+from .sources import DEFAULT_MAST_URL, Source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = 
     sector_dir = writable_dir(args.sector_dir, "tglc_data_path")
     listing_source = open_listing_source(args, source)
     listings = listing.fetch_listings(args.sector, args.tglc_data_path, listing_source,
-                                      refresh=args.refresh_listings, archive_id=args.archive_id,
+                                      refresh=args.refresh_listings,
+                                      archive_id=args.archive_id if listing_source is source else None,
                                       flag="--mast-url" if listing_source is source else "--listing-url")
     bulk = listing.parse_bulk_script(listings.bulk_script, args.sector)
     rejected = sector_dir / REJECTED_LINES
@@ -272,11 +273,11 @@ def sectors_of(args: BuildArguments, source: Source) -> tuple[int, ...]:
     lister = open_listing_source(args, source)
     lister.check()
     listed = lister.list_sectors()
-    if not listed and lister is source:
-        raise UsageError(listing.no_listings(source))
-    if not listed:
-        raise UsageError(f"{lister.describe()} (--listing-url) lists no sector's bulk-download script in "
-                         f"{layout.DOWNLOAD_SCRIPTS}/; give the sectors explicitly, e.g. -s 1-13")
+    if not listed:  # an archive without an index of its listings, or without listings (MAST's cloud copy may be)
+        raise UsageError(f"{lister.describe()} lists no sector's bulk-download script in {layout.DOWNLOAD_SCRIPTS}/; "
+                         "give the sectors explicitly, e.g. -s 1-13" + (
+                             f", or if it holds no listings, their root with --listing-url, e.g. --listing-url "
+                             f"{DEFAULT_MAST_URL}" if lister is source else ""))
     log.info("The archive lists %d sector(s): %s", len(listed), _ranges(listed))
     return tuple(listed)
 
