@@ -84,6 +84,9 @@ class TGLC_Downloader:
     mast_url : archive root: an http(s) URL, ``s3://BUCKET/PREFIX`` or a directory; default ``$TGLC_MAST_URL`` or
         MAST. ``"demo"`` serves a synthetic sector from the project's local archive on 127.0.0.1 while this object
         is open.
+    listing_url : root to read the two listings (and ``download_scripts/``) from, when ``mast_url`` holds none
+        (e.g. light curves from ``s3://stpubdata/mast/hlsp/tglc``, listings from MAST's HTTPS archive); default
+        ``mast_url`` itself.
     client : a ``dask.distributed.Client``: run the work on its cluster instead of a local process pool (its
         workers must share ``fits_dir`` and the output folders with this process).
     format, columns, hats_output_dir, ... : as the command line's flags (see ``BuildArguments``).
@@ -96,14 +99,15 @@ class TGLC_Downloader:
                  max_wait: float = DEFAULT_MAX_WAIT, overwrite: bool = False, clean_fits: bool = False,
                  format: str = "hdf5", columns: str = "seed", hats_output_dir: str | os.PathLike | None = None,
                  hats_extras: bool = False, verify: bool = False, refresh_listings: bool = False,
-                 demo_size: int = cli.DEFAULT_DEMO_SIZE, rows_per_shard: int | None = None):
+                 demo_size: int = cli.DEFAULT_DEMO_SIZE, rows_per_shard: int | None = None,
+                 listing_url: str | None = None):
         self.arguments = BuildArguments(
             sector=sector, tglc_data_path=tglc_data_path, hdf5_output_dir=hdf5_output_dir, fits_dir=fits_dir,
             hats_output_dir=hats_output_dir, mast_url=None if mast_url == "demo" else mast_url,
             n_processes=n_processes, format=format, columns=columns, hats_extras=hats_extras,
             connections=connections, max_attempts=max_attempts, max_wait=max_wait, overwrite=overwrite,
             clean_fits=clean_fits, verify=verify, refresh_listings=refresh_listings, rows_per_shard=rows_per_shard,
-            batch_size=_BATCH_SIZE)
+            batch_size=_BATCH_SIZE, listing_url=listing_url)
         self.client = client
         self._demo_size = demo_size if mast_url == "demo" else None
         self._stack = contextlib.ExitStack()

@@ -46,6 +46,9 @@ NO_LARGER = Goal("before", "<=", 1.1, "no worse than before (<= 1.1x)")
 GOALS: dict[str, tuple[Goal, ...]] = {
     "catalog.time": (Goal("value", "<=", 4.0, "<= 4 s"),),
     "catalog.rss": (Goal("value", "<=", 1.5 * GB, "<= 1.5 GB"),),
+    "big_sector.time_6m": (Goal("value", "<=", 12.0, "<= 12 s"),),
+    "big_sector.rss_6m": (Goal("value", "<=", 3 * GB, "<= 3 GB"),),
+    "big_sector.growth": (Goal("value", "<=", 1.1, "no worse than linear (<= 1.1, noise)"),),
     "download.50ms": (Goal("value", ">=", 300, ">= 300 files/s"),),
     "convert.one_core": (Goal("value", ">=", 3000, ">= 3,000 /s/core"), NO_SLOWER),
     "convert.sector": (Goal("value", ">=", 3000, ">= 3,000 /s/core"), NO_SLOWER),

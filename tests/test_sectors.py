@@ -172,7 +172,8 @@ def test_all_on_an_archive_that_lists_nothing_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
         f"error: {url} lists no sector's bulk-download script in download_scripts/; give the sectors "
-        "explicitly, e.g. -s 1-13")
+        "explicitly, e.g. -s 1-13, or if it holds no listings, their root with --listing-url, e.g. --listing-url "
+        "https://archive.stsci.edu/hlsps/tglc")
     assert [line for line in result.stderr.splitlines() if line.startswith("error")] == [result.stderr.splitlines()[-1]]
 
 

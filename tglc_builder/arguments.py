@@ -84,6 +84,7 @@ class BuildArguments:
     fits_dir: str | os.PathLike | None = None  # default <tglc_data_path>/sSSSS/fits_lcs
     hats_output_dir: str | os.PathLike | None = None  # default <tglc_data_path>/sSSSS/hats
     mast_url: str | None = None  # archive root (http(s)://, s3://, a directory); None: $TGLC_MAST_URL or MAST
+    listing_url: str | None = None  # root of the listings (and download_scripts/), when not the archive's own
     n_processes: int = 1
     tiny: bool = False
     tiny_size: int = TINY_SIZE  # objects in a tiny build
@@ -127,6 +128,9 @@ class BuildArguments:
         self.formats = parse_formats(self.format)
         if self.columns not in COLUMN_SETS:
             raise UsageError(f"columns must be one of {', '.join(COLUMN_SETS)}, got {self.columns!r}")
+        if self.listing_url is not None and (not isinstance(self.listing_url, str) or not self.listing_url.strip()):
+            raise UsageError(f"listing_url must be an archive root (http(s)://, s3:// or a directory), got "
+                             f"{self.listing_url!r}")
         _check_processes(self.n_processes)
         self._check_extras()
         self.tglc_data_path = Path(self.tglc_data_path)
@@ -164,6 +168,9 @@ class BuildArguments:
         extra = None if self.mast_url == "demo" else source_class(self.mast_url)[1]
         if extra is not None:
             extras.require(extra, f"reading {resolve_url(self.mast_url)}")
+        listing_extra = None if self.listing_url is None else source_class(self.listing_url)[1]
+        if listing_extra is not None:
+            extras.require(listing_extra, f"reading the listings from {self.listing_url}")
         if self.scheduler is not None:
             extras.require("dask", "--scheduler")
         if self.joins_stars:

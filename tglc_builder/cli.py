@@ -125,9 +125,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="build only the first 100 objects of the catalog, for testing")
     parser.add_argument("--mast-url", default=None,
                         help=f"archive root in MAST's layout: an http(s):// URL, s3://BUCKET/PREFIX (MAST's cloud "
-                             f"copy, needs tglc-builder[s3]) or a directory (a mirror, read in place) (default: "
+                             "copy is s3://stpubdata/mast/hlsp/tglc, read anonymously; needs tglc-builder[s3]) "
+                             f"or a directory (a mirror, read in place) (default: "
                              f"${MAST_URL_ENV} if set, else {DEFAULT_MAST_URL}); 'demo' uses the built-in local "
                              "archive")
+    parser.add_argument("--listing-url", default=None, metavar="URL",
+                        help="root to read the two listings (and, for -s all, download_scripts/) from, in the same "
+                             "layout, when --mast-url holds none: e.g. the light curves from s3://stpubdata/mast/"
+                             f"hlsp/tglc and the listings from {DEFAULT_MAST_URL} (default: --mast-url itself)")
     parser.add_argument("--demo", action="store_true",
                         help="serve a synthetic sector from the built-in local archive on 127.0.0.1 for this run "
                              "(no network needed; with several sectors, a release whose stars recur across them; "
@@ -222,7 +227,8 @@ def arguments_of(args: argparse.Namespace) -> BuildArguments:
         sector=args.sector, tglc_data_path=args.tglc_data_path, fits_dir=args.fits_output_path,
         **{fmt.folder: getattr(args, fmt.flag) for fmt in FORMATS.values() if fmt.folder},
         output_dirs={fmt.name: getattr(args, fmt.flag) for fmt in FORMATS.values() if not fmt.folder},
-        mast_url=None if args.demo else args.mast_url, n_processes=args.n_processes, tiny=args.tiny,
+        mast_url=None if args.demo else args.mast_url, listing_url=args.listing_url, n_processes=args.n_processes,
+        tiny=args.tiny,
         format=args.format, columns=args.columns, hats_extras=args.hats_extras, connections=args.connections,
         max_attempts=args.max_attempts, max_wait=args.max_wait, overwrite=args.overwrite,
         clean_fits=args.clean_fits, verify=args.verify, refresh_listings=args.refresh_listings,

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from . import listing, plan, units
+from . import layout, listing, plan, units
 from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor, WorkerDied
 from .formats import FORMATS, Writer, format_spec, make_writers
 from .pipeline import BuildSummary, closing_lines, exclusive, import_soon, remove_debris, removed_if_left_empty, \
     writable_dir,     write_failure_report, write_text
-from .sources import Source, open_source
+from .sources import DEFAULT_MAST_URL, Source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,14 @@ def open_build_source(args: BuildArguments, workers: int = 1) -> Source:
                        max_wait=args.max_wait)
 
 
+def open_listing_source(args: BuildArguments, source: Source) -> Source:
+    """Where the build's listings (and, for ``-s all``, its download_scripts/ index) come from: ``--listing-url``,
+    else the build's own source (a bucket may hold the light curves but not the listings)."""
+    if args.listing_url is None:
+        return source
+    return open_source(args.listing_url, connections=1, max_attempts=args.max_attempts, max_wait=args.max_wait)
+
+
 def writers_of(args: BuildArguments) -> list[Writer]:
     return make_writers(args)
 
@@ -43,8 +51,11 @@ def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = 
     """The sector's catalog: objects in both listings, each once, in listing order, with their HEALPix pixel."""
     import_soon("healpy")  # ~1 s (it loads matplotlib): while the listings arrive and are parsed
     sector_dir = writable_dir(args.sector_dir, "tglc_data_path")
-    listings = listing.fetch_listings(args.sector, args.tglc_data_path, source, refresh=args.refresh_listings,
-                                      archive_id=args.archive_id)
+    listing_source = open_listing_source(args, source)
+    listings = listing.fetch_listings(args.sector, args.tglc_data_path, listing_source,
+                                      refresh=args.refresh_listings,
+                                      archive_id=args.archive_id if listing_source is source else None,
+                                      flag="--mast-url" if listing_source is source else "--listing-url")
     bulk = listing.parse_bulk_script(listings.bulk_script, args.sector)
     rejected = sector_dir / REJECTED_LINES
     if bulk.n_rejected:
@@ -56,6 +67,7 @@ def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = 
     catalog = listing.build_catalog(bulk, listing.read_target_list(listings.target_list), args.sector,
                                     listings=listings)
     catalog.meta["mast_url"] = source.describe()
+    catalog.meta["listing_url"] = listing_source.describe()
     if tiny:
         catalog = catalog[:args.tiny_size]
     if len(catalog) == 0:
@@ -260,11 +272,14 @@ def sectors_of(args: BuildArguments, source: Source) -> tuple[int, ...]:
     """The build's sectors: as given, or for ``all`` every sector whose bulk-download script the archive lists."""
     if args.sectors is not None:
         return args.sectors
-    source.check()
-    listed = source.list_sectors()
-    if not listed:
-        raise UsageError(f"{source.describe()} lists no sector's bulk-download script in download_scripts/; give "
-                         "the sectors explicitly, e.g. -s 1-13")
+    lister = open_listing_source(args, source)
+    lister.check()
+    listed = lister.list_sectors()
+    if not listed:  # an archive without an index of its listings, or without listings (MAST's cloud copy may be)
+        raise UsageError(f"{lister.describe()} lists no sector's bulk-download script in {layout.DOWNLOAD_SCRIPTS}/; "
+                         "give the sectors explicitly, e.g. -s 1-13" + (
+                             f", or if it holds no listings, their root with --listing-url, e.g. --listing-url "
+                             f"{DEFAULT_MAST_URL}" if lister is source else ""))
     log.info("The archive lists %d sector(s): %s", len(listed), _ranges(listed))
     return tuple(listed)
 

@@ -3,9 +3,9 @@ and ``measure(ctx) -> list of rows``; its measurements are tasks that run in fre
 
 from __future__ import annotations
 
-from . import catalog, convert, convert_memory, download, end_to_end, hats, loading, output_size, sources, stars, \
-    streaming, tiny
+from . import big_sector, catalog, convert, convert_memory, download, end_to_end, hats, loading, output_size, \
+    sources, stars, streaming, tiny
 
 STAGES = [catalog, download, convert, convert_memory, output_size, loading, end_to_end, streaming, sources, hats, tiny,
-          stars]
+          stars, big_sector]
 BY_NAME = {stage.NAME: stage for stage in STAGES}
