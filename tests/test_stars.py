@@ -464,7 +464,9 @@ def test_columns_all_from_hdf5_and_the_calibrated_flux_in_lightkurve(archive, tm
     assert {"cal_aper_flux_err", "tessmag", "gaia_g", "contamrt"} <= set(info) and "camera" not in info[6:]
     assert [f.name for f in schema.field("lightcurve").type] == [
         "sector", "time", "psf_flux", "aper_flux", "tess_flags", "tglc_flags", "cal_psf_flux", "cal_aper_flux",
-        "background", "cadence_num"]
+        "background", "cadence_num", "aper_flux_raw", "psf_flux_raw"]
+    assert {"file_version", "tglcver", "procver"} <= set(info)
+    assert str(schema.field("sector_info").type.field("tglcver").type) == "list<element: string>"
     stars = _table(tmp_path / "stars")
     gaia = stars.column("gaiadr3_id")[0].as_py()
     star = open_stars(tmp_path / "stars").get(gaiadr3_id=gaia)
@@ -476,6 +478,8 @@ def test_columns_all_from_hdf5_and_the_calibrated_flux_in_lightkurve(archive, tm
     assert curve["tessmag"] == head0["TESSMAG"] and curve["cal_aper_flux_err"] == head1["CAPE_ERR"]
     assert np.array_equal(_bits(curve["background"]), _bits(data["background"].astype("f4")))
     assert np.array_equal(curve["cadence_num"], data["cadence_num"])
+    assert (curve["file_version"], curve["tglcver"], curve["procver"]) == (1, "", "")  # v1 files carry neither card
+    assert np.isnan(curve["aper_flux_raw"]).all() and len(curve["aper_flux_raw"]) == len(data)  # v1: no raw fluxes
     pytest.importorskip("lightkurve")
     (lc,) = star.to_lightkurve()
     assert np.array_equal(_bits(np.asarray(lc.flux.value, np.float32)), _bits(data["cal_aper_flux"].astype("f4")))

@@ -161,10 +161,15 @@ def test_every_flipped_byte_is_caught_by_verify(fmt, sector, tmp_path, caplog):
     # again is the file of before, byte for byte
     from tglc_builder.plan import make_plan
 
-    at = unprotected[len(unprotected) // 2]
-    with open(file, "r+b") as f:
-        f.seek(at)
-        f.write(bytes([good[at] ^ 0x01]))
+    with open(file, "r+b") as f:  # a flip the format's own reading does not notice (its mark still reads whole)
+        for at in unprotected[len(unprotected) // 2:] + unprotected[:len(unprotected) // 2]:
+            f.seek(at)
+            f.write(bytes([good[at] ^ 0x01]))
+            f.flush()
+            if writer.complete_ids(shard) is not None:
+                break
+            f.seek(at)
+            f.write(good[at:at + 1])
     assert make_plan([shard], [writer]).pending == []
     (task,) = make_plan([shard], [writer], verify=True).pending
     assert task.formats == (writer.name,) and task.carry is None

@@ -16,8 +16,13 @@ QUIET_SECONDS = 5.0  # a transient progress (leave=False, e.g. a listing) logs o
 
 
 def interactive() -> bool:
-    """Whether a bar can be drawn: stderr is a terminal, or this is a Jupyter kernel (tqdm.auto's widget)."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
+    """Whether a bar can be drawn: stderr is a terminal, or this is a Jupyter kernel (tqdm.auto's widget). A kernel
+    is told by its running IPython shell (as tqdm.autonotebook does), not by ipykernel merely being imported."""
+    if sys.stderr.isatty():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def progress(total: int | None, desc: str, unit: str, *, leave: bool = True, unit_scale: bool = False, **kwargs):

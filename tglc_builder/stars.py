@@ -258,7 +258,7 @@ def _list(value_type: pa.DataType) -> pa.DataType:
 def stars_schema(columns: ColumnSet, flags: dict[str, str]) -> pa.Schema:
     """The main catalog's columns (the contract's order): ids, position, sectors, and the two nested columns as
     structs of lists (nested-pandas' layout, which LSDB reads as nested columns)."""
-    from .formats.hats import _field
+    from .formats.hats import _arrow, _field
 
     info = [_field("sector", _list(pa.int16()), "", "TESS sector"),
             _field("camera", _list(pa.int16()), "", "TESS camera"),
@@ -267,8 +267,7 @@ def stars_schema(columns: ColumnSet, flags: dict[str, str]) -> pa.Schema:
     for name in ("psf_flux_err", "aper_flux_err"):
         info.append(_field(name, _list(pa.float64()), scalars[name].unit, scalars[name].description))
     info.append(_field("n_cadences", _list(pa.int32()), "", "cadences of the light curve in lightcurve"))
-    info += [_field(s.name, _list(pa.from_numpy_dtype(s.dtype)), s.unit, s.description)
-             for s in _extra_scalars(columns)]
+    info += [_field(s.name, _list(_arrow(s.dtype)), s.unit, s.description) for s in _extra_scalars(columns)]
     series = [_field("sector", _list(pa.int16()), "", "TESS sector of the cadence")]
     for s in columns.series:
         dtype = np.dtype(flags.get(s.name, s.dtype))
