@@ -8,9 +8,11 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import extras, layout
+from . import targets as choosing
 from .columns import COLUMN_SETS, ColumnSet, column_set
 from .errors import UsageError
 from .formats import FORMATS
@@ -112,6 +114,9 @@ class BuildArguments:
     stars: bool | None = None  # join the outputs into the stars catalog; None: with several sectors only
     stars_output_dir: str | os.PathLike | None = None  # default <tglc_data_path>/stars
     stars_pixel_threshold: int | None = None  # most stars per partition; default: partitions of ~1 GB
+    targets: str | os.PathLike | Any = None  # --targets FILE (or a Table): read once, here, into a targets.Selection
+    cone: Sequence[float] | None = None  # --cone RA DEC RADIUS (degrees)
+    match_radius: float = choosing.DEFAULT_MATCH_RADIUS  # arcseconds, for targets by ra/dec
 
     def __post_init__(self) -> None:
         self.sectors = parse_sectors(self.sector)
@@ -130,17 +135,18 @@ class BuildArguments:
             raise UsageError(f"columns must be one of {', '.join(COLUMN_SETS)}, got {self.columns!r}")
         _check_processes(self.n_processes)
         self._check_extras()
+        self._read_selection()
         self.tglc_data_path = Path(self.tglc_data_path)
-        self.stars_output_dir = Path(self.stars_output_dir or self.tglc_data_path / "stars")
+        self.stars_output_dir = Path(self.stars_output_dir or self.outputs_under(self.tglc_data_path) / "stars")
         if self.several:  # each sector's paths are made by for_sector, and checked there
             for name, flag in TEMPLATED:
                 if getattr(self, name) is not None:
                     setattr(self, name, sector_template(flag, getattr(self, name)))
             return
         sector_dir = Path(layout.sector_dir(self.tglc_data_path, self.sector))
-        self.hdf5_output_dir = Path(self.hdf5_output_dir or sector_dir / "MultimodalUniverse")
-        self.fits_dir = Path(self.fits_dir or sector_dir / "fits_lcs")
-        self.hats_output_dir = Path(self.hats_output_dir or sector_dir / "hats")
+        self.hdf5_output_dir = Path(self.hdf5_output_dir or self.outputs_under(sector_dir) / "MultimodalUniverse")
+        self.fits_dir = Path(self.fits_dir or sector_dir / "fits_lcs")  # shared: a file is the same in any build
+        self.hats_output_dir = Path(self.hats_output_dir or self.outputs_under(sector_dir) / "hats")
         outputs = {"hdf5_output_path": self.hdf5_output_dir, "fits_output_path": self.fits_dir}
         if self.format != "hdf5":
             outputs["hats_output_path"] = self.hats_output_dir
@@ -161,6 +167,31 @@ class BuildArguments:
             extras.require("dask", "--scheduler")
         if self.joins_stars:
             extras.require("hats", "the stars catalog (--stars, or several sectors: --no-stars skips it)")
+
+    def _read_selection(self) -> None:
+        """``--targets`` / ``--cone``, read and checked once (``replace`` passes the Selection on unread)."""
+        if isinstance(self.targets, choosing.Selection):
+            return
+        if self.targets is not None and self.cone is not None:
+            name = os.fspath(self.targets) if isinstance(self.targets, (str, os.PathLike)) else "a table"
+            raise UsageError(f"give --targets ({name}) or --cone, not both")
+        if self.targets is None and self.cone is None:
+            return
+        if self.tiny:
+            raise UsageError("--tiny builds the first objects of each sector; with --targets or --cone, drop --tiny")
+        self.targets = choosing.cone_selection(self.cone) if self.cone is not None else \
+            choosing.read_targets(self.targets, self.match_radius)
+
+    @property
+    def selection(self) -> choosing.Selection | None:
+        """The stars this build keeps (``--targets``, ``--cone``), or None: every star."""
+        return self.targets if isinstance(self.targets, choosing.Selection) else None
+
+    def outputs_under(self, folder: Path) -> Path:
+        """Where the default output folders go: ``folder``, or for a targets build ``folder/targets-<hash>``, so
+        that it never writes over a whole build's files (nor one of another selection), and the same command
+        resumes."""
+        return folder if self.selection is None else Path(folder) / self.selection.folder
 
     @property
     def joins_stars(self) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from . import listing, plan, units
+from . import listing, plan, targets, units
 from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor, WorkerDied
@@ -309,11 +309,18 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
             for one in per_sector:
                 remove_debris(one.sector_dir)
             catalogs = [make_catalog(one, source, tiny=one.tiny) for one in per_sector]
+            asked, choice = [one.sector for one in per_sector], None
+            if args.selection is not None:  # before the plan: only the chosen stars are fetched and written
+                per_sector, catalogs, choice = choose_stars(args, per_sector, catalogs)
             sectors = [plan_sector(one, catalog, args.overwrite) for one, catalog in zip(per_sector, catalogs)]
             summaries = build_sectors(sectors, args, source, executor)
             for one, catalog in zip(per_sector, catalogs):
                 write_failure_report(one.sector_dir / FAILURES, summaries[one.sector].failures)
                 warn_of_sibling_behind(one, catalog)
+            if choice is not None:
+                built = {one.sector: _built_stars(catalog, summaries[one.sector].failures)
+                         for one, catalog in zip(per_sector, catalogs)}
+                targets.write_report(args.tglc_data_path / targets.REPORT, targets.report_rows(choice, built, asked))
     # Here every sector's outputs are whole: each of ``summaries``' values names its folders (``outputs``).
     for line in closing_lines(summaries):
         log.info("%s", line)
@@ -338,6 +345,38 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
 
             stars_of_build(per_sector, executor)
     return total
+
+
+def choose_stars(args: BuildArguments, per_sector: list[BuildArguments],
+                 catalogs: list[Table]) -> tuple[list[BuildArguments], list[Table], targets.Choice]:
+    """The build's selection (``--targets``, ``--cone``) found in its sectors' catalogs (target-list positions in
+    any sector), and each catalog cut to the chosen stars' light curves; sectors holding none of them are left out
+    (nothing to build). Raises UsageError, after writing the report, when no sector holds any."""
+    selection = args.selection
+    choice = targets.choose(selection, catalogs)
+    chosen = choice.gaiadr3_ids
+    kept = [targets.keep(catalog, chosen) for catalog in catalogs]
+    log.info("Targets: %s: %d star(s) found, %d light curve(s) in %d of %d sector(s)", selection.describe(),
+             len(chosen), sum(len(c) for c in kept), sum(1 for c in kept if len(c)), len(kept))
+    for one, catalog in zip(per_sector, kept):
+        if not len(catalog):
+            log.info("Sector %d holds none of the chosen stars: nothing is built for it", one.sector)
+    asked = [one.sector for one in per_sector]
+    if not any(len(catalog) for catalog in kept):
+        report = Path(args.tglc_data_path) / targets.REPORT
+        targets.write_report(report, targets.report_rows(choice, {}, asked))
+        raise UsageError(f"none of {selection.describe()} is in sector(s) {_ranges(asked)}: nothing to build; see "
+                         f"{report}")
+    pairs = [(one, catalog) for one, catalog in zip(per_sector, kept) if len(catalog)]
+    return [one for one, _ in pairs], [catalog for _, catalog in pairs], choice
+
+
+def _built_stars(catalog: Table, failures: list[Failure]) -> set[int]:
+    """The stars of a sector's catalog with at least one light curve in its outputs (a row that did not fail)."""
+    failed = {f.path for f in failures}
+    paths = np.asarray(catalog["path"])
+    ok = np.array([p.decode() not in failed for p in paths.tolist()], bool) if failed else np.ones(len(paths), bool)
+    return set(np.asarray(catalog["gaiadr3_id"], np.int64)[ok].tolist())
 
 
 def _check_distinct(folders: list[tuple[Path, str]]) -> None:
