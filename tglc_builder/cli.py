@@ -130,7 +130,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="build only these stars: a CSV, ECSV, Parquet or FITS table with a gaiadr3_id or a tic_id "
                              "column (any case), or ra, dec columns (degrees); writes <tglc_data_path>/"
                              "targets_report.csv, and by default its outputs into targets-<hash> folders")
-    parser.add_argument("--cone", nargs=3, type=float, default=None, metavar=("RA", "DEC", "RADIUS"),
+    parser.add_argument("--cone", nargs=3, default=None, metavar=("RA", "DEC", "RADIUS"),
                         help="build only the stars within RADIUS degrees of RA, DEC (degrees), as --targets does")
     parser.add_argument("--match-radius", type=float, default=2.0, metavar="ARCSEC",
                         help="how near a target's ra, dec a star's target-list position must be (default: "
