@@ -325,3 +325,28 @@ def test_bad_targets(tmp_path, release, name, content, extra, line):
         assert lines[0] == line
     assert release.request_count() == 0
     assert not (tmp_path / "data").exists()
+
+
+def test_failures_of_a_targets_build(tmp_path):
+    """A chosen star whose file is bad: exit 1, its failures.csv in the targets folder (the whole build's stays as
+    it was), and the report says its light curves failed."""
+    probe = LocalArchive(sector=1, n=N, seed=SEED)
+    i, j = probe.sector.expected_catalog_indices()[:2].tolist()
+    bad, good = int(probe.sector.gaia_ids[i]), int(probe.sector.gaia_ids[j])
+    with LocalArchive(sector=1, n=N, seed=SEED, tamper={i: {"SECTOR": 22}}) as archive:
+        assert _build(tmp_path, archive, "1").returncode == 1
+        whole = tmp_path / "data" / "s0001" / "failures.csv"
+        before = whole.read_text()
+        assert str(bad) in before
+        (tmp_path / "t.csv").write_text(f"gaiadr3_id\n{good}\n")
+        assert _build(tmp_path, archive, "1", "--targets", "t.csv").returncode == 0
+        assert whole.read_text() == before
+        (tmp_path / "u.csv").write_text(f"gaiadr3_id\n{bad}\n{good}\n")
+        done = _build(tmp_path, archive, "1", "--targets", "u.csv")
+        assert done.returncode == 1, done.stderr
+        assert whole.read_text() == before
+        (mine,) = (tmp_path / "data" / "s0001").glob("targets-*/failures.csv")
+        assert [row["gaiadr3_id"] for row in csv.DictReader(mine.read_text().splitlines())] == [str(bad)]
+        assert _report(tmp_path) == [
+            _row(bad, "gaiadr3_id", bad, reason="its light curves failed to build (see failures.csv); rerun to retry"),
+            _row(good, "gaiadr3_id", good, "1")]

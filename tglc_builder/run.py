@@ -279,6 +279,12 @@ def _ranges(sectors: tuple[int, ...] | list[int]) -> str:
     return ",".join(parts)
 
 
+def failures_path(args: BuildArguments) -> Path:
+    """A sector's ``failures.csv``: in ``sSSSS/``, or for a targets build in ``sSSSS/targets-<hash>/`` (so it never
+    replaces, nor removes, a whole build's)."""
+    return args.outputs_under(args.sector_dir) / FAILURES
+
+
 def folders_of(args: BuildArguments) -> list[tuple[Path, str]]:
     """The folders a one-sector build writes to, with the flag that names each."""
     folders = [(args.sector_dir, "tglc_data_path"), (args.fits_dir, "fits_output_path")]
@@ -315,7 +321,9 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
             sectors = [plan_sector(one, catalog, args.overwrite) for one, catalog in zip(per_sector, catalogs)]
             summaries = build_sectors(sectors, args, source, executor)
             for one, catalog in zip(per_sector, catalogs):
-                write_failure_report(one.sector_dir / FAILURES, summaries[one.sector].failures)
+                if summaries[one.sector].failures:
+                    failures_path(one).parent.mkdir(parents=True, exist_ok=True)
+                write_failure_report(failures_path(one), summaries[one.sector].failures)
                 warn_of_sibling_behind(one, catalog)
             if choice is not None:
                 built = {one.sector: _built_stars(catalog, summaries[one.sector].failures)
@@ -334,7 +342,7 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
     for one in per_sector:
         if summaries[one.sector].failures:
             log.error("Sector %d: %d object(s) failed; see %s, then rerun the same command to retry them",
-                      one.sector, len(summaries[one.sector].failures), one.sector_dir / FAILURES)
+                      one.sector, len(summaries[one.sector].failures), failures_path(one))
     if args.joins_stars:
         if total.fatal or total.failures or executor.stopping_requested:
             # a sector joins the stars catalog once, whole: joined now, its missing light curves would never be
