@@ -350,3 +350,24 @@ def test_failures_of_a_targets_build(tmp_path):
         assert _report(tmp_path) == [
             _row(bad, "gaiadr3_id", bad, reason="its light curves failed to build (see failures.csv); rerun to retry"),
             _row(good, "gaiadr3_id", good, "1")]
+
+
+def test_stars_catalog_of_another_choice_refused(tmp_path, release):
+    """A stars catalog holds one choice of stars: a whole build (or another selection) pointed at a targets build's
+    is refused before anything is fetched, rather than keeping its sectors as they are (other stars)."""
+    picks = _picks(release)
+    (tmp_path / "t.csv").write_text(f"gaiadr3_id\n{picks['band']}\n")
+    assert _build(tmp_path, release, "1-2", "--targets", "t.csv").returncode == 0
+    (stars,) = (tmp_path / "data").glob("targets-*/stars")
+    asked = release.request_count()
+    for extra in ((), ("--cone", "0", "-85", "3")):
+        done = _build(tmp_path, release, "1-2", "--stars_output_path", str(stars.relative_to(tmp_path)), *extra)
+        assert done.returncode == 2
+        held = f"the stars chosen as {stars.parent.name}"
+        this = "every star" if not extra else "the stars chosen as targets-"
+        line = done.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: {stars.relative_to(tmp_path)} holds a stars catalog of {held}, this build's "
+                               f"is of {this}"), line
+        assert line.endswith("; choose another --stars_output_path")
+        assert release.request_count() == asked
+    assert _hats_stars(stars / "tglc_stars") == [picks["band"]]

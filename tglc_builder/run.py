@@ -305,6 +305,10 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
     folders = [folder for one in per_sector for folder in folders_of(one)]
     if len(per_sector) > 1:
         _check_distinct(folders)
+    if args.joins_stars:  # before anything is fetched: a stars catalog of another choice of stars is refused
+        from .stars import check_selection
+
+        check_selection(args.stars_output_dir, args.selection.folder if args.selection is not None else None)
     with removed_if_left_empty(folder for folder, _ in folders):  # a build that fails leaves no empty folder
         for folder, what in folders:
             writable_dir(folder, what)
