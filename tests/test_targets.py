@@ -371,3 +371,31 @@ def test_stars_catalog_of_another_choice_refused(tmp_path, release):
         assert line.endswith("; choose another --stars_output_path")
         assert release.request_count() == asked
     assert _hats_stars(stars / "tglc_stars") == [picks["band"]]
+
+
+@pytest.mark.parametrize("radius", [2 / 3600, 0.5, 30.0])
+def test_choose_equals_brute_force(radius):
+    """The numpy narrowing (HEALPix pixels near the targets) loses no star: positions and cones match exactly what
+    astropy finds over every row, also at the poles, across RA 0/360 and at pixel edges."""
+    from tglc_builder import targets
+
+    rng = np.random.default_rng(11)
+    n = 20_000
+    ra, dec = rng.uniform(0, 360, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    ra[:4], dec[:4] = [0.0, 359.9999, 10.0, 45.0], [-89.9999, 0.0, 89.9999, 41.8103149]  # 41.81: a ring edge
+    catalogs = [Table({"gaiadr3_id": np.arange(1, n + 1, dtype=np.int64), "TIC_ID": np.arange(n, dtype=np.int64),
+                       "RA": ra, "DEC": dec})]
+    at_ra = np.r_[np.mod(ra[:200] + rng.normal(0, radius / 2, 200), 360), 0.0001, 180.0]
+    at_dec = np.r_[np.clip(dec[:200] + rng.normal(0, radius / 2, 200), -90, 90), 0.0, -90.0]
+    every = SkyCoord(ra * u.deg, dec * u.deg)
+    asked = SkyCoord(at_ra * u.deg, at_dec * u.deg)
+    selection = targets.Selection("x", "position", tuple(map(str, range(len(at_ra)))), ra=at_ra, dec=at_dec,
+                                  radius=radius)
+    index, separation, _ = asked.match_to_catalog_sky(every)
+    expected = [[int(index[k]) + 1] if separation.deg[k] <= radius else [] for k in range(len(at_ra))]
+    assert [m.tolist() for m in targets.choose(selection, catalogs).matched] == expected
+    assert sum(map(len, expected)) > 100
+    for k in (0, 200, 201):
+        cone = targets.cone_selection([str(at_ra[k]), str(at_dec[k]), str(radius)])
+        inside = np.flatnonzero(asked[k].separation(every).deg <= radius) + 1
+        assert targets.choose(cone, catalogs).gaiadr3_ids.tolist() == inside.tolist()

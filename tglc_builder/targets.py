@@ -234,26 +234,30 @@ def _degrees(column, name: str, colname: str, low: float, high: float) -> tuple[
 
 # ---- choosing -----------------------------------------------------------------------------------------------------
 def choose(selection: Selection, catalogs: Sequence[Table]) -> Choice:
-    """The stars of ``selection`` among the catalogs of the build's sectors (their target-list positions)."""
-    gaia = np.concatenate([np.asarray(c["gaiadr3_id"], np.int64) for c in catalogs]) if catalogs else \
-        np.empty(0, np.int64)
-    stars, first = np.unique(gaia, return_index=True)  # each star once (its position is Gaia's in every sector)
+    """The stars of ``selection`` among the catalogs of the build's sectors (their target-list positions). The
+    catalogs' rows are narrowed in numpy first (ids looked up, or HEALPix pixels near the targets), so that only a
+    few rows are deduplicated and matched exactly, whatever the build's size."""
+    def column(name: str) -> np.ndarray:
+        return np.concatenate([np.asarray(c[name]) for c in catalogs]) if catalogs else np.empty(0)
+
+    gaia = column("gaiadr3_id").astype(np.int64)
     if selection.kind == "gaiadr3_id":
-        present = np.isin(selection.ids, stars)
+        present = _in(selection.ids, np.unique(gaia[_in(gaia, selection.ids)]))
         matched = [selection.ids[k:k + 1] if present[k] else np.empty(0, np.int64) for k in range(len(present))]
         return Choice(selection, matched, list(selection.labels))
-    column = {name: np.concatenate([np.asarray(c[name]) for c in catalogs])[first] for name in ("TIC_ID", "RA", "DEC")}
     if selection.kind == "tic_id":
-        tic = column["TIC_ID"].astype(np.int64)
-        order = np.argsort(tic, kind="stable")
-        left = np.searchsorted(tic[order], selection.ids, "left")
-        right = np.searchsorted(tic[order], selection.ids, "right")
-        matched = [np.sort(stars[order[a:b]]) for a, b in zip(left.tolist(), right.tolist())]
+        tic = column("TIC_ID").astype(np.int64)
+        rows = np.flatnonzero(_in(tic, selection.ids))
+        matched = [np.unique(gaia[rows[tic[rows] == t]]) for t in selection.ids.tolist()]
         return Choice(selection, matched, list(selection.labels))
     from astropy import units as u
     from astropy.coordinates import SkyCoord
 
-    where = SkyCoord(column["RA"] * u.deg, column["DEC"] * u.deg)
+    ra, dec = column("RA").astype(np.float64), column("DEC").astype(np.float64)
+    rows = np.flatnonzero(_near(ra, dec, selection.ra, selection.dec, selection.radius))
+    stars, first = np.unique(gaia[rows], return_index=True)  # each star once (its position is Gaia's in every sector)
+    rows = rows[first]
+    where = SkyCoord(ra[rows] * u.deg, dec[rows] * u.deg)
     asked = SkyCoord(selection.ra * u.deg, selection.dec * u.deg)
     if selection.kind == "position":
         if len(stars) == 0:
@@ -266,9 +270,33 @@ def choose(selection: Selection, catalogs: Sequence[Table]) -> Choice:
     return Choice(selection, [inside[k:k + 1] for k in range(len(inside))], [selection.labels[0]] * len(inside))
 
 
+def _near(ra: np.ndarray, dec: np.ndarray, at_ra: np.ndarray, at_dec: np.ndarray, radius: float) -> np.ndarray:
+    """Which of the stars (``ra``, ``dec``) lie in a HEALPix pixel touched by a disc of ``radius`` degrees around a
+    target: a superset of those within the radius (healpy's inclusive discs), found in numpy."""
+    import healpy
+
+    nside = 1024  # pixels of ~3.4 arcmin, halved in resolution until a pixel is at least the radius across
+    while nside > 1 and healpy.nside2resol(nside, arcmin=True) / 60 < radius:
+        nside //= 2
+    pixels = healpy.ang2pix(nside, ra, dec, lonlat=True)
+    vectors = healpy.ang2vec(at_ra, at_dec, lonlat=True).reshape(-1, 3)
+    touched = np.unique(np.concatenate([healpy.query_disc(nside, v, np.radians(radius), inclusive=True)
+                                        for v in vectors]))
+    return np.isin(pixels, touched)
+
+
 def keep(catalog: Table, chosen: np.ndarray) -> Table:
     """The rows of ``catalog`` whose star is chosen (every light curve of it, in catalog order), its meta kept."""
-    return catalog[np.isin(np.asarray(catalog["gaiadr3_id"], np.int64), chosen)]
+    return catalog[_in(np.asarray(catalog["gaiadr3_id"], np.int64), chosen)]
+
+
+def _in(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin(values, wanted)`` for many values and few wanted: only ``wanted`` is sorted (``np.isin`` sorts both
+    together, ~10x slower on a build's millions of rows)."""
+    wanted = np.unique(wanted)
+    if not len(wanted):
+        return np.zeros(len(values), bool)
+    return wanted[np.searchsorted(wanted, values).clip(max=len(wanted) - 1)] == values
 
 
 # ---- the report ---------------------------------------------------------------------------------------------------
