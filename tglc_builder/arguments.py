@@ -8,8 +8,10 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from . import extras, layout
+from . import targets as choosing
 from .columns import COLUMN_SETS, ColumnSet, column_set
 from .errors import UsageError
 from .formats import FORMATS, format_spec, parse_formats
@@ -113,6 +115,9 @@ class BuildArguments:
     # format name -> its output folder, for a format of the registry without a field of its own here (all default
     # to <tglc_data_path>/sSSSS/<the registry's default folder>); read them with output_dir(name)
     output_dirs: dict[str, str | os.PathLike | None] = field(default_factory=dict)
+    targets: str | os.PathLike | Any = None  # --targets FILE (or a Table): read once, here, into a targets.Selection
+    cone: Sequence[float] | None = None  # --cone RA DEC RADIUS (degrees)
+    match_radius: float = choosing.DEFAULT_MATCH_RADIUS  # arcseconds, for targets by ra/dec
 
     def __post_init__(self) -> None:
         self.sectors = parse_sectors(self.sector)
@@ -133,8 +138,9 @@ class BuildArguments:
                              f"{self.listing_url!r}")
         _check_processes(self.n_processes)
         self._check_extras()
+        self._read_selection()
         self.tglc_data_path = Path(self.tglc_data_path)
-        self.stars_output_dir = Path(self.stars_output_dir or self.tglc_data_path / "stars")
+        self.stars_output_dir = Path(self.stars_output_dir or self.outputs_under(self.tglc_data_path) / "stars")
         unknown = sorted(set(self.output_dirs) - {f.name for f in FORMATS.values() if f.folder is None})
         if unknown:
             own = ", ".join(f"{f.folder} ({f.name})" for f in FORMATS.values() if f.folder)
@@ -150,7 +156,7 @@ class BuildArguments:
         self.fits_dir = Path(self.fits_dir or sector_dir / "fits_lcs")
         for fmt in FORMATS.values():
             self._set_path(fmt.folder or fmt.name, Path(self._path(fmt.folder or fmt.name) or
-                                                        sector_dir / fmt.default_folder))
+                                                        self.outputs_under(sector_dir) / fmt.default_folder))
         outputs = {FORMATS[name].flag: self.output_dir(name) for name in self.formats}
         outputs["fits_output_path"] = self.fits_dir
         resolved = {name: path.resolve() for name, path in outputs.items()}
@@ -175,6 +181,31 @@ class BuildArguments:
             extras.require("dask", "--scheduler")
         if self.joins_stars:
             extras.require("hats", "the stars catalog (--stars, or several sectors: --no-stars skips it)")
+
+    def _read_selection(self) -> None:
+        """``--targets`` / ``--cone``, read and checked once (``replace`` passes the Selection on unread)."""
+        if isinstance(self.targets, choosing.Selection):
+            return
+        if self.targets is not None and self.cone is not None:
+            name = os.fspath(self.targets) if isinstance(self.targets, (str, os.PathLike)) else "a table"
+            raise UsageError(f"give --targets ({name}) or --cone, not both")
+        if self.targets is None and self.cone is None:
+            return
+        if self.tiny:
+            raise UsageError("--tiny builds the first objects of each sector; with --targets or --cone, drop --tiny")
+        self.targets = choosing.cone_selection(self.cone) if self.cone is not None else \
+            choosing.read_targets(self.targets, self.match_radius)
+
+    @property
+    def selection(self) -> choosing.Selection | None:
+        """The stars this build keeps (``--targets``, ``--cone``), or None: every star."""
+        return self.targets if isinstance(self.targets, choosing.Selection) else None
+
+    def outputs_under(self, folder: Path) -> Path:
+        """Where the default output folders go: ``folder``, or for a targets build ``folder/targets-<hash>``, so
+        that it never writes over a whole build's files (nor one of another selection), and the same command
+        resumes."""
+        return folder if self.selection is None else Path(folder) / self.selection.folder
 
     @property
     def joins_stars(self) -> bool:

@@ -186,6 +186,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="folder of the stars catalog (default: <tglc_data_path>/stars)")
     parser.add_argument("--stars-pixel-threshold", type=_positive_int, default=None, metavar="STARS",
                         help="most stars per partition of the stars catalog (default: partitions of about 1 GB)")
+    parser.add_argument("--targets", default=None, metavar="FILE",
+                        help="build only these stars: a CSV, ECSV, Parquet or FITS table with a gaiadr3_id or a tic_id "
+                             "column (any case), or ra, dec columns (degrees); writes <tglc_data_path>/"
+                             "targets_report.csv, and by default its outputs into targets-<hash> folders")
+    parser.add_argument("--cone", nargs=3, default=None, metavar=("RA", "DEC", "RADIUS"),
+                        help="build only the stars within RADIUS degrees of RA, DEC (degrees), as --targets does")
+    parser.add_argument("--match-radius", type=float, default=2.0, metavar="ARCSEC",
+                        help="how near a target's ra, dec a star's target-list position must be (default: "
+                             "%(default)s arcsec)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -233,7 +242,8 @@ def arguments_of(args: argparse.Namespace) -> BuildArguments:
         max_attempts=args.max_attempts, max_wait=args.max_wait, overwrite=args.overwrite,
         clean_fits=args.clean_fits, verify=args.verify, refresh_listings=args.refresh_listings,
         scheduler=args.scheduler, stars=args.stars, stars_output_dir=args.stars_output_path,
-        stars_pixel_threshold=args.stars_pixel_threshold)
+        stars_pixel_threshold=args.stars_pixel_threshold, targets=args.targets, cone=args.cone,
+        match_radius=args.match_radius)
 
 
 def run(main: Callable[[argparse.Namespace], int], argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from . import layout, listing, plan, units
+from . import layout, listing, plan, targets, units
 from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor, WorkerDied
@@ -296,6 +296,12 @@ def _ranges(sectors: tuple[int, ...] | list[int]) -> str:
     return ",".join(parts)
 
 
+def failures_path(args: BuildArguments) -> Path:
+    """A sector's ``failures.csv``: in ``sSSSS/``, or for a targets build in ``sSSSS/targets-<hash>/`` (so it never
+    replaces, nor removes, a whole build's)."""
+    return args.outputs_under(args.sector_dir) / FAILURES
+
+
 def folders_of(args: BuildArguments) -> list[tuple[Path, str]]:
     """The folders a one-sector build writes to, with the flag that names each."""
     folders = [(args.sector_dir, "tglc_data_path"), (args.fits_dir, "fits_output_path")]
@@ -315,6 +321,10 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
     folders = [folder for one in per_sector for folder in folders_of(one)]
     if len(per_sector) > 1:
         _check_distinct(folders)
+    if args.joins_stars:  # before anything is fetched: a stars catalog of another choice of stars is refused
+        from .stars import check_selection
+
+        check_selection(args.stars_output_dir, args.selection.folder if args.selection is not None else None)
     with removed_if_left_empty(folder for folder, _ in folders):  # a build that fails leaves no empty folder
         for folder, what in folders:
             writable_dir(folder, what)
@@ -325,11 +335,20 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
             for one in per_sector:
                 remove_debris(one.sector_dir)
             catalogs = [make_catalog(one, source, tiny=one.tiny) for one in per_sector]
+            asked, choice = [one.sector for one in per_sector], None
+            if args.selection is not None:  # before the plan: only the chosen stars are fetched and written
+                per_sector, catalogs, choice = choose_stars(args, per_sector, catalogs)
             sectors = [plan_sector(one, catalog, args.overwrite) for one, catalog in zip(per_sector, catalogs)]
             summaries = build_sectors(sectors, args, source, executor)
             for one, catalog in zip(per_sector, catalogs):
-                write_failure_report(one.sector_dir / FAILURES, summaries[one.sector].failures)
+                if summaries[one.sector].failures:
+                    failures_path(one).parent.mkdir(parents=True, exist_ok=True)
+                write_failure_report(failures_path(one), summaries[one.sector].failures)
                 warn_of_sibling_behind(one, catalog)
+            if choice is not None:
+                built = {one.sector: _built_stars(catalog, summaries[one.sector].failures)
+                         for one, catalog in zip(per_sector, catalogs)}
+                targets.write_report(args.tglc_data_path / targets.REPORT, targets.report_rows(choice, built, asked))
     # Here every sector's outputs are whole: each of ``summaries``' values names its folders (``outputs``).
     for line in closing_lines(summaries):
         log.info("%s", line)
@@ -343,7 +362,7 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
     for one in per_sector:
         if summaries[one.sector].failures:
             log.error("Sector %d: %d object(s) failed; see %s, then rerun the same command to retry them",
-                      one.sector, len(summaries[one.sector].failures), one.sector_dir / FAILURES)
+                      one.sector, len(summaries[one.sector].failures), failures_path(one))
     if args.joins_stars:
         if total.fatal or total.failures or executor.stopping_requested:
             # a sector joins the stars catalog once, whole: joined now, its missing light curves would never be
@@ -354,6 +373,38 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
 
             stars_of_build(per_sector, executor)
     return total
+
+
+def choose_stars(args: BuildArguments, per_sector: list[BuildArguments],
+                 catalogs: list[Table]) -> tuple[list[BuildArguments], list[Table], targets.Choice]:
+    """The build's selection (``--targets``, ``--cone``) found in its sectors' catalogs (target-list positions in
+    any sector), and each catalog cut to the chosen stars' light curves; sectors holding none of them are left out
+    (nothing to build). Raises UsageError, after writing the report, when no sector holds any."""
+    selection = args.selection
+    choice = targets.choose(selection, catalogs)
+    chosen = choice.gaiadr3_ids
+    kept = [targets.keep(catalog, chosen) for catalog in catalogs]
+    log.info("Targets: %s: %d star(s) found, %d light curve(s) in %d of %d sector(s)", selection.describe(),
+             len(chosen), sum(len(c) for c in kept), sum(1 for c in kept if len(c)), len(kept))
+    for one, catalog in zip(per_sector, kept):
+        if not len(catalog):
+            log.info("Sector %d holds none of the chosen stars: nothing is built for it", one.sector)
+    asked = [one.sector for one in per_sector]
+    if not any(len(catalog) for catalog in kept):
+        report = Path(args.tglc_data_path) / targets.REPORT
+        targets.write_report(report, targets.report_rows(choice, {}, asked))
+        raise UsageError(f"none of {selection.describe()} is in sector(s) {_ranges(asked)}: nothing to build; see "
+                         f"{report}")
+    pairs = [(one, catalog) for one, catalog in zip(per_sector, kept) if len(catalog)]
+    return [one for one, _ in pairs], [catalog for _, catalog in pairs], choice
+
+
+def _built_stars(catalog: Table, failures: list[Failure]) -> set[int]:
+    """The stars of a sector's catalog with at least one light curve in its outputs (a row that did not fail)."""
+    failed = {f.path for f in failures}
+    paths = np.asarray(catalog["path"])
+    ok = np.array([p.decode() not in failed for p in paths.tolist()], bool) if failed else np.ones(len(paths), bool)
+    return set(np.asarray(catalog["gaiadr3_id"], np.int64)[ok].tolist())
 
 
 def _check_distinct(folders: list[tuple[Path, str]]) -> None:

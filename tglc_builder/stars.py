@@ -691,6 +691,17 @@ def _span(sectors: list[int]) -> str:
     return ",".join(str(s) for s in sectors) or "none"
 
 
+def check_selection(stars_path: str | os.PathLike, selection: str | None) -> None:
+    """Refuse (UsageError) a stars catalog built from another choice of stars (another ``--targets``/``--cone``, or
+    every star): its sectors would be kept as they are, holding other stars than the build's."""
+    stamp = _read_json(Path(stars_path) / CATALOG / STAMP)
+    if stamp and stamp.get("selection") != selection:
+        held = f"the stars chosen as {stamp['selection']}" if stamp.get("selection") else "every star"
+        this = f"the stars chosen as {selection}" if selection else "every star"
+        raise UsageError(f"{stars_path} holds a stars catalog of {held}, this build's is of {this}; choose another "
+                         "--stars_output_path")
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -709,25 +720,28 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.PathLike, executor=None, *,
                 pixel_threshold: int | None = None, n_processes: int = 1,
-                sector_catalogs: dict[int, str | os.PathLike] | None = None) -> StarsSummary:
+                sector_catalogs: dict[int, str | os.PathLike] | None = None,
+                selection: str | None = None) -> StarsSummary:
     """Join the finished per-sector outputs ``sector_outputs`` into the stars collection at ``stars_path`` (created,
     or extended with the sectors it lacks). ``pixel_threshold``: most stars per partition (default: partitions of
     about :data:`PARTITION_BYTES` of Parquet). Runs its units on ``executor`` (an :class:`~.executor.Executor`; one
     of ``n_processes`` local processes when None). ``sector_catalogs``: sector -> its ``<tglc_data_path>/sSSSS``
     folder, where HDF5 outputs of ``--columns seed`` (no camera/ccd columns) at non-default paths find their
-    catalog."""
+    catalog. ``selection``: the name of a targets build's choice of stars (``targets-<hash>``), None for every star
+    (see :func:`check_selection`)."""
     from .executor import Executor
 
     if executor is None:
         with Executor(n_processes) as own:
             return build_stars(sector_outputs, stars_path, own, pixel_threshold=pixel_threshold,
-                               sector_catalogs=sector_catalogs)
+                               sector_catalogs=sector_catalogs, selection=selection)
     if pixel_threshold is not None and (isinstance(pixel_threshold, bool) or not isinstance(pixel_threshold, int)
                                         or pixel_threshold < 1):
         raise UsageError(f"--stars-pixel-threshold must be a positive integer, got {pixel_threshold!r}")
     root = Path(stars_path)
     catalog = root / CATALOG
     by_sector, columns_name, flags = find_sector_outputs(list(sector_outputs), sector_catalogs)
+    check_selection(root, selection)
     stamp = _read_json(catalog / STAMP)
     if stamp and stamp.get("phase") == "commit":  # a build decided but not finished: finish it first
         log.info("Finishing the stars catalog's last build (it was interrupted)")
@@ -837,7 +851,7 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
                  "schema": digest, "threshold": threshold, "partitions": [[p.order, p.pixel] for p in parts],
                  "staged": [p.relpath() for p in to_write], "stars": summary.stars,
                  "light_curves": int(stamp["light_curves"] if stamp else 0) + _count_rows(new_sources),
-                 "tglc_builder_version": __version__}
+                 "tglc_builder_version": __version__, **({"selection": selection} if selection else {})}
     _write_bytes(catalog / STAMP, (json.dumps(new_stamp, sort_keys=True) + "\n").encode())
     log.debug("Stars catalog %s: %d partition(s) committed; finishing", root, len(to_write))
     _finish(root, new_stamp)
@@ -854,7 +868,8 @@ def stars_of_build(builds: list, executor) -> StarsSummary:
     folders = [one.hats_output_dir if "hats" in one.formats else one.hdf5_output_dir for one in builds]
     first = builds[0]
     return build_stars(folders, first.stars_output_dir, executor, pixel_threshold=first.stars_pixel_threshold,
-                       sector_catalogs={one.sector: one.sector_dir for one in builds})
+                       sector_catalogs={one.sector: one.sector_dir for one in builds},
+                       selection=first.selection.folder if first.selection is not None else None)
 
 
 def _plan_task(pixel: int, sources: list[Source], new_sectors: list[int]) -> tuple[int, dict]:
