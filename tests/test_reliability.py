@@ -327,3 +327,37 @@ def test_a_file_that_kills_its_worker_is_named_and_fails_alone(tmp_path, monkeyp
         again = run.write_outputs(args, catalog, source, executor)
     assert again.failures == [] and again.complete + again.converted == len(catalog)
     assert written() == sorted(int(g) for g in catalog["gaiadr3_id"])
+
+
+def test_a_lost_unit_leaves_no_part_file_of_its_downloads(tmp_path):
+    """A unit given up on (its worker died twice elsewhere than in one file) fails its rows, and the temporary
+    files its killed worker left are removed then, not when each item is fetched again (which may be never)."""
+    import numpy as np
+
+    from tglc_builder import run
+    from tglc_builder.columns import column_set
+    from tglc_builder.executor import WorkerDied
+    from tglc_builder.formats.base import Shard
+    from tglc_builder.plan import ShardTask
+    from tglc_builder.sources.local import LocalSource
+    from tglc_builder.units import UnitSettings
+
+    relpaths = ["s0023/cam1-ccd2/0001/a/hlsp_tglc_tess_ffi_gaiaid-11-s0023-cam1-ccd2_tess_v1_llc.fits",
+                "s0023/cam1-ccd2/0002/b/hlsp_tglc_tess_ffi_gaiaid-22-s0023-cam1-ccd2_tess_v1_llc.fits"]
+    fits_dir = tmp_path / "fits"
+    debris, kept = [], []
+    for relpath in relpaths:
+        dest = fits_dir / relpath
+        dest.parent.mkdir(parents=True)
+        debris.append(dest.with_name(f".{dest.name}.part-{os.getpid()}-7"))  # a live PID too: the item is lost
+        debris[-1].write_bytes(b"half a file")
+        kept.append(dest.with_name(f".other.fits.part-{os.getpid()}-7"))  # another item's download in flight
+        kept[-1].write_bytes(b"in flight")
+    n = len(relpaths)
+    shard = Shard(pixel=1, index=1, count=1, gaiadr3_id=np.array([11, 22], np.int64),
+                  tic_id=np.zeros(n, np.int64), ra=np.zeros(n), dec=np.zeros(n), cam=np.ones(n, np.int16),
+                  ccd=np.full(n, 2, np.int16), path=np.array([p.encode() for p in relpaths]), sector=23)
+    settings = UnitSettings(23, LocalSource(str(fits_dir)), str(fits_dir), (), column_set("seed"))
+    result = run._lost_unit(([ShardTask(shard, ("hdf5",))], settings), WorkerDied("killed by signal SIGKILL"))
+    assert [f.path for f in result.failures] == relpaths and result.sector == 23
+    assert not any(p.exists() for p in debris) and all(p.exists() for p in kept)

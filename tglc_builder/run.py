@@ -7,7 +7,7 @@ Nothing here touches a light curve: the stages are plain functions over plain da
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -200,9 +200,19 @@ def _warn_if_behind(args: BuildArguments, catalog: Table, other: str) -> None:
                     lacks, len(catalog), differ, len(shards), format_spec((*args.formats, other)))
 
 
+def _sweep_parts(fits_dir: str, relpaths: Iterable[str]) -> None:
+    """Remove the temporary files of a lost unit's downloads (a worker killed mid-file writes no cleanup): nobody
+    fetches these items any more in this build, so every ``.NAME.part-*`` of theirs is debris, whatever its PID."""
+    for relpath in relpaths:
+        dest = Path(fits_dir) / relpath
+        for debris in dest.parent.glob(f".{dest.name}.part-*"):
+            debris.unlink(missing_ok=True)
+
+
 def _lost_unit(task: tuple, error: BaseException) -> units.UnitResult:
     work: list[plan.ShardTask] = task[0]
     reason = f"the worker building it died ({_death(error)}); rerun to retry"
+    _sweep_parts(task[1].fits_dir, (p.decode() for t in work for p in t.shard.path))
     return units.UnitResult(rows=sum(len(t.shard) for t in work), sector=task[1].sector,
                             failures=[Failure(int(g), p.decode(), "convert", reason, 0) for t in work
                                       for g, p in zip(t.shard.gaiadr3_id, t.shard.path)])
@@ -254,6 +264,7 @@ def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: E
 
 def _lost_batch(task: tuple, error: BaseException) -> units.UnitResult:
     reason = f"the worker downloading it died ({_death(error)}); rerun to retry"
+    _sweep_parts(task[1].fits_dir, (p for _, p in task[0]))
     return units.UnitResult(rows=len(task[0]), failures=[Failure(g, p, "download", reason, 0) for g, p in task[0]])
 
 
