@@ -187,7 +187,8 @@ def test_version_usage_and_help_name_the_program_run(tmp_path):
                            cwd=tmp_path)
     assert usage.returncode == 2
     assert usage.stderr.splitlines()[0].startswith("usage: tglc-build ")
-    assert usage.stderr.splitlines()[-1] == "tglc-build: error: argument -n/--n_processes: 'x' is not an integer"
+    assert usage.stderr.splitlines()[-1] == ("tglc-build: error: argument -n/--n_processes/--n-processes: 'x' is not "
+                                             "an integer")
     ours = _run(["--version"], tmp_path)
     assert ours.stdout == f"build_parent_sample.py {__version__}\n"
     help_text = " ".join(_run(["--help"], tmp_path).stdout.split())
@@ -256,8 +257,9 @@ def test_the_readme_troubleshooting_lists_what_the_command_says(tmp_path):
     unreachable = _run(["-s", "23", "--mast-url", "http://127.0.0.1:1", "--max-attempts", "1"], tmp_path)
     assert unreachable.stderr.splitlines()[-1].startswith("error: cannot ")
     usage = _run(["-s", "1", "-n", "x"], tmp_path).stderr.splitlines()[-1]
-    assert usage == "build_parent_sample.py: error: argument -n/--n_processes: 'x' is not an integer"
-    assert "error: argument -n/--n_processes: 'x' is not an integer" in section
+    assert usage == ("build_parent_sample.py: error: argument -n/--n_processes/--n-processes: 'x' is not an "
+                     "integer")
+    assert "error: argument -n/--n_processes/--n-processes: 'x' is not an integer" in section
     sector = _run(["-s", "x"], tmp_path).stderr.splitlines()[-1]
     assert sector.startswith("error: sector 'x': 'x' is not a sector or a range") and sector[:40] in section
     for text in ("interrupted: rerun the same command to resume", "is in use by another build; wait for it to finish "

@@ -166,3 +166,20 @@ def test_a_mirror_without_listings_names_the_flag(archive, tmp_path):
     truth = archive.sector
     assert catalog["gaiadr3_id"].tolist() == truth.gaia_ids[truth.expected_catalog_indices()[:100]].tolist()
     assert (catalog.meta["mast_url"], catalog.meta["listing_url"]) == (source.describe(), archive.url)
+
+
+def test_a_mirror_of_light_curves_only_builds_with_listings_from_elsewhere(archive, tmp_path):
+    """With --listing-url, the archive of the light curves needs no listings of its own (a whole build, explicit
+    sector); and a mistyped archive is one line and exit 2, not a failure per light curve (-s all too)."""
+    import shutil
+
+    mirror = write_mirror(tmp_path / "tree", archive)
+    for name in LISTING_DIRS:
+        shutil.rmtree(mirror / name)
+    summary = run.run(BuildArguments(sector=SECTOR, tglc_data_path=tmp_path / "data", mast_url=str(mirror),
+                                     listing_url=archive.url, tiny=True, tiny_size=5))
+    assert summary.converted == 5 and not summary.failures
+    for sector in (str(SECTOR), "all"):
+        with pytest.raises(UsageError, match="does not exist"):
+            run.run(BuildArguments(sector=sector, tglc_data_path=tmp_path / "data2", listing_url=archive.url,
+                                   mast_url=str(tmp_path / "nonexistent"), tiny=True, tiny_size=5, stars=False))

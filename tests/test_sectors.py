@@ -142,7 +142,8 @@ def test_bad_specs_and_paths_exit_2_with_one_line(tmp_path, argv, message):
 def test_index_page_links_are_untrusted_data():
     page = (b'<a href="?C=N;O=D">Name</a><a href="/hlsps/tglc/">Parent</a>'
             b'<a href="hlsp_tglc_tess_ffi_s0007_tess_v1_llc.sh">x</a>'
-            b"<A HREF='https://elsewhere/download_scripts/hlsp_tglc_tess_ffi_s0034_tess_v2_llc.sh'>y</A>"
+            b"<A HREF='https://elsewhere/download_scripts/hlsp_tglc_tess_ffi_s0034_tess_v1_llc.sh'>y</A>"
+            b'<a href="hlsp_tglc_tess_ffi_s0012_tess_v2_llc.sh">no: the build fetches the v1 name</a>'
             b'<a href=hlsp_tglc_tess_ffi_s0008_tess_v1_llc.sh>z</a>'
             b'<a href="hlsp_tglc_tess_ffi_s0009_tess_v1_llc.sh.bak">no</a>'
             b'<a href="hlsp_tglc_tess_ffi_s10_tess_v1_llc.sh">no</a>'
@@ -293,8 +294,12 @@ def test_failures_csv_per_sector_then_a_rerun_completes(tmp_path):
             assert f"Sector {sector}: {len(rows)} object(s) failed; see " in first.stderr
         served = {p for p, k in archive.fits_requests().items() if k == 1}
         assert set().union(*failed.values()) <= served
+        # a sector joins the stars catalog whole: neither has yet
+        assert "Sector(s) 1-2 not joined into the stars catalog" in first.stderr
+        assert not (tmp_path / "data" / "stars").exists()
         second = _build(tmp_path, archive.url, "1-2", "--max-attempts", "3")
         assert second.returncode == 0, second.stderr[-3000:]
+        assert "stars of sectors 1,2 in" in second.stderr
     for sector in SECTORS:
         assert not (tmp_path / "data" / layout.sector_tag(sector) / "failures.csv").exists()
         assert f"Sector {sector}: {_catalog_size(archive, sector)} light curves in the output" in second.stderr

@@ -486,3 +486,24 @@ def test_columns_all_from_hdf5_and_the_calibrated_flux_in_lightkurve(archive, tm
     assert np.all(lc.flux_err.value == head1["CAPE_ERR"])
     (psf,) = star.to_lightkurve("psf_flux")
     assert np.array_equal(_bits(np.asarray(psf.flux.value, np.float32)), _bits(data["psf_flux"].astype("f4")))
+
+
+def test_a_sector_built_again_is_not_kept_stale_and_another_column_set_is_refused_first(archive, tmp_path):
+    """A sector joins once: when its output was built again with other rows (12 light curves, then 20), the stage
+    refuses with one line instead of keeping the old rows silently; a build of another --columns into the same stars
+    catalog is refused before anything is fetched."""
+    from tglc_builder.errors import UsageError
+
+    def args(size: int, **more) -> BuildArguments:
+        return BuildArguments(sector=23, tglc_data_path=tmp_path / "data", mast_url=archive.url, tiny=True,
+                              tiny_size=size, stars=True, **more)
+
+    run(args(12))
+    assert len(_table(tmp_path / "data" / "stars")) == 12
+    outputs = {f: f.read_bytes() for f in (tmp_path / "data").rglob("*.hdf5")}
+    with pytest.raises(UsageError, match="holds a stars catalog of --columns seed; this build is --columns all"):
+        run(args(12, columns="all", overwrite=True))
+    assert {f: f.read_bytes() for f in (tmp_path / "data").rglob("*.hdf5")} == outputs  # refused before building
+    with pytest.raises(UsageError, match=r"holds sector 23 with 12 light curves; its output now holds 20"):
+        run(args(20, overwrite=True))
+    assert len(_table(tmp_path / "data" / "stars")) == 12  # left as it was

@@ -37,8 +37,9 @@ def bulk_script_relpath(sector: int) -> str:
     return f"download_scripts/hlsp_tglc_tess_ffi_{sector_tag(sector)}_tess_v1_llc.sh"
 
 
-# A sector's bulk-download script as an archive's ``download_scripts/`` lists it (any file version ``v<k>``).
-BULK_SCRIPT_NAME = re.compile(r"hlsp_tglc_tess_ffi_s(\d{4})_tess_v\d{1,3}_llc\.sh")
+# A sector's bulk-download script as an archive's ``download_scripts/`` lists it: exactly the name the build then
+# fetches (bulk_script_relpath; MAST names it v1 whatever the versions of the light curves it lists).
+BULK_SCRIPT_NAME = re.compile(r"hlsp_tglc_tess_ffi_s(\d{4})_tess_v1_llc\.sh")
 DOWNLOAD_SCRIPTS = "download_scripts"
 
 

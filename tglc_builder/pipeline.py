@@ -147,8 +147,9 @@ def removed_if_left_empty(folders: Iterable[str | os.PathLike]) -> Iterator[None
 
 
 @contextmanager
-def exclusive(directories: Iterable[Path]) -> Iterator[None]:
-    """Hold an advisory lock on each folder for the build, so a second build on the same folders stops at once.
+def exclusive(directories: Iterable[Path], wait: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on each folder for the build, so a second build on the same folders stops at once
+    (with ``wait``, waits for it instead: a stage that several builds share, such as the stars catalog's).
 
     The lock is taken on the folder itself (``flock`` on a directory descriptor), so no lock file is left in a
     dataset folder that people publish; ``flock`` locks vanish with their process, so a killed build leaves none.
@@ -162,8 +163,11 @@ def exclusive(directories: Iterable[Path]) -> Iterator[None]:
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                raise UsageError(f"{directory} is in use by another build; wait for it to finish or choose other "
-                                 "folders") from None
+                if not wait:
+                    raise UsageError(f"{directory} is in use by another build; wait for it to finish or choose "
+                                     "other folders") from None
+                log.info("Waiting for another build to finish with %s", directory)
+                fcntl.flock(fd, fcntl.LOCK_EX)
         yield
 
 

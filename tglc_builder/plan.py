@@ -59,12 +59,13 @@ class BuildPlan:
         return sum(len(task.shard) for task in self.pending)
 
 
-def plan_shards(catalog, rows_per_shard: int) -> list[Shard]:
-    """The output files of a catalog: per pixel, its rows in catalog order cut into near-equal shards."""
+def plan_shards(catalog, rows_per_shard: int, sector: int | None = None) -> list[Shard]:
+    """The output files of a catalog: per pixel, its rows in catalog order cut into near-equal shards, of ``sector``
+    (default: the catalog's own, in its metadata)."""
     healpix = np.asarray(catalog["healpix"], np.int64)
     order = np.argsort(healpix, kind="stable")
     pixels, starts = np.unique(healpix[order], return_index=True)
-    sector = int(catalog.meta.get("sector", 0))
+    sector = int(catalog.meta.get("sector", 0) if sector is None else sector)
     columns = {name: np.asarray(catalog[name]) for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "cam", "ccd",
                                                             "path")}
     shards = []

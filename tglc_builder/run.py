@@ -15,6 +15,7 @@ import numpy as np
 from astropy.table import Table
 
 from . import layout, listing, plan, targets, units
+from .targets import ranges as _ranges
 from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor, WorkerDied
@@ -97,7 +98,7 @@ def plan_sector(args: BuildArguments, catalog: Table, overwrite: bool) -> Sector
     writers = writers_of(args)
     for writer in writers:
         writable_dir(writer.output_dir, f"{writer.name} output folder")
-    shards = plan.plan_shards(catalog, args.rows_per_shard or plan.rows_per_shard(args.sector))
+    shards = plan.plan_shards(catalog, args.rows_per_shard or plan.rows_per_shard(args.sector), args.sector)
     for writer in writers:  # every folder conflict is found here, before anything is fetched
         writer.prepare(shards, overwrite)
     return SectorBuild(args, catalog, writers, shards)
@@ -183,7 +184,7 @@ def _warn_if_behind(args: BuildArguments, catalog: Table, other: str) -> None:
         (sibling,) = make_writers(args, [other])
     except UsageError:  # its extra is not installed: it cannot be brought up to date here anyway
         return
-    shards = plan.plan_shards(catalog, args.rows_per_shard or plan.rows_per_shard(args.sector))
+    shards = plan.plan_shards(catalog, args.rows_per_shard or plan.rows_per_shard(args.sector), args.sector)
     quiet = logging.getLogger(type(sibling).__module__)
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # its "will be written again" warnings are for builds of that format
@@ -295,18 +296,6 @@ def sectors_of(args: BuildArguments, source: Source) -> tuple[int, ...]:
     return tuple(listed)
 
 
-def _ranges(sectors: tuple[int, ...] | list[int]) -> str:
-    """``1,2,3,7`` -> ``1-3,7``."""
-    parts, start = [], None
-    for k, sector in enumerate(sectors):
-        if start is None:
-            start = sector
-        if k + 1 == len(sectors) or sectors[k + 1] != sector + 1:
-            parts.append(f"{start}-{sector}" if sector > start else str(sector))
-            start = None
-    return ",".join(parts)
-
-
 def failures_path(args: BuildArguments) -> Path:
     """A sector's ``failures.csv``: in ``sSSSS/``, or for a targets build in ``sSSSS/targets-<hash>/`` (so it never
     replaces, nor removes, a whole build's)."""
@@ -335,12 +324,13 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
     if args.joins_stars:  # before anything is fetched: a stars catalog of another choice of stars is refused
         from .stars import check_selection
 
-        check_selection(args.stars_output_dir, args.selection.folder if args.selection is not None else None)
+        check_selection(args.stars_output_dir, args.selection.folder if args.selection is not None else None,
+                        args.columns)
     with removed_if_left_empty(folder for folder, _ in folders):  # a build that fails leaves no empty folder
         for folder, what in folders:
             writable_dir(folder, what)
-        if args.sectors is not None:
-            source.check()
+        if args.sectors is not None or args.listing_url is not None:  # (-s all alone: sectors_of checked it)
+            source.check(listings=args.listing_url is None)
         with exclusive([folder for folder, _ in folders]):
             executor.warm_up(units.__name__)  # the workers start, importing h5py and the reader, while listings arrive
             for one in per_sector:
@@ -375,15 +365,30 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
             log.error("Sector %d: %d object(s) failed; see %s, then rerun the same command to retry them",
                       one.sector, len(summaries[one.sector].failures), failures_path(one))
     if args.joins_stars:
-        if total.fatal or total.failures or executor.stopping_requested:
-            # a sector joins the stars catalog once, whole: joined now, its missing light curves would never be
-            log.warning("The stars catalog (%s) is joined once every sector is whole: rerun the same command",
-                        args.stars_output_dir)
-        else:
-            from .stars import stars_of_build
-
-            stars_of_build(per_sector, executor)
+        join_stars(args, [one for one in per_sector if not summaries[one.sector].failures],
+                   [one.sector for one in per_sector if summaries[one.sector].failures], total, executor)
     return total
+
+
+def join_stars(args: BuildArguments, whole: list[BuildArguments], partial: list[int], total: BuildSummary,
+               executor: Executor) -> None:
+    """The stars stage: the sectors built whole joined into the stars catalog, under its folder's lock (waiting for
+    another build's stars stage). A sector joins once, whole: one with failures waits for a rerun that retries them
+    (joined now, its missing light curves would never be)."""
+    if total.fatal or executor.stopping_requested:
+        log.warning("The stars catalog (%s) is not joined: the build stopped early; rerun the same command",
+                    args.stars_output_dir)
+        return
+    if partial:
+        log.warning("Sector(s) %s not joined into the stars catalog %s: some of their light curves failed; rerun "
+                    "the same command to retry them, and they join", _ranges(partial), args.stars_output_dir)
+    if not whole:
+        return
+    from .stars import stars_of_build
+
+    writable_dir(args.stars_output_dir, "stars_output_path")
+    with exclusive([args.stars_output_dir], wait=True):
+        stars_of_build(whole, executor)
 
 
 def choose_stars(args: BuildArguments, per_sector: list[BuildArguments],

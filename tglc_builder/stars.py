@@ -691,10 +691,14 @@ def _span(sectors: list[int]) -> str:
     return ",".join(str(s) for s in sectors) or "none"
 
 
-def check_selection(stars_path: str | os.PathLike, selection: str | None) -> None:
+def check_selection(stars_path: str | os.PathLike, selection: str | None, columns: str | None = None) -> None:
     """Refuse (UsageError) a stars catalog built from another choice of stars (another ``--targets``/``--cone``, or
-    every star): its sectors would be kept as they are, holding other stars than the build's."""
+    every star): its sectors would be kept as they are, holding other stars than the build's; and, given
+    ``columns``, one of another column set (before anything is fetched, not after the build)."""
     stamp = _read_json(Path(stars_path) / CATALOG / STAMP)
+    if stamp and columns is not None and stamp.get("columns") != columns:
+        raise UsageError(f"{stars_path} holds a stars catalog of --columns {stamp.get('columns')}; this build is "
+                         f"--columns {columns}: choose another --stars_output_path")
     if stamp and stamp.get("selection") != selection:
         held = f"the stars chosen as {stamp['selection']}" if stamp.get("selection") else "every star"
         this = f"the stars chosen as {selection}" if selection else "every star"
@@ -756,6 +760,13 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
             _widen(flags, name, dtype)
     new_sectors = sorted(set(by_sector) - set(old_sectors))
     skipped = sorted(set(by_sector) & set(old_sectors))
+    held = (stamp or {}).get("sector_light_curves", {})
+    for sector in skipped:  # a sector joins once: one whose output changed since (rebuilt) must not go stale silently
+        now = _count_rows(by_sector[sector])
+        if str(sector) in held and held[str(sector)] != now:
+            raise UsageError(f"{root} holds sector {sector} with {held[str(sector)]} light curves; its output "
+                             f"now holds {now} (it was built again): join it into a new --stars_output_path, or "
+                             f"remove {root} to build the stars catalog again")
     if skipped:
         log.info("Sectors %s are already in the stars catalog %s; kept as they are", _span(skipped), root)
     threshold = pixel_threshold if pixel_threshold is not None else (stamp or {}).get("threshold")
@@ -851,6 +862,7 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
                  "schema": digest, "threshold": threshold, "partitions": [[p.order, p.pixel] for p in parts],
                  "staged": [p.relpath() for p in to_write], "stars": summary.stars,
                  "light_curves": int(stamp["light_curves"] if stamp else 0) + _count_rows(new_sources),
+                 "sector_light_curves": held | {str(s): _count_rows(by_sector[s]) for s in new_sectors},
                  "tglc_builder_version": __version__, **({"selection": selection} if selection else {})}
     _write_bytes(catalog / STAMP, (json.dumps(new_stamp, sort_keys=True) + "\n").encode())
     log.debug("Stars catalog %s: %d partition(s) committed; finishing", root, len(to_write))

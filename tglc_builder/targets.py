@@ -304,7 +304,7 @@ def report_rows(choice: Choice, built: Mapping[int, set[int]], sectors: Sequence
     """One row per target (per star found, for a cone): ``built`` maps each sector to the Gaia ids that have a light
     curve in its outputs; ``sectors`` are the build's sectors (for the reasons)."""
     selection = choice.selection
-    where = _ranges(sectors)
+    where = ranges(sectors)
     nothing = {"gaiadr3_id": f"no light curve of this Gaia DR3 id in sector(s) {where}",
                "tic_id": f"no light curve of a star with this TIC id in sector(s) {where}",
                "position": f"no star within {selection.radius * 3600:g} arcsec in sector(s) {where}",
@@ -338,7 +338,8 @@ def _row(target: str, kind: str, star: str, sectors: str, reason: str) -> dict[s
     return dict(zip(REPORT_COLUMNS, (target, kind, star, sectors, reason)))
 
 
-def _ranges(sectors: Sequence[int]) -> str:
+def ranges(sectors: Sequence[int]) -> str:
+    """``1,2,3,7`` -> ``1-3,7``."""
     sectors = sorted(sectors)
     parts, start = [], None
     for k, sector in enumerate(sectors):

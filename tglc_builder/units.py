@@ -337,9 +337,9 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
             result.fatal = result.fatal or (str(exc) if exc.disk_full else None)
         reason = "; ".join(f"{name} output: {exc}" for name, exc in lost.items()) + \
             f" (the shard's {' and '.join(whole)} file is whole)"
-        done = {f.gaiadr3_id for f in result.failures}
+        done = {f.path for f in result.failures}  # by path: a star listed twice in a sector is two rows
         result.failures += [Failure(int(g), p.decode(), "write", reason, 1, whole_in=whole)
-                            for g, p in zip(shard.gaiadr3_id, shard.path) if int(g) not in done]
+                            for g, p in zip(shard.gaiadr3_id, shard.path) if p.decode() not in done]
         result.files_written += len(whole)
         return
     written = len(shard) - (len(result.failures) - failed_before)

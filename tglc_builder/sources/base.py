@@ -100,8 +100,9 @@ class Source(abc.ABC):
         """Where ``relpath`` already is on this machine when the source is read in place (a mirror), else None."""
         return None
 
-    def check(self) -> None:  # noqa: B027 - optional: most sources need no check beyond fetching the listings
-        """Raise UsageError (one line naming the root) when the source cannot be used at all."""
+    def check(self, listings: bool = True) -> None:  # noqa: B027 - optional: most need no check beyond fetching
+        """Raise UsageError (one line naming the root) when the source cannot be used at all (``listings``: for its
+        listings too; False when they come from another root, --listing-url)."""
 
     def list_sectors(self) -> list[int]:
         """The sectors whose bulk-download script the archive lists in ``download_scripts/`` (its index page, a

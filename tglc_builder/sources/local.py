@@ -52,12 +52,12 @@ class LocalSource(Source):
     def local_path(self, relpath: str) -> Path:
         return self._path(relpath)
 
-    def check(self) -> None:
+    def check(self, listings: bool = True) -> None:
         if not self.root.is_dir():
             what = "is not a directory" if self.root.exists() else "does not exist"
             raise UsageError(f"mirror {self.root} {what}: give a directory holding a MAST tree "
                              "(download_scripts/, target_lists/, sSSSS/...)")
-        missing = [name + "/" for name in LISTING_DIRS if not (self.root / name).is_dir()]
+        missing = [name + "/" for name in LISTING_DIRS if listings and not (self.root / name).is_dir()]
         if missing:
             raise UsageError(f"mirror {self.root} is not a MAST tree (no {' or '.join(missing)} in it): give the "
                              "directory that holds download_scripts/, target_lists/ and sSSSS/")

@@ -131,7 +131,7 @@ class S3Source(Source):
         return _filesystem(self.anon, self.endpoint, self.connections)
 
     # ---- check -------------------------------------------------------------------------------------------------
-    def check(self) -> None:
+    def check(self, listings: bool = True) -> None:
         fs = _new_filesystem(self.anon, self.endpoint, 1)  # not cached: credentials as they are now
         try:
             found = sync(fs.loop, asyncio.wait_for, self._probe(fs), CHECK_TIMEOUT)
