@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -89,7 +90,8 @@ class TGLC_Downloader:
         ``mast_url`` itself.
     client : a ``dask.distributed.Client``: run the work on its cluster instead of a local process pool (its
         workers must share ``fits_dir`` and the output folders with this process).
-    format, columns, hats_output_dir, ... : as the command line's flags (see ``BuildArguments``).
+    format, columns, hats_output_dir, stars, targets, cone, ... : as the command line's flags (see
+        ``BuildArguments``).
     """
 
     def __init__(self, sector: int | str | list[int], tglc_data_path: str | os.PathLike,
@@ -100,14 +102,18 @@ class TGLC_Downloader:
                  format: str = "hdf5", columns: str = "seed", hats_output_dir: str | os.PathLike | None = None,
                  hats_extras: bool = False, verify: bool = False, refresh_listings: bool = False,
                  demo_size: int = cli.DEFAULT_DEMO_SIZE, rows_per_shard: int | None = None,
-                 listing_url: str | None = None):
+                 listing_url: str | None = None, stars: bool | None = None,
+                 stars_output_dir: str | os.PathLike | None = None, stars_pixel_threshold: int | None = None,
+                 targets: Any = None, cone: Sequence[float] | None = None, match_radius: float | None = None):
         self.arguments = BuildArguments(
             sector=sector, tglc_data_path=tglc_data_path, hdf5_output_dir=hdf5_output_dir, fits_dir=fits_dir,
             hats_output_dir=hats_output_dir, mast_url=None if mast_url == "demo" else mast_url,
             n_processes=n_processes, format=format, columns=columns, hats_extras=hats_extras,
             connections=connections, max_attempts=max_attempts, max_wait=max_wait, overwrite=overwrite,
             clean_fits=clean_fits, verify=verify, refresh_listings=refresh_listings, rows_per_shard=rows_per_shard,
-            batch_size=_BATCH_SIZE, listing_url=listing_url)
+            batch_size=_BATCH_SIZE, listing_url=listing_url, stars=stars, stars_output_dir=stars_output_dir,
+            stars_pixel_threshold=stars_pixel_threshold, targets=targets, cone=cone,
+            **({} if match_radius is None else {"match_radius": match_radius}))
         self.client = client
         self._demo_size = demo_size if mast_url == "demo" else None
         self._stack = contextlib.ExitStack()

@@ -399,3 +399,19 @@ def test_choose_equals_brute_force(radius):
         cone = targets.cone_selection([str(at_ra[k]), str(at_dec[k]), str(radius)])
         inside = np.flatnonzero(asked[k].separation(every).deg <= radius) + 1
         assert targets.choose(cone, catalogs).gaiadr3_ids.tolist() == inside.tolist()
+
+
+def test_the_python_class_takes_the_choice_of_stars(tmp_path):
+    """TGLC_Downloader(targets=..., stars=False): the same choice as the command line's, from Python."""
+    from build_parent_sample import TGLC_Downloader
+
+    with LocalArchive(sectors=[1, 2], n=40, seed=5) as archive:
+        catalog_ids = archive.release[1].gaia_ids[:2].tolist()
+        table = tmp_path / "targets.csv"
+        table.write_text("gaiadr3_id\n" + "\n".join(map(str, catalog_ids)) + "\n")
+        with TGLC_Downloader(sector="1-2", tglc_data_path=tmp_path / "data", hdf5_output_dir=None, fits_dir=None,
+                             mast_url=archive.url, targets=str(table), stars=False) as d:
+            summary = d.download_sector()
+        fetched = {p for p, k in archive.fits_requests().items() if k}
+    assert summary.failures == [] and 0 < summary.converted == len(fetched)
+    assert all(any(f"gaiaid-{g}-" in p for g in catalog_ids) for p in fetched)
