@@ -425,6 +425,9 @@ def test_temporary_files_of_killed_workers_are_removed_not_those_of_live_ones(tm
         alive.write_bytes(b"y" * 1000)
         old = folder / f".good.fits.part-{_dead_pid()}"  # of a listing's or S3's naming: no thread id
         old.write_bytes(b"z")
+        # the item's own: removed whatever its process (a killed worker not quite dead yet, or its PID reused)
+        own = folder / f".good.fits.part-{live.pid}-3"
+        own.write_bytes(b"w")
         assert killed.is_file()
         with Server(_serve_body) as archive:
             got = _fetch(archive.url, ["s0023/cam1-ccd1/good.fits"], tmp_path, client)

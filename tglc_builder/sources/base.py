@@ -149,10 +149,12 @@ def too_big(where: str, cap: int, announced: int | None = None) -> Refused:
 _PART = re.compile(r"\.part-(\d+)(?:-\d+)?$")  # a temporary file's suffix: the process (and thread) writing it
 
 
-def remove_stale_parts(folder: Path) -> list[Path]:
+def remove_stale_parts(folder: Path, item: str | None = None) -> list[Path]:
     """Remove the temporary files (``.NAME.part-PID[-TID]``) in ``folder`` whose process is gone (a worker killed by
     the OOM killer or SIGKILL writes no cleanup); those of live processes, this one's included, are downloads in
-    flight and are kept. Returns what was removed."""
+    flight and are kept. ``item``: the name of the file about to be fetched, whose own temporary files are removed
+    whatever their process (a build holds its folders' locks, and fetches an item once at a time: they are debris,
+    even of a killed worker that has not quite died yet, or whose PID came back). Returns what was removed."""
     try:
         entries = [entry.name for entry in os.scandir(folder) if entry.name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
@@ -160,7 +162,7 @@ def remove_stale_parts(folder: Path) -> list[Path]:
     removed = []
     for name in entries:
         match = _PART.search(name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or (_alive(int(match.group(1))) and name[1:match.start()] != item):
             continue
         try:
             os.unlink(Path(folder) / name)

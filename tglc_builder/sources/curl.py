@@ -373,7 +373,7 @@ class _Transfers:
         if is_present(dest):
             self._publish(i, Fetched(dest, downloaded=False))
             return None
-        base.remove_stale_parts(dest.parent)  # of workers that were killed
+        base.remove_stale_parts(dest.parent, dest.name)  # of workers that were killed
         return _Transfer(i, gaia, relpath, dest, f"{self.url}/{relpath}")
 
     def _start(self, transfer: _Transfer) -> None:

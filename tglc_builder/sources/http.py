@@ -173,7 +173,7 @@ class HttpSource(Source):
         try:
             if started is not None:
                 started()
-            base.remove_stale_parts(dest.parent)  # of workers that were killed
+            base.remove_stale_parts(dest.parent, dest.name)  # of workers that were killed
             download = net.download_file(session, f"{self.url}/{relpath}", dest,
                                          validate=lambda tmp: checked.append(validate(tmp, i)),
                                          quarantine=quarantine_path(fits_dir, relpath),

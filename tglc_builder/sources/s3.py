@@ -316,7 +316,7 @@ def _temporary_name(fits_dir: Path, relpath: str) -> Path | None:
     dest = fits_dir / relpath
     if not is_contained(relpath) or is_present(dest):
         return None
-    remove_stale_parts(dest.parent)  # of workers that were killed
+    remove_stale_parts(dest.parent, dest.name)  # of workers that were killed
     return dest.with_name(f".{dest.name}.part-{os.getpid()}")
 
 
