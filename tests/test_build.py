@@ -92,20 +92,3 @@ def test_demo_archive_runs_the_whole_pipeline(tmp_path):
     found = assert_contract(tmp_path / "out", catalog, tmp_path / "fits")
     assert sum(len(v) for v in found.values()) == 100
     assert np.all(np.asarray(catalog["sector"]) == 5)
-
-
-def test_import_soon_loads_modules_ahead_and_leaves_failures_to_the_real_import(tmp_path, monkeypatch):
-    import importlib
-    import sys
-
-    from tglc_builder.pipeline import import_soon
-
-    (tmp_path / "tglc_soon_ok.py").write_text("VALUE = 42\n")
-    (tmp_path / "tglc_soon_bad.py").write_text("raise ZeroDivisionError('at import')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("tglc_soon_ok", "tglc_soon_bad"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    import_soon("tglc_soon_bad", "tglc_soon_ok").join(30)  # the failure does not stop the next import
-    assert sys.modules["tglc_soon_ok"].VALUE == 42 and "tglc_soon_bad" not in sys.modules
-    with pytest.raises(ZeroDivisionError, match="at import"):
-        importlib.import_module("tglc_soon_bad")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
-import importlib
 import io
 import logging
 import os
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -92,23 +90,6 @@ def closing_lines(summaries: dict[int, BuildSummary]) -> list[str]:
         what = "it" if len(folders) == 1 else "one"
         lines.append(f'Load {what} with: datasets.load_dataset("{folders[0][1]}", split="train")')
     return lines
-
-
-def import_soon(*modules: str) -> threading.Thread:
-    """Import ``modules`` in a thread of their own, so that what the driver needs later (healpy for the catalog,
-    ``datasets`` for the dataset card: ~1 s each) loads while it waits on the network or on its workers. Python's
-    import locks make the later ``import`` wait for this one, not run it twice; an import that fails here is
-    dropped from ``sys.modules`` and fails again, with its traceback, where the module is needed."""
-    def load() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001, S110 - raised again where it is imported for real
-                pass
-
-    thread = threading.Thread(target=load, name="tglc-imports")
-    thread.start()
-    return thread
 
 
 def writable_dir(path: str | os.PathLike, what: str) -> Path:

@@ -20,7 +20,7 @@ from .arguments import BuildArguments
 from .errors import Failure, UsageError
 from .executor import Executor, WorkerDied
 from .formats import FORMATS, Writer, format_spec, make_writers
-from .pipeline import BuildSummary, closing_lines, exclusive, import_soon, remove_debris, removed_if_left_empty, \
+from .pipeline import BuildSummary, closing_lines, exclusive, remove_debris, removed_if_left_empty, \
     writable_dir,     write_failure_report, write_text
 from .sources import DEFAULT_MAST_URL, Source, open_source
 
@@ -50,7 +50,6 @@ def writers_of(args: BuildArguments) -> list[Writer]:
 
 def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = True) -> Table:
     """The sector's catalog: objects in both listings, each once, in listing order, with their HEALPix pixel."""
-    import_soon("healpy")  # ~1 s (it loads matplotlib): while the listings arrive and are parsed
     sector_dir = writable_dir(args.sector_dir, "tglc_data_path")
     listing_source = open_listing_source(args, source)
     listings = listing.fetch_listings(args.sector, args.tglc_data_path, listing_source,
@@ -143,7 +142,6 @@ def build_sectors(sectors: list[SectorBuild], args: BuildArguments, source: Sour
              "complete", len(shards), len({(s.sector, s.pixel) for s in shards}),
              f" of {len(sectors)} sectors" if len(sectors) > 1 else "", total, len(work),
              sum(summary.complete for summary in summaries.values()))
-    import_soon("tglc_builder.formats.card")  # datasets, for the cards, while the workers build
     left = {sector: sum(1 for unit in work if unit[0].shard.sector == sector) for sector in summaries}
     fetching = next((sector for sector, n in left.items() if n), None)
     if len(sectors) > 1 and fetching is not None:
