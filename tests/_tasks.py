@@ -7,11 +7,10 @@ import signal
 import time
 from pathlib import Path
 
-from tglc_builder import executor
 
 
-def square(x: int) -> int:
-    executor.advance()
+def square(x: int, context) -> int:
+    context.advance(1)
     return x * x
 
 
@@ -20,9 +19,10 @@ def whoami(delay: float = 0.0) -> int:
     return os.getpid()
 
 
-def slow_square(x: int, delay: float) -> int:
+def slow_square(x: int, delay: float, context=None) -> int:
     time.sleep(delay)
-    executor.advance()
+    if context is not None:
+        context.advance(1)
     return x * x
 
 
@@ -43,11 +43,11 @@ def die_once(marker: str, tag: str) -> str:
     return tag
 
 
-def poll_until_stopped(limit: float) -> str:
+def poll_until_stopped(limit: float, context) -> str:
     """A task that checks ``stopping()`` between small pieces of work, as every unit of a build does."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        if executor.stopping():
+        if context.stopping():
             return "stopped"
         time.sleep(0.02)
     return "ran out"
@@ -61,71 +61,71 @@ def ignore_stop(seconds: float, started: str | None = None) -> str:
     return "finished"
 
 
-def dispatch(kind: str, args: tuple):
+def dispatch(kind: str, args: tuple, context):
     """One task list mixing kinds of tasks: ``("die", (tag,))`` or ``("square", (x, delay))``."""
-    return {"die": die, "square": slow_square}[kind](*args)
+    return die(*args) if kind == "die" else slow_square(*args, context)
 
 
 def throttled_download(url: str, dest: str) -> tuple[int, float, float]:
     """Download ``url`` through the build's HTTP code; return this process's id, the seconds it took and the moment
     (``time.time()``) until which the pool's shared throttle then held every download back."""
-    from tglc_builder import net
+    from tglc_builder.sources import net
 
     started = time.monotonic()
     net.download_file(net.make_session(max_attempts=3), url, Path(dest))
-    return os.getpid(), time.monotonic() - started, executor.shared_value("throttle").value
+    return os.getpid(), time.monotonic() - started, net.throttle(url)._until.value
 
 
-def pause_downloads(seconds: float, busy: float) -> int:
-    """Pause every download of the pool for ``seconds`` (as a 429 would), then stay busy ``busy`` seconds."""
-    from tglc_builder import net
+def pause_downloads(url: str, seconds: float, busy: float) -> int:
+    """Pause every download of ``url``'s archive for ``seconds`` (as a 429 would), then stay busy ``busy`` seconds."""
+    from tglc_builder.sources import net
 
-    net.throttle().pause(seconds, 600.0, "127.0.0.1:test", 429)
+    net.throttle(url).pause(seconds, 600.0, "127.0.0.1:test", 429)
     time.sleep(busy)
     return os.getpid()
 
 
-def wait_for_downloads(delay: float) -> tuple[int, float, bool]:
-    """After ``delay`` seconds, wait as a download would before its request; return the seconds waited."""
-    from tglc_builder import net
+def wait_for_downloads(url: str, delay: float, context) -> tuple[int, float, bool]:
+    """After ``delay`` seconds, wait as a download of ``url`` would before its request; return the seconds waited."""
+    from tglc_builder.sources import net
 
     time.sleep(delay)
     started = time.monotonic()
-    free = net.throttle().wait(executor.stopping)
+    free = net.throttle(url).wait(context.stopping)
     return os.getpid(), time.monotonic() - started, free
 
 
-def dispatch_throttle(kind: str, args: tuple):
-    return {"pause": pause_downloads, "wait": wait_for_downloads}[kind](*args)
+def dispatch_throttle(kind: str, args: tuple, context):
+    return pause_downloads(*args) if kind == "pause" else wait_for_downloads(*args, context)
 
 
-def die_once_while_busy(marker: str, tag: str, seconds: float) -> str:
+def die_once_while_busy(marker: str, tag: str, seconds: float, context) -> str:
     """Calls the pool's shared helpers in a tight loop (progress, the stop flag, the throttle) and, the first time
     it runs, is SIGKILLed by a thread of its own at an arbitrary moment of that loop, as the OOM killer would: a
     worker can die anywhere, also inside whatever those helpers do."""
     import random
     import threading
 
-    from tglc_builder import net
+    from tglc_builder.sources import net
 
     path = Path(f"{marker}-{tag}")
     if not path.exists():
         path.write_text(str(os.getpid()))
         threading.Timer(random.uniform(0.05, 0.3), os.kill, (os.getpid(), signal.SIGKILL)).start()
-    throttle = net.throttle()
+    throttle = net.throttle("http://127.0.0.1:9")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        executor.advance(0)
-        executor.stopping()
-        throttle.wait(executor.stopping)
+        context.advance(0)
+        context.stopping()
+        throttle.wait(context.stopping)
     return tag
 
 
-def hand_over_then(after: float, busy: float, tag: str = "") -> tuple[int, float, float]:
+def hand_over_then(after: float, busy: float, tag: str = "", *, context) -> tuple[int, float, float]:
     """Hand the worker over after ``after`` seconds (as a unit does once its last download is asked for), then stay
     busy ``busy`` seconds; return this process's id and when the task started and ended (``time.time()``)."""
     started = time.time()
-    release = executor.hand_over()
+    release = context.hand_over
     time.sleep(after)
     release()
     release()  # a second call changes nothing
@@ -140,9 +140,9 @@ def busy_for(seconds: float) -> tuple[int, float, float]:
     return os.getpid(), started, time.time()
 
 
-def die_after_hand_over(after: float) -> None:
+def die_after_hand_over(after: float, context) -> None:
     """Hands over, then is killed as the OOM killer would, every time: beside whatever task its worker took next."""
-    executor.hand_over()()
+    context.hand_over()
     time.sleep(after)
     os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(60)
@@ -161,24 +161,26 @@ def count_runs(marker: str, seconds: float) -> int:
     return len(Path(marker).read_text().splitlines())
 
 
-def dispatch_hand_over(kind: str, args: tuple):
-    return {"die": die_after_hand_over, "hand": hand_over_then, "busy": busy_for, "die_once": die_once,
-            "count": count_runs}[kind](*args)
+def dispatch_hand_over(kind: str, args: tuple, context):
+    if kind in ("die", "hand"):
+        return {"die": die_after_hand_over, "hand": hand_over_then}[kind](*args, context=context)
+    return {"busy": busy_for, "die_once": die_once, "count": count_runs}[kind](*args)
 
 
-def hand_over_then_raise(after: float) -> None:
+def hand_over_then_raise(after: float, context) -> None:
     """Hands over at once, then fails with an exception of its own after ``after`` seconds."""
-    executor.hand_over()()
+    context.hand_over()
     time.sleep(after)
     raise ValueError("this task failed")
 
 
-def dispatch_runs(kind: str, args: tuple):
-    return {"raise": hand_over_then_raise, "busy": busy_for, "tag": lambda tag: tag,
-            "die": die_after_hand_over}[kind](*args)
+def dispatch_runs(kind: str, args: tuple, context):
+    if kind in ("raise", "die"):
+        return {"raise": hand_over_then_raise, "die": die_after_hand_over}[kind](*args, context=context)
+    return {"busy": busy_for, "tag": lambda tag: tag}[kind](*args)
 
 
-def build_unit_with_a_deadly_file(work, settings):
+def build_unit_with_a_deadly_file(work, settings, context):
     """``units.build_unit``, in a worker process that is SIGKILLed (as the OOM killer would kill it) whenever it
     reads the light curve of the Gaia id named by ``TGLC_TEST_DEADLY_GAIA``: a hostile file, for real, without
     depending on what the reader bounds."""
@@ -194,12 +196,11 @@ def build_unit_with_a_deadly_file(work, settings):
             return real(path, gaia, *args, **kwargs)
 
         units.read_tglc, units._deadly = read, True
-    return units.build_unit(work, settings)
+    return units.build_unit(work, settings, context)
 
 
-def read_items(items: list[int], deadly: int) -> list[int]:
+def read_items(items: list[int], deadly: int, context) -> list[int]:
     """Reads each item under a breadcrumb (as a unit reads each file); reading ``deadly`` kills the worker."""
-    context = executor.task_context()
     for item in items:
         with context.reading(item):
             if item == deadly:
@@ -209,5 +210,5 @@ def read_items(items: list[int], deadly: int) -> list[int]:
     return items
 
 
-def dispatch_stop(kind: str, args: tuple):
-    return {"poll": poll_until_stopped, "ignore": ignore_stop}[kind](*args)
+def dispatch_stop(kind: str, args: tuple, context):
+    return poll_until_stopped(*args, context) if kind == "poll" else ignore_stop(*args)

@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -19,11 +20,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import run_env
-from tglc_builder import executor, layout, listing, net
+from tglc_builder import layout, listing
+from tglc_builder.context import OUTSIDE, TaskContext
 from tglc_builder.demo.server import LocalArchive
 from tglc_builder.errors import Failure
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources import Fetched, SourceError, open_source, quarantine_path
+from tglc_builder.sources import net
 from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES
 from tglc_builder.sources.http import HttpSource, default_client
 
@@ -115,12 +118,10 @@ class FramingServer:
 
 
 @pytest.fixture(autouse=True)
-def build_state(monkeypatch):
-    """A stop flag and a throttle of this test's own, as a pool's initializer gives every worker."""
-    stop = multiprocessing.RawValue("b", 0)
-    monkeypatch.setitem(executor._worker, "stop", stop)
-    monkeypatch.setitem(executor._worker, "shared", {"throttle": multiprocessing.RawValue("d", 0.0)})
-    return stop
+def build_state(monkeypatch, tmp_path_factory):
+    """A stop flag and throttles of this test's own (their files in a folder of its own)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("throttles")))
+    return multiprocessing.RawValue("b", 0)
 
 
 def _no_debris(folder: Path) -> bool:
@@ -272,7 +273,7 @@ def test_retry_after_pauses_everyone_once_up_to_max_wait(tmp_path, caplog):
 
         threads = [threading.Thread(target=fetch, args=(path,)) for path in paths]
         started = time.monotonic()
-        with caplog.at_level(logging.INFO, logger="tglc_builder.net"):
+        with caplog.at_level(logging.INFO, logger="tglc_builder.sources.net"):
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -293,7 +294,7 @@ def test_a_pause_ends_at_once_when_the_build_stops(tmp_path, build_state):
 
         def fetch() -> None:
             try:
-                _download(server, "/f", tmp_path / "f", max_wait=300.0)
+                _download(server, "/f", tmp_path / "f", max_wait=300.0, stopping=lambda: bool(build_state.value))
             except BaseException as exc:  # noqa: BLE001 - checked below
                 outcome.append(exc)
 
@@ -360,7 +361,7 @@ def test_fetch_many_end_to_end(tmp_path, client):
         def validate(path: Path, i: int):
             return read_tglc(path, items[i][0])
 
-        results = list(source.fetch_many(items, fits, validate, lambda: False))
+        results = list(source.fetch_many(items, fits, validate, OUTSIDE))
         assert [i for i, _ in results] == list(range(13))
         for i, outcome in results:
             if i in (3, 12):
@@ -378,7 +379,7 @@ def test_fetch_many_end_to_end(tmp_path, client):
         assert _no_debris(fits)
 
         before = archive.fits_requests()
-        again = list(source.fetch_many(items, fits, validate, lambda: False))
+        again = list(source.fetch_many(items, fits, validate, OUTSIDE))
         assert all(isinstance(o, Fetched) and not o.downloaded and o.checked is None for i, o in again
                    if i not in (3, 12))
         after = archive.fits_requests()
@@ -395,7 +396,7 @@ def test_fetch_many_runs_at_most_a_window_ahead_of_its_consumer(tmp_path, client
         items = _items(archive, 120)
         source = HttpSource(archive.url, connections=2, client=client)
         ahead = WINDOW * 2
-        fetched = source.fetch_many(items, tmp_path, lambda path, i: None, lambda: False)
+        fetched = source.fetch_many(items, tmp_path, lambda path, i: None, OUTSIDE)
         consumed = 0
         for target in (1, 30):
             while consumed < target:
@@ -411,7 +412,7 @@ def test_fetch_many_runs_at_most_a_window_ahead_of_its_consumer(tmp_path, client
 
 @CLIENTS
 def test_a_call_beside_the_one_that_started_all_its_downloads_shares_its_connections(tmp_path, client):
-    """The next work unit starts once a unit's last download has started (``started_all``, see executor.hand_over):
+    """The next work unit starts once a unit's last download has started (``TaskContext.hand_over``):
     both calls share the process's connections, and never have more in flight together than it was given."""
     with LocalArchive(sector=23, n=12, seed=5, latency=0.2) as archive:
         items = _items(archive, 12)
@@ -420,12 +421,12 @@ def test_a_call_beside_the_one_that_started_all_its_downloads_shares_its_connect
         threads: list[threading.Thread] = []
 
         def start_the_next():  # as the worker does when the unit hands over
-            fetch = source.fetch_many(items[4:], tmp_path, lambda path, i: None, lambda: False)
+            fetch = source.fetch_many(items[4:], tmp_path, lambda path, i: None, OUTSIDE)
             threads.append(threading.Thread(target=lambda: beside.extend(fetch)))
             threads[-1].start()
 
-        first = list(source.fetch_many(items[:4], tmp_path, lambda path, i: None, lambda: False,
-                                       started_all=start_the_next))
+        first = list(source.fetch_many(items[:4], tmp_path, lambda path, i: None,
+                                       TaskContext(hand_over=start_the_next)))
         assert len(threads) == 1  # once
         threads[0].join(30)
         # Three in flight from the first call, then its last beside two of the next: four without a shared budget.
@@ -464,7 +465,7 @@ def test_calls_that_fail_taking_up_their_items_leave_every_connection_to_the_nex
         source = HttpSource(archive.url, connections=2, client=client)
 
         def fetch():
-            return list(source.fetch_many(items, tmp_path, lambda path, i: None, lambda: False))
+            return list(source.fetch_many(items, tmp_path, lambda path, i: None, OUTSIDE))
 
         blocker = tmp_path / items[0][1].split("/")[0]
         blocker.write_text("not a folder")
@@ -483,7 +484,7 @@ def test_fetch_many_stops_cleanly(tmp_path, client):
         items = _items(archive, 40)
         got: list[int] = []
         source = HttpSource(archive.url, connections=4, client=client)
-        for i, outcome in source.fetch_many(items, tmp_path, lambda path, i: None, lambda: len(got) >= 3):
+        for i, outcome in source.fetch_many(items, tmp_path, lambda path, i: None, TaskContext(lambda: len(got) >= 3)):
             assert isinstance(outcome, Fetched)
             got.append(i)
         assert got == [0, 1, 2]
@@ -496,6 +497,7 @@ def test_fetch_many_stops_cleanly(tmp_path, client):
 _FULL_DISK_CHILD = """
 import json, resource, signal, sys
 from pathlib import Path
+from tglc_builder.context import OUTSIDE
 from tglc_builder.sources import DiskFull
 from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES
 from tglc_builder.sources.http import HttpSource, default_client
@@ -506,7 +508,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.getrlimit(resource.RL
 yielded = 0
 try:
     for _ in HttpSource(url, connections=3, client=client).fetch_many([tuple(x) for x in items], folder,
-                                                                      lambda p, i: None, lambda: False):
+                                                                      lambda p, i: None, OUTSIDE):
         yielded += 1
 except DiskFull as exc:
     print(json.dumps({"folder": exc.folder, "message": str(exc), "yielded": yielded}))
@@ -535,7 +537,7 @@ def _fetch(server: FramingServer, names: list[str], folder: Path, client: str, *
     items = [(1000 + k, name) for k, name in enumerate(names)]
     source = HttpSource(server.url, client=client, **settings)
     return {items[i][1]: outcome for i, outcome in source.fetch_many(items, folder, lambda path, i: None,
-                                                                     lambda: False)}
+                                                                     OUTSIDE)}
 
 
 @CLIENTS
@@ -571,7 +573,7 @@ def test_fetch_many_retry_after_pauses_every_download_once(tmp_path, caplog, cli
     names = [f"f{k}" for k in range(4)]
     with FramingServer({f"/{name}": ["429:3600", "length"] for name in names}, gate=threading.Barrier(4)) as server:
         started = time.monotonic()
-        with caplog.at_level(logging.INFO, logger="tglc_builder.net"):
+        with caplog.at_level(logging.INFO, logger="tglc_builder.sources.net"):
             got = _fetch(server, names, tmp_path, client, connections=4, max_attempts=3, max_wait=1.0)
         elapsed = time.monotonic() - started
         assert all(server.requests[f"/{name}"] == 2 for name in names)
@@ -608,7 +610,7 @@ def test_fetch_many_raises_an_unforeseen_error_and_leaves_no_debris(tmp_path, cl
     with FramingServer({"/f": ["length"]}) as server:
         source = HttpSource(server.url, client=client)
         with pytest.raises(RuntimeError, match="bug while checking item 0"):
-            list(source.fetch_many([(1000, "f")], tmp_path, validate, lambda: False))
+            list(source.fetch_many([(1000, "f")], tmp_path, validate, OUTSIDE))
     assert not (tmp_path / "f").exists() and _no_debris(tmp_path)
 
 
@@ -620,7 +622,7 @@ def test_fetch_many_reuses_its_connections_from_one_call_to_the_next(tmp_path, c
     with FramingServer({f"/{name}": ["length"] for name in names}) as server:
         source = HttpSource(server.url, connections=2, client=client)
         for part in (items[:4], items[4:8], items[8:]):
-            got = list(source.fetch_many(part, tmp_path, lambda path, i: None, lambda: False))
+            got = list(source.fetch_many(part, tmp_path, lambda path, i: None, OUTSIDE))
             assert all(isinstance(outcome, Fetched) for _, outcome in got)
         first, later = set(server.peers[:4]), set(server.peers[4:])
     assert len(server.peers) == 12 and len(first) <= 2 and later <= first

@@ -272,7 +272,8 @@ def test_throttling_pauses_every_worker(tmp_path):
         assert until > time.time() - 1.5  # and published to the whole pool
         assert (tmp_path / "a.fits").read_bytes() == archive.sector.fits_bytes(0)
 
-        results = run(ex, _tasks.dispatch_throttle, [("pause", (4.0, 1.5)), ("wait", (0.5,))])
+        results = run(ex, _tasks.dispatch_throttle,
+                      [("pause", (archive.url, 4.0, 1.5)), ("wait", (archive.url, 0.5))])
     [pauser] = [r for r in results if isinstance(r, int)]
     [(waiter, waited, free)] = [r for r in results if isinstance(r, tuple)]
     assert pauser != waiter  # another process of the pool...

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tglc_builder import layout
+from tglc_builder.context import OUTSIDE, TaskContext
 from tglc_builder.demo import SyntheticSector, write_mirror
 from tglc_builder.errors import Failure, UsageError
 from tglc_builder.reader import read_tglc
@@ -199,10 +200,6 @@ def validator(items):
     return lambda path, i: read_tglc(path, items[i][0])
 
 
-def never() -> bool:
-    return False
-
-
 def temporary_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".part-" in p.name]
 
@@ -215,7 +212,7 @@ def test_mirror_is_read_in_place(mirror, sector, items, tmp_path, as_url):
     source.check()
     ghost = (123456789012345678, layout.lc_relpath(123456789012345678, SECTOR, 1, 1))
     fits_dir = tmp_path / "fits"
-    seen = list(source.fetch_many(items + [ghost], fits_dir, validator(items), never))
+    seen = list(source.fetch_many(items + [ghost], fits_dir, validator(items), OUTSIDE))
     assert [i for i, _ in seen] == list(range(len(items) + 1))
     for i, fetched in seen[:-1]:
         assert fetched == Fetched(mirror / items[i][1], downloaded=False)
@@ -232,14 +229,14 @@ def test_mirror_refuses_paths_outside_it(mirror, tmp_path):
     for bad in ("../outside.fits", "/etc/passwd", "s0023/../../outside.fits", "s0023//x.fits", ""):
         with pytest.raises(SourceError):
             source.local_path(bad)
-    (outcome,) = [f for _, f in source.fetch_many([(1, "../mirror/x.fits")], tmp_path, validator([]), never)]
+    (outcome,) = [f for _, f in source.fetch_many([(1, "../mirror/x.fits")], tmp_path, validator([]), OUTSIDE)]
     assert outcome.stage == "download" and "inside the mirror" in outcome.reason
 
 
 def test_mirror_stops_when_asked(mirror, items, tmp_path):
     source = open_source(str(mirror))
     seen = []
-    for i, _ in source.fetch_many(items, tmp_path, validator(items), lambda: len(seen) >= 3):
+    for i, _ in source.fetch_many(items, tmp_path, validator(items), TaskContext(lambda: len(seen) >= 3)):
         seen.append(i)
     assert seen == [0, 1, 2]
 
@@ -276,7 +273,7 @@ def test_s3_fetches_exact_bytes_anonymously(s3_env, proxy, sector, items, tmp_pa
     debris = fits_dir / Path(items[0][1]).with_name(f".{Path(items[0][1]).name}.part-99999")
     debris.parent.mkdir(parents=True)
     debris.write_bytes(b"left by a killed run")
-    seen = list(source.fetch_many(items, fits_dir, validator(items), never))
+    seen = list(source.fetch_many(items, fits_dir, validator(items), OUTSIDE))
     assert [i for i, _ in seen] == list(range(len(items)))
     assert not debris.exists()
     for i, outcome in seen:
@@ -301,7 +298,7 @@ def test_s3_fetches_exact_bytes_anonymously(s3_env, proxy, sector, items, tmp_pa
     asked = len(proxy.requests)
     stamps = {i: (fits_dir / relpath).stat().st_mtime_ns for i, (_, relpath) in enumerate(items)
               if i not in (MISSING, CORRUPT)}
-    again = dict(source.fetch_many(items, fits_dir, validator(items), never))
+    again = dict(source.fetch_many(items, fits_dir, validator(items), OUTSIDE))
     for i, stamp in stamps.items():
         assert again[i] == Fetched(fits_dir / items[i][1], downloaded=False)
         assert (fits_dir / items[i][1]).stat().st_mtime_ns == stamp
@@ -313,7 +310,7 @@ def test_s3_retries_throttling_and_dropped_connections(s3_env, proxy, sector, it
     proxy.faults = {proxy.key(throttled): ["503", "503"], proxy.key(dropped): ["drop"],
                     proxy.key(hopeless): ["503"] * 10}
     source = s3_source(s3_env, proxy.url, connections=3, max_attempts=3, max_wait=0.05)
-    outcomes = dict(source.fetch_many(items[:4], tmp_path, validator(items), never))
+    outcomes = dict(source.fetch_many(items[:4], tmp_path, validator(items), OUTSIDE))
     assert outcomes[0] == Fetched(tmp_path / throttled, downloaded=True, attempts=3)
     assert outcomes[1] == Fetched(tmp_path / dropped, downloaded=True, attempts=2)
     assert outcomes[3].attempts == 1
@@ -330,7 +327,8 @@ def test_s3_stopping_leaves_no_temporary_files(s3_env, moto_url, items, tmp_path
     try:
         source = s3_source(s3_env, slow.url, connections=8)
         seen: list[int] = []
-        outcomes = source.fetch_many(items, tmp_path, validator(items), lambda: how == "stopping" and bool(seen))
+        stop = TaskContext(stopping=lambda: how == "stopping" and bool(seen))
+        outcomes = source.fetch_many(items, tmp_path, validator(items), stop)
         for i, _ in outcomes:
             seen.append(i)
             if how == "closed":
@@ -383,7 +381,7 @@ def test_s3_credentials_when_asked(s3_env, proxy, items, tmp_path):
     source = s3_source(s3_env, proxy.url)
     assert not source.anon
     source.check()
-    ((_, fetched),) = source.fetch_many(items[:1], tmp_path, validator(items), never)
+    ((_, fetched),) = source.fetch_many(items[:1], tmp_path, validator(items), OUTSIDE)
     assert fetched.downloaded
     assert proxy.requests and all("AWS4-HMAC-SHA256" in headers.get("Authorization", "")
                                   for _, headers in proxy.requests)
@@ -406,13 +404,13 @@ def test_s3_listings_are_copied_whole(s3_env, moto_url, sector, tmp_path):
 
 
 def _fetch_in_worker(source, items, fits_dir) -> list:
-    return list(source.fetch_many(items, Path(fits_dir), validator(items), never))
+    return list(source.fetch_many(items, Path(fits_dir), validator(items), OUTSIDE))
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_s3_source_travels_to_worker_processes(s3_env, moto_url, sector, items, tmp_path, start_method):
     source = s3_source(s3_env, moto_url)
-    list(source.fetch_many(items[:2], tmp_path / "parent", validator(items), never))  # opened in this process
+    list(source.fetch_many(items[:2], tmp_path / "parent", validator(items), OUTSIDE))  # opened in this process
     # settings only: connections are opened in each process
     assert set(vars(source)) == {"url", "bucket", "prefix", "connections", "max_attempts", "max_wait", "anon",
                                  "endpoint", "deadline", "listing_deadline"}
@@ -429,12 +427,13 @@ def test_s3_full_disk_stops_the_batch(s3_env, moto_url, items, tmp_path):
     script = f"""
 import resource, signal
 from pathlib import Path
+from tglc_builder.context import OUTSIDE
 from tglc_builder.sources import DiskFull, open_source
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 source = open_source("s3://{BUCKET}/{PREFIX}", connections=4)
 resource.setrlimit(resource.RLIMIT_FSIZE, (10000, resource.RLIM_INFINITY))
 try:
-    list(source.fetch_many({items!r}, Path({str(tmp_path)!r}), lambda path, i: None, lambda: False))
+    list(source.fetch_many({items!r}, Path({str(tmp_path)!r}), lambda path, i: None, OUTSIDE))
 except DiskFull as exc:
     print("DiskFull", exc.folder)
 """
@@ -538,7 +537,7 @@ def test_s3_refuses_a_coded_object_and_a_listing_beyond_the_cap(s3_env, moto_url
     source = s3_source(s3_env, moto_url, f"s3://{BUCKET}/{prefix}", max_attempts=3)
     refusal = ("sent with Content-Encoding: gzip, although none was asked for: refused (files are stored exactly as "
                "the archive holds them)")
-    got = list(source.fetch_many([(gaia, relpath)], tmp_path / "fits", validator(items), never))
+    got = list(source.fetch_many([(gaia, relpath)], tmp_path / "fits", validator(items), OUTSIDE))
     assert got == [(0, Failure(gaia, relpath, "download", refusal, 1))]
     with pytest.raises(base.Refused) as error:
         source.fetch_listing(bulk, tmp_path / "bulk.sh")
@@ -552,13 +551,13 @@ def test_s3_refuses_a_coded_object_and_a_listing_beyond_the_cap(s3_env, moto_url
 
 
 def test_s3_a_trickling_object_is_abandoned_then_failed_as_too_slow(s3_env, proxy, items, tmp_path):
-    from tglc_builder import net
+    from tglc_builder.sources import net
 
     slow = items[0][1]
     proxy.faults = {proxy.key(slow): ["trickle"] * 3}
     source = s3_source(s3_env, proxy.url, max_attempts=2, max_wait=0.05)
     source.deadline = net.Deadline(floor=1024, window=1.0, limit=60.0)
-    outcomes = dict(source.fetch_many(items[:2], tmp_path, validator(items), never))
+    outcomes = dict(source.fetch_many(items[:2], tmp_path, validator(items), OUTSIDE))
     assert outcomes[0] == Failure(items[0][0], slow, "download", "too slow: less than 1,024 bytes/s over 1 s", 2)
     assert isinstance(outcomes[1], Fetched)
     assert proxy.faults[proxy.key(slow)] == ["trickle"]

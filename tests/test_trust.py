@@ -8,10 +8,10 @@ import datetime
 import http.server
 import ipaddress
 import logging
-import multiprocessing
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -25,9 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from conftest import run_env
-from tglc_builder import executor, layout, listing, net
+from tglc_builder import layout, listing
+from tglc_builder.context import OUTSIDE
 from tglc_builder.errors import Failure
 from tglc_builder.sources import Fetched
+from tglc_builder.sources import net
 from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES
 from tglc_builder.sources.http import HttpSource
 
@@ -39,10 +41,10 @@ BULK = "/" + layout.bulk_script_relpath(SECTOR)
 
 
 @pytest.fixture(autouse=True)
-def build_state(monkeypatch):
-    """A stop flag and a throttle of this test's own, and no redirect logged yet in this process."""
-    monkeypatch.setitem(executor._worker, "stop", multiprocessing.RawValue("b", 0))
-    monkeypatch.setitem(executor._worker, "shared", {"throttle": multiprocessing.RawValue("d", 0.0)})
+def build_state(monkeypatch, tmp_path_factory):
+    """Throttles of this test's own (their files in a folder of its own), and no redirect logged yet in this
+    process."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("throttles")))
     monkeypatch.setattr(net, "_redirects_logged", set())
 
 
@@ -144,7 +146,7 @@ def _fetch(url: str, names: list[str], folder: Path, client: str, **settings) ->
     items = [(1000 + k, name) for k, name in enumerate(names)]
     source = HttpSource(url, client=client, **settings)
     return {items[i][1]: outcome for i, outcome in source.fetch_many(items, folder, lambda path, i: None,
-                                                                     lambda: False)}
+                                                                     OUTSIDE)}
 
 
 # ---- redirects ---------------------------------------------------------------------------------------------------
@@ -391,7 +393,7 @@ def test_an_invalid_file_is_named_at_its_quarantine(tmp_path, client):
     with Server(lambda handler: handler.send(200, b"SIMPLE  =                    T" + b" " * 2850)) as archive:
         source = HttpSource(archive.url, client=client, max_attempts=2)
         (_, failure), = source.fetch_many([(42, relpath)], tmp_path, lambda path, i: read_tglc(path, 42),
-                                          lambda: False)
+                                          OUTSIDE)
     kept = quarantine_path(tmp_path, relpath)
     assert kept.is_file() and failure.reason.startswith("invalid file: ")
     assert str(kept) in failure.reason and ".part-" not in failure.reason, failure.reason
@@ -452,5 +454,5 @@ def test_an_archive_whose_name_does_not_resolve_is_one_line(tmp_path):
     verbose = subprocess.run([*command, "--verbose"], capture_output=True, text=True, timeout=120, env=run_env())
     assert verbose.returncode == 2
     retries = [line for line in verbose.stderr.splitlines() if "Retrying (" in line]
-    assert len(retries) == 1 and " DEBUG tglc_builder.net: urllib3: Retrying (" in retries[0], verbose.stderr
+    assert len(retries) == 1 and " DEBUG tglc_builder.sources.net: urllib3: Retrying (" in retries[0], verbose.stderr
     assert " WARNING " not in verbose.stderr

@@ -6,14 +6,12 @@ the driver or a Dask scheduler. Tasks must be idempotent (a worker may die and i
 stage writes under a temporary name and renames, and skips what is already complete. One executor serves a whole
 build, so its worker processes start once.
 
-Inside a task, :func:`stopping` says when the driver was interrupted (finish the file at hand, then return),
-:func:`advance` reports progress as it happens (a local pool's bar moves per file, not per task),
-:func:`shared_value` gives values every process of the pool shares (e.g. a pause the archive asked for) and
-:func:`hand_over` lets a task that is winding down (its last downloads started, only their arrival and its last
-write left) give its worker the next task beside it, so that the worker's connections never wait for a task's end
-and the next one's start. :func:`task_context` gives the task's own stop check (also seen on a Dask worker, through
-a ``distributed.Event`` of the run) and its breadcrumbs (``reading(mark)``: the item a thread of the task is reading,
-named by the driver if the worker dies meanwhile). This module knows nothing of what the tasks do.
+A task that declares a ``context`` parameter is handed a :class:`~.context.TaskContext`: when the driver was
+interrupted (finish the file at hand, then return), progress as it happens (a local pool's bar moves per file, not
+per task), a hand-over (a task winding down, its last downloads started, gives its worker the next task beside it,
+so that the worker's connections never wait for a task's end and the next one's start) and breadcrumbs (the item a
+thread of the task is reading, named by the driver if the worker dies meanwhile). This module knows nothing of what
+the tasks do.
 
 What the processes share is plain shared memory with no lock (``RawValue``/``RawArray``), each value with one
 writer or tolerant of a lost update, and a pipe between the driver and each worker: a worker can be SIGKILLed at
@@ -24,6 +22,7 @@ any instruction, and one that dies holding a lock shared with the driver (``mult
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import multiprocessing
 import os
@@ -37,28 +36,26 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import replace
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_any
 from typing import Any
 
+from .context import TaskContext
 from .progress import progress
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE = 8.0  # seconds running tasks get to return after Ctrl-C before their processes are killed
 TASK_RETRIES = 1  # a task whose worker process died is run again this many times before it is reported lost
-# Values shared by every worker of a local pool: name -> (ctypes code, initial value).
-SHARED_VALUES = {"throttle": ("d", 0.0)}
 MARKS = 8  # breadcrumbs per worker process: items read at once by its task threads (more go unrecorded)
 DASK_POLL = 0.2  # seconds between a Dask worker's looks at its run's stop event
 
-_worker: dict[str, Any] = {"stop": None, "progress": None, "shared": {}, "slot": 0, "marks": None}
+_worker: dict[str, Any] = {"stop": None, "progress": None, "slot": 0, "marks": None}
 _marks_lock = threading.Lock()  # claims a breadcrumb entry among this process's threads; never another process's
 _progress_lock = threading.Lock()  # the threads of one process (a unit's downloads); never another process's
-_lane = threading.local()  # the thread running a task of the local pool: its ``task`` (send, index)
 
 
 class WorkerDied(Exception):
@@ -70,38 +67,23 @@ class WorkerDied(Exception):
         self.how, self.culprits = how, culprits
 
 
-def stopping() -> bool:
-    """Whether the driver asked every task to stop (Ctrl-C, or a fatal error such as a full disk). In a Dask task's
-    own thread, its run's stop event; other threads of a Dask task should use :func:`task_context`'s."""
-    check = getattr(_lane, "stopping", None)
-    if check is not None:
-        return check()
-    stop = _worker["stop"]
-    return stop is not None and bool(stop.value)
+def _context(send: Callable[[tuple], None], index: int) -> TaskContext:
+    """The context of task ``index`` of this process's pool (``send``: its messages to the driver)."""
+    stop, counts, slot, marks = _worker["stop"], _worker["progress"], _worker["slot"], _worker["marks"]
+    sent: list[bool] = []
 
+    def advance(units: int = 1) -> None:
+        with _progress_lock:  # each process writes only its own slot, so no lock across processes is needed
+            counts[slot] += units
 
-@dataclass(frozen=True)
-class TaskContext:
-    """What a task's code needs of the pool, bound to the task (taken in its thread, used from any of its threads)."""
+    def hand_over() -> None:
+        if not sent:
+            sent.append(True)
+            send(("more", index))
 
-    stopping: Callable[[], bool]  # whether the task should return at its next file
-    reading: Callable[[int], AbstractContextManager]  # ``with reading(mark):`` around reading one item
-
-
-def _no_mark(mark: int) -> AbstractContextManager:
-    return nullcontext()
-
-
-def task_context() -> TaskContext:
-    """The context of the task running in this thread (see :class:`TaskContext`)."""
-    check = getattr(_lane, "stopping", None) or stopping
-    crumbs = getattr(_lane, "crumbs", None)
-    if crumbs is not None:  # a Dask task's
-        return TaskContext(check, crumbs.reading)
-    lane, marks = getattr(_lane, "task", None), _worker["marks"]
-    if lane is None or marks is None:  # the driver's own threads: a death there is not ours to read
-        return TaskContext(check, _no_mark)
-    index, base = lane[1], _worker["slot"] * MARKS * 2
+    if marks is None:  # the driver's own threads: a death there is not ours to read
+        return TaskContext(lambda: bool(stop.value), advance, hand_over)
+    base = slot * MARKS * 2
 
     @contextmanager
     def reading(mark: int) -> Iterator[None]:
@@ -118,50 +100,24 @@ def task_context() -> TaskContext:
             if free is not None:
                 marks[base + 2 * free + 1] = 0
 
-    return TaskContext(check, reading)
+    return TaskContext(lambda: bool(stop.value), advance, hand_over, reading)
 
 
-def shared_value(name: str):
-    """A lock-free shared ``RawValue`` of every process of the local pool (None on Dask or outside a pool)."""
-    return _worker["shared"].get(name)
+def _call(function: Callable[..., Any], args: tuple, context: TaskContext) -> Any:
+    """``function(*args)``, given ``context=`` when it declares that parameter."""
+    try:
+        takes = "context" in inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        takes = False
+    return function(*args, context=context) if takes else function(*args)
 
 
-def advance(units: int = 1) -> None:
-    """Count ``units`` of work done, for the driver's progress bar (a no-op on Dask)."""
-    progress = _worker["progress"]
-    if progress is not None:
-        with _progress_lock:  # each process writes only its own slot, so no lock across processes is needed
-            progress[_worker["slot"]] += units
-
-
-def _nothing() -> None:
-    pass
-
-
-def hand_over() -> Callable[[], None]:
-    """For the task running in this thread: a function to call (once, from any of its threads) when what is left
-    of the task no longer needs its whole worker, e.g. once its last download is requested. The worker then starts
-    its next task beside it. A no-op on Dask."""
-    lane = getattr(_lane, "task", None)
-    if lane is None:
-        return _nothing
-    send, index = lane
-    sent: list[bool] = []
-
-    def release() -> None:
-        if not sent:
-            sent.append(True)
-            send(("more", index))
-
-    return release
-
-
-def _init_worker(stop, progress, shared: dict, in_pool: bool, slot: int = 0, preload: Sequence[str] = (),
+def _init_worker(stop, progress, in_pool: bool, slot: int = 0, preload: Sequence[str] = (),
                  marks=None) -> None:
     if in_pool:
         # Ctrl-C is the driver's to handle: it sets ``stop``, and tasks end at the next file.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker.update(stop=stop, progress=progress, shared=shared, slot=slot, marks=marks)
+    _worker.update(stop=stop, progress=progress, slot=slot, marks=marks)
     for name in preload:
         try:
             importlib.import_module(name)
@@ -169,10 +125,10 @@ def _init_worker(stop, progress, shared: dict, in_pool: bool, slot: int = 0, pre
             pass
 
 
-def _serve(conn: Connection, stop, progress, shared: dict, slot: int, preload: Sequence[str], marks=None) -> None:
+def _serve(conn: Connection, stop, progress, slot: int, preload: Sequence[str], marks=None) -> None:
     """A local worker process: runs each task the driver sends, in a thread of its own (two at once at most: the
     driver sends the next one only when the current one hands over or ends), until the driver closes the pipe."""
-    _init_worker(stop, progress, shared, in_pool=True, slot=slot, preload=preload, marks=marks)
+    _init_worker(stop, progress, in_pool=True, slot=slot, preload=preload, marks=marks)
     lock = threading.Lock()  # the task threads share the pipe
 
     def send(message: tuple) -> None:
@@ -198,10 +154,9 @@ def _serve(conn: Connection, stop, progress, shared: dict, slot: int, preload: S
 
 def _run_task(send: Callable[[tuple], None], index: int, load: Callable[[], tuple]) -> None:
     """Run task ``index`` (``load()`` gives its function and arguments) and send ``("done", index, ok, value)``."""
-    _lane.task = (send, index)
     try:
         function, args = load()
-        ok, value = True, function(*args)
+        ok, value = True, _call(function, args, _context(send, index))
     except BaseException as exc:  # noqa: BLE001 - raised again in the driver, as ProcessPoolExecutor does
         ok, value = False, exc
     try:
@@ -269,7 +224,6 @@ class Executor:
         self._progress = self._context.RawArray("q", n_processes)  # units done, one slot per process
         self._marks = self._context.RawArray("q", n_processes * MARKS * 2)  # breadcrumbs: (task, mark) pairs
         self._dask_stop: str | None = None  # the name of the running Dask run's stop event
-        self._shared = {name: self._context.RawValue(code, value) for name, (code, value) in SHARED_VALUES.items()}
         self._bar = None  # the running progress counter (tqdm, or progress.LogProgress)
         self._postfix = ""  # shown after the bar's counts (a multi-sector build: the sector being fetched)
 
@@ -308,7 +262,7 @@ class Executor:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.shutdown(wait=True, cancel_futures=True)
-            _init_worker(None, None, {}, in_pool=False)
+            _init_worker(None, None, in_pool=False)
         processes, self._processes = self._processes, []
         for worker in processes:
             worker.conn.close()  # a worker ends once its tasks have
@@ -386,7 +340,7 @@ class Executor:
             self._marks[slot * MARKS * 2:(slot + 1) * MARKS * 2] = [0] * (MARKS * 2)  # a dead one's breadcrumbs
             parent, child = self._context.Pipe()
             process = self._context.Process(target=_serve, name=f"tglc-worker-{slot}", daemon=True,
-                                            args=(child, self._stop, self._progress, self._shared, slot,
+                                            args=(child, self._stop, self._progress, slot,
                                                   tuple(preload), self._marks))
             with _sigint_blocked():
                 process.start()
@@ -430,7 +384,7 @@ class Executor:
         as in a worker process."""
         self._progress[:] = [0] * len(self._progress)
         if self._thread is None:
-            _init_worker(self._stop, self._progress, self._shared, in_pool=False)
+            _init_worker(self._stop, self._progress, in_pool=False)
             self._thread = ThreadPoolExecutor(2, thread_name_prefix="tglc-task")
         messages: queue.SimpleQueue = queue.SimpleQueue()
         here = _Process(None, None, 0)
@@ -798,16 +752,15 @@ def _pack(values: list[int]) -> bytes:
 
 
 def _dask_task(stop: str, crumbs: str | None, function: Callable[..., Any], *args) -> Any:
-    """A task on a Dask worker: ``function(*args)``, with ``stopping()`` answering its run's stop event and its
-    breadcrumbs in the file ``crumbs``."""
-    _lane.stopping = _dask_stops.enter(stop)
-    _lane.crumbs = _FileCrumbs(crumbs) if crumbs is not None else None
+    """A task on a Dask worker: ``function(*args)``, its context's ``stopping()`` answering its run's stop event and
+    its breadcrumbs in the file ``crumbs`` (no progress nor hand-over: Dask schedules its own threads)."""
+    marks = _FileCrumbs(crumbs) if crumbs is not None else None
+    context = TaskContext(_dask_stops.enter(stop))
     try:
-        return function(*args)
+        return _call(function, args, context if marks is None else replace(context, reading=marks.reading))
     finally:
-        if _lane.crumbs is not None:
-            _lane.crumbs.close()
-        _lane.stopping = _lane.crumbs = None
+        if marks is not None:
+            marks.close()
         _dask_stops.leave(stop)
 
 

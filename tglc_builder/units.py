@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import executor, layout
+from . import layout
 from .columns import FROM_FILE_NAME, STRING, STRING_BYTES, ColumnSet
+from .context import OUTSIDE, TaskContext
 from .errors import Failure
 from .formats import Block, RowSource, Shard, WriteError, Writer
 from .formats.hdf5 import BLOCK_ROWS
@@ -58,7 +59,7 @@ class UnitResult:
     sector: int = 0  # of the unit's shards
 
 
-def _validator(rows: list[tuple[Shard, int]], sector: int, context: executor.TaskContext):
+def _validator(rows: list[tuple[Shard, int]], sector: int, context: TaskContext):
     """Check that item ``i``'s file is the light curve its path names (object, sector, camera, CCD) and return it,
     read with its own memory: the conversion takes it from the source's outcome instead of reading the file again."""
     def validate(path: Path, i: int) -> TGLCLightCurve:
@@ -206,12 +207,11 @@ class _ShardWork:
         return np.flatnonzero(self.carried_at < 0)
 
 
-def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
+def build_unit(work: list[ShardTask], settings: UnitSettings, context: TaskContext = OUTSIDE) -> UnitResult:
     """Fetch, read and write shards, each into the formats named with it; failures are returned, never raised
     (except KeyboardInterrupt). One stream of fetches runs across all the unit's shards, so the connections stay
     busy from the first file to the last."""
     result = UnitResult(rows=sum(len(task.shard) for task in work), sector=settings.sector)
-    context = executor.task_context()
     if context.stopping():  # started after the stop (a Dask task the driver no longer waits for): touch nothing
         result.stopped, result.not_attempted = True, result.rows
         return result
@@ -229,10 +229,9 @@ def build_unit(work: list[ShardTask], settings: UnitSettings) -> UnitResult:
             items += [(int(plan.shard.gaiadr3_id[j]), plan.shard.path[j].decode()) for j in rows]
             validators += [(plan.shard, int(j)) for j in rows]
         # Once the last file is asked for, what is left (its arrival, the last shard's write) no longer needs the
-        # worker's connections: its next unit starts beside this one and takes them as they free up.
+        # worker's connections: the source hands the worker over, and its next unit takes them as they free up.
         fetched = settings.source.fetch_many(items, Path(settings.fits_dir),
-                                             _validator(validators, settings.sector, context), context.stopping,
-                                             started_all=executor.hand_over())
+                                             _validator(validators, settings.sector, context), context)
         try:
             for k, plan in enumerate(plans):
                 if result.fatal or result.stopped:
@@ -264,7 +263,7 @@ def _repeated(ids: np.ndarray) -> list[int]:
 
 
 def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: UnitResult,
-                 context: executor.TaskContext) -> None:
+                 context: TaskContext) -> None:
     """Write one shard from its carried rows and its next items of ``fetched`` (consumed in order)."""
     shard, carried_at = plan.shard, plan.carried_at
     sinks = [w.open(shard) for w in plan.writers]
@@ -307,7 +306,7 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
             if len(builder):
                 block = builder.take()
                 _each_format(plan.writers, sinks, lost, lambda sink, block=block: sink.append(block))
-            executor.advance(stop - start)
+            context.advance(stop - start)
         _each_format(plan.writers, sinks, lost, lambda sink: sink.commit())
     except BaseException as exc:
         for sink in sinks:
@@ -387,7 +386,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _read(outcome: Fetched | Failure, shard: Shard, row: int, settings: UnitSettings, buffer: ReadBuffer,
-          result: UnitResult, context: executor.TaskContext) -> TGLCLightCurve | None:
+          result: UnitResult, context: TaskContext) -> TGLCLightCurve | None:
     """The row's light curve, read and checked, or None with the failure recorded."""
     if isinstance(outcome, Failure):
         result.failures.append(outcome)
@@ -416,27 +415,26 @@ def _read(outcome: Fetched | Failure, shard: Shard, row: int, settings: UnitSett
     return None
 
 
-def fetch_batch(items: list[tuple[int, str]], settings: UnitSettings) -> UnitResult:
+def fetch_batch(items: list[tuple[int, str]], settings: UnitSettings, context: TaskContext = OUTSIDE
+                ) -> UnitResult:
     """Fetch a batch of light curves into ``fits_dir`` (validated) without converting them."""
     result = UnitResult(rows=len(items))
     fits_dir = Path(settings.fits_dir)
     sector = settings.sector
-    context = executor.task_context()
 
     def validate(path: Path, i: int) -> None:
         with context.reading(items[i][0]):
             read_tglc(path, items[i][0], sector=sector)
 
     try:
-        for _, outcome in settings.source.fetch_many(items, fits_dir, validate, context.stopping,
-                                                     started_all=executor.hand_over()):
+        for _, outcome in settings.source.fetch_many(items, fits_dir, validate, context):
             if isinstance(outcome, Failure):
                 result.failures.append(outcome)
             elif outcome.downloaded:
                 result.downloaded += 1
             else:
                 result.present += 1
-            executor.advance()
+            context.advance(1)
     except DiskFull as exc:
         result.fatal = exc.strerror
     return result

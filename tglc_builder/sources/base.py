@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..context import TaskContext
 from ..errors import Failure
 
 QUARANTINE = "corrupt"  # folder of fits_dir where downloaded files that are not TGLC light curves are moved
@@ -116,17 +117,17 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
-                   stopping: Callable[[], bool], started_all: Callable[[], None] | None = None
-                   ) -> Iterator[tuple[int, Fetched | Failure]]:
+                   context: TaskContext) -> Iterator[tuple[int, Fetched | Failure]]:
         """Make each item's light curve (``(gaiadr3_id, relpath)``) readable; yield ``(i, Fetched | Failure)`` for
         every item ``i``, in item order, as they arrive (several in flight at once). Files already complete in
         ``fits_dir`` are not fetched again; a fetched file takes its name only once whole and ``validate`` d (else
         it is quarantined under ``fits_dir/corrupt/`` and yields a Failure). Stops early (yielding nothing more)
-        when ``stopping()``; raises :class:`DiskFull` when ``fits_dir`` fills up, after cancelling what is queued.
+        when ``context.stopping()``; raises :class:`DiskFull` when ``fits_dir`` fills up, after cancelling what is
+        queued.
 
-        A source that keeps transfers in flight may call ``started_all()`` (once, from any thread) when the last
-        item's transfer has started: another call may then run beside this one (the next work unit, see
-        ``executor.hand_over``), and the two share the process's connections, never more than it was given."""
+        A source that keeps transfers in flight may call ``context.hand_over()`` (once, from any thread) when the
+        last item's transfer has started: another call may then run beside this one (the next work unit), and the
+        two share the process's connections, never more than it was given."""
 
 
 def encoding_refused(where: str, coding: str | None) -> Refused | None:

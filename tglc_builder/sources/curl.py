@@ -25,7 +25,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,9 +33,10 @@ import pycurl
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
-from .. import __version__, executor, net
+from .. import __version__
+from ..context import TaskContext
 from ..errors import Failure
-from . import base
+from . import base, net
 from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Refused, Validator, is_present, quarantine_path
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def _checkin(pool: _Connections) -> None:
 
 class _Budget:
     """The transfers in flight in this process for one archive and its settings, across the calls that run at once
-    (a work unit winding down beside the next one, see ``executor.hand_over``): never more than ``connections``.
+    (a work unit winding down beside the next one, see ``TaskContext.hand_over``): never more than ``connections``.
     A retry that is due and finds no slot is ``waiting``: no new item of any call takes a slot before it, so the
     unit winding down is not held back by the next one's downloads."""
 
@@ -198,17 +199,15 @@ class _Transfers:
     not yet taken, and the first fatal error (a full disk, or anything unexpected), which the consumer raises."""
 
     def __init__(self, url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
-                 stopping: Callable[[], bool], connections: int, max_attempts: int, max_wait: float,
-                 backoff: float, started_all: Callable[[], None] | None = None,
-                 deadline: net.Deadline = net.DEADLINE):
+                 context: TaskContext, connections: int, max_attempts: int, max_wait: float,
+                 backoff: float, deadline: net.Deadline = net.DEADLINE):
         self.url, self.items, self.fits_dir, self.validate = url, items, fits_dir, validate
         self.deadline = deadline
-        self.started_all = started_all
-        self.stopping, self.connections, self.max_attempts = stopping, connections, max_attempts
+        self.context, self.connections, self.max_attempts = context, connections, max_attempts
         self.max_wait, self.backoff = max_wait, backoff
         parts = urlsplit(url)  # host:port as urllib3 names it in the pause's log line (never the userinfo)
         self.host = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-        self.throttle = net.throttle()
+        self.throttle = net.throttle(url)
         self.condition = threading.Condition()
         self.position = 0
         self.outcomes: dict[int, Fetched | Failure] = {}
@@ -344,8 +343,8 @@ class _Transfers:
                 self.budget.give()
             else:
                 self._start(transfer)
-            if self.queued == len(self.items) and self.started_all is not None:
-                self.started_all()
+            if self.queued == len(self.items):
+                self.context.hand_over()
 
     def _stop_waiting(self, transfer: _Transfer) -> None:
         if transfer.waiting:
@@ -353,7 +352,7 @@ class _Transfers:
             self.budget.wait(-1)
 
     def _stop(self) -> bool:
-        return self.halted or self.fatal is not None or self.stopping() or executor.stopping()
+        return self.halted or self.fatal is not None or self.context.stopping()
 
     def _fail(self, exc: BaseException) -> None:
         with self.condition:
@@ -494,19 +493,19 @@ def _phrase(status: int) -> str:
 
 
 def fetch_many(url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
-               stopping: Callable[[], bool], *, connections: int, max_attempts: int, max_wait: float,
-               backoff: float = net.DEFAULT_BACKOFF, started_all: Callable[[], None] | None = None,
-               deadline: net.Deadline = net.DEADLINE) -> Iterator[tuple[int, Fetched | Failure]]:
+               context: TaskContext, *, connections: int, max_attempts: int, max_wait: float,
+               backoff: float = net.DEFAULT_BACKOFF, deadline: net.Deadline = net.DEADLINE
+               ) -> Iterator[tuple[int, Fetched | Failure]]:
     """:meth:`HttpSource.fetch_many` on libcurl: the transfers run in one thread while the caller converts what
     has arrived."""
-    transfers = _Transfers(url, items, Path(fits_dir), validate, stopping, connections, max_attempts, max_wait,
-                           backoff, started_all, deadline)
+    transfers = _Transfers(url, items, Path(fits_dir), validate, context, connections, max_attempts, max_wait,
+                           backoff, deadline)
     thread = threading.Thread(target=transfers.run, name="tglc-curl", daemon=True)
     thread.start()
     try:
         for i in range(len(items)):
             outcome = transfers.take(i)  # raises DiskFull
-            if outcome is None or stopping():
+            if outcome is None or context.stopping():
                 break
             yield i, outcome
     finally:

@@ -20,9 +20,10 @@ from urllib.parse import unquote, urlsplit
 
 from urllib3.exceptions import HTTPError
 
-from .. import layout, net
+from .. import layout
+from ..context import TaskContext
 from ..errors import Failure, UsageError
-from . import base
+from . import base, net
 from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
     is_present, quarantine_path
 
@@ -109,8 +110,7 @@ class HttpSource(Source):
             return _budgets.setdefault(key, threading.BoundedSemaphore(self.connections))
 
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
-                   stopping: Callable[[], bool], started_all: Callable[[], None] | None = None
-                   ) -> Iterator[tuple[int, Fetched | Failure]]:
+                   context: TaskContext) -> Iterator[tuple[int, Fetched | Failure]]:
         """Downloads run ``connections`` at a time in this process (whatever the calls running at once), at most
         ``WINDOW`` x ``connections`` items ahead of the item being yielded: so the files on disk are those near the
         conversion, whatever the unit's size."""
@@ -118,9 +118,8 @@ class HttpSource(Source):
         if self.client == "curl":
             from .curl import fetch_many
 
-            yield from fetch_many(self.url, items, fits_dir, validate, stopping, connections=self.connections,
-                                  max_attempts=self.max_attempts, max_wait=self.max_wait, started_all=started_all,
-                                  deadline=self.deadline)
+            yield from fetch_many(self.url, items, fits_dir, validate, context, connections=self.connections,
+                                  max_attempts=self.max_attempts, max_wait=self.max_wait, deadline=self.deadline)
             return
         session, budget = self._session(), self._budget()
         halt = threading.Event()  # set by the first download that finds the disk full
@@ -131,16 +130,16 @@ class HttpSource(Source):
         def start(upto: int) -> None:
             nonlocal started
             for j in range(started, min(upto, len(items))):
-                last = started_all if j == len(items) - 1 else None
+                last = context.hand_over if j == len(items) - 1 else None
                 futures[j] = threads.submit(self._fetch_one, session, budget, fits_dir, j, *items[j], validate,
-                                            stopping, halt, last)
+                                            context.stopping, halt, last)
             started = max(started, min(upto, len(items)))
 
         try:
             for i in range(len(items)):
                 start(i + WINDOW * self.connections)
                 outcome = futures.pop(i).result()  # raises DiskFull
-                if outcome is None or stopping():  # stopped, or another download found the disk full
+                if outcome is None or context.stopping():  # stopped, or another download found the disk full
                     break
                 yield i, outcome
         finally:
@@ -154,7 +153,7 @@ class HttpSource(Source):
                    gaia: int, relpath: str, validate: Validator, stopping: Callable[[], bool], halt: threading.Event,
                    started: Callable[[], None] | None = None) -> Fetched | Failure | None:
         """One item's download: Fetched, a Failure, or None when stopped (or halted) before it ended. ``started``
-        (the last item's ``started_all``) is called once its download holds a connection, or needs none."""
+        (the last item's ``context.hand_over``) is called once its download holds a connection, or needs none."""
 
         def stop() -> bool:
             return halt.is_set() or stopping()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .. import layout
+from ..context import TaskContext
 from ..errors import Failure, UsageError
 from .base import DISK_FULL_ERRNOS, MAX_LISTING_BYTES, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
     too_big
@@ -92,13 +93,11 @@ class LocalSource(Source):
                                           "Last-Modified": formatdate(stat.st_mtime, usegmt=True)})
 
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
-                   stopping: Callable[[], bool], started_all: Callable[[], None] | None = None
-                   ) -> Iterator[tuple[int, Fetched | Failure]]:
+                   context: TaskContext) -> Iterator[tuple[int, Fetched | Failure]]:
         """Each item's file where it is in the mirror. Files are not validated here: the caller reads them, and
-        reports (never moves) those that are not TGLC light curves. Nothing is in flight: ``started_all`` is
-        never called."""
+        reports (never moves) those that are not TGLC light curves. Nothing is in flight: it never hands over."""
         for i, (gaia, relpath) in enumerate(items):
-            if stopping():
+            if context.stopping():
                 return
             try:
                 path = self._path(relpath)

@@ -28,7 +28,9 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
 from botocore.parsers import ResponseParserError
 from fsspec.asyn import sync
 
-from .. import layout, net
+from .. import layout
+from ..context import TaskContext
+from . import net
 from ..errors import Failure, UsageError
 from .base import (DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, DISK_FULL_ERRNOS,
                    MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source,
@@ -251,18 +253,17 @@ class S3Source(Source):
 
     # ---- light curves ------------------------------------------------------------------------------------------
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
-                   stopping: Callable[[], bool], started_all: Callable[[], None] | None = None
-                   ) -> Iterator[tuple[int, Fetched | Failure]]:
+                   context: TaskContext) -> Iterator[tuple[int, Fetched | Failure]]:
         """GETs run ``connections`` at a time on the event loop, at most ``WINDOW`` x ``connections`` items ahead
-        of the item being yielded; each whole file is validated here, in the consuming thread. ``started_all`` is
-        not called (the event loop's connections are not shared out between calls): the next unit waits."""
+        of the item being yielded; each whole file is validated here, in the consuming thread. It never hands over
+        (the event loop's connections are not shared out between calls): the next unit waits."""
         fits_dir = Path(fits_dir)
         transfers = _Transfers(self, self._fs(), fits_dir)
         temporary: dict[int, Path] = {}  # items being fetched -> their temporary names
         window, ahead = WINDOW * self.connections, 0  # items[:ahead] are started, or need no fetching
         try:
             for i, (gaia, relpath) in enumerate(items):
-                if stopping():
+                if context.stopping():
                     return
                 if ahead <= i + window // 2:
                     started = range(ahead, min(len(items), i + window))
@@ -276,7 +277,7 @@ class S3Source(Source):
                     else:
                         yield i, Fetched(fits_dir / relpath, downloaded=False)
                     continue
-                outcome = transfers.outcome(i, stopping)
+                outcome = transfers.outcome(i, context.stopping)
                 if outcome is None:
                     return
                 if isinstance(outcome, SourceError):

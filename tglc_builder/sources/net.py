@@ -10,10 +10,13 @@ name.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import logging
-import multiprocessing
+import mmap
 import os
 import random
+import tempfile
 import threading
 import time
 import urllib.request
@@ -26,9 +29,9 @@ import urllib3
 from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError, NameResolutionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from . import __version__, executor
-from .progress import progress as progress_counter
-from .sources.base import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, Refused, SourceError, \
+from .. import __version__
+from ..progress import progress as progress_counter
+from .base import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, Refused, SourceError, \
     Unreachable, encoding_refused, invalid_reason, too_big
 
 log = logging.getLogger(__name__)
@@ -114,8 +117,8 @@ class Download:
 
 # ---- the throttle -----------------------------------------------------------------------------------------------
 class Throttle:
-    """A moment (``time.time()``) before which no request starts, in a lock-free shared ``RawValue("d")`` so that
-    every thread and process given the same value honours it. Two processes pausing at once may lose one's
+    """A moment (``time.time()``) before which no request starts, in a lock-free shared double (``until.value``) so
+    that every thread and process given the same value honours it. Two processes pausing at once may lose one's
     extension of the pause (the next refused request asks again); a lock shared across processes could instead
     be left held by a worker killed inside it, and stop every download of the pool for good."""
 
@@ -144,10 +147,10 @@ class Throttle:
         return max(0.0, self._until.value - time.time())
 
     def wait(self, stopping: Callable[[], bool], at_least: float = 0.0) -> bool:
-        """Sleep until the pause is over, and ``at_least`` seconds; False (within
-        ``_POLL`` seconds) when the build stops (``stopping()``, or the executor's)."""
+        """Sleep until the pause is over, and ``at_least`` seconds; False (within ``_POLL`` seconds) when the build
+        stops (``stopping()``)."""
         start = time.time()
-        while not (stopping() or executor.stopping()):
+        while not stopping():
             delay = max(self._until.value, start + at_least) - time.time()
             if delay <= 0:
                 return True
@@ -155,20 +158,34 @@ class Throttle:
         return False
 
 
-_local_until = None
 _local_lock = threading.Lock()
+_moments: dict[str, ctypes.c_double] = {}  # file -> this process's view of it
 
 
-def throttle() -> Throttle:
-    """This build's throttle: the pool's shared value, or one of this process outside a pool."""
-    global _local_until
-    shared = executor.shared_value("throttle")
-    if shared is None:
-        with _local_lock:
-            if _local_until is None:
-                _local_until = multiprocessing.RawValue("d", 0.0)
-            shared = _local_until
-    return Throttle(shared)
+def throttle(url: str) -> Throttle:
+    """The throttle of the archive at ``url`` (its origin): one moment that every process of this user fetching
+    from it shares (a build's workers, on Dask too when on one machine, and another build's: the archive throttles
+    the client, not the build), 8 bytes of a file of the temporary folder mapped into each process. A file of
+    another user, or none that can be made, leaves this process a throttle of its own."""
+    key = hashlib.sha256(repr(origin(url)).encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"tglc-throttle-{os.getuid()}-{key}")
+    with _local_lock:
+        if path not in _moments:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                try:
+                    stat = os.fstat(fd)
+                    if stat.st_uid != os.getuid():
+                        raise PermissionError(path)
+                    if stat.st_size < 8:
+                        os.ftruncate(fd, 8)  # zeros: no pause
+                    _moments[path] = ctypes.c_double.from_buffer(mmap.mmap(fd, 8))
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.debug("no shared throttle (%s): this process pauses alone", exc)
+                _moments[path] = ctypes.c_double(0.0)
+        return Throttle(_moments[path])
 
 
 def _seconds(value: float) -> str:
@@ -209,11 +226,7 @@ def follow_redirect(url: str, location: str | None, hops: int) -> str:
 
 
 # ---- sessions ---------------------------------------------------------------------------------------------------
-_call = threading.local()  # the stopping() of the download running in this thread, for _Retry.sleep
-
-
-def _stopping() -> bool:
-    return getattr(_call, "stopping", executor.stopping)()
+_call = threading.local()  # the download running in this thread (its stopping() and throttle), for _Retry.sleep
 
 
 class _Retry(Retry):
@@ -238,12 +251,15 @@ class _Retry(Retry):
             except InvalidHeader:  # neither seconds nor an HTTP date
                 asked = None
             if response.status == 429 or asked is not None:
-                host = f"{_pool.host}:{_pool.port}" if _pool is not None else "?"
-                throttle().pause(asked, self.max_wait, host, response.status)
+                pause = throttle(f"{_pool.scheme}://{_pool.host}:{_pool.port}")
+                pause.pause(asked, self.max_wait, f"{_pool.host}:{_pool.port}", response.status)
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def sleep(self, response=None) -> None:
-        if not throttle().wait(_stopping, self.get_backoff_time()):
+        pause = getattr(_call, "throttle", None)
+        if pause is None:  # not a download (an index page, in the driver): urllib3's own sleep
+            return super().sleep(response)
+        if not pause.wait(_call.stopping, self.get_backoff_time()):
             raise Stopped("the build is stopping")
 
 
@@ -341,7 +357,7 @@ def temporary_name(dest: Path) -> Path:
 def download_file(session: Session, url: str, dest: Path, *, validate: Callable[[Path], object] | None = None,
                   quarantine: Path | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                   backoff: float = DEFAULT_BACKOFF, progress: bool = False,
-                  stopping: Callable[[], bool] = executor.stopping, max_size: int | None = None,
+                  stopping: Callable[[], bool] = lambda: False, max_size: int | None = None,
                   deadline: Deadline = DEADLINE) -> Download:
     """Download ``url`` to ``dest`` atomically, whole or not at all.
 
@@ -363,10 +379,10 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
     tmp = temporary_name(dest)
     attempts = hops = 0
     target = url  # where the file is asked for: url, or where a redirect within its origin led
-    _call.stopping = stopping
+    _call.stopping, _call.throttle = stopping, throttle(url)
     try:
         while True:
-            if not throttle().wait(stopping):
+            if not _call.throttle.wait(stopping):
                 raise Stopped(url)
             try:
                 response = session.get(target, deadline)
@@ -407,7 +423,7 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
                         raise SourceError(url, reason if isinstance(exc, _TooSlow) else f"incomplete body: {reason}",
                                           attempts) from None
                     log.debug("%s: %s; asking again", url, reason)
-                    if not throttle().wait(stopping, backoff * 2 ** (attempts - 1) * (0.5 + random.random())):
+                    if not _call.throttle.wait(stopping, backoff * 2 ** (attempts - 1) * (0.5 + random.random())):
                         raise Stopped(url) from None
                     continue
                 whole = True
@@ -427,7 +443,7 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
             os.replace(tmp, dest)
             return Download(size, attempts, validators)
     finally:
-        del _call.stopping
+        del _call.stopping, _call.throttle
         tmp.unlink(missing_ok=True)
 
 
