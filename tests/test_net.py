@@ -8,6 +8,7 @@ import http.server
 import json
 import logging
 import multiprocessing
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,10 +26,9 @@ from tglc_builder.context import OUTSIDE, TaskContext
 from tglc_builder.demo.server import LocalArchive
 from tglc_builder.errors import Failure
 from tglc_builder.reader import read_tglc
-from tglc_builder.sources import Fetched, SourceError, open_source, quarantine_path
+from tglc_builder.sources import Fetched, SourceError, quarantine_path
 from tglc_builder.sources import net
-from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES
-from tglc_builder.sources.http import HttpSource, default_client
+from tglc_builder.sources.http import HttpSource
 
 BODY = bytes(range(256)) * 400  # 102,400 bytes
 ETAG, LAST_MODIFIED = '"v1-abc"', "Tue, 24 Nov 2026 10:00:00 GMT"
@@ -334,28 +334,51 @@ def test_a_pause_holds_back_other_processes():
     assert child.exitcode == 0 and 1.5 <= waited.value <= 2.1
 
 
-# ---- the HTTP source (its light curves through libcurl, or through urllib3 without pycurl) ------------------------
-CLIENTS = pytest.mark.parametrize("client", CLIENT_NAMES)
+def test_an_archive_has_one_throttle_of_its_own_in_a_file_of_its_user():
+    """Every URL of one archive (its origin) shares one throttle, in a file of 8 bytes that only this user can write
+    (the pool's processes map it: tests/test_reliability.py); another archive's (another port) is not held back."""
+    archive, other = "http://127.0.0.1:8001/tglc", "http://127.0.0.1:8002/tglc"
+    assert net.throttle(archive).pause(3600, 60.0, "127.0.0.1:8001", 429) == 60.0
+    assert 59.0 < net.throttle(f"{archive}/s0023/x.fits").remaining() <= 60.0
+    assert net.throttle(other).remaining() == 0.0
+    files = list(Path(tempfile.gettempdir()).glob(f"tglc-throttle-{os.getuid()}-*"))
+    assert [(f.stat().st_size, f.stat().st_mode & 0o777) for f in files] == [(8, 0o600), (8, 0o600)]
+
+
+def test_retry_delays_double_with_their_jitter_up_to_their_cap(monkeypatch):
+    """The one backoff of every source (base.retry_delay): 0.5 s doubled per try, times 0.5-1.5, at most the cap."""
+    from tglc_builder.sources import base
+
+    monkeypatch.setattr(base.random, "random", lambda: 0.0)
+    assert [base.retry_delay(n) for n in (1, 2, 3, 10)] == [0.25, 0.5, 1.0, 120.0]
+    monkeypatch.setattr(base.random, "random", lambda: 1.0)
+    assert [base.retry_delay(n, 0.01, cap=0.05) for n in (1, 2, 3)] == [0.015, 0.03, 0.05]
+
+
+def test_without_its_file_a_throttle_holds_this_process_alone(tmp_path, monkeypatch):
+    """Where no file can be made (here the temporary folder is a file), the throttle still pauses this process."""
+    (tmp_path / "not-a-folder").write_bytes(b"")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "not-a-folder"))
+    throttle = net.throttle("http://127.0.0.1:8003")
+    assert throttle.pause(None, 60.0, "127.0.0.1:8003", 503) == net.BACKOFF
+    assert 0.0 < throttle.remaining() <= net.BACKOFF
+    assert net.throttle("http://127.0.0.1:8003").remaining() > 0.0  # this process's own value, kept
+
+
+# ---- the HTTP source (its light curves through libcurl) ----------------------------------------------------------
 
 
 def _items(archive: LocalArchive, n: int) -> list[tuple[int, str]]:
     return [(int(archive.sector.gaia_ids[i]), archive.sector.relpath(i)) for i in range(n)]
 
 
-def test_the_default_client_is_curl():
-    assert default_client() == "curl" and open_source("http://127.0.0.1:1").client == "curl"
-    with pytest.raises(ValueError, match="unknown HTTP client 'wget'"):
-        HttpSource("http://127.0.0.1:1", client="wget")
-
-
-@CLIENTS
-def test_fetch_many_end_to_end(tmp_path, client):
+def test_fetch_many_end_to_end(tmp_path):
     with LocalArchive(sector=23, n=12, seed=3, faults={"truncate": 0.3, "500": 0.2, "reset": 0.1}) as archive:
         items = _items(archive, 12)
         items[3] = (items[4][0], items[3][1])  # served whole, but not that object's light curve
         missing = layout.lc_relpath(1234567890123, 23, 1, 1)
         items.append((1234567890123, missing))
-        source = HttpSource(archive.url, connections=4, max_attempts=5, client=client)
+        source = HttpSource(archive.url, connections=4, max_attempts=5)
         fits = tmp_path / "fits"
 
         def validate(path: Path, i: int):
@@ -386,15 +409,14 @@ def test_fetch_many_end_to_end(tmp_path, client):
         assert {p for p in after if after[p] != before.get(p)} == {items[3][1], missing}
 
 
-@CLIENTS
-def test_fetch_many_runs_at_most_a_window_ahead_of_its_consumer(tmp_path, client):
+def test_fetch_many_runs_at_most_a_window_ahead_of_its_consumer(tmp_path):
     """Downloads start no further than WINDOW x connections items ahead of the item being yielded, so a slow
     conversion does not let a large work unit's files pile up on disk."""
     from tglc_builder.sources.base import WINDOW
 
     with LocalArchive(sector=23, n=120, seed=5) as archive:
         items = _items(archive, 120)
-        source = HttpSource(archive.url, connections=2, client=client)
+        source = HttpSource(archive.url, connections=2)
         ahead = WINDOW * 2
         fetched = source.fetch_many(items, tmp_path, lambda path, i: None, OUTSIDE)
         consumed = 0
@@ -410,13 +432,12 @@ def test_fetch_many_runs_at_most_a_window_ahead_of_its_consumer(tmp_path, client
     assert sum(archive.fits_requests().values()) == 120
 
 
-@CLIENTS
-def test_a_call_beside_the_one_that_started_all_its_downloads_shares_its_connections(tmp_path, client):
+def test_a_call_beside_the_one_that_started_all_its_downloads_shares_its_connections(tmp_path):
     """The next work unit starts once a unit's last download has started (``TaskContext.hand_over``):
     both calls share the process's connections, and never have more in flight together than it was given."""
     with LocalArchive(sector=23, n=12, seed=5, latency=0.2) as archive:
         items = _items(archive, 12)
-        source = HttpSource(archive.url, connections=3, client=client)
+        source = HttpSource(archive.url, connections=3)
         beside: list = []
         threads: list[threading.Thread] = []
 
@@ -456,13 +477,12 @@ def _within(seconds: float, call):
     return value
 
 
-@CLIENTS
-def test_calls_that_fail_taking_up_their_items_leave_every_connection_to_the_next(tmp_path, client):
+def test_calls_that_fail_taking_up_their_items_leave_every_connection_to_the_next(tmp_path):
     """A call that fails before its first download (a file where its folder should be) gives back what it took
     of the process's connections: the calls after it still download (they would wait for good otherwise)."""
     with LocalArchive(sector=23, n=6, seed=5) as archive:
         items = _items(archive, 6)
-        source = HttpSource(archive.url, connections=2, client=client)
+        source = HttpSource(archive.url, connections=2)
 
         def fetch():
             return list(source.fetch_many(items, tmp_path, lambda path, i: None, OUTSIDE))
@@ -478,12 +498,11 @@ def test_calls_that_fail_taking_up_their_items_leave_every_connection_to_the_nex
     assert all(o.path.read_bytes() == archive.sector.fits_bytes(i) for i, o in got)
 
 
-@CLIENTS
-def test_fetch_many_stops_cleanly(tmp_path, client):
+def test_fetch_many_stops_cleanly(tmp_path):
     with LocalArchive(sector=23, n=40, seed=5, latency=0.1) as archive:
         items = _items(archive, 40)
         got: list[int] = []
-        source = HttpSource(archive.url, connections=4, client=client)
+        source = HttpSource(archive.url, connections=4)
         for i, outcome in source.fetch_many(items, tmp_path, lambda path, i: None, TaskContext(lambda: len(got) >= 3)):
             assert isinstance(outcome, Fetched)
             got.append(i)
@@ -499,29 +518,27 @@ import json, resource, signal, sys
 from pathlib import Path
 from tglc_builder.context import OUTSIDE
 from tglc_builder.sources import DiskFull
-from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES
-from tglc_builder.sources.http import HttpSource, default_client
+from tglc_builder.sources.http import HttpSource
 
-url, folder, items, client = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+url, folder, items = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 yielded = 0
 try:
-    for _ in HttpSource(url, connections=3, client=client).fetch_many([tuple(x) for x in items], folder,
-                                                                      lambda p, i: None, OUTSIDE):
+    for _ in HttpSource(url, connections=3).fetch_many([tuple(x) for x in items], folder, lambda p, i: None,
+                                                       OUTSIDE):
         yielded += 1
 except DiskFull as exc:
     print(json.dumps({"folder": exc.folder, "message": str(exc), "yielded": yielded}))
 """
 
 
-@CLIENTS
-def test_a_full_disk_stops_every_download(tmp_path, client):
+def test_a_full_disk_stops_every_download(tmp_path):
     """For real: a file-size limit makes every write past 20 KB fail (EFBIG), as a full disk would."""
     with LocalArchive(sector=23, n=60, seed=2) as archive:
         folder = tmp_path / "fits"
         result = subprocess.run([sys.executable, "-c", _FULL_DISK_CHILD, archive.url, str(folder),
-                                 json.dumps(_items(archive, 60)), client], capture_output=True, text=True, timeout=120,
+                                 json.dumps(_items(archive, 60))], capture_output=True, text=True, timeout=120,
                                 env=run_env(PYTHONDONTWRITEBYTECODE="1"))
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
@@ -532,20 +549,19 @@ def test_a_full_disk_stops_every_download(tmp_path, client):
 
 
 # ---- the rules of a download, through the HTTP source ------------------------------------------------------------
-def _fetch(server: FramingServer, names: list[str], folder: Path, client: str, **settings) -> dict:
+def _fetch(server: FramingServer, names: list[str], folder: Path, **settings) -> dict:
     """fetch_many of ``server``'s paths ``/<name>`` into ``folder/<name>``: {name: outcome}."""
     items = [(1000 + k, name) for k, name in enumerate(names)]
-    source = HttpSource(server.url, client=client, **settings)
+    source = HttpSource(server.url, **settings)
     return {items[i][1]: outcome for i, outcome in source.fetch_many(items, folder, lambda path, i: None,
                                                                      OUTSIDE)}
 
 
-@CLIENTS
-def test_fetch_many_takes_only_bodies_proved_whole(tmp_path, client):
+def test_fetch_many_takes_only_bodies_proved_whole(tmp_path):
     scripts = {"/length": ["length"], "/chunked": ["chunked"], "/close": ["close"], "/cut": ["cut"],
                "/chunked-cut": ["chunked-cut"], "/cut-then-whole": ["cut", "close", "length"]}
     with FramingServer(scripts) as server:
-        got = _fetch(server, [path[1:] for path in scripts], tmp_path, client, connections=3, max_attempts=3)
+        got = _fetch(server, [path[1:] for path in scripts], tmp_path, connections=3, max_attempts=3)
         requests = dict(server.requests)
     for name in ("length", "chunked", "cut-then-whole"):
         assert isinstance(got[name], Fetched) and (tmp_path / name).read_bytes() == BODY
@@ -558,23 +574,21 @@ def test_fetch_many_takes_only_bodies_proved_whole(tmp_path, client):
     assert _no_debris(tmp_path)
 
 
-@CLIENTS
-def test_fetch_many_not_found_is_final(tmp_path, client):
+def test_fetch_many_not_found_is_final(tmp_path):
     with FramingServer({"/gone": ["404"]}) as server:
-        got = _fetch(server, ["gone"], tmp_path, client, max_attempts=5)
+        got = _fetch(server, ["gone"], tmp_path, max_attempts=5)
         assert server.requests["/gone"] == 1
     assert got["gone"] == Failure(1000, "gone", "download", "HTTP 404 Not Found", 1)
     assert not list(tmp_path.iterdir())
 
 
-@CLIENTS
-def test_fetch_many_retry_after_pauses_every_download_once(tmp_path, caplog, client):
+def test_fetch_many_retry_after_pauses_every_download_once(tmp_path, caplog):
     """Four downloads in flight get 429 "wait an hour" together: one pause of max_wait for all, logged once."""
     names = [f"f{k}" for k in range(4)]
     with FramingServer({f"/{name}": ["429:3600", "length"] for name in names}, gate=threading.Barrier(4)) as server:
         started = time.monotonic()
         with caplog.at_level(logging.INFO, logger="tglc_builder.sources.net"):
-            got = _fetch(server, names, tmp_path, client, connections=4, max_attempts=3, max_wait=1.0)
+            got = _fetch(server, names, tmp_path, connections=4, max_attempts=3, max_wait=1.0)
         elapsed = time.monotonic() - started
         assert all(server.requests[f"/{name}"] == 2 for name in names)
     assert 0.9 <= elapsed < 4.0  # max_wait (and a backoff), not the hour asked for
@@ -585,42 +599,39 @@ def test_fetch_many_retry_after_pauses_every_download_once(tmp_path, caplog, cli
                       "(--max-wait)"]
 
 
-@CLIENTS
-def test_fetch_many_goes_through_the_proxy_the_environment_names(tmp_path, monkeypatch, client):
+def test_fetch_many_goes_through_the_proxy_the_environment_names(tmp_path, monkeypatch):
     for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "HTTP_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    # Two servers: the environment is read once per host and process (by the urllib3 client's pools).
+    # Two servers: the environment is read once per host and process (with the connections kept per process).
     with FramingServer({"/f": ["length"]}) as server, FramingServer({"/g": ["length"]}) as other, \
             _ForwardProxy() as proxy:
         monkeypatch.setenv("http_proxy", proxy.url)
-        got = _fetch(server, ["f"], tmp_path, client)
+        got = _fetch(server, ["f"], tmp_path)
         assert proxy.seen == [f"{server.url}/f"] and server.requests["/f"] == 1
         monkeypatch.setenv("no_proxy", "127.0.0.1")  # exempted: straight to the server
-        _fetch(other, ["g"], tmp_path, client)
+        _fetch(other, ["g"], tmp_path)
         assert proxy.seen == [f"{server.url}/f"] and other.requests["/g"] == 1
     assert isinstance(got["f"], Fetched) and (tmp_path / "f").read_bytes() == BODY == (tmp_path / "g").read_bytes()
 
 
-@CLIENTS
-def test_fetch_many_raises_an_unforeseen_error_and_leaves_no_debris(tmp_path, client):
+def test_fetch_many_raises_an_unforeseen_error_and_leaves_no_debris(tmp_path):
     """A bug in a validator is raised to the caller (the unit reports it), not swallowed or left hanging."""
     def validate(path: Path, i: int) -> None:
         raise RuntimeError(f"bug while checking item {i}")
 
     with FramingServer({"/f": ["length"]}) as server:
-        source = HttpSource(server.url, client=client)
+        source = HttpSource(server.url)
         with pytest.raises(RuntimeError, match="bug while checking item 0"):
             list(source.fetch_many([(1000, "f")], tmp_path, validate, OUTSIDE))
     assert not (tmp_path / "f").exists() and _no_debris(tmp_path)
 
 
-@CLIENTS
-def test_fetch_many_reuses_its_connections_from_one_call_to_the_next(tmp_path, client):
+def test_fetch_many_reuses_its_connections_from_one_call_to_the_next(tmp_path):
     """Each work unit is one call: the next unit asks on the connections the last one opened (no new handshakes)."""
     names = [f"f{k}" for k in range(12)]
     items = [(1000 + k, name) for k, name in enumerate(names)]
     with FramingServer({f"/{name}": ["length"] for name in names}) as server:
-        source = HttpSource(server.url, connections=2, client=client)
+        source = HttpSource(server.url, connections=2)
         for part in (items[:4], items[4:8], items[8:]):
             got = list(source.fetch_many(part, tmp_path, lambda path, i: None, OUTSIDE))
             assert all(isinstance(outcome, Fetched) for _, outcome in got)

@@ -1,6 +1,7 @@
 """Nothing from the archive is trusted (issue 25): redirects leave neither the archive's origin nor HTTPS, bodies
 are stored as the server holds them (no content coding) within a size cap, and a body too slow is abandoned. Every
-case against a real server on 127.0.0.1 (HTTPS with a certificate made here), through both HTTP clients."""
+case against a real server on 127.0.0.1 (HTTPS with a certificate made here), through the HTTP source's light
+curves (libcurl) and listings (urllib3)."""
 
 from __future__ import annotations
 
@@ -30,12 +31,10 @@ from tglc_builder.context import OUTSIDE
 from tglc_builder.errors import Failure
 from tglc_builder.sources import Fetched
 from tglc_builder.sources import net
-from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES
 from tglc_builder.sources.http import HttpSource
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = bytes(range(256)) * 40  # 10,240 bytes
-CLIENTS = pytest.mark.parametrize("client", CLIENT_NAMES)
 SECTOR = 23
 BULK = "/" + layout.bulk_script_relpath(SECTOR)
 
@@ -71,7 +70,7 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture
 def trusted(certificate, monkeypatch) -> Path:
-    """The certificate, trusted by both HTTP clients (as a user's REQUESTS_CA_BUNDLE)."""
+    """The certificate, trusted by both HTTP libraries (as a user's REQUESTS_CA_BUNDLE)."""
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
     return certificate[0]
 
@@ -142,17 +141,16 @@ def _serve_body(handler: _Handler) -> None:
     handler.send(200, BODY)
 
 
-def _fetch(url: str, names: list[str], folder: Path, client: str, **settings) -> dict:
+def _fetch(url: str, names: list[str], folder: Path, **settings) -> dict:
     items = [(1000 + k, name) for k, name in enumerate(names)]
-    source = HttpSource(url, client=client, **settings)
+    source = HttpSource(url, **settings)
     return {items[i][1]: outcome for i, outcome in source.fetch_many(items, folder, lambda path, i: None,
                                                                      OUTSIDE)}
 
 
 # ---- redirects ---------------------------------------------------------------------------------------------------
-@CLIENTS
 @pytest.mark.parametrize("elsewhere", ["downgrade", "other-port"])
-def test_a_redirect_to_another_origin_is_a_failure_naming_both_urls(tmp_path, certificate, trusted, client,
+def test_a_redirect_to_another_origin_is_a_failure_naming_both_urls(tmp_path, certificate, trusted,
                                                                     elsewhere):
     """An HTTPS archive that sends every light curve to plain HTTP on another port, or to HTTPS on another port:
     each file fails at once (one request), naming both URLs, and the other server is never asked."""
@@ -162,7 +160,7 @@ def test_a_redirect_to_another_origin_is_a_failure_naming_both_urls(tmp_path, ce
 
         with Server(redirect, certificate) as archive:
             names = [f"lc{k}.fits" for k in range(6)]
-            got = _fetch(archive.url, names, tmp_path, client, connections=3, max_attempts=3)
+            got = _fetch(archive.url, names, tmp_path, connections=3, max_attempts=3)
             asked = dict(archive.requests)
         assert other.total() == 0
     assert asked == {f"/{name}": 1 for name in names}
@@ -174,8 +172,7 @@ def test_a_redirect_to_another_origin_is_a_failure_naming_both_urls(tmp_path, ce
     assert not list(tmp_path.rglob("*"))
 
 
-@CLIENTS
-def test_a_redirect_within_the_origin_is_followed_and_logged_once(tmp_path, certificate, trusted, client, caplog):
+def test_a_redirect_within_the_origin_is_followed_and_logged_once(tmp_path, certificate, trusted, caplog):
     def answer(handler: _Handler) -> None:
         if handler.path.startswith("/moved/"):
             handler.send(200, BODY)
@@ -184,7 +181,7 @@ def test_a_redirect_within_the_origin_is_followed_and_logged_once(tmp_path, cert
 
     names = [f"lc{k}.fits" for k in range(8)]
     with caplog.at_level(logging.INFO, logger="tglc_builder"), Server(answer, certificate) as archive:
-        got = _fetch(archive.url, names, tmp_path, client, connections=3, max_attempts=2)
+        got = _fetch(archive.url, names, tmp_path, connections=3, max_attempts=2)
         asked = dict(archive.requests)
     assert asked == {**{f"/{name}": 1 for name in names}, **{f"/moved/{name}": 1 for name in names}}
     for name in names:
@@ -194,13 +191,12 @@ def test_a_redirect_within_the_origin_is_followed_and_logged_once(tmp_path, cert
     assert len(logged) == 1 and f"{archive.url}/lc" in logged[0] and f"to {archive.url}/moved/lc" in logged[0]
 
 
-@CLIENTS
-def test_redirects_within_the_origin_are_followed_at_most_five_times(tmp_path, client):
+def test_redirects_within_the_origin_are_followed_at_most_five_times(tmp_path):
     def answer(handler: _Handler) -> None:
         handler.send(302, b"", {"Location": handler.path + "x"})
 
     with Server(answer) as archive:
-        got = _fetch(archive.url, ["a"], tmp_path, client, max_attempts=3)
+        got = _fetch(archive.url, ["a"], tmp_path, max_attempts=3)
         assert archive.total() == 1 + net.MAX_REDIRECTS
     assert got["a"].reason == (f"more than 5 redirects (the last from {archive.url}/axxxxx to {archive.url}/axxxxxx):"
                                " refused")
@@ -269,16 +265,15 @@ def test_a_gzip_bomb_listing_is_refused_and_stops_the_build(tmp_path):
     assert _folder_size(tmp_path / "data") < 100_000
 
 
-@CLIENTS
 @pytest.mark.parametrize("coding", ["gzip", "br", "deflate, identity"])
-def test_a_light_curve_with_a_content_coding_is_a_failure(tmp_path, client, coding):
+def test_a_light_curve_with_a_content_coding_is_a_failure(tmp_path, coding):
     import gzip
 
     def answer(handler: _Handler) -> None:
         handler.send(200, gzip.compress(BODY), {"Content-Encoding": coding})
 
     with Server(answer) as archive:
-        got = _fetch(archive.url, ["a.fits"], tmp_path, client, max_attempts=3)
+        got = _fetch(archive.url, ["a.fits"], tmp_path, max_attempts=3)
         assert archive.total() == 1  # final: asking again would not change it
     assert got["a.fits"] == Failure(1000, "a.fits", "download", f"sent with Content-Encoding: {coding}, although "
                                     "none was asked for: refused (files are stored exactly as the archive holds "
@@ -343,14 +338,13 @@ def _trickle(rate: int, size: int = 10_240) -> Callable[[_Handler], None]:
     return answer
 
 
-@CLIENTS
-def test_a_trickling_light_curve_is_abandoned_then_failed_as_too_slow(tmp_path, client):
+def test_a_trickling_light_curve_is_abandoned_then_failed_as_too_slow(tmp_path):
     """10 bytes/s against a floor of 1 KB/s over 1 s: each attempt is abandoned, the file fails after max_attempts
     (had it been waited for, 10,240 bytes would take 17 minutes)."""
     deadline = net.Deadline(floor=1024, window=1.0, limit=60.0)
     started = time.monotonic()
     with Server(_trickle(10)) as archive:
-        got = _fetch(archive.url, ["slow.fits"], tmp_path, client, max_attempts=2, deadline=deadline)
+        got = _fetch(archive.url, ["slow.fits"], tmp_path, max_attempts=2, deadline=deadline)
         assert archive.requests["/slow.fits"] == 2
     assert time.monotonic() - started < 2 * 60  # bounded by max_attempts x the limit, which it never reached
     failure = got["slow.fits"]
@@ -359,12 +353,11 @@ def test_a_trickling_light_curve_is_abandoned_then_failed_as_too_slow(tmp_path, 
     assert not list(tmp_path.rglob("*"))
 
 
-@CLIENTS
-def test_a_light_curve_longer_than_its_limit_is_abandoned(tmp_path, client):
+def test_a_light_curve_longer_than_its_limit_is_abandoned(tmp_path):
     """Above the floor (2 KB/s) but not whole within the per-request limit (1 s for 20 KB)."""
     deadline = net.Deadline(floor=1024, window=5.0, limit=1.0)
     with Server(_trickle(2000, 20_000)) as archive:
-        got = _fetch(archive.url, ["long.fits"], tmp_path, client, max_attempts=2, deadline=deadline)
+        got = _fetch(archive.url, ["long.fits"], tmp_path, max_attempts=2, deadline=deadline)
         assert archive.requests["/long.fits"] == 2
     failure = got["long.fits"]
     assert failure.attempts == 2 and failure.reason.startswith("too slow: not whole within 1 s"), failure.reason
@@ -383,15 +376,14 @@ def test_a_trickling_listing_is_abandoned(tmp_path):
 
 
 # ---- what a failure names, and what killed workers leave -----------------------------------------------------------
-@CLIENTS
-def test_an_invalid_file_is_named_at_its_quarantine(tmp_path, client):
+def test_an_invalid_file_is_named_at_its_quarantine(tmp_path):
     """The reason names where the file is kept (fits_dir/corrupt/...), not its temporary name, gone by then."""
     from tglc_builder.reader import read_tglc
     from tglc_builder.sources import quarantine_path
 
     relpath = "s0023/cam1-ccd1/bad.fits"
     with Server(lambda handler: handler.send(200, b"SIMPLE  =                    T" + b" " * 2850)) as archive:
-        source = HttpSource(archive.url, client=client, max_attempts=2)
+        source = HttpSource(archive.url, max_attempts=2)
         (_, failure), = source.fetch_many([(42, relpath)], tmp_path, lambda path, i: read_tglc(path, 42),
                                           OUTSIDE)
     kept = quarantine_path(tmp_path, relpath)
@@ -407,8 +399,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
-@CLIENTS
-def test_temporary_files_of_killed_workers_are_removed_not_those_of_live_ones(tmp_path, client):
+def test_temporary_files_of_killed_workers_are_removed_not_those_of_live_ones(tmp_path):
     """A real process killed with SIGKILL while writing a .part file leaves it behind; the next download in that
     folder removes it, while a live process's .part file beside it is left alone."""
     folder = tmp_path / "s0023" / "cam1-ccd1"
@@ -432,7 +423,7 @@ def test_temporary_files_of_killed_workers_are_removed_not_those_of_live_ones(tm
         own.write_bytes(b"w")
         assert killed.is_file()
         with Server(_serve_body) as archive:
-            got = _fetch(archive.url, ["s0023/cam1-ccd1/good.fits"], tmp_path, client)
+            got = _fetch(archive.url, ["s0023/cam1-ccd1/good.fits"], tmp_path)
         assert isinstance(got["s0023/cam1-ccd1/good.fits"], Fetched)
         assert sorted(p.name for p in folder.iterdir()) == sorted(["good.fits", alive.name])
     finally:

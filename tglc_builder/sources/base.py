@@ -11,7 +11,9 @@ from __future__ import annotations
 import abc
 import errno
 import os
+import random
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ WINDOW = 4  # items a source starts ahead of the one being yielded, per connecti
 DEFAULT_CONNECTIONS = 24  # in flight for the whole build, shared out among its workers (all of them for one process)
 DEFAULT_MAX_ATTEMPTS = 5  # tries per file
 DEFAULT_MAX_WAIT = 300.0  # seconds: the longest pause a Retry-After may impose (--max-wait)
+BACKOFF = 0.5  # seconds before a second try (see retry_delay)
 
 
 class SourceError(Exception):
@@ -188,13 +191,53 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def invalid_reason(exc: ValueError, tmp: Path, quarantine: Path | None) -> str:
-    """A failure row's reason for a file found invalid under its temporary name ``tmp``, then moved to
-    ``quarantine``: naming where it is kept, not the temporary name that no longer exists."""
-    reason = str(exc)
-    if quarantine is not None:
-        reason = reason.replace(str(tmp), str(quarantine)).replace(tmp.name, str(quarantine))
-    return f"invalid file: {reason}"
+# ---- the transfer skeleton every source follows: is it present? a temporary name (debris removed first), then the
+# whole body validated and renamed or quarantined; a full disk stops everything; retries wait retry_delay() ---------
+def temporary_name(dest: Path) -> Path:
+    """Where ``dest`` is written until it is whole and checked: beside it, named after the process and thread
+    writing it (see :func:`remove_stale_parts`)."""
+    return dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
+
+
+def to_fetch(dest: Path) -> Path | None:
+    """The temporary name to fetch ``dest`` to, or None when it needs no fetch (:func:`is_present`). Leftover
+    temporary files of it, and of other items whose process is gone, are removed first."""
+    if is_present(dest):
+        return None
+    remove_stale_parts(dest.parent, dest.name)
+    return temporary_name(dest)
+
+
+def settle(tmp: Path, fits_dir: Path, relpath: str, item: int, gaia: int, validate: Validator,
+           attempts: int) -> Fetched | Failure:
+    """A whole download under its temporary name ``tmp``: ``validate`` d, then given its name; or, invalid, moved to
+    the quarantine and failed (final: the archive served it whole, asking again would not change it), the reason
+    naming where it is kept. Raises :class:`DiskFull` when the file system is full."""
+    dest = Path(fits_dir) / relpath
+    try:
+        try:
+            checked = validate(tmp, item)
+        except ValueError as exc:
+            kept = quarantine_path(fits_dir, relpath)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, kept)
+            reason = str(exc).replace(str(tmp), str(kept)).replace(tmp.name, str(kept))
+            return Failure(gaia, relpath, "download", f"invalid file: {reason}", attempts)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise disk_full(fits_dir, exc) from None
+    return Fetched(dest, downloaded=True, attempts=attempts, checked=checked)
+
+
+def disk_full(folder: str | os.PathLike, exc: OSError) -> OSError:
+    """``exc`` as a :class:`DiskFull` of ``folder`` when it says the disk is full (or a file-size limit), else as is."""
+    return DiskFull(folder, exc) if exc.errno in DISK_FULL_ERRNOS and not isinstance(exc, DiskFull) else exc
+
+
+def retry_delay(attempts: int, base: float = BACKOFF, cap: float = 120.0) -> float:
+    """Seconds before asking again after ``attempts`` tries: ``base``, doubled with each try, times a random 0.5-1.5
+    (processes refused at once do not all ask again at once), at most ``cap``."""
+    return min(cap, base * 2 ** (attempts - 1) * (0.5 + random.random()))
 
 
 def quarantine_path(fits_dir: str | os.PathLike, relpath: str) -> Path:

@@ -1,9 +1,10 @@
-"""The HTTP source's downloads on libcurl's multi interface (pycurl): all of a worker's transfers in one thread.
+"""The HTTP source's light curves on libcurl's multi interface (pycurl): all of a worker's transfers in one thread,
+the only engine for them.
 
-Why not urllib3 here: with a thread per connection, a light curve's download cost ~1.5 ms of CPU (HTTP parsed in
-Python, and a dozen threads contending for the GIL), three times its conversion, so a two-core build was bound by
-CPU rather than by the archive. libcurl parses HTTP in C and waits on every socket at once with the GIL released:
-~0.3 ms a file. The rules are those of :func:`tglc_builder.net.download_file` (which still fetches the listings):
+Why not urllib3 (the light curves' other path until issue 27): with a thread per connection, a light curve's download
+cost ~1.5 ms of CPU (HTTP parsed in Python, and a dozen threads contending for the GIL), three times its conversion,
+so a two-core build was bound by CPU rather than by the archive. libcurl parses HTTP in C and waits on every socket
+at once with the GIL released: ~0.3 ms a file. The rules are those of :func:`.net.download_file` (the listings'):
 
 - a body counts as whole only when HTTP proves it: its Content-Length (libcurl reports a shortfall as a partial
   file), or chunked encoding with its final chunk; a body with neither is refused and asked for again;
@@ -11,10 +12,10 @@ CPU rather than by the archive. libcurl parses HTTP in C and waits on every sock
   ``max_attempts`` requests per file; a 429 (or a 503 with ``Retry-After``) pauses the whole build through the
   shared throttle, at most ``max_wait``; a 404 is final;
 - a redirect is followed only within the archive's own origin, at most ``net.MAX_REDIRECTS`` hops (else the file
-  fails at once, naming both URLs: :func:`tglc_builder.net.follow_redirect`);
+  fails at once, naming both URLs: :func:`.net.follow_redirect`);
 - a body with a content coding (gzip...) is refused at once: bodies are stored as the archive holds them;
-- a whole body is validated before it takes its name (else it is quarantined); a full disk stops every transfer
-  and raises :class:`DiskFull`; stopping abandons what is in flight, leaving no temporary file.
+- a whole body is validated before it takes its name (else it is quarantined: ``base.settle``); a full disk stops
+  every transfer and raises :class:`DiskFull`; stopping abandons what is in flight, leaving no temporary file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import http
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -37,7 +37,7 @@ from .. import __version__
 from ..context import TaskContext
 from ..errors import Failure
 from . import base, net
-from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Refused, Validator, is_present, quarantine_path
+from .base import WINDOW, DiskFull, Fetched, Refused, Validator
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ _NEITHER = ("the server sent neither a Content-Length nor chunked encoding, so a
 class _Connections:
     """A multi handle (libcurl keeps its connections and DNS cache) and ``connections`` easy handles, set up for one
     archive; idle ones are kept per process, so that the work units of a build reuse their connections (HTTPS: no
-    new handshakes per unit) as the urllib3 client's per-process pools do."""
+    new handshakes per unit)."""
 
     def __init__(self, key: tuple, connections: int):
         self.key = key  # _key(): what the handles were set up for
@@ -149,11 +149,10 @@ class _Transfer:
     __slots__ = ("index", "gaia", "relpath", "dest", "tmp", "attempts", "not_before", "file", "headers", "error",
                  "waiting", "url", "target", "hops", "status", "refused")
 
-    def __init__(self, index: int, gaia: int, relpath: str, dest: Path, url: str):
-        self.index, self.gaia, self.relpath, self.dest = index, gaia, relpath, dest
+    def __init__(self, index: int, gaia: int, relpath: str, dest: Path, tmp: Path, url: str):
+        self.index, self.gaia, self.relpath, self.dest, self.tmp = index, gaia, relpath, dest, tmp
         self.url = self.target = url  # target: where it is asked for (url, or where a redirect in its origin led)
         self.hops = 0  # redirects followed
-        self.tmp = net.temporary_name(dest)
         self.attempts, self.not_before = 0, 0.0
         self.waiting = False  # due, and counted in the budget's waiting retries
         self.file = None
@@ -369,11 +368,11 @@ class _Transfers:
         """Item ``i``'s transfer, or None when its file is already complete (published at once)."""
         gaia, relpath = self.items[i]
         dest = self.fits_dir / relpath
-        if is_present(dest):
+        tmp = base.to_fetch(dest)
+        if tmp is None:
             self._publish(i, Fetched(dest, downloaded=False))
             return None
-        base.remove_stale_parts(dest.parent, dest.name)  # of workers that were killed
-        return _Transfer(i, gaia, relpath, dest, f"{self.url}/{relpath}")
+        return _Transfer(i, gaia, relpath, dest, tmp, f"{self.url}/{relpath}")
 
     def _start(self, transfer: _Transfer) -> None:
         transfer.headers.clear()
@@ -393,7 +392,7 @@ class _Transfers:
         self.pool.multi.add_handle(handle)
 
     def _os_error(self, exc: OSError) -> None:
-        self._fail(DiskFull(self.fits_dir, exc) if exc.errno in DISK_FULL_ERRNOS else exc)
+        self._fail(base.disk_full(self.fits_dir, exc))
 
     def _finish(self, handle: pycurl.Curl, code: int, message: str) -> None:
         """One attempt ended: the file takes its name, or the item fails, or it is asked for again."""
@@ -425,8 +424,7 @@ class _Transfers:
             if transfer.attempts >= self.max_attempts:
                 outcome = self._failure(transfer, retry_reason)
             else:
-                delay = self.backoff * 2 ** (transfer.attempts - 1) * (0.5 + random.random())
-                transfer.not_before = time.monotonic() + min(delay, Retry.DEFAULT_BACKOFF_MAX)
+                transfer.not_before = time.monotonic() + base.retry_delay(transfer.attempts, self.backoff)
                 self.again.append(transfer)
                 return
         self._publish(transfer.index, outcome)
@@ -451,24 +449,14 @@ class _Transfers:
             chunked = "chunked" in transfer.headers.get("transfer-encoding", "").lower()
             if not chunked and "content-length" not in transfer.headers:
                 return None, f"incomplete body: {_NEITHER}"
-            return self._accept(transfer), None
+            return base.settle(transfer.tmp, self.fits_dir, transfer.relpath, transfer.index, transfer.gaia,
+                               self.validate, transfer.attempts), None
         if status == 404:
             return self._failure(transfer, "HTTP 404 Not Found"), None
         if status in net.RETRY_STATUSES:
             self._maybe_pause(transfer, status)
             return None, f"HTTP {status} {_phrase(status)}"
         return self._failure(transfer, f"HTTP {status} {_phrase(status)}"), None
-
-    def _accept(self, transfer: _Transfer) -> Fetched | Failure:
-        try:
-            checked = self.validate(transfer.tmp, transfer.index)
-        except ValueError as exc:
-            quarantine = quarantine_path(self.fits_dir, transfer.relpath)
-            quarantine.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(transfer.tmp, quarantine)
-            return self._failure(transfer, base.invalid_reason(exc, transfer.tmp, quarantine))
-        os.replace(transfer.tmp, transfer.dest)
-        return Fetched(transfer.dest, downloaded=True, attempts=transfer.attempts, checked=checked)
 
     def _failure(self, transfer: _Transfer, reason: str, attempts: int | None = None) -> Failure:
         return Failure(transfer.gaia, transfer.relpath, "download", reason,
@@ -494,7 +482,7 @@ def _phrase(status: int) -> str:
 
 def fetch_many(url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                context: TaskContext, *, connections: int, max_attempts: int, max_wait: float,
-               backoff: float = net.DEFAULT_BACKOFF, deadline: net.Deadline = net.DEADLINE
+               backoff: float = base.BACKOFF, deadline: net.Deadline = net.DEADLINE
                ) -> Iterator[tuple[int, Fetched | Failure]]:
     """:meth:`HttpSource.fetch_many` on libcurl: the transfers run in one thread while the caller converts what
     has arrived."""

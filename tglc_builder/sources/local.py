@@ -13,7 +13,7 @@ from .. import layout
 from ..context import TaskContext
 from ..errors import Failure, UsageError
 from .base import DISK_FULL_ERRNOS, MAX_LISTING_BYTES, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
-    too_big
+    temporary_name, too_big
 
 LISTING_DIRS = ("download_scripts", "target_lists")
 
@@ -71,7 +71,7 @@ class LocalSource(Source):
 
     def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
         source = self._path(relpath)
-        tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
+        tmp = temporary_name(dest)
         try:
             stat = source.stat()
             if stat.st_size > MAX_LISTING_BYTES:

@@ -1,4 +1,6 @@
-"""HTTP for every download: pooled urllib3 connections, retries, a build-wide throttle and atomic file writes.
+"""HTTP plumbing shared by the HTTP source's two paths (light curves on libcurl, :mod:`.curl`; listings and the
+index page on urllib3, here): the archive's throttle, the redirect rule, proxies and CA bundle, deadlines; and the
+listings' downloads: pooled urllib3 connections, retries and atomic file writes.
 
 urllib3's ``Retry`` retries 429/5xx and connection failures with exponential backoff and jitter. What this module
 adds: a body counts as complete only when HTTP proves it (its Content-Length, or chunked encoding with its final
@@ -15,7 +17,6 @@ import hashlib
 import logging
 import mmap
 import os
-import random
 import tempfile
 import threading
 import time
@@ -31,8 +32,8 @@ from urllib3.util.retry import Retry
 
 from .. import __version__
 from ..progress import progress as progress_counter
-from .base import DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, Refused, SourceError, \
-    Unreachable, encoding_refused, invalid_reason, too_big
+from .base import BACKOFF, DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, Refused, SourceError, \
+    Unreachable, encoding_refused, retry_delay, temporary_name, too_big
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ def _retries_at_debug(record: logging.LogRecord) -> bool:
 
 logging.getLogger("urllib3.connectionpool").addFilter(_retries_at_debug)
 
-DEFAULT_BACKOFF = 0.5  # seconds; doubles with each attempt
 TIMEOUT = urllib3.Timeout(connect=10, read=60)  # seconds
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 VALIDATORS = ("Content-Length", "ETag", "Last-Modified")
@@ -75,25 +75,33 @@ DEADLINE = Deadline()  # light curves
 LISTING_DEADLINE = Deadline(limit=3600.0)  # a listing of ~440 MB: whole within the hour, at ~120 KB/s
 
 
+class TooSlow(Exception):
+    """A body slower than its deadline allows, abandoned (asked for again)."""
+
+
 class Pace:
-    """A body's progress against a :class:`Deadline`, for the clients that do not watch it themselves (urllib3,
-    aiobotocore; libcurl has LOW_SPEED_LIMIT/TIME and TIMEOUT): :meth:`check` is told the bytes received so far
-    and answers why to give up, or None. Windows follow each other, so a slow body is caught within 2 x window."""
+    """A body written to ``out`` as it arrives, against a :class:`Deadline` and a size cap, for the clients that do
+    not watch them themselves (urllib3, aiobotocore; libcurl has LOW_SPEED_LIMIT/TIME and TIMEOUT). Windows follow
+    each other, so a slow body is caught within 2 x window."""
 
-    def __init__(self, deadline: Deadline):
-        self.deadline = deadline
+    def __init__(self, out, deadline: Deadline, where: str, max_size: int | None = None):
+        self.out, self.deadline, self.where, self.max_size = out, deadline, where, max_size
         self.start = self.mark = time.monotonic()
-        self.marked = 0  # bytes received at the mark
+        self.received = self.marked = 0  # bytes received, and at the mark
 
-    def check(self, received: int) -> str | None:
+    def write(self, chunk: bytes) -> None:
+        """Write ``chunk``; raise :class:`Refused` beyond ``max_size`` bytes, :class:`TooSlow` below the deadline."""
+        self.received += len(chunk)
+        if self.max_size is not None and self.received > self.max_size:
+            raise too_big(self.where, self.max_size)
+        self.out.write(chunk)
         now, deadline = time.monotonic(), self.deadline
         if deadline.limit is not None and now - self.start > deadline.limit:
-            return deadline.too_long()
+            raise TooSlow(deadline.too_long())
         if now - self.mark >= deadline.window:
-            if received - self.marked < deadline.floor * (now - self.mark):
-                return deadline.too_slow()
-            self.mark, self.marked = now, received
-        return None
+            if self.received - self.marked < deadline.floor * (now - self.mark):
+                raise TooSlow(deadline.too_slow())
+            self.mark, self.marked = now, self.received
 
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -129,7 +137,7 @@ class Throttle:
         """Hold every request back for ``asked`` seconds (None: a short backoff), at most ``max_wait``; return the
         pause. Logged once per pause: only the answer that starts one writes a line, not those that arrive while
         it runs."""
-        seconds = max(0.0, min(DEFAULT_BACKOFF if asked is None else asked, max_wait))
+        seconds = max(0.0, min(BACKOFF if asked is None else asked, max_wait))
         now = time.time()
         with _local_lock:  # this process's threads
             starts = self._until.value <= now
@@ -324,7 +332,7 @@ def ca_bundle() -> str | None:
 
 
 def make_session(max_attempts: int = DEFAULT_MAX_ATTEMPTS, connections: int = DEFAULT_CONNECTIONS,
-                 backoff: float = DEFAULT_BACKOFF, max_wait: float = DEFAULT_MAX_WAIT) -> Session:
+                 backoff: float = BACKOFF, max_wait: float = DEFAULT_MAX_WAIT) -> Session:
     """Pools that reuse up to ``connections`` connections per host and retry transient failures within
     ``max_attempts`` requests per call. Bodies come as the server stores them (no content coding), so their size
     can be checked against Content-Length and written byte for byte."""
@@ -346,17 +354,8 @@ class _Incomplete(Exception):
     """A body that HTTP does not prove whole."""
 
 
-class _TooSlow(_Incomplete):
-    """A body slower than its deadline allows, abandoned."""
-
-
-def temporary_name(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
-
-
-def download_file(session: Session, url: str, dest: Path, *, validate: Callable[[Path], object] | None = None,
-                  quarantine: Path | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                  backoff: float = DEFAULT_BACKOFF, progress: bool = False,
+def download_file(session: Session, url: str, dest: Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                  backoff: float = BACKOFF, progress: bool = False,
                   stopping: Callable[[], bool] = lambda: False, max_size: int | None = None,
                   deadline: Deadline = DEADLINE) -> Download:
     """Download ``url`` to ``dest`` atomically, whole or not at all.
@@ -364,16 +363,15 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
     The body streams to a temporary name beside ``dest`` and counts as whole only when HTTP proves it: as long as
     its Content-Length, or chunked with its final chunk. A body cut short, or one that just ends when the connection
     closes (no Content-Length, not chunked: a cut could not be told from the end), is asked for again with backoff
-    and jitter, within the same ``max_attempts`` as urllib3's retries of status codes and connection failures. A
-    whole body is then checked by ``validate(tmp)`` (raises ``ValueError``) and only then renamed; one that fails is
-    kept at ``quarantine`` when given, and is final (the archive served it whole: asking again would not change it).
-    A body with a content coding, or larger than ``max_size`` (announced, or while read), is refused at once: bodies
-    are stored as the server holds them (urllib3 would decode a gzip body whatever Accept-Encoding asked for).
-    A body slower than ``deadline`` allows is abandoned and asked for again (its reason: "too slow").
+    and jitter, within the same ``max_attempts`` as urllib3's retries of status codes and connection failures; a
+    whole body is then renamed. A body with a content coding, or larger than ``max_size`` (announced, or while
+    read), is refused at once: bodies are stored as the server holds them (urllib3 would decode a gzip body whatever
+    Accept-Encoding asked for). A body slower than ``deadline`` allows is abandoned and asked for again (its
+    reason: "too slow").
 
-    Raises :class:`SourceError` (``permanent`` for 404 and invalid files), :class:`Stopped` when ``stopping()``
-    turns true (checked while paused and between chunks), and lets ``OSError`` from the file system through (the
-    caller knows which folder a full disk is).
+    Raises :class:`SourceError` (``permanent`` for 404), :class:`Stopped` when ``stopping()`` turns true (checked
+    while paused and between chunks), and lets ``OSError`` from the file system through (the caller knows which
+    folder a full disk is).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(dest)
@@ -415,15 +413,15 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
                     raise refused
                 try:
                     size = _receive(response, tmp, progress, url, stopping, max_size, deadline)
-                except (_Incomplete, HTTPError) as exc:
+                except (_Incomplete, TooSlow, HTTPError) as exc:
                     if isinstance(exc, ReadTimeoutError):  # no byte for a whole window
-                        exc = _TooSlow(deadline.too_slow())
-                    reason = str(exc) if isinstance(exc, _Incomplete) else f"{type(exc).__name__}: {exc}"
+                        exc = TooSlow(deadline.too_slow())
+                    reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, HTTPError) else str(exc)
                     if attempts >= max_attempts:
-                        raise SourceError(url, reason if isinstance(exc, _TooSlow) else f"incomplete body: {reason}",
+                        raise SourceError(url, reason if isinstance(exc, TooSlow) else f"incomplete body: {reason}",
                                           attempts) from None
                     log.debug("%s: %s; asking again", url, reason)
-                    if not _call.throttle.wait(stopping, backoff * 2 ** (attempts - 1) * (0.5 + random.random())):
+                    if not _call.throttle.wait(stopping, retry_delay(attempts, backoff)):
                         raise Stopped(url) from None
                     continue
                 whole = True
@@ -432,14 +430,6 @@ def download_file(session: Session, url: str, dest: Path, *, validate: Callable[
                 if not whole:
                     response.close()
                 response.release_conn()
-            if validate is not None:
-                try:
-                    validate(tmp)
-                except ValueError as exc:
-                    if quarantine is not None:
-                        quarantine.parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(tmp, quarantine)
-                    raise SourceError(url, invalid_reason(exc, tmp, quarantine), attempts, permanent=True) from None
             os.replace(tmp, dest)
             return Download(size, attempts, validators)
     finally:
@@ -455,26 +445,20 @@ def _receive(response: urllib3.BaseHTTPResponse, path: Path, progress: bool, url
     if not response.chunked and response.headers.get("Content-Length") is None:
         raise _Incomplete("the server sent neither a Content-Length nor chunked encoding, so a body cut short "
                           "could not be told from a whole one")
-    written = 0
     size = None if response.chunked else response.length_remaining
     bar = progress_counter(size, urlsplit(url).path.rsplit("/", 1)[-1], "B", unit_scale=True,
                            leave=False) if progress else None
     try:
         with open(path, "wb", buffering=_CHUNK) as out:  # a size given: no isatty() call per file
-            pace = Pace(deadline)
+            pace = Pace(out, deadline, url, max_size)
             # read1: what has arrived, so that a trickle is seen as one (read() waits for a whole chunk)
             while chunk := response.read1(_CHUNK, decode_content=False):
                 if stopping():
                     raise Stopped(url)
-                written += len(chunk)
-                if max_size is not None and written > max_size:
-                    raise too_big(url, max_size)
-                out.write(chunk)
-                if (slow := pace.check(written)) is not None:
-                    raise _TooSlow(slow)
+                pace.write(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
-    return written
+    return pace.received

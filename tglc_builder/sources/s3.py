@@ -6,8 +6,11 @@ AWS's unless ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` names another. Both
 and travel with it to every worker; the credentials themselves are read where the requests are made.
 
 Every worker process opens one s3fs file system of its own (never one inherited through fork) and runs many GETs
-at once on fsspec's event loop. botocore's own retries are off: this module retries throttling (503 SlowDown),
-5xx and dropped or short bodies itself, with exponential backoff and jitter, so that attempts are counted exactly.
+at once on fsspec's event loop. botocore's own retries are off, its ``standard`` and ``adaptive`` retry modes
+included: they retry the GetObject call (throttling, 5xx, connection errors) but not its body, which is read after
+the call has returned, so a body that breaks off, comes short or trickles (``net.Pace``) would still need a loop of
+ours, and the attempts a failure reports would count one layer's tries only. This module retries throttling (503
+SlowDown), 5xx and dropped, short or slow bodies itself (``base.retry_delay``), so that attempts are counted exactly.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,14 +35,12 @@ from ..context import TaskContext
 from . import net
 from ..errors import Failure, UsageError
 from .base import (DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, DISK_FULL_ERRNOS,
-                   MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source,
-                   SourceError, Validator, encoding_refused, invalid_reason, is_present, quarantine_path,
-                   remove_stale_parts, too_big)
+                   MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source, SourceError, Validator,
+                   encoding_refused, retry_delay, settle, temporary_name, to_fetch, too_big)
 from .local import is_contained
 
 ANON_ENV = "TGLC_S3_ANON"  # "0" (or "false", "no"): sign requests with the usual AWS credentials
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-BACKOFF = 0.5  # seconds before the second attempt; doubles with each attempt, times a random 0.5-1.5
 # seconds; no byte for a deadline's window is below any floor (a trickle is net.Pace's to catch)
 CONNECT_TIMEOUT, READ_TIMEOUT = 5, net.DEADLINE.window
 CHECK_TIMEOUT = 10  # seconds for check() to answer, whatever the endpoint does
@@ -53,10 +53,6 @@ _NETWORK_ERRORS = (HTTPClientError, BotoConnectionError, IncompleteReadError, Fl
 
 class _ShortBody(Exception):
     pass
-
-
-class _TooSlow(Exception):
-    """A body slower than the source's deadline (net.Deadline), abandoned; asked for again."""
 
 
 # ---- one file system per worker process ------------------------------------------------------------------------
@@ -90,11 +86,11 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         code, status = _error_code(exc)
         return code in _RETRY_CODES or status >= 500
-    return isinstance(exc, (*_NETWORK_ERRORS, _ShortBody, _TooSlow))
+    return isinstance(exc, (*_NETWORK_ERRORS, _ShortBody, net.TooSlow))
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, _TooSlow):
+    if isinstance(exc, net.TooSlow):
         return str(exc)
     if isinstance(exc, ClientError):
         code, status = _error_code(exc)
@@ -186,7 +182,7 @@ class S3Source(Source):
                         raise
                     if attempts >= self.max_attempts:
                         raise SourceError(f"s3://{self.bucket}/{key}", _reason(exc), attempts) from None
-                await asyncio.sleep(min(self.max_wait, BACKOFF * 2 ** (attempts - 1) * (0.5 + random.random())))
+                await asyncio.sleep(retry_delay(attempts, cap=self.max_wait))
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -194,10 +190,9 @@ class S3Source(Source):
     async def _stream(self, s3, key: str, tmp: Path, max_size: int | None = None,
                       deadline: net.Deadline = net.DEADLINE) -> dict:
         """One GET of ``key`` to ``tmp``: refused (:class:`Refused`) when stored with a content coding or beyond
-        ``max_size`` bytes (announced, or while read); abandoned (``_TooSlow``) when slower than ``deadline``."""
+        ``max_size`` bytes (announced, or while read); abandoned (``net.TooSlow``) when slower than ``deadline``."""
         response = await s3.get_object(Bucket=self.bucket, Key=key)
         body, expected = response["Body"], response["ContentLength"]
-        written = 0
         try:
             where = f"s3://{self.bucket}/{key}"
             refused = encoding_refused(where, response.get("ContentEncoding"))
@@ -206,19 +201,14 @@ class S3Source(Source):
             if refused is not None:
                 raise refused
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            pace = net.Pace(deadline)
             with open(tmp, "wb") as out:
+                pace = net.Pace(out, deadline, where, max_size)
                 while chunk := await body.read(_CHUNK):  # what has arrived, up to _CHUNK
-                    written += len(chunk)
-                    if max_size is not None and written > max_size:
-                        raise too_big(where, max_size)
-                    out.write(chunk)
-                    if (slow := pace.check(written)) is not None:
-                        raise _TooSlow(slow)
+                    pace.write(chunk)
         finally:
             body.close()
-        if written != expected:
-            raise _ShortBody(f"body of {written} bytes, the object has {expected}")
+        if pace.received != expected:
+            raise _ShortBody(f"body of {pace.received} bytes, the object has {expected}")
         return response
 
     # ---- listings ----------------------------------------------------------------------------------------------
@@ -238,7 +228,7 @@ class S3Source(Source):
         if not is_contained(relpath):
             raise SourceError(relpath, "not a relative path inside the bucket", 0, permanent=True)
         fs = self._fs()
-        tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
+        tmp = temporary_name(dest)
 
         async def copy() -> tuple[int, dict]:
             return await self._get(await fs.set_session(), self._key(relpath), tmp, dest.parent, MAX_LISTING_BYTES,
@@ -285,40 +275,15 @@ class S3Source(Source):
                 elif isinstance(outcome, BaseException):
                     raise outcome
                 else:
-                    yield i, self._settle(i, gaia, relpath, fits_dir, temporary.pop(i), outcome, validate)
+                    yield i, settle(temporary.pop(i), fits_dir, relpath, i, gaia, validate, outcome)
         finally:
             transfers.cancel()
             for tmp in temporary.values():
                 tmp.unlink(missing_ok=True)
 
-    @staticmethod
-    def _settle(i: int, gaia: int, relpath: str, fits_dir: Path, tmp: Path, attempts: int,
-                validate: Validator) -> Fetched | Failure:
-        """Validate a whole download: give it its name, or quarantine it."""
-        dest = fits_dir / relpath
-        try:
-            try:
-                checked = validate(tmp, i)
-            except ValueError as exc:
-                bad = quarantine_path(fits_dir, relpath)
-                bad.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, bad)
-                return Failure(gaia, relpath, "download", invalid_reason(exc, tmp, bad), attempts)
-            os.replace(tmp, dest)
-        except OSError as exc:
-            if exc.errno in DISK_FULL_ERRNOS:
-                raise DiskFull(fits_dir, exc) from None
-            raise
-        return Fetched(dest, downloaded=True, attempts=attempts, checked=checked)
-
-
 def _temporary_name(fits_dir: Path, relpath: str) -> Path | None:
     """Where ``relpath`` is fetched to before it is checked; None when it needs no fetching (or is refused)."""
-    dest = fits_dir / relpath
-    if not is_contained(relpath) or is_present(dest):
-        return None
-    remove_stale_parts(dest.parent, dest.name)  # of workers that were killed
-    return dest.with_name(f".{dest.name}.part-{os.getpid()}")
+    return to_fetch(fits_dir / relpath) if is_contained(relpath) else None
 
 
 class _Transfers:
