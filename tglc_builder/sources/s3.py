@@ -32,8 +32,8 @@ from fsspec.asyn import sync
 
 from .. import layout
 from ..context import TaskContext
-from . import net
 from ..errors import Failure, UsageError
+from . import net
 from .base import (DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, DISK_FULL_ERRNOS,
                    MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source, SourceError, Validator,
                    encoding_refused, retry_delay, settle, temporary_name, to_fetch, too_big)
