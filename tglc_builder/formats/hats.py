@@ -859,6 +859,8 @@ def _take(batches: list[pa.RecordBatch], rows: np.ndarray) -> pa.Table:
         mine = np.flatnonzero(which == b)
         pieces.append(batches[b].take(pa.array(rows[mine] - starts[b])))
         placed.append(mine)
+    if len(pieces) == 1:  # all from one batch (a shard of one block): already in order
+        return pa.Table.from_batches(pieces)
     table = pa.Table.from_batches(pieces).combine_chunks()  # one row group's rows, grouped by batch
     return table.take(pa.array(np.argsort(np.concatenate(placed), kind="stable")))
 
