@@ -60,6 +60,8 @@ GOALS: dict[str, tuple[Goal, ...]] = {
     "end_to_end.wall": (Goal("ratio", "<=", 1.05, "<= 1.05x the plain client"),),
     "streaming.scratch": (Goal("ratio", "<=", 0.15, "<= 15% of the sector's FITS bytes"),),
     "hats.bytes": (Goal("value", "<=", 9 * KB, "<= 9 KB"), Goal("extra:mismatches", "<=", 0, "lossless")),
+    "hats.write": (Goal("ratio", ">=", 0.9, ">= 0.9x HDF5"),),
+    "hats.write_memory": (Goal("ratio", "<=", 1.5, "<= 1.5x HDF5"),),
     "convert.side_by_side": (Goal("ratio", ">=", 0.9, "no worse than before (>= 0.9x)"),),
     "hats.read_parquet": (Goal("ratio", ">=", 1.5, ">= 1.5x HDF5 with load_tglc"),),
     "hats.read_parquet_batches": (Goal("ratio", ">=", 1.5, ">= 1.5x HDF5 with load_tglc"),),

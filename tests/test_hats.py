@@ -578,3 +578,50 @@ def test_extras_margin_cache_and_index(sector, tmp_path):
     # the next build removes the derived catalogs until its own finish
     writer.prepare(plan_shards(sub), False)
     assert not (out / "tglc_s0023_10arcs").exists() and not (out / "collection.properties").exists()
+
+
+@pytest.mark.parametrize("columns", [SEED, ALL], ids=["seed", "all"])
+def test_parquet_options_and_spatial_index_are_hats_own(columns):
+    """The writer spells out hats' Parquet options and spatial index (so its workers need not import hats): equal
+    to hats' get_parquet_write_table_kwargs and compute_spatial_index, for the catalog's and the stars' schemas."""
+    from hats.io.file_io.file_io import get_parquet_write_table_kwargs
+    from hats.pixel_math.spatial_index import compute_spatial_index
+    from tglc_builder.formats.hats import (COMPRESSION_LEVEL, DATA_PAGE_SIZE, arrow_schema, parquet_options,
+                                           spatial_index, widened)
+    from tglc_builder.stars import stars_schema
+
+    for schema in (widened(arrow_schema(columns), columns, 16), widened(arrow_schema(columns), columns, 32),
+                   stars_schema(columns, {})):
+        encodings = {"lightcurve.cadence_num.list.element": "DELTA_BINARY_PACKED"} if columns is ALL else {}
+        hats_own = get_parquet_write_table_kwargs(schema, write_table_kwargs={
+            "compression_level": COMPRESSION_LEVEL, "column_encoding": encodings, "write_page_checksum": True,
+            "data_page_size": DATA_PAGE_SIZE, "dictionary_pagesize_limit": DATA_PAGE_SIZE})
+        hats_own.pop("row_group_size")
+        assert parquet_options(schema) == hats_own
+    rng = np.random.default_rng(5)
+    ra = np.concatenate([rng.uniform(-10, 370, 5000), [0.0, 360.0, -0.0, 45.0, 90.0, 180.0, 359.9999999999]])
+    dec = np.concatenate([rng.uniform(-90, 90, 5000), [90.0, -90.0, 0.0, 41.8103148958, -41.8103148958, 0.0, 0.0]])
+    assert np.array_equal(spatial_index(ra, dec), compute_spatial_index(ra, dec))
+
+
+def test_writing_a_shard_imports_neither_hats_nor_datasets(sector, tmp_path):
+    """A worker writes its shards without importing hats (matplotlib, numba: ~200 MB and 1.5 s per process) or
+    datasets."""
+    code = f"""
+import pickle, sys
+sys.path[:0] = {[str(TESTS), str(TESTS.parent)]!r}
+from _blocks import write_shard
+writer, shard, fits_dir = pickle.load(open({str(tmp_path / "job.pkl")!r}, "rb"))
+before = set(sys.modules)  # (the test's helpers import healpy, which imports matplotlib)
+write_shard(writer, shard, fits_dir)
+assert writer.file(shard).is_file()
+print(sorted({{m.split(".")[0] for m in set(sys.modules) - before}} & {{"hats", "datasets", "matplotlib", "numba"}}))
+"""
+    import pickle
+    writer = HatsWriter(tmp_path / "collection", 23, SEED)
+    shards = plan_shards(sector)
+    writer.prepare(shards, False)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps((writer, shards[0], sector.fits_dir)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -142,6 +142,10 @@ def measure(ctx: Ctx) -> list[dict]:
             f"{h5['seconds']:.1f} s wall ({h5['rate'] / N_PROCESSES:,.0f} /s per process), {h5['cpu']:.1f} s CPU, peak "
             f"RSS {fmt_bytes(h5['peak_tree'])}; both read every FITS file and include the plan and the folder-level "
             "files (HATS: its metadata, written with hats' functions)"),
+        row("hats.write_memory", "hats", f"peak memory of all processes (driver and workers, sampled every 20 ms) "
+                                         f"of the same HATS writing ({where})",
+            fmt_bytes(hats["peak_tree"]), hats["peak_tree"],
+            f"{fmt_bytes(h5['peak_tree'])} (HDF5 writing of the same files, same way)", h5["peak_tree"]),
         row("hats.bytes", "hats", f"bytes per light curve, HATS Parquet data files ({size['rows']:,} rows in "
                                   f"{size['parquet_files']} files, {info['mean_cadences']:.0f} cadences on average)",
             fmt_bytes(size["per_lc"]), size["per_lc"],

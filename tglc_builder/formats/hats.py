@@ -60,7 +60,6 @@ from ..columns import IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, STRING, C
 from ..errors import UsageError
 from .base import (_UNSEALED, DIGEST_KEY, VERSIONS_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer,
                    check_digest, note_versions, seal, versions_text, write_error)
-from .card import write_card
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +142,42 @@ def arrow_schema(columns: ColumnSet) -> pa.Schema:
 
 
 def parquet_options(schema: pa.Schema) -> dict:
-    """``pq.ParquetWriter`` options: hats' defaults for the schema (BYTE_STREAM_SPLIT for floats, delta for the
-    spatial index, dictionary for the other integers), zstd at :data:`COMPRESSION_LEVEL` in pages of
-    :data:`DATA_PAGE_SIZE`, page checksums; the cadence number (``--columns all``) is a counter, so delta too."""
-    from hats.io.file_io.file_io import get_parquet_write_table_kwargs
+    """``pq.ParquetWriter`` options: hats' defaults for the schema (``get_parquet_write_table_kwargs`` of hats 0.11:
+    BYTE_STREAM_SPLIT for floats, delta for the spatial index, dictionary for the other leaves, statistics and page
+    index), zstd at :data:`COMPRESSION_LEVEL` in pages of :data:`DATA_PAGE_SIZE`, page checksums; the cadence number
+    (``--columns all``) is a counter, so delta too. Written out here, not taken from hats, because importing hats
+    (matplotlib, numba, pandas: 200 MB and 1.5 s of CPU) in every worker cost more than writing the files;
+    tests/test_hats.py holds them equal to hats' own."""
+    leaves: list[tuple[str, pa.DataType]] = []
 
-    encodings = {"lightcurve.cadence_num.list.element": "DELTA_BINARY_PACKED"} \
-        if "cadence_num" in schema.field("lightcurve").type.names else {}
-    kwargs = get_parquet_write_table_kwargs(schema, write_table_kwargs={
-        "compression_level": COMPRESSION_LEVEL, "column_encoding": encodings, "write_page_checksum": True,
-        "data_page_size": DATA_PAGE_SIZE, "dictionary_pagesize_limit": DATA_PAGE_SIZE})
-    kwargs.pop("row_group_size", None)  # one row group per write_table call
-    return kwargs
+    def walk(type_: pa.DataType, path: str) -> None:
+        if pa.types.is_struct(type_):
+            for child in type_:
+                walk(child.type, f"{path}.{child.name}")
+        elif pa.types.is_list(type_):
+            walk(type_.value_type, f"{path}.list.element")
+        else:
+            leaves.append((path, type_))
+
+    for field in schema:
+        walk(field.type, field.name)
+    encodings = {path: "BYTE_STREAM_SPLIT" for path, type_ in leaves if pa.types.is_floating(type_)}
+    encodings |= {path: "DELTA_BINARY_PACKED" for path, _ in leaves
+                  if path in (SPATIAL_INDEX, "lightcurve.cadence_num.list.element")}
+    return {"compression": "zstd", "compression_level": COMPRESSION_LEVEL, "column_encoding": encodings,
+            "use_dictionary": [path for path, _ in leaves if path not in encodings], "data_page_size": DATA_PAGE_SIZE,
+            "dictionary_pagesize_limit": DATA_PAGE_SIZE, "write_statistics": True, "write_page_index": True,
+            "write_page_checksum": True}
+
+
+def spatial_index(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """``_healpix_29`` of (RA, DEC) in degrees: what ``hats.pixel_math.spatial_index.compute_spatial_index`` computes
+    (cdshealpix on astropy angles), without importing hats in the workers (see :func:`parquet_options`)."""
+    from astropy.coordinates import Latitude, Longitude
+    from cdshealpix.nested import lonlat_to_healpix
+
+    return lonlat_to_healpix(Longitude(np.asarray(ra, np.float64), unit="deg"),
+                             Latitude(np.asarray(dec, np.float64), unit="deg"), SPATIAL_ORDER).astype(np.int64)
 
 
 # ---- errors -----------------------------------------------------------------------------------------------------
@@ -455,6 +478,8 @@ class HatsWriter(Writer):
         from hats.io.skymap import write_skymap
         from hats.pixel_math.healpix_pixel import HealpixPixel
 
+        from .card import write_card  # datasets: the driver's only, at the end
+
         self._remove_debris()
         self._remove_catalog_files()
         files = sorted({f for f in (self.file(s) for s in shards) if f.is_file()})
@@ -508,8 +533,8 @@ class HatsWriter(Writer):
         """A HATS catalog is one Parquet dataset of one schema (``_metadata`` appends the files' row groups, which
         requires equal schemas): when some files hold 32-bit flags (tglc 0.8 light curves) and others 16-bit ones,
         the narrower files are written again with the wider flags, values kept (rare: a sector mixing versions)."""
-        bits = {file: 8 * np.dtype(pq.read_schema(file).field("lightcurve").type.field("tglc_flags").type
-                                   .value_type.to_pandas_dtype()).itemsize for file in files}
+        bits = {file: pq.read_schema(file).field("lightcurve").type.field("tglc_flags").type.value_type.bit_width
+                for file in files}
         widest = max(bits.values())
         schema = widened(self.schema, self.columns, widest)
         for file in (f for f in files if bits[f] < widest):
@@ -693,12 +718,10 @@ class _HatsSink(ShardSink):
 
     def _batch(self, block: Block) -> pa.RecordBatch:
         """The block as the catalog's columns, each list trimmed to its n_cadences (values copied, bits kept)."""
-        from hats.pixel_math.spatial_index import compute_spatial_index
-
         shard, s = self.shard, block.scalars
         n = np.asarray(block.n_cadences, np.int32)
         ra, dec = np.asarray(s["RA"], np.float64), np.asarray(s["DEC"], np.float64)
-        columns = {SPATIAL_INDEX: np.asarray(compute_spatial_index(ra, dec), np.int64),
+        columns = {SPATIAL_INDEX: spatial_index(ra, dec),
                    "TIC_ID": np.asarray(s["TIC_ID"], np.int64), "gaiadr3_id": np.asarray(s["gaiadr3_id"], np.int64),
                    "RA": ra, "DEC": dec, "sector": np.full(len(n), self.writer.sector, np.int16),
                    "camera": shard.cam[block.rows].astype(np.int16), "ccd": shard.ccd[block.rows].astype(np.int16),
@@ -763,6 +786,8 @@ class _HatsSink(ShardSink):
             raise WriteError(f"{self.file}: verification failed before renaming: {exc}") from None
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise self._fail(exc) from None
+        finally:  # Arrow's pool keeps what the shard freed: a worker would idle at its high-water mark (~60 MB)
+            pa.default_memory_pool().release_unused()
 
     def abort(self) -> None:
         for handle in (self._ipc, self._ipc_file):
@@ -834,6 +859,8 @@ def _take(batches: list[pa.RecordBatch], rows: np.ndarray) -> pa.Table:
         mine = np.flatnonzero(which == b)
         pieces.append(batches[b].take(pa.array(rows[mine] - starts[b])))
         placed.append(mine)
+    if len(pieces) == 1:  # all from one batch (a shard of one block): already in order
+        return pa.Table.from_batches(pieces)
     table = pa.Table.from_batches(pieces).combine_chunks()  # one row group's rows, grouped by batch
     return table.take(pa.array(np.argsort(np.concatenate(placed), kind="stable")))
 
