@@ -223,7 +223,7 @@ def test_a_file_that_kills_its_dask_worker_is_named_and_fails_alone(tmp_path, mo
     import h5py
 
     import _tasks
-    from tglc_builder import pipeline, run
+    from tglc_builder import report as failure_report, run
     from tglc_builder.arguments import BuildArguments
     from tglc_builder.demo import SyntheticSector, write_mirror
     from tglc_builder.executor import Executor
@@ -241,7 +241,7 @@ def test_a_file_that_kills_its_dask_worker_is_named_and_fails_alone(tmp_path, mo
             distributed.Client(c) as client, Executor(client=client) as executor:
         summary = run.write_outputs(args, catalog, source, executor, build_unit=_tasks.build_unit_with_a_deadly_file)
     report = tmp_path / "failures.csv"
-    pipeline.write_failure_report(report, summary.failures)
+    failure_report.write_failure_report(report, summary.failures)
     with open(report, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["gaiadr3_id"], r["path"]) for r in rows] == [(str(deadly), str(catalog["path"][catalog["gaiadr3_id"]

@@ -21,7 +21,7 @@ import pytest
 from conftest import run_env
 from tglc_builder import executor, layout, listing, net
 from tglc_builder.demo.server import LocalArchive
-from tglc_builder.errors import Failure
+from tglc_builder.report import Failure
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources import Fetched, SourceError, open_source, quarantine_path
 from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES

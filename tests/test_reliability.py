@@ -15,7 +15,9 @@ from astropy.table import Table
 
 from build_parent_sample import TGLC_Downloader
 from conftest import REPO, assert_contract, assert_same_data, hdf5_values, run_env
-from tglc_builder import layout, pipeline
+from tglc_builder import layout
+from tglc_builder.folders import exclusive
+from tglc_builder.report import write_failure_report
 from tglc_builder.demo import LocalArchive
 
 SCRIPT = str(REPO / "build_parent_sample.py")
@@ -197,7 +199,7 @@ def test_bad_target_list_and_disagreeing_listings(tmp_path):
 
 def test_second_build_on_the_same_folders_is_refused(tmp_path, archive):
     (tmp_path / "out").mkdir()
-    with pipeline.exclusive([tmp_path / "out"]):
+    with exclusive([tmp_path / "out"]):
         result = _run(tmp_path, archive.url, "--tiny")
     assert result.returncode == 2
     assert "in use by another build" in result.stderr and str(tmp_path / "out") in result.stderr
@@ -306,7 +308,7 @@ def test_a_file_that_kills_its_worker_is_named_and_fails_alone(tmp_path, monkeyp
     with Executor(2) as executor:
         summary = run.write_outputs(args, catalog, source, executor, build_unit=_tasks.build_unit_with_a_deadly_file)
     report = tmp_path / "failures.csv"
-    pipeline.write_failure_report(report, summary.failures)
+    write_failure_report(report, summary.failures)
     with open(report, newline="") as f:
         rows = list(csv.DictReader(f))
     path = str(catalog["path"][catalog["gaiadr3_id"] == deadly][0])

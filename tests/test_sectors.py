@@ -23,8 +23,8 @@ from conftest import REPO, run_env
 from tglc_builder import layout
 from tglc_builder.arguments import BuildArguments, parse_sectors
 from tglc_builder.demo import LocalArchive, write_mirror
-from tglc_builder.errors import Failure, UsageError
-from tglc_builder.pipeline import BuildSummary, closing_lines
+from tglc_builder.errors import UsageError
+from tglc_builder.report import BuildSummary, Failure, closing_lines
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources.http import linked_names
 from tglc_builder.sources.local import LocalSource

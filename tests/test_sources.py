@@ -24,7 +24,8 @@ import pytest
 
 from tglc_builder import layout
 from tglc_builder.demo import SyntheticSector, write_mirror
-from tglc_builder.errors import Failure, UsageError
+from tglc_builder.errors import UsageError
+from tglc_builder.report import Failure
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources import Fetched, SourceError, open_source
 

@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from conftest import run_env
 from tglc_builder import executor, layout, listing, net
-from tglc_builder.errors import Failure
+from tglc_builder.report import Failure
 from tglc_builder.sources import Fetched
 from tglc_builder.sources.http import CLIENTS as CLIENT_NAMES
 from tglc_builder.sources.http import HttpSource

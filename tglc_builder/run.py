@@ -17,11 +17,11 @@ from astropy.table import Table
 from . import layout, listing, plan, targets, units
 from .targets import ranges as _ranges
 from .arguments import BuildArguments
-from .errors import Failure, UsageError
+from .errors import UsageError
 from .executor import Executor, WorkerDied
 from .formats import FORMATS, Writer, format_spec, make_writers
-from .pipeline import BuildSummary, closing_lines, exclusive, remove_debris, removed_if_left_empty, \
-    writable_dir,     write_failure_report, write_text
+from .folders import exclusive, remove_debris, removed_if_left_empty, writable_dir, write_text
+from .report import BuildSummary, Failure, closing_lines, write_failure_report
 from .sources import DEFAULT_MAST_URL, Source, open_source
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Failure
+from ..report import Failure
 
 QUARANTINE = "corrupt"  # folder of fits_dir where downloaded files that are not TGLC light curves are moved
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})

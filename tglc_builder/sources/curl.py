@@ -34,7 +34,7 @@ from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from .. import __version__, executor, net
-from ..errors import Failure
+from ..report import Failure
 from . import base
 from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, Refused, Validator, is_present, quarantine_path
 

@@ -21,7 +21,8 @@ from urllib.parse import unquote, urlsplit
 from urllib3.exceptions import HTTPError
 
 from .. import layout, net
-from ..errors import Failure, UsageError
+from ..errors import UsageError
+from ..report import Failure
 from . import base
 from .base import DISK_FULL_ERRNOS, WINDOW, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
     is_present, quarantine_path

@@ -10,7 +10,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .. import layout
-from ..errors import Failure, UsageError
+from ..errors import UsageError
+from ..report import Failure
 from .base import DISK_FULL_ERRNOS, MAX_LISTING_BYTES, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
     too_big
 

@@ -29,7 +29,8 @@ from botocore.parsers import ResponseParserError
 from fsspec.asyn import sync
 
 from .. import layout, net
-from ..errors import Failure, UsageError
+from ..errors import UsageError
+from ..report import Failure
 from .base import (DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, DISK_FULL_ERRNOS,
                    MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source,
                    SourceError, Validator, encoding_refused, invalid_reason, is_present, quarantine_path,
