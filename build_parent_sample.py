@@ -33,7 +33,8 @@ from tglc_builder.arguments import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, TINY_
 from tglc_builder.errors import UsageError
 from tglc_builder.executor import Executor, run_interruptibly
 from tglc_builder.formats import DEMO_NOTE
-from tglc_builder.pipeline import BuildSummary, exclusive
+from tglc_builder.folders import exclusive
+from tglc_builder.report import BuildSummary
 from tglc_builder.sources import DEFAULT_CONNECTIONS
 
 log = logging.getLogger("build_parent_sample")

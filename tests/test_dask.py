@@ -217,39 +217,21 @@ def test_stop_and_interrupt_reach_tasks_running_on_the_cluster(tmp_path, cluster
 def test_a_file_that_kills_its_dask_worker_is_named_and_fails_alone(tmp_path, monkeypatch):
     """On Dask too: a file whose read kills the worker every time (SIGKILL) is named by its task's breadcrumbs once
     Dask gives up (KilledWorker), fails alone, and the rest of its unit is written."""
-    import csv
-
     import dask
-    import h5py
 
     import _tasks
-    from tglc_builder import pipeline, run
-    from tglc_builder.arguments import BuildArguments
-    from tglc_builder.demo import SyntheticSector, write_mirror
+    from helpers.deadly import deadly_sector, failure_rows, written_ids
+    from tglc_builder import run
     from tglc_builder.executor import Executor
-    from tglc_builder.sources.local import LocalSource
 
-    mirror = write_mirror(tmp_path / "mirror", SyntheticSector(23, 120, 4))
-    args = BuildArguments(23, tmp_path / "data", hdf5_output_dir=tmp_path / "out", fits_dir=tmp_path / "fits",
-                          mast_url=str(mirror), rows_per_shard=20)
-    source = LocalSource(str(mirror))
-    catalog = run.make_catalog(args, source, tiny=False, save=False)
-    deadly = int(catalog["gaiadr3_id"][len(catalog) // 3])
-    monkeypatch.setenv("TGLC_TEST_DEADLY_GAIA", str(deadly))  # before the workers start: they inherit it
+    args, source, catalog, deadly = deadly_sector(tmp_path, monkeypatch)
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
             distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
             distributed.Client(c) as client, Executor(client=client) as executor:
         summary = run.write_outputs(args, catalog, source, executor, build_unit=_tasks.build_unit_with_a_deadly_file)
-    report = tmp_path / "failures.csv"
-    pipeline.write_failure_report(report, summary.failures)
-    with open(report, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = failure_rows(tmp_path, summary)
     assert [(r["gaiadr3_id"], r["path"]) for r in rows] == [(str(deadly), str(catalog["path"][catalog["gaiadr3_id"]
                                                                                                == deadly][0]))]
     assert "died while reading this file" in rows[0]["reason"] and "KilledWorker" in rows[0]["reason"]
-    ids = []
-    for file in (tmp_path / "out").rglob("*.hdf5"):
-        with h5py.File(file, "r") as h5:
-            ids += h5["gaiadr3_id"][()].tolist()
-    assert sorted(ids) == sorted(int(g) for g in catalog["gaiadr3_id"] if g != deadly)
+    assert written_ids(tmp_path / "out") == sorted(int(g) for g in catalog["gaiadr3_id"] if g != deadly)
     assert not list((tmp_path / "data").rglob(".tglc-reading-*"))  # no breadcrumbs left

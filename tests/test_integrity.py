@@ -26,7 +26,8 @@ import pytest
 from astropy.table import Table
 
 from conftest import REPO, assert_contract, assert_same_data, hdf5_values, run_env
-from tglc_builder import layout, pipeline
+from tglc_builder import layout
+from tglc_builder.folders import exclusive
 from tglc_builder.demo import LocalArchive, SyntheticSector
 from tglc_builder.formats.hdf5 import COMPLETE
 
@@ -133,7 +134,7 @@ def _describe(pids: list[int]) -> list[str]:
 def _assert_unlocked(root: Path) -> None:
     """The build's folders can be locked at once: the build that held them is gone and released them."""
     folders = [root / "data" / "s0023", root / "fits", root / "out"]
-    with pipeline.exclusive([f for f in folders if f.exists()]):
+    with exclusive([f for f in folders if f.exists()]):
         pass
 
 

@@ -5,7 +5,6 @@ from the demo archive over HTTP, which counts its own requests."""
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +19,10 @@ from tglc_builder.errors import UsageError
 from tglc_builder.sources import DEFAULT_MAST_URL, open_source
 
 pytest.importorskip("s3fs")
-from moto.server import ThreadedMotoServer  # noqa: E402
 
 from conftest import REPO, assert_contract, run_env  # noqa: E402
-from test_sources import BUCKET, PUBLIC_READ, FaultyProxy  # noqa: E402
+from helpers.bucket import BUCKET, public_bucket, upload  # noqa: E402
+from test_sources import FaultyProxy  # noqa: E402
 
 SECTOR, PREFIX = 23, "mast/hlsp/tglc"
 LISTING_DIRS = (layout.DOWNLOAD_SCRIPTS, layout.target_list_relpath(SECTOR).split("/")[0])
@@ -33,28 +32,14 @@ LISTING_DIRS = (layout.DOWNLOAD_SCRIPTS, layout.target_list_relpath(SECTOR).spli
 def bucket(archive, tmp_path_factory):
     """The archive's light curves in s3://tglc-mirror/mast/hlsp/tglc, without either listing; yields the proxy to
     the S3 server (its URL is the endpoint)."""
-    import boto3
-
     mirror = write_mirror(tmp_path_factory.mktemp("tree"), archive)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    url = "http://%s:%d" % server.get_host_and_port()
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="owner",
-                          aws_secret_access_key="owner")
-    client.create_bucket(Bucket=BUCKET, ACL="public-read")
-    client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(PUBLIC_READ))
-    uploaded = 0
-    for path in sorted(p for p in mirror.rglob("*") if p.is_file()):
-        relpath = path.relative_to(mirror).as_posix()
-        if relpath.split("/")[0] not in LISTING_DIRS:
-            client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{relpath}", Body=path.read_bytes(), ACL="public-read")
-            uploaded += 1
-    assert uploaded == archive.sector.n  # every light curve, nothing else
-    proxy = FaultyProxy(url)
-    yield proxy
-    proxy.close()
-    server.stop()
+    listings = {path.relative_to(mirror).as_posix(): None for folder in LISTING_DIRS
+                for path in (mirror / folder).rglob("*")}
+    with public_bucket() as url:
+        assert upload(url, mirror, PREFIX, listings) == archive.sector.n  # every light curve, nothing else
+        proxy = FaultyProxy(url)
+        yield proxy
+        proxy.close()
 
 
 @pytest.fixture

@@ -14,17 +14,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import run_env
+from helpers.http_server import Handler, Server
 from tglc_builder import layout, listing
 from tglc_builder.context import OUTSIDE, TaskContext
 from tglc_builder.demo.server import LocalArchive
-from tglc_builder.errors import Failure
+from tglc_builder.report import Failure
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources import Fetched, SourceError, quarantine_path
 from tglc_builder.sources import net
@@ -34,87 +34,49 @@ BODY = bytes(range(256)) * 400  # 102,400 bytes
 ETAG, LAST_MODIFIED = '"v1-abc"', "Tue, 24 Nov 2026 10:00:00 GMT"
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: "_Server"
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 - the base class's name
-        owner = self.server.owner
-        with owner.lock:
-            k = owner.requests[self.path]
-            owner.requests[self.path] += 1
-            owner.peers.append(self.client_address)
-        script = owner.scripts.get(self.path, ["404"])
-        how = script[min(k, len(script) - 1)]
-        body = owner.bodies.get(self.path, b"")
-        if how == "404":
-            return self._head(404, {"Content-Length": "0"})
-        if how.startswith("429"):
-            if owner.gate is not None:
-                owner.gate.wait(10)  # answer together, as to requests of many workers in flight at once
-            return self._head(429, {"Content-Length": "0", "Retry-After": how.split(":")[1]})
-        validators = {"ETag": ETAG, "Last-Modified": LAST_MODIFIED}
-        if how == "length":
-            self._head(200, {"Content-Length": str(len(body)), **validators})
-            self.wfile.write(body)
-        elif how == "cut":  # announces the whole body, sends half, hangs up
-            self._head(200, {"Content-Length": str(len(body)), **validators})
-            self.wfile.write(body[:len(body) // 2])
-            self.close_connection = True
-        elif how == "close":  # no length, not chunked: the body ends when the connection does
-            self._head(200, {"Connection": "close", **validators})
-            self.wfile.write(body)
-            self.close_connection = True
-        elif how in ("chunked", "chunked-cut"):
-            self._head(200, {"Transfer-Encoding": "chunked", **validators})
-            half = len(body) // 2
-            for piece in (body[:half], body[half:]) if how == "chunked" else (body[:half],):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            if how == "chunked":
-                self.wfile.write(b"0\r\n\r\n")
-            else:
-                self.close_connection = True
-        else:
-            raise ValueError(how)
-
-    def _head(self, status: int, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    owner: "FramingServer"
-
-
-class FramingServer:
+class FramingServer(Server):
     """Answers each path by a script, one entry per request (the last repeats): ``length``, ``chunked``, ``close``
     (no Content-Length), ``cut`` (half the announced body), ``chunked-cut`` (no final chunk), ``429:<Retry-After>``,
     ``404``. ``gate``: a barrier the 429 answers wait at."""
 
     def __init__(self, scripts: dict[str, list[str]], bodies: dict[str, bytes] | None = None,
                  gate: threading.Barrier | None = None):
+        super().__init__(self._answer)
         self.scripts, self.gate = scripts, gate
         self.bodies = bodies or {path: BODY for path in scripts}
-        self.requests: Counter[str] = Counter()
-        self.peers: list[tuple[str, int]] = []  # the client's address of each request: one per connection used
-        self.lock = threading.Lock()
 
-    def __enter__(self) -> "FramingServer":
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.owner = self
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def _answer(self, handler: Handler) -> None:
+        script = self.scripts.get(handler.path, ["404"])
+        how = script[min(handler.nth, len(script) - 1)]
+        body = self.bodies.get(handler.path, b"")
+        if how == "404":
+            return handler.head(404, {"Content-Length": "0"})
+        if how.startswith("429"):
+            if self.gate is not None:
+                self.gate.wait(10)  # answer together, as to requests of many workers in flight at once
+            return handler.head(429, {"Content-Length": "0", "Retry-After": how.split(":")[1]})
+        validators = {"ETag": ETAG, "Last-Modified": LAST_MODIFIED}
+        if how == "length":
+            handler.send(200, body, validators)
+        elif how == "cut":  # announces the whole body, sends half, hangs up
+            handler.head(200, {"Content-Length": str(len(body)), **validators})
+            handler.wfile.write(body[:len(body) // 2])
+            handler.close_connection = True
+        elif how == "close":  # no length, not chunked: the body ends when the connection does
+            handler.head(200, {"Connection": "close", **validators})
+            handler.wfile.write(body)
+            handler.close_connection = True
+        elif how in ("chunked", "chunked-cut"):
+            handler.head(200, {"Transfer-Encoding": "chunked", **validators})
+            half = len(body) // 2
+            for piece in (body[:half], body[half:]) if how == "chunked" else (body[:half],):
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            if how == "chunked":
+                handler.wfile.write(b"0\r\n\r\n")
+            else:
+                handler.close_connection = True
+        else:
+            raise ValueError(how)
 
 
 @pytest.fixture(autouse=True)

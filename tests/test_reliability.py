@@ -15,7 +15,8 @@ from astropy.table import Table
 
 from build_parent_sample import TGLC_Downloader
 from conftest import REPO, assert_contract, assert_same_data, hdf5_values, run_env
-from tglc_builder import layout, pipeline
+from tglc_builder import layout
+from tglc_builder.folders import exclusive
 from tglc_builder.demo import LocalArchive
 
 SCRIPT = str(REPO / "build_parent_sample.py")
@@ -197,7 +198,7 @@ def test_bad_target_list_and_disagreeing_listings(tmp_path):
 
 def test_second_build_on_the_same_folders_is_refused(tmp_path, archive):
     (tmp_path / "out").mkdir()
-    with pipeline.exclusive([tmp_path / "out"]):
+    with exclusive([tmp_path / "out"]):
         result = _run(tmp_path, archive.url, "--tiny")
     assert result.returncode == 2
     assert "in use by another build" in result.stderr and str(tmp_path / "out") in result.stderr
@@ -288,46 +289,25 @@ def test_archive_url_must_be_http(tmp_path):
 def test_a_file_that_kills_its_worker_is_named_and_fails_alone(tmp_path, monkeypatch, caplog):
     """A file whose read kills the worker (SIGKILL, as an OOM kill) every time: its unit is run again alone, then
     without it; failures.csv names that file only, and every other row is written. A rerun then finishes."""
-    import h5py
-
     import _tasks
+    from helpers.deadly import deadly_sector, failure_rows, written_ids
     from tglc_builder import run
-    from tglc_builder.arguments import BuildArguments
-    from tglc_builder.demo import SyntheticSector, write_mirror
     from tglc_builder.executor import Executor
-    from tglc_builder.sources.local import LocalSource
 
-    mirror = write_mirror(tmp_path / "mirror", SyntheticSector(23, 120, 4))
-    args = BuildArguments(23, tmp_path / "data", hdf5_output_dir=tmp_path / "out", fits_dir=tmp_path / "fits",
-                          mast_url=str(mirror), rows_per_shard=20)
-    source = LocalSource(str(mirror))
-    catalog = run.make_catalog(args, source, tiny=False, save=False)
-    deadly = int(catalog["gaiadr3_id"][len(catalog) // 3])
-    monkeypatch.setenv("TGLC_TEST_DEADLY_GAIA", str(deadly))  # before the workers start: they inherit it
+    args, source, catalog, deadly = deadly_sector(tmp_path, monkeypatch)
     with Executor(2) as executor:
         summary = run.write_outputs(args, catalog, source, executor, build_unit=_tasks.build_unit_with_a_deadly_file)
-    report = tmp_path / "failures.csv"
-    pipeline.write_failure_report(report, summary.failures)
-    with open(report, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = failure_rows(tmp_path, summary)
     path = str(catalog["path"][catalog["gaiadr3_id"] == deadly][0])
     assert len(rows) == 1 and rows[0]["gaiadr3_id"] == str(deadly) and rows[0]["path"] == path
     assert "died while reading this file" in rows[0]["reason"] and "SIGKILL" in rows[0]["reason"]
     assert f"reading item(s) {deadly}" in caplog.text  # the driver's log names it too
-
-    def written() -> list[int]:
-        ids = []
-        for file in (tmp_path / "out").rglob("*.hdf5"):
-            with h5py.File(file, "r") as h5:
-                ids += h5["gaiadr3_id"][()].tolist()
-        return sorted(ids)
-
     others = sorted(int(g) for g in catalog["gaiadr3_id"] if g != deadly)
-    assert written() == others and summary.converted == len(others)
+    assert written_ids(tmp_path / "out") == others and summary.converted == len(others)
     with Executor(2) as executor:  # the file is fine now: the rerun adds its row, carrying the others
         again = run.write_outputs(args, catalog, source, executor)
     assert again.failures == [] and again.complete + again.converted == len(catalog)
-    assert written() == sorted(int(g) for g in catalog["gaiadr3_id"])
+    assert written_ids(tmp_path / "out") == sorted(int(g) for g in catalog["gaiadr3_id"])
 
 
 def test_a_lost_unit_leaves_no_part_file_of_its_downloads(tmp_path):

@@ -23,8 +23,8 @@ from conftest import REPO, run_env
 from tglc_builder import layout
 from tglc_builder.arguments import BuildArguments, parse_sectors
 from tglc_builder.demo import LocalArchive, write_mirror
-from tglc_builder.errors import Failure, UsageError
-from tglc_builder.pipeline import BuildSummary, closing_lines
+from tglc_builder.errors import UsageError
+from tglc_builder.report import BuildSummary, Failure, closing_lines
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources.http import linked_names
 from tglc_builder.sources.local import LocalSource
@@ -267,7 +267,7 @@ def test_the_final_summary_of_several_sectors(release, together):
 def test_the_summary_of_one_sector_says_where_and_how_to_load(tmp_path):
     summary = BuildSummary(downloaded=3, present=1, complete=10, carried=2, converted=5, files_written=2,
                            failures=[Failure(1, "p", "download", "gone", 5)], outputs=[("hdf5", tmp_path / "out")])
-    assert closing_lines({23: summary}) == [
+    assert closing_lines({23: summary}, {"hdf5": "HDF5"}) == [
         "Sector 23: 15 light curves in the output (10 already there, 5 written now into 2 files, of which 2 copied "
         "from earlier files); FITS files: 3 downloaded, 1 already on disk; 1 failed",
         f"Dataset: {tmp_path / 'out'} (HDF5, 15 light curves)",

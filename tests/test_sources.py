@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import json
-import logging
 import multiprocessing
 import pickle
 import socket
@@ -25,38 +23,22 @@ import pytest
 from tglc_builder import layout
 from tglc_builder.context import OUTSIDE, TaskContext
 from tglc_builder.demo import SyntheticSector, write_mirror
-from tglc_builder.errors import Failure, UsageError
+from tglc_builder.errors import UsageError
+from tglc_builder.report import Failure
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources import Fetched, SourceError, open_source
 
 pytest.importorskip("s3fs")
-from moto.server import ThreadedMotoServer  # noqa: E402
 
 from conftest import hdf5_values, run_env  # noqa: E402
+from helpers.bucket import BUCKET, public_bucket, upload  # noqa: E402
 
 SECTOR, N, SEED = 23, 30, 11
-BUCKET, PREFIX = "tglc-mirror", "hlsps/tglc"
+PREFIX = "hlsps/tglc"
 MISSING, CORRUPT = 4, 7  # objects of the bucket: never uploaded, uploaded cut short
-PUBLIC_READ = {"Version": "2012-10-17", "Statement": [{
-    "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
-    "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}]}
 
 
 # ---- the tree, on disk and in a bucket ---------------------------------------------------------------------------
-def upload(url: str, root: Path, prefix: str, changes: dict[str, bytes | None] | None = None) -> None:
-    """Put every file below ``root`` into the bucket under ``prefix``, as its owner, readable by anyone;
-    ``changes`` maps relative paths to other contents, or to None to leave them out."""
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="owner",
-                          aws_secret_access_key="owner")
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        relpath = path.relative_to(root).as_posix()
-        data = (changes or {}).get(relpath, path.read_bytes())
-        if data is not None:
-            client.put_object(Bucket=BUCKET, Key=f"{prefix}/{relpath}", Body=data, ACL="public-read")
-
-
 @pytest.fixture(scope="module")
 def sector() -> SyntheticSector:
     return SyntheticSector(SECTOR, N, SEED)
@@ -76,21 +58,11 @@ def mirror(sector, tmp_path_factory) -> Path:
 def moto_url(sector, mirror) -> str:
     """A local S3 server holding the mirror under s3://tglc-mirror/hlsps/tglc, readable anonymously, but for one
     object left out and one cut short."""
-    import boto3
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    url = "http://%s:%d" % server.get_host_and_port()
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="owner",
-                          aws_secret_access_key="owner")
-    client.create_bucket(Bucket=BUCKET, ACL="public-read")
-    client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(PUBLIC_READ))
-    # whole FITS blocks, but no light-curve table
-    upload(url, mirror, PREFIX, {sector.relpath(MISSING): None,
-                                 sector.relpath(CORRUPT): sector.fits_bytes(CORRUPT)[:2 * 2880]})
-    yield url
-    server.stop()
+    with public_bucket() as url:
+        # whole FITS blocks, but no light-curve table
+        upload(url, mirror, PREFIX, {sector.relpath(MISSING): None,
+                                     sector.relpath(CORRUPT): sector.fits_bytes(CORRUPT)[:2 * 2880]})
+        yield url
 
 
 class FaultyProxy:

@@ -6,16 +6,12 @@ curves (libcurl) and listings (urllib3)."""
 from __future__ import annotations
 
 import datetime
-import http.server
 import ipaddress
 import logging
-import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,9 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from conftest import run_env
+from helpers.http_server import Handler, Server
 from tglc_builder import layout, listing
 from tglc_builder.context import OUTSIDE
-from tglc_builder.errors import Failure
+from tglc_builder.report import Failure
 from tglc_builder.sources import Fetched
 from tglc_builder.sources import net
 from tglc_builder.sources.http import HttpSource
@@ -75,70 +72,33 @@ def trusted(certificate, monkeypatch) -> Path:
     return certificate[0]
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: "_Server"
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 - the base class's name
-        owner = self.server.owner
-        with owner.lock:
-            owner.requests[self.path] += 1
-        owner.answer(self)
-
-    def send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    owner: "Server"
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # a client that hangs up on a body it refuses is expected here
-
-
-class Server:
-    """A server on 127.0.0.1 whose every GET is answered by ``answer(handler)``; HTTPS when given a certificate.
-    ``requests`` counts the requests per path."""
-
-    def __init__(self, answer: Callable[[_Handler], None], certificate: tuple[Path, Path] | None = None):
-        self.answer, self.certificate = answer, certificate
-        self.requests: Counter[str] = Counter()
-        self.lock = threading.Lock()
-
-    def __enter__(self) -> "Server":
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.owner = self
-        scheme = "http"
-        if self.certificate is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*map(str, self.certificate))
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-            scheme = "https"
-        self.port = self._server.server_address[1]
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def total(self) -> int:
-        with self.lock:
-            return sum(self.requests.values())
-
-
-def _serve_body(handler: _Handler) -> None:
+def _serve_body(handler: Handler) -> None:
     handler.send(200, BODY)
+
+
+def _redirect_to(other: Server) -> Callable[[Handler], None]:
+    """Answers every request with a redirect to the same path on ``other``."""
+    def answer(handler: Handler) -> None:
+        handler.send(302, b"", {"Location": f"{other.url}{handler.path}"})
+    return answer
+
+
+def _build(tmp_path: Path, url: str, *options: str, **env: str) -> subprocess.CompletedProcess:
+    """The real command, building sector 23 from ``url``."""
+    return subprocess.run([sys.executable, str(ROOT / "build_parent_sample.py"), "-s", str(SECTOR), "--tglc_data_path",
+                           str(tmp_path / "data"), "--mast-url", url, *options], capture_output=True, text=True,
+                          timeout=120, env=run_env(**env))
+
+
+def _errors(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in done.stderr.splitlines() if " ERROR " in line or line.startswith("error")]
+
+
+def _listing_error(tmp_path: Path, url: str) -> str:
+    """The one line of the ListingError that fetching sector 23's listings from ``url`` raises."""
+    with pytest.raises(listing.ListingError) as error:
+        listing.fetch_listings(SECTOR, tmp_path, HttpSource(url, max_attempts=3))
+    return str(error.value)
 
 
 def _fetch(url: str, names: list[str], folder: Path, **settings) -> dict:
@@ -155,10 +115,7 @@ def test_a_redirect_to_another_origin_is_a_failure_naming_both_urls(tmp_path, ce
     """An HTTPS archive that sends every light curve to plain HTTP on another port, or to HTTPS on another port:
     each file fails at once (one request), naming both URLs, and the other server is never asked."""
     with Server(_serve_body, certificate if elsewhere == "other-port" else None) as other:
-        def redirect(handler: _Handler) -> None:
-            handler.send(302, b"", {"Location": f"{other.url}{handler.path}"})
-
-        with Server(redirect, certificate) as archive:
+        with Server(_redirect_to(other), certificate) as archive:
             names = [f"lc{k}.fits" for k in range(6)]
             got = _fetch(archive.url, names, tmp_path, connections=3, max_attempts=3)
             asked = dict(archive.requests)
@@ -173,7 +130,7 @@ def test_a_redirect_to_another_origin_is_a_failure_naming_both_urls(tmp_path, ce
 
 
 def test_a_redirect_within_the_origin_is_followed_and_logged_once(tmp_path, certificate, trusted, caplog):
-    def answer(handler: _Handler) -> None:
+    def answer(handler: Handler) -> None:
         if handler.path.startswith("/moved/"):
             handler.send(200, BODY)
         else:  # relative, as servers often send it
@@ -192,7 +149,7 @@ def test_a_redirect_within_the_origin_is_followed_and_logged_once(tmp_path, cert
 
 
 def test_redirects_within_the_origin_are_followed_at_most_five_times(tmp_path):
-    def answer(handler: _Handler) -> None:
+    def answer(handler: Handler) -> None:
         handler.send(302, b"", {"Location": handler.path + "x"})
 
     with Server(answer) as archive:
@@ -202,8 +159,8 @@ def test_redirects_within_the_origin_are_followed_at_most_five_times(tmp_path):
                                " refused")
 
 
-def _listing_server(answer_listing: Callable[[_Handler], None]) -> Callable[[_Handler], None]:
-    def answer(handler: _Handler) -> None:
+def _listing_server(answer_listing: Callable[[Handler], None]) -> Callable[[Handler], None]:
+    def answer(handler: Handler) -> None:
         if handler.path == BULK:
             answer_listing(handler)
         else:
@@ -214,19 +171,12 @@ def _listing_server(answer_listing: Callable[[_Handler], None]) -> Callable[[_Ha
 def test_a_listing_redirected_elsewhere_stops_the_build_with_one_line(tmp_path, certificate, trusted):
     """Through the real command: exit 2, one line naming both URLs, nothing asked of the other server."""
     with Server(_serve_body) as other:
-        def redirect(handler: _Handler) -> None:
-            handler.send(302, b"", {"Location": f"{other.url}{handler.path}"})
-
-        with Server(_listing_server(redirect), certificate) as archive:
-            done = subprocess.run([sys.executable, str(ROOT / "build_parent_sample.py"), "-s", str(SECTOR),
-                                   "--tglc_data_path", str(tmp_path / "data"), "--mast-url", archive.url],
-                                  capture_output=True, text=True, timeout=120,
-                                  env=run_env(REQUESTS_CA_BUNDLE=str(certificate[0])))
+        with Server(_listing_server(_redirect_to(other)), certificate) as archive:
+            done = _build(tmp_path, archive.url, REQUESTS_CA_BUNDLE=str(certificate[0]))
             assert archive.requests[BULK] == 1
         assert other.total() == 0
-    errors = [line for line in done.stderr.splitlines() if " ERROR " in line or line.startswith("error")]
     assert done.returncode == 2, done.stderr
-    assert errors == [
+    assert _errors(done) == [
         f"error: sector 23: {archive.url}{BULK}: redirected from {archive.url}{BULK} to {other.url}{BULK}, another "
         "scheme, host or port: refused (files are fetched only from the archive given; check --mast-url)"], done.stderr
     assert not list((tmp_path / "data").rglob("*.sh"))
@@ -250,18 +200,15 @@ def test_a_gzip_bomb_listing_is_refused_and_stops_the_build(tmp_path):
     bomb = _gzip_bomb()
     assert len(bomb) < 1_200_000
 
-    def answer(handler: _Handler) -> None:
+    def answer(handler: Handler) -> None:
         handler.send(200, bomb, {"Content-Encoding": "gzip", "Content-Type": "text/x-sh"})
 
     with Server(_listing_server(answer)) as archive:
-        done = subprocess.run([sys.executable, str(ROOT / "build_parent_sample.py"), "-s", str(SECTOR),
-                               "--tglc_data_path", str(tmp_path / "data"), "--mast-url", archive.url],
-                              capture_output=True, text=True, timeout=120, env=run_env())
+        done = _build(tmp_path, archive.url)
         assert archive.requests[BULK] == 1
-    errors = [line for line in done.stderr.splitlines() if " ERROR " in line or line.startswith("error")]
     assert done.returncode == 2, done.stderr
-    assert errors == [f"error: sector 23: {archive.url}{BULK}: sent with Content-Encoding: gzip, although none was "
-                      "asked for: refused (files are stored exactly as the archive holds them)"], done.stderr
+    assert _errors(done) == [f"error: sector 23: {archive.url}{BULK}: sent with Content-Encoding: gzip, although none "
+                             "was asked for: refused (files are stored exactly as the archive holds them)"], done.stderr
     assert _folder_size(tmp_path / "data") < 100_000
 
 
@@ -269,7 +216,7 @@ def test_a_gzip_bomb_listing_is_refused_and_stops_the_build(tmp_path):
 def test_a_light_curve_with_a_content_coding_is_a_failure(tmp_path, coding):
     import gzip
 
-    def answer(handler: _Handler) -> None:
+    def answer(handler: Handler) -> None:
         handler.send(200, gzip.compress(BODY), {"Content-Encoding": coding})
 
     with Server(answer) as archive:
@@ -282,7 +229,7 @@ def test_a_light_curve_with_a_content_coding_is_a_failure(tmp_path, coding):
 
 
 def test_a_listing_announced_beyond_the_cap_is_refused_before_it_is_read(tmp_path):
-    def answer(handler: _Handler) -> None:
+    def answer(handler: Handler) -> None:
         handler.send_response(200)
         handler.send_header("Content-Length", "3000000000")
         handler.end_headers()
@@ -290,10 +237,9 @@ def test_a_listing_announced_beyond_the_cap_is_refused_before_it_is_read(tmp_pat
         handler.close_connection = True
 
     with Server(_listing_server(answer)) as archive:
-        with pytest.raises(listing.ListingError) as error:
-            listing.fetch_listings(SECTOR, tmp_path, HttpSource(archive.url, max_attempts=3))
+        error = _listing_error(tmp_path, archive.url)
         assert archive.requests[BULK] == 1
-    assert str(error.value) == (f"sector 23: {archive.url}{BULK}: announced as 3,000,000,000 bytes, more than "
+    assert error == (f"sector 23: {archive.url}{BULK}: announced as 3,000,000,000 bytes, more than "
                                 "2,147,483,648 bytes, the most a listing may have (4x the largest known): refused")
     assert not list(tmp_path.rglob("*.sh"))
 
@@ -305,7 +251,7 @@ def test_a_listing_growing_beyond_the_cap_is_refused_while_read(tmp_path, monkey
     monkeypatch.setattr(base, "MAX_LISTING_BYTES", 50_000)
     line = b"curl -o x.fits https://example.org/x.fits\n"
 
-    def answer(handler: _Handler) -> None:
+    def answer(handler: Handler) -> None:
         handler.send_response(200)
         handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
@@ -315,18 +261,17 @@ def test_a_listing_growing_beyond_the_cap_is_refused_while_read(tmp_path, monkey
         handler.wfile.write(b"0\r\n\r\n")
 
     with Server(_listing_server(answer)) as archive:
-        with pytest.raises(listing.ListingError) as error:
-            listing.fetch_listings(SECTOR, tmp_path, HttpSource(archive.url, max_attempts=3))
+        error = _listing_error(tmp_path, archive.url)
         assert archive.requests[BULK] == 1
-    assert str(error.value) == (f"sector 23: {archive.url}{BULK}: more than 50,000 bytes, the most a listing may "
+    assert error == (f"sector 23: {archive.url}{BULK}: more than 50,000 bytes, the most a listing may "
                                 "have (4x the largest known): refused")
     assert _folder_size(tmp_path) == 0
 
 
 # ---- deadlines ---------------------------------------------------------------------------------------------------
-def _trickle(rate: int, size: int = 10_240) -> Callable[[_Handler], None]:
+def _trickle(rate: int, size: int = 10_240) -> Callable[[Handler], None]:
     """A whole Content-Length announced, then ``rate`` bytes a second (in tenths of a second)."""
-    def answer(handler: _Handler) -> None:
+    def answer(handler: Handler) -> None:
         handler.send_response(200)
         handler.send_header("Content-Length", str(size))
         handler.end_headers()
@@ -435,14 +380,12 @@ def test_temporary_files_of_killed_workers_are_removed_not_those_of_live_ones(tm
 def test_an_archive_whose_name_does_not_resolve_is_one_line(tmp_path):
     """No network (or a mistyped host) without --demo: one line saying so and what to do, exit 2; the name is asked
     for twice, not five times, and urllib3's retry lines are DEBUG, not WARNING."""
-    command = [sys.executable, str(ROOT / "build_parent_sample.py"), "-s", str(SECTOR), "--tglc_data_path",
-               str(tmp_path / "data"), "--mast-url", "https://nonexistent.invalid/hlsps/tglc"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=run_env())
+    done = _build(tmp_path, "https://nonexistent.invalid/hlsps/tglc")
     assert done.returncode == 2, done.stderr
     said = [line for line in done.stderr.splitlines() if " INFO " not in line]
     assert said == ["error: cannot reach nonexistent.invalid (name resolution failed): check the network and "
                     "--mast-url, or try the built-in demo with --demo"], done.stderr
-    verbose = subprocess.run([*command, "--verbose"], capture_output=True, text=True, timeout=120, env=run_env())
+    verbose = _build(tmp_path, "https://nonexistent.invalid/hlsps/tglc", "--verbose")
     assert verbose.returncode == 2
     retries = [line for line in verbose.stderr.splitlines() if "Retrying (" in line]
     assert len(retries) == 1 and " DEBUG tglc_builder.sources.net: urllib3: Retrying (" in retries[0], verbose.stderr

@@ -17,11 +17,11 @@ from astropy.table import Table
 from . import layout, listing, plan, targets, units
 from .targets import ranges as _ranges
 from .arguments import BuildArguments
-from .errors import Failure, UsageError
+from .errors import UsageError
 from .executor import Executor, WorkerDied
 from .formats import FORMATS, Writer, format_spec, make_writers
-from .pipeline import BuildSummary, closing_lines, exclusive, remove_debris, removed_if_left_empty, \
-    writable_dir,     write_failure_report, write_text
+from .folders import exclusive, remove_debris, removed_if_left_empty, writable_dir, write_text
+from .report import BuildSummary, Failure, closing_lines, write_failure_report
 from .sources import DEFAULT_MAST_URL, Source, open_source
 
 log = logging.getLogger(__name__)
@@ -349,7 +349,7 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
                          for one, catalog in zip(per_sector, catalogs)}
                 targets.write_report(args.tglc_data_path / targets.REPORT, targets.report_rows(choice, built, asked))
     # Here every sector's outputs are whole: each of ``summaries``' values names its folders (``outputs``).
-    for line in closing_lines(summaries):
+    for line in closing_lines(summaries, {name: spec.label for name, spec in FORMATS.items()}):
         log.info("%s", line)
     total = summaries[per_sector[0].sector] if len(per_sector) == 1 else BuildSummary(sectors=summaries)
     if len(per_sector) > 1:

@@ -1,4 +1,4 @@
-"""Choosing stars (DATASET-CONTRACT.md, "Choosing stars"): ``--targets FILE`` and ``--cone RA DEC RADIUS``.
+"""Choosing stars (docs/DATASET.md, "Choosing stars"): ``--targets FILE`` and ``--cone RA DEC RADIUS``.
 
 Plain functions over plain data: :func:`read_targets` / :func:`cone_selection` make a :class:`Selection` (checked
 once, by ``BuildArguments``), :func:`choose` finds its stars in the catalogs of a build's sectors (target-list
@@ -23,6 +23,7 @@ import numpy as np
 from astropy.table import Table
 
 from .errors import UsageError
+from .folders import write_text
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +324,6 @@ def report_rows(choice: Choice, built: Mapping[int, set[int]], sectors: Sequence
 
 
 def write_report(path: Path, rows: list[dict[str, str]]) -> None:
-    from .pipeline import write_text
-
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=REPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -21,10 +21,10 @@ import numpy as np
 from . import layout
 from .columns import FROM_FILE_NAME, STRING, STRING_BYTES, ColumnSet
 from .context import OUTSIDE, TaskContext
-from .errors import Failure
 from .formats import Block, RowSource, Shard, WriteError, Writer
 from .formats.hdf5 import BLOCK_ROWS
 from .plan import ShardTask
+from .report import Failure
 from .reader import InvalidTGLCFile, ReadBuffer, TGLCLightCurve, read_tglc
 from .sources import DiskFull, Fetched, Source, quarantine_path
 

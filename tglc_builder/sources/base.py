@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..context import TaskContext
-from ..errors import Failure
+from ..report import Failure
 
 QUARANTINE = "corrupt"  # folder of fits_dir where downloaded files that are not TGLC light curves are moved
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})

@@ -35,7 +35,7 @@ from urllib3.util.retry import Retry
 
 from .. import __version__
 from ..context import TaskContext
-from ..errors import Failure
+from ..report import Failure
 from . import base, net
 from .base import WINDOW, DiskFull, Fetched, Refused, Validator
 

@@ -21,7 +21,8 @@ from urllib3.exceptions import HTTPError
 
 from .. import layout
 from ..context import TaskContext
-from ..errors import Failure, UsageError
+from ..errors import UsageError
+from ..report import Failure
 from . import base, net
 from .base import Fetched, ListingCopy, Source, Validator
 

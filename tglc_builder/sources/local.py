@@ -11,7 +11,8 @@ from urllib.parse import unquote, urlsplit
 
 from .. import layout
 from ..context import TaskContext
-from ..errors import Failure, UsageError
+from ..errors import UsageError
+from ..report import Failure
 from .base import DISK_FULL_ERRNOS, MAX_LISTING_BYTES, DiskFull, Fetched, ListingCopy, Source, SourceError, Validator, \
     temporary_name, too_big
 

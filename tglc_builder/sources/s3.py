@@ -32,7 +32,8 @@ from fsspec.asyn import sync
 
 from .. import layout
 from ..context import TaskContext
-from ..errors import Failure, UsageError
+from ..errors import UsageError
+from ..report import Failure
 from . import net
 from .base import (DEFAULT_CONNECTIONS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, DISK_FULL_ERRNOS,
                    MAX_LISTING_BYTES, WINDOW, DiskFull, Fetched, ListingCopy, Refused, Source, SourceError, Validator,

@@ -1,24 +1,29 @@
-"""What a whole build needs beyond the stages: one build per folder, the failure report, the summary."""
+"""The build's report: per-object failures (one row of ``failures.csv`` each) and what the build did."""
 
 from __future__ import annotations
 
 import csv
-import errno
-import fcntl
 import io
-import logging
-import os
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import Failure, UsageError
-from .formats import FORMATS
-
-log = logging.getLogger(__name__)
+from .folders import write_text
 
 FAILURE_COLUMNS = ("gaiadr3_id", "path", "stage", "reason", "attempts")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An object that could not be fetched, read or written; one row of ``failures.csv``."""
+
+    gaiadr3_id: int
+    path: str
+    stage: str  # "download" (fetching the FITS file), "convert" (reading it), "write" (an output file)
+    reason: str
+    attempts: int
+    whole_in: tuple[str, ...] = ()  # formats whose file of the object's shard is whole (with --format both, when
+    # only the other failed); not a column of failures.csv, whose reason says it
 
 
 @dataclass
@@ -72,9 +77,9 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def closing_lines(summaries: dict[int, BuildSummary]) -> list[str]:
+def closing_lines(summaries: dict[int, BuildSummary], labels: Mapping[str, str]) -> list[str]:
     """The end of a build's log: a line per sector (and the total of several), then where each dataset is, with its
-    light curves, and the one line that loads it."""
+    light curves (its format by ``labels[name]``), and the one line that loads it."""
     lines = [f"Sector {sector}: {summary.describe()}" for sector, summary in summaries.items()]
     if len(summaries) > 1:
         total = BuildSummary()
@@ -84,72 +89,11 @@ def closing_lines(summaries: dict[int, BuildSummary]) -> list[str]:
     folders = [(name, Path(folder).absolute(), summary.in_output) for summary in summaries.values()
                for name, folder in summary.outputs]
     for name, folder, n in folders:
-        label = FORMATS[name].label if name in FORMATS else name
-        lines.append(f"Dataset: {folder} ({label}, {_count(n, 'light curve')})")
+        lines.append(f"Dataset: {folder} ({labels.get(name, name)}, {_count(n, 'light curve')})")
     if folders:
         what = "it" if len(folders) == 1 else "one"
         lines.append(f'Load {what} with: datasets.load_dataset("{folders[0][1]}", split="train")')
     return lines
-
-
-def writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """Create ``path`` if needed and prove it writable, or raise a UsageError naming it."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"{what} {str(path)!r} cannot be created or written: {exc.strerror or exc}") from None
-    return path
-
-
-@contextmanager
-def removed_if_left_empty(folders: Iterable[str | os.PathLike]) -> Iterator[None]:
-    """The folders (and parents) among ``folders`` that do not exist yet are removed again when the block fails and
-    leaves them empty: a build that stops before writing anything (an unreachable archive, a bad listing) leaves no
-    empty ``fits_lcs``, ``MultimodalUniverse``... behind. Folders that existed, or hold anything, are kept."""
-    created: list[Path] = []
-    for folder in folders:
-        for path in (Path(folder).absolute(), *Path(folder).absolute().parents):
-            if path.exists() or path in created:
-                break
-            created.append(path)
-    try:
-        yield
-    except BaseException:
-        for path in sorted(created, key=lambda p: len(p.parts), reverse=True):  # the deepest first
-            try:
-                path.rmdir()
-            except OSError:  # not empty (something was written), or gone already
-                pass
-        raise
-
-
-@contextmanager
-def exclusive(directories: Iterable[Path], wait: bool = False) -> Iterator[None]:
-    """Hold an advisory lock on each folder for the build, so a second build on the same folders stops at once
-    (with ``wait``, waits for it instead: a stage that several builds share, such as the stars catalog's).
-
-    The lock is taken on the folder itself (``flock`` on a directory descriptor), so no lock file is left in a
-    dataset folder that people publish; ``flock`` locks vanish with their process, so a killed build leaves none.
-    """
-    with ExitStack() as stack:
-        for directory in dict.fromkeys(Path(d).resolve() for d in directories):
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            stack.callback(os.close, fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if not wait:
-                    raise UsageError(f"{directory} is in use by another build; wait for it to finish or choose "
-                                     "other folders") from None
-                log.info("Waiting for another build to finish with %s", directory)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
 
 
 def write_failure_report(path: Path, failures: list[Failure]) -> None:
@@ -162,21 +106,3 @@ def write_failure_report(path: Path, failures: list[Failure]) -> None:
     writer.writerow(FAILURE_COLUMNS)
     writer.writerows((x.gaiadr3_id, x.path, x.stage, x.reason, x.attempts) for x in failures)
     write_text(path, text.getvalue())
-
-
-def remove_debris(directory: Path) -> None:
-    """Delete the temporary files a killed build left in ``directory`` (hidden, with ``.tmp-`` or ``.part-``), and
-    the lock files of earlier versions."""
-    for pattern in (".*.tmp-*", ".*.part-*", ".tglc-build.lock"):
-        for stale in directory.glob(pattern):
-            stale.unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a small text file atomically (a temporary name, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
