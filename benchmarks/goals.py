@@ -68,6 +68,10 @@ GOALS: dict[str, tuple[Goal, ...]] = {
     "tiny.hdf5": (Goal("ratio", "<=", 1.2, "<= 1.2x the FITS bytes"),),
     "stars.rate": (Goal("value", ">=", 3000, ">= 3,000 /s/core"),),
     "stars.peak_rss": (Goal("value", "<=", 1 * GB, "<= 1 GB"),),
+    "stars.add_sector": (Goal("extra:outside", "<=", 0, "only partitions holding the sector's stars"),),
+    "release.many_sectors": (Goal("ratio", "<=", 1.05, "<= 1.05x the one-sector builds + the stars stage"),),
+    "release.targets_requests": (Goal("extra:wrong", "<=", 0, "exactly the listings and those stars' files"),),
+    "release.targets_cached": (Goal("value", "<=", 30, "seconds, not minutes (<= 30 s)"),),
 }
 
 

@@ -247,11 +247,12 @@ def folder_bytes(folder: Path, pattern: str = "**/*") -> int:
 
 
 # ---- the command line as a user runs it ------------------------------------------------------------------------
-def run_cli(args: list[str], workdir: Path, extra_env: dict | None = None, watch: Path | None = None) -> dict:
-    """``python build_parent_sample.py <args>`` from the repository root, as a user runs it: wall time, CPU of the
-    whole tree, peak memory of all its processes together (and of the largest one), and optionally the peak bytes
-    under ``watch``."""
-    cmd = [sys.executable, "build_parent_sample.py", *args]
+def run_cli(args: list[str], workdir: Path, extra_env: dict | None = None, watch: Path | None = None,
+            program: str = "build_parent_sample.py") -> dict:
+    """``python build_parent_sample.py <args>`` (or ``python <program> <args>``, e.g. ``program="-c"``) from the
+    repository root, as a user runs it: wall time, CPU of the whole tree, peak memory of all its processes together
+    (and of the largest one), and optionally the peak bytes under ``watch``."""
+    cmd = [sys.executable, program, *args]
     workdir.mkdir(parents=True, exist_ok=True)
     if watch is not None:
         watch.mkdir(parents=True, exist_ok=True)
@@ -328,13 +329,15 @@ def _server(ctx: Ctx, cmd: list[str], port: int, what: str, extra_env: dict | No
 
 
 @contextmanager
-def archive_process(ctx: Ctx, n: int, latency: float, seed: int = 0) -> Iterator[str]:
+def archive_process(ctx: Ctx, n: int, latency: float, seed: int = 0, sectors: str | None = None) -> Iterator[str]:
     """The project's demo archive (its command line) in its own process, so it shares no GIL with the client, with
     every light curve made before it listens (``--pregenerate``): made on request, each cost the archive 1-3 ms of
-    CPU, a core's worth that the client being measured, and the curl reference, then lacked on this machine."""
+    CPU, a core's worth that the client being measured, and the curl reference, then lacked on this machine.
+    ``sectors`` (e.g. ``"1-4"``): serve the demo release of those sectors instead, ``n`` light curves each."""
     port = free_port()
     cmd = [sys.executable, "-m", "tglc_builder.demo", "--sector", str(SECTOR), "--n", str(n), "--port", str(port),
-           "--seed", str(seed), "--latency", str(latency), "--pregenerate"]
+           "--seed", str(seed), "--latency", str(latency), "--pregenerate",
+           *(["--sectors", sectors] if sectors else [])]
     with _server(ctx, cmd, port, "the demo archive"):
         yield f"http://127.0.0.1:{port}"
 

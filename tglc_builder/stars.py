@@ -372,7 +372,8 @@ def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema) -> p
         with pq.ParquetFile(source.path, page_checksum_verification=True) as pf:
             starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
             groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
-            scalar_names = [n for n in names if n in pf.schema_arrow.names]
+            present = set(pf.schema_arrow.names)  # schema_arrow converts the schema anew at every call
+            scalar_names = [n for n in names if n in present]
             table = pf.read_row_groups(groups.tolist(), columns=scalar_names + ["lightcurve"])
             local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
                 np.zeros(0, np.int64)
@@ -543,7 +544,8 @@ def _chunk_table(chunk: np.ndarray, first: np.ndarray, counts: np.ndarray, order
                  index: dict[str, np.ndarray], which: np.ndarray, sources: list[Source], entry_schema: pa.Schema,
                  schema: pa.Schema) -> pa.Table:
     """Stars ``chunk`` (star numbers, in output order) as rows of the catalog."""
-    entries = np.concatenate([order[first[s]:first[s] + counts[s]] for s in chunk])  # light curves, output order
+    n = counts[chunk]  # light curves, output order: each star's run of ``order``, gathered at once
+    entries = order[np.repeat(first[chunk] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))]
     src, row = which[entries], index["row"][entries]
     pieces, placed = [], []
     for s in np.unique(src):

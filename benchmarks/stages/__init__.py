@@ -4,8 +4,8 @@ and ``measure(ctx) -> list of rows``; its measurements are tasks that run in fre
 from __future__ import annotations
 
 from . import big_sector, catalog, convert, convert_memory, download, end_to_end, hats, loading, output_size, \
-    sources, stars, streaming, tiny
+    release, sources, stars, streaming, tiny
 
 STAGES = [catalog, download, convert, convert_memory, output_size, loading, end_to_end, streaming, sources, hats, tiny,
-          stars, big_sector]
+          stars, release, big_sector]
 BY_NAME = {stage.NAME: stage for stage in STAGES}
