@@ -24,7 +24,8 @@ positions differ between sectors across an order-4 edge are found from the plan 
 in their partition.
 
 **Integrity.** Partition files are written under temporary names in ``.staging/``, read back whole (page checksums,
-row count, mark) and renamed there. Then the stamp is written with phase ``commit`` (the new layout, the staged files
+row count, mark), sealed (the SHA-256 of the whole file in the mark, as the per-sector formats do: ``--verify``
+checks it) and renamed there. Then the stamp is written with phase ``commit`` (the new layout, the staged files
 to move, the old files to remove): from then on the build is decided, and :func:`_finish` (which a rerun resumes)
 moves the staged files into ``dataset/``, removes the superseded ones, writes hats' metadata, the margin cache,
 the indexes, the card, ``hats.properties`` and last the stamp with phase ``finished``. A kill before the commit
