@@ -526,7 +526,8 @@ def _flip(file: Path) -> None:
 
 
 def _files(path: Path) -> dict[str, int]:
-    return {str(f.relative_to(path)): f.stat().st_mtime_ns for f in (path / CATALOG / "dataset").rglob("Npix=*.parquet")}
+    files = (path / CATALOG / "dataset").rglob("Npix=*.parquet")
+    return {str(f.relative_to(path)): f.stat().st_mtime_ns for f in files}
 
 
 def test_verify_finds_a_flipped_byte_in_a_partition_and_rebuilds_only_it(release, fresh, tmp_path):

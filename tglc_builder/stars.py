@@ -461,7 +461,7 @@ def plan_pixel(pixel4: int, sources: list[Source], new_sectors: list[int], dropp
     ``dropped`` sectors leaving a partition of the catalog). Light curves count here by their own position, so a star
     whose light curves lie in two order-4 pixels is counted in each: ``edge`` describes, per star with a light curve
     near the pixel's edge, its part seen here (first entry, cadences), for the driver to find such stars
-    (:func:`_split_stars`) and count them once."""
+    (:meth:`Split.of`) and count them once."""
     index, which = _gather(sources)
     here = _pixel4(index) == pixel4
     gone = _is_old(sources, which) & np.isin(index["sector"], dropped)
@@ -509,8 +509,9 @@ def _near_edge(ra: np.ndarray, dec: np.ndarray, pixel4: int) -> np.ndarray:
 class Split:
     """Stars whose light curves lie in several order-4 pixels (a star's position differing between sectors across a
     pixel edge), from the plan's ``edge`` parts: the star goes where its canonical entry (lowest sector, camera, CCD)
-    puts it, and nowhere else. ``ids`` sorted; ``home``: each one's order-10 pixel; ``pixels4``: (id, order-4
-    pixel) of each part of them; ``cells``/``stars``/``cadences``: the histogram's corrections."""
+    puts it, and nowhere else. ``ids`` sorted; ``home``: each one's order-10 pixel; ``parts``: (id, order-4 pixel)
+    of each part of them; ``cells``/``stars``/``cadences``: the histogram's corrections (each part out, the star in
+    at home)."""
 
     ids: np.ndarray
     home: np.ndarray
@@ -861,9 +862,9 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
     damaged = _damaged(catalog, old_parts) if verify and stamp else []
     missing = sorted(set(old_sectors) - set(by_sector))
     if damaged and missing:
-        raise UsageError(f"{catalog / 'dataset' / damaged[0].relpath()}: its bytes do not match the SHA-256 of its mark; to rebuild it, join every "
-                         f"sector of {root} again (sectors {_span(missing)} are not in this build), or remove "
-                         f"{root} and build the stars catalog again")
+        raise UsageError(f"{catalog / 'dataset' / damaged[0].relpath()}: its bytes do not match the SHA-256 of its "
+                         f"mark; to rebuild it, join every sector of {root} again (sectors {_span(missing)} are not "
+                         f"in this build), or remove {root} and build the stars catalog again")
     if not new_sectors and not damaged and stamp and stamp.get("phase") == "finished" and \
             threshold == stamp.get("threshold") and digest == stamp.get("schema"):
         if verify:  # the files made from the partitions (metadata, margin, indexes, card) are written again
