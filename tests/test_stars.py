@@ -543,8 +543,14 @@ def test_verify_finds_a_flipped_byte_in_a_partition_and_rebuilds_only_it(release
     with pytest.raises(UsageError, match=rf"{path / victim}: its bytes do not match the SHA-256 of its mark; .*"
                                          r"\(sectors 3 are not in this build\)"):
         build_stars([outputs[1], outputs[2]], path, verify=True)
+    index = path / f"{CATALOG}_gaiadr3_id" / "dataset" / "index" / "part.0.parquet"  # made from the partitions
+    _flip(index)
+    damaged = index.read_bytes()
     summary = build_stars(list(outputs.values()), path, verify=True)
     assert summary.written == 1 and summary.new_sectors == []
+    assert index.read_bytes() != damaged  # written again
+    gaia = pq.read_table(path / victim, columns=["gaiadr3_id"]).column(0)[0].as_py()
+    assert open_stars(path).get(gaiadr3_id=gaia).gaiadr3_id == gaia
     after = _files(path)
     assert sorted(after) == sorted(before) and [f for f in after if after[f] != before[f]] == [victim]
     _assert_same(_table(path), _table(fresh[0]))
@@ -640,3 +646,12 @@ def test_a_star_across_a_pixel_edge_is_one_row_in_fresh_and_incremental_builds(m
         build_stars([outputs[s] for s in then], inc)
         _assert_same(_table(inc), table)
         assert sorted(_files(inc)) == sorted(_files(path))
+    # --verify rebuilds a damaged partition holding it, and only that one
+    (victim,) = [f for f in _files(path) if gaia in pq.read_table(path / f, columns=["gaiadr3_id"]).column(0)
+                 .to_pylist()]
+    before = _files(path)
+    _flip(path / victim)
+    assert build_stars(list(outputs.values()), path, verify=True).written == 1
+    after = _files(path)
+    assert [f for f in after if after[f] != before[f]] == [victim]
+    _assert_same(_table(path), table)

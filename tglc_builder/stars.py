@@ -476,7 +476,8 @@ def plan_pixel(pixel4: int, sources: list[Source], new_sectors: list[int], dropp
     near = np.bincount(star, weights=_near_edge(index["RA"][order], index["DEC"][order], pixel4),
                        minlength=len(first)) > 0
     edge = {name: index[name][order][first][near] for name in ("gaiadr3_id", "sector", "camera", "ccd")}
-    edge |= {"cadences": cadences[near], "cell": pix10[near], "pixel4": np.full(int(near.sum()), pixel4, np.int64)}
+    edge |= {"cadences": cadences[near], "cell": pix10[near], "pixel4": np.full(int(near.sum()), pixel4, np.int64),
+             "fresh": fresh[near]}
     return {"pixel": cells, "stars": np.bincount(inverse, minlength=len(cells)).astype(np.int64),
             "cadences": np.bincount(inverse, weights=cadences, minlength=len(cells)).astype(np.int64),
             "changed": np.unique(np.concatenate([pix10[fresh], left])), "edge": edge}
@@ -511,7 +512,7 @@ class Split:
     pixel edge), from the plan's ``edge`` parts: the star goes where its canonical entry (lowest sector, camera, CCD)
     puts it, and nowhere else. ``ids`` sorted; ``home``: each one's order-10 pixel; ``parts``: (id, order-4 pixel)
     of each part of them; ``cells``/``stars``/``cadences``: the histogram's corrections (each part out, the star in
-    at home)."""
+    at home); ``changed``: the order-10 pixels of those with new light curves (their parts' and home)."""
 
     ids: np.ndarray
     home: np.ndarray
@@ -519,21 +520,25 @@ class Split:
     cells: np.ndarray
     stars: np.ndarray
     cadences: np.ndarray
+    changed: np.ndarray
 
     @classmethod
     def of(cls, edges: list[dict[str, np.ndarray]]) -> "Split":
         e = {k: np.concatenate([x[k] for x in edges]) for k in edges[0]} if edges else {
-            k: np.zeros(0, np.int64) for k in ("gaiadr3_id", "sector", "camera", "ccd", "cadences", "cell", "pixel4")}
+            k: np.zeros(0, np.int64) for k in ("gaiadr3_id", "sector", "camera", "ccd", "cadences", "cell", "pixel4",
+                                               "fresh")}
         order = np.lexsort((e["ccd"], e["camera"], e["sector"], e["gaiadr3_id"]))
         e = {k: v[order] for k, v in e.items()}
         ids, start, count = np.unique(e["gaiadr3_id"], return_index=True, return_counts=True)
-        several = np.repeat(count > 1, count)  # a star's parts are one per order-4 pixel
-        home = e["cell"][start[count > 1]]
-        total = np.bincount(np.repeat(np.arange(len(ids)), count), weights=e["cadences"], minlength=len(ids))
-        return cls(ids[count > 1], home, np.stack([e["gaiadr3_id"][several], e["pixel4"][several]], axis=1),
-                   np.concatenate([e["cell"][several], home]),
-                   np.concatenate([np.full(int(several.sum()), -1), np.ones(len(home), np.int64)]),
-                   np.concatenate([-e["cadences"][several], total[count > 1].astype(np.int64)]))
+        star = np.repeat(np.arange(len(ids)), count)  # a star's parts: one per order-4 pixel, its first part first
+        split, new = count > 1, np.bincount(star, weights=e["fresh"], minlength=len(ids)) > 0
+        several, home = split[star], e["cell"][start]
+        total = np.bincount(star, weights=e["cadences"], minlength=len(ids)).astype(np.int64)
+        return cls(ids[split], home[split], np.stack([e["gaiadr3_id"][several], e["pixel4"][several]], axis=1),
+                   np.concatenate([e["cell"][several], home[split]]),
+                   np.concatenate([np.full(int(several.sum()), -1), np.ones(int(split.sum()), np.int64)]),
+                   np.concatenate([-e["cadences"][several], total[split]]),
+                   np.concatenate([e["cell"][several & new[star]], home[split & new]]))
 
 
 @dataclass(frozen=True)
@@ -906,7 +911,7 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
         raise KeyboardInterrupt
     split = Split.of([planned[p]["edge"] for p in sorted(planned)])
     shift = 2 * (HIGHEST_ORDER - SOURCE_ORDER)
-    cells, stars, cadences, changed = [split.cells], [split.stars], [split.cadences], [split.cells]
+    cells, stars, cadences, changed = [split.cells], [split.stars], [split.cadences], [split.changed]
     if stored is not None and not damaged:
         keep = ~np.isin(stored["pixel"] >> shift, touched)
         cells.append(stored["pixel"][keep]), stars.append(stored["stars"][keep])
