@@ -488,12 +488,10 @@ def test_columns_all_from_hdf5_and_the_calibrated_flux_in_lightkurve(archive, tm
     assert np.array_equal(_bits(np.asarray(psf.flux.value, np.float32)), _bits(data["psf_flux"].astype("f4")))
 
 
-def test_a_sector_built_again_is_not_kept_stale_and_another_column_set_is_refused_first(archive, tmp_path):
-    """A sector joins once: when its output was built again with other rows (12 light curves, then 20), the stage
-    refuses with one line instead of keeping the old rows silently; a build of another --columns into the same stars
-    catalog is refused before anything is fetched."""
-    from tglc_builder.errors import UsageError
-
+def test_a_sector_built_again_is_joined_again_and_another_column_set_is_refused_first(archive, tmp_path):
+    """A sector's output built again with other rows (12 light curves, then 20) is joined again: the catalog then
+    equals a fresh one of the new output; --verify finds a flipped byte in a partition and rebuilds it; a build of
+    another --columns into the same stars catalog is refused before anything is fetched."""
     def args(size: int, **more) -> BuildArguments:
         return BuildArguments(sector=23, tglc_data_path=tmp_path / "data", mast_url=archive.url, tiny=True,
                               tiny_size=size, stars=True, **more)
@@ -504,6 +502,156 @@ def test_a_sector_built_again_is_not_kept_stale_and_another_column_set_is_refuse
     with pytest.raises(UsageError, match="holds a stars catalog of --columns seed; this build is --columns all"):
         run(args(12, columns="all", overwrite=True))
     assert {f: f.read_bytes() for f in (tmp_path / "data").rglob("*.hdf5")} == outputs  # refused before building
-    with pytest.raises(UsageError, match=r"holds sector 23 with 12 light curves; its output now holds 20"):
-        run(args(20, overwrite=True))
-    assert len(_table(tmp_path / "data" / "stars")) == 12  # left as it was
+    built = args(20, overwrite=True)
+    run(built)
+    build_stars([built.hdf5_output_dir], tmp_path / "expected")
+    _assert_same(_table(tmp_path / "data" / "stars"), _table(tmp_path / "expected"))
+    assert len(_table(tmp_path / "data" / "stars")) == 20
+    victim = max((tmp_path / "data" / "stars" / CATALOG / "dataset").rglob("Npix=*.parquet"),
+                 key=lambda f: f.stat().st_size)
+    _flip(victim)
+    damaged = victim.read_bytes()
+    run(args(20))  # a plain rerun trusts the marks
+    assert victim.read_bytes() == damaged
+    run(args(20, verify=True))
+    assert victim.read_bytes() != damaged
+    _assert_same(_table(tmp_path / "data" / "stars"), _table(tmp_path / "expected"))
+
+
+def _flip(file: Path) -> None:
+    """One bit of the file's middle byte flipped, in place (a real damaged file)."""
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    file.write_bytes(bytes(data))
+
+
+def _files(path: Path) -> dict[str, int]:
+    files = (path / CATALOG / "dataset").rglob("Npix=*.parquet")
+    return {str(f.relative_to(path)): f.stat().st_mtime_ns for f in files}
+
+
+def test_verify_finds_a_flipped_byte_in_a_partition_and_rebuilds_only_it(release, fresh, tmp_path):
+    import shutil
+
+    _, outputs = release
+    path = tmp_path / "stars"
+    shutil.copytree(fresh[0], path)
+    before = _files(path)
+    victim = sorted(before)[len(before) // 2]
+    _flip(path / victim)
+    assert build_stars(list(outputs.values()), path).written == 0  # a plain rerun trusts the marks
+    with pytest.raises(UsageError, match=rf"{path / victim}: its bytes do not match the SHA-256 of its mark; .*"
+                                         r"\(sectors 3 are not in this build\)"):
+        build_stars([outputs[1], outputs[2]], path, verify=True)
+    index = path / f"{CATALOG}_gaiadr3_id" / "dataset" / "index" / "part.0.parquet"  # made from the partitions
+    _flip(index)
+    damaged = index.read_bytes()
+    summary = build_stars(list(outputs.values()), path, verify=True)
+    assert summary.written == 1 and summary.new_sectors == []
+    assert index.read_bytes() != damaged  # written again
+    gaia = pq.read_table(path / victim, columns=["gaiadr3_id"]).column(0)[0].as_py()
+    assert open_stars(path).get(gaiadr3_id=gaia).gaiadr3_id == gaia
+    after = _files(path)
+    assert sorted(after) == sorted(before) and [f for f in after if after[f] != before[f]] == [victim]
+    _assert_same(_table(path), _table(fresh[0]))
+    from hats.io.validation import is_valid_catalog
+
+    assert is_valid_catalog(path, strict=True)
+    assert build_stars(list(outputs.values()), path, verify=True).written == 0  # whole again
+
+
+def test_a_sector_built_again_rewrites_exactly_the_partitions_of_its_stars(release, fresh, tmp_path):
+    """Sector 3 built again with other stars (40 pool stars, 10 of them others than before): joined again, the
+    catalog equals a fresh build of the three outputs, and the partitions rewritten are exactly those (of the new
+    layout) holding a star with a sector-3 light curve before or after, or new to the layout."""
+    import shutil
+
+    _, outputs = release
+    with overlapping_archive(3, 150, np.arange(60, 100), pool(100)) as archive:
+        args = BuildArguments(sector=3, tglc_data_path=tmp_path / "again", mast_url=archive.url, format="hats")
+        run(args)
+    inputs = [outputs[1], outputs[2], str(args.hats_output_dir)]
+    path = tmp_path / "stars"
+    shutil.copytree(fresh[0], path)
+    before = _files(path)
+    with3_before = _holding(path, 3)
+    summary = build_stars(inputs, path)
+    assert summary.new_sectors == [3] and summary.sectors == [1, 2, 3]
+    build_stars(inputs, tmp_path / "expected", pixel_threshold=THRESHOLD)
+    _assert_same(_table(path), _table(tmp_path / "expected"))
+    after = _files(path)
+    rewritten = {f for f in after if before.get(f) != after[f]}
+    assert rewritten == {f for f in after if f not in before or f in with3_before or f in _holding(path, 3)}
+    assert 0 < len(rewritten) < len(after) and summary.written == len(rewritten)
+    assert build_stars(inputs, path).written == 0  # the same output again: nothing to join
+
+
+def _holding(path: Path, sector: int) -> set[str]:
+    """The partition files holding a star with a light curve of ``sector``."""
+    out = set()
+    for f in (path / CATALOG / "dataset").rglob("Npix=*.parquet"):
+        sectors = pq.read_table(f, columns=["sectors"]).column(0).to_pylist()
+        if any(sector in s for s in sectors):
+            out.add(str(f.relative_to(path)))
+    return out
+
+
+MOVED = 60  # a pool star of every sector of RELEASE, whose position differs between sectors in moved_release
+EDGE_RA, EDGE_DEC = 41.89435, -27.0  # on the edge of the order-4 pixels 2251 (west) and 2254 (east)
+
+
+@pytest.fixture(scope="module")
+def moved_release(tmp_path_factory):
+    """RELEASE, but star MOVED's target-list position is 2 arcsec east of an order-4 pixel edge in sector 1 and
+    2 arcsec west of it in sectors 2 and 3: its light curves lie in two pixels' files."""
+    import healpy
+
+    base = tmp_path_factory.mktemp("moved")
+    outputs, positions = {}, {}
+    for sector, (shared, fmt) in RELEASE.items():
+        stars = pool(100)
+        stars["ra"][MOVED] = EDGE_RA + (0.0006 if sector == 1 else -0.0006)
+        stars["dec"][MOVED] = EDGE_DEC
+        positions[sector] = (stars["ra"][MOVED], stars["dec"][MOVED])
+        with overlapping_archive(sector, 150, shared, stars) as archive:
+            args = BuildArguments(sector=sector, tglc_data_path=base, mast_url=archive.url, format=fmt)
+            run(args)
+        outputs[sector] = str(args.hdf5_output_dir if fmt == "hdf5" else args.hats_output_dir)
+    assert [healpy.ang2pix(16, *positions[s], lonlat=True, nest=True) for s in RELEASE] == [2254, 2251, 2251]
+    return base, outputs, positions, int(pool(100)["gaia"][MOVED])
+
+
+def test_a_star_across_a_pixel_edge_is_one_row_in_fresh_and_incremental_builds(moved_release, tmp_path):
+    from hats.io.validation import is_valid_catalog
+
+    base, outputs, positions, gaia = moved_release
+    path = tmp_path / "fresh"
+    build_stars(list(outputs.values()), path, pixel_threshold=THRESHOLD)
+    table = _table(path)
+    ids = table.column("gaiadr3_id").to_numpy()
+    assert len(np.unique(ids)) == len(ids) == len(_catalog_rows(base))  # one row per star, every star
+    (row,) = table.filter(pc.field("gaiadr3_id") == gaia).to_pylist()
+    assert row["sectors"] == [1, 2, 3] and (row["RA"], row["DEC"]) == positions[1]  # the lowest sector's position
+    assert row["sector_info"]["sector"] == [1, 2, 3]
+    assert len(row["lightcurve"]["time"]) == sum(row["sector_info"]["n_cadences"])
+    assert is_valid_catalog(path, strict=True)
+    star = open_stars(path).get(gaiadr3_id=gaia)
+    assert [int(c["sector"]) for c in star.curves] == [1, 2, 3]
+    # incremental, both ways: the star joins an old row across the edge, or moves across it to its new lowest sector
+    for first, then in (([1, 2], [3]), ([2, 3], [1])):
+        inc = tmp_path / f"inc{first}"
+        build_stars([outputs[s] for s in first], inc, pixel_threshold=THRESHOLD)
+        (old,) = _table(inc).filter(pc.field("gaiadr3_id") == gaia).to_pylist()
+        assert (old["RA"], old["DEC"]) == positions[first[0]]
+        build_stars([outputs[s] for s in then], inc)
+        _assert_same(_table(inc), table)
+        assert sorted(_files(inc)) == sorted(_files(path))
+    # --verify rebuilds a damaged partition holding it, and only that one
+    (victim,) = [f for f in _files(path) if gaia in pq.read_table(path / f, columns=["gaiadr3_id"]).column(0)
+                 .to_pylist()]
+    before = _files(path)
+    _flip(path / victim)
+    assert build_stars(list(outputs.values()), path, verify=True).written == 1
+    after = _files(path)
+    assert [f for f in after if after[f] != before[f]] == [victim]
+    _assert_same(_table(path), table)

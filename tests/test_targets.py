@@ -181,7 +181,8 @@ def test_positions_ecsv_within_radius(tmp_path, release):
     assert _report(tmp_path) == [
         _row(f"{ras[0]},{decs[0]}", "position", picks["band"], "1"),
         _row(f"{ras[1]},{decs[1]}", "position", reason="no star within 2 arcsec in sector(s) 1,3")]
-    assert not list((tmp_path / "data" / "s0003").glob("targets-*/MultimodalUniverse/TGLC"))  # nothing in 3
+    # nothing in 3, not even an empty folder: only its listings and catalog
+    assert sorted(p.name for p in (tmp_path / "data" / "s0003").iterdir() if p.is_dir()) == []
 
 
 def test_fits_file_and_stars_catalog(tmp_path, release):

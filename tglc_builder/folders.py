@@ -7,7 +7,7 @@ import errno
 import fcntl
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -30,24 +30,31 @@ def writable_dir(path: str | os.PathLike, what: str) -> Path:
 
 
 @contextmanager
-def removed_if_left_empty(folders: Iterable[str | os.PathLike]) -> Iterator[None]:
+def removed_if_left_empty(folders: Iterable[str | os.PathLike]) -> Iterator[Callable[..., None]]:
     """The folders (and parents) among ``folders`` that do not exist yet are removed again when the block fails and
     leaves them empty: a build that stops before writing anything (an unreachable archive, a bad listing) leaves no
-    empty ``fits_lcs``, ``MultimodalUniverse``... behind. Folders that existed, or hold anything, are kept."""
+    empty ``fits_lcs``, ``MultimodalUniverse``... behind. Folders that existed, or hold anything, are kept. The block
+    gets a function that does it now for some of them (and their parents): those of sectors it leaves out."""
     created: list[Path] = []
     for folder in folders:
         for path in (Path(folder).absolute(), *Path(folder).absolute().parents):
             if path.exists() or path in created:
                 break
             created.append(path)
-    try:
-        yield
-    except BaseException:
+
+    def remove(among: Iterable[str | os.PathLike] | None = None) -> None:
+        mine = None if among is None else {q for f in among for q in (Path(f).absolute(), *Path(f).absolute().parents)}
         for path in sorted(created, key=lambda p: len(p.parts), reverse=True):  # the deepest first
             try:
-                path.rmdir()
+                if mine is None or path in mine:
+                    path.rmdir()
             except OSError:  # not empty (something was written), or gone already
                 pass
+
+    try:
+        yield remove
+    except BaseException:
+        remove()
         raise
 
 

@@ -324,7 +324,7 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
 
         check_selection(args.stars_output_dir, args.selection.folder if args.selection is not None else None,
                         args.columns)
-    with removed_if_left_empty(folder for folder, _ in folders):  # a build that fails leaves no empty folder
+    with removed_if_left_empty(folder for folder, _ in folders) as remove_empty:  # a failed build leaves none
         for folder, what in folders:
             writable_dir(folder, what)
         if args.sectors is not None or args.listing_url is not None:  # (-s all alone: sectors_of checked it)
@@ -337,6 +337,9 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
             asked, choice = [one.sector for one in per_sector], None
             if args.selection is not None:  # before the plan: only the chosen stars are fetched and written
                 per_sector, catalogs, choice = choose_stars(args, per_sector, catalogs)
+                kept = {one.sector for one in per_sector}  # a sector without a chosen star gets no empty folders
+                remove_empty(f for one in map(args.for_sector, asked) if one.sector not in kept
+                             for f, what in folders_of(one) if what != "tglc_data_path")
             sectors = [plan_sector(one, catalog, args.overwrite) for one, catalog in zip(per_sector, catalogs)]
             summaries = build_sectors(sectors, args, source, executor)
             for one, catalog in zip(per_sector, catalogs):

@@ -17,18 +17,22 @@ as a HATS collection::
 order-4 pixel: the stars' order-10 pixels and cadences, for the partitioning) and :func:`join_partition` (one stars
 partition: read only the rows of its stars from the per-sector files of the order-4 pixels it covers, in chunks of
 about :data:`CHUNK_CADENCES` cadences, one Parquet row group each). So no process holds more than one partition's
-stars, and only a chunk of them at a time. Per-sector outputs are partitioned at order 4, and a star's light curves
-are assumed to lie in one order-4 pixel in every sector (target-list positions are Gaia DR3's, the same in every
-sector); the index build reports a star split in two rows if that ever fails.
+stars, and only a chunk of them at a time. Per-sector outputs are partitioned at order 4 by each light curve's own
+target-list position. A star is one row wherever its light curves lie: its canonical entry (lowest sector, then
+camera, CCD) gives its position and partition, in a fresh build as in an incremental one; the few stars whose
+positions differ between sectors across an order-4 edge are found from the plan (:class:`Split`) and joined whole
+in their partition.
 
 **Integrity.** Partition files are written under temporary names in ``.staging/``, read back whole (page checksums,
-row count, mark) and renamed there. Then the stamp is written with phase ``commit`` (the new layout, the staged files
+row count, mark), sealed (the SHA-256 of the whole file in the mark, as the per-sector formats do: ``--verify``
+checks it) and renamed there. Then the stamp is written with phase ``commit`` (the new layout, the staged files
 to move, the old files to remove): from then on the build is decided, and :func:`_finish` (which a rerun resumes)
 moves the staged files into ``dataset/``, removes the superseded ones, writes hats' metadata, the margin cache,
 the indexes, the card, ``hats.properties`` and last the stamp with phase ``finished``. A kill before the commit
 leaves the committed collection as it was (staged files whose mark matches the rerun's plan are kept).
 
-**Incremental.** Sectors already in the collection are skipped. The partitioning is hats-import's
+**Incremental.** Sectors already in the collection are skipped, unless their output changed since they joined (built
+again: the checksums of its files differ), when their entries are read again from it. The partitioning is hats-import's
 (``generate_alignment``) over the histogram of all stars, old and new; a partition whose pixel and stars are
 unchanged is not rewritten, so the result equals a fresh build of all the sectors, row for row.
 """
@@ -64,6 +68,7 @@ STAGING = ".staging"
 SPATIAL_INDEX, SPATIAL_ORDER = "_healpix_29", 29
 SOURCE_ORDER = 4  # per-sector outputs are partitioned at order 4 (nside 16)
 HIGHEST_ORDER = 10  # hats-import's default highest order; also the point map's order
+EDGE_ORDER = 10  # a light curve within a pixel of this order (3.4 arcmin) of its order-4 pixel's edge: see _near_edge
 MARGIN_ARCSEC = 10.0
 MARGIN_NAME = f"{CATALOG}_{int(MARGIN_ARCSEC)}arcs"
 INDEX_COLUMNS = ("gaiadr3_id", "TIC_ID")
@@ -91,6 +96,7 @@ class Source:
     order: int
     pixel: int
     cam_ccd: np.ndarray | None = field(default=None, compare=False)
+    digest: str = field(default="", compare=False)  # the SHA-256 of its completion mark (per-sector files)
 
     def pixels4(self) -> range:
         """The order-4 pixels this file covers."""
@@ -109,12 +115,12 @@ def find_sector_outputs(paths: list[str | os.PathLike], sector_catalogs: dict | 
     origin: dict[int, Path] = {}
     columns: set[str] = set()
     flags = {"tess_flags": "int16", "tglc_flags": "int16"}
+    empty: list[Path] = []
     for raw in paths:
         folder = Path(raw)
         found = _hdf5_sources(folder, columns, flags, sector_catalogs or {}) + _hats_sources(folder, columns, flags)
         if not found:
-            raise UsageError(f"{folder}: no finished per-sector output (TGLC/healpix=*/*.hdf5 or a tglc_sSSSS HATS "
-                             "catalog); build the sector first, or check the path")
+            empty.append(folder)
         for sector in sorted({s.sector for s in found}):
             if sector in by_sector and origin[sector] != folder:
                 log.info("Sector %d: using %s (also in %s)", sector, origin[sector], folder)
@@ -124,6 +130,11 @@ def find_sector_outputs(paths: list[str | os.PathLike], sector_catalogs: dict | 
             if len(kinds) > 1:  # both formats in one folder cannot happen; keep one anyway
                 mine = [s for s in mine if s.kind == "hats"]
             by_sector[sector], origin[sector] = mine, folder
+    for folder in empty:  # a build's folder of a format this stage does not read, or a wrong path among good ones
+        if not by_sector:
+            raise UsageError(f"{folder}: no finished per-sector output (TGLC/healpix=*/*.hdf5 or a tglc_sSSSS HATS "
+                             "catalog); build the sector first, or check the path")
+        log.warning("%s: no finished per-sector output; left out of the stars catalog", folder)
     if len(columns) > 1:
         raise UsageError(f"the per-sector outputs were built with different --columns ({', '.join(sorted(columns))});"
                          " build the stars catalog from outputs of one column set")
@@ -161,7 +172,7 @@ def _hdf5_sources(folder: Path, columns: set[str], flags: dict[str, str], sector
                 n = int(mark["rows"])
             columns.add(mark["columns"])
             out.append(Source("hdf5", str(file), int(mark["sector"]), SOURCE_ORDER, int(directory.name[8:]),
-                              None if has_camera else np.zeros((n, 2), np.int16)))
+                              None if has_camera else np.zeros((n, 2), np.int16), mark.get("sha256", "")))
     if any(s.cam_ccd is not None for s in out):
         out = _with_cameras(folder, out, sector_catalogs)
     return out
@@ -207,7 +218,7 @@ def _with_cameras(folder: Path, sources: list[Source], sector_catalogs: dict) ->
             rank = _ranks(ids, used)
             row = order[np.minimum(start + rank, len(order) - 1)]
             cam_ccd = np.stack([catalog["cam"][row], catalog["ccd"][row]], axis=1).astype(np.int16)
-            out.append(Source(s.kind, s.path, s.sector, s.order, s.pixel, cam_ccd))
+            out.append(Source(s.kind, s.path, s.sector, s.order, s.pixel, cam_ccd, s.digest))
     return out + [s for s in sources if s.cam_ccd is None]
 
 
@@ -240,7 +251,8 @@ def _hats_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> lis
             lightcurve = pq.read_schema(file).field("lightcurve").type
             for name in flags:
                 _widen(flags, name, lightcurve.field(name).type.value_type.to_pandas_dtype())
-            out.append(Source("hats", str(file), int(mark["sector"]), SOURCE_ORDER, int(mark["pixel"])))
+            out.append(Source("hats", str(file), int(mark["sector"]), SOURCE_ORDER, int(mark["pixel"]),
+                              digest=mark.get("sha256", "")))
     return out
 
 
@@ -443,26 +455,91 @@ def _gather(sources: list[Source]) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 
 # ---- units -------------------------------------------------------------------------------------------------------
-def plan_pixel(pixel4: int, sources: list[Source], new_sectors: list[int]) -> dict[str, np.ndarray]:
+def plan_pixel(pixel4: int, sources: list[Source], new_sectors: list[int], dropped: list[int] = ()
+               ) -> dict[str, Any]:
     """One order-4 pixel: per order-10 pixel of the stars (by their canonical position) the number of stars and of
-    cadences, and the order-10 pixels of stars that have light curves of ``new_sectors``."""
-    index, _ = _gather(sources)
-    keep = _in_pixel(index, pixel4)
-    index = {k: v[keep] for k, v in index.items()}
+    cadences, and the order-10 pixels of stars that change (light curves of ``new_sectors``, or entries of
+    ``dropped`` sectors leaving a partition of the catalog). Light curves count here by their own position, so a star
+    whose light curves lie in two order-4 pixels is counted in each: ``edge`` describes, per star with a light curve
+    near the pixel's edge, its part seen here (first entry, cadences), for the driver to find such stars
+    (:meth:`Split.of`) and count them once."""
+    index, which = _gather(sources)
+    here = _pixel4(index) == pixel4
+    gone = _is_old(sources, which) & np.isin(index["sector"], dropped)
+    shift = 2 * (SPATIAL_ORDER - HIGHEST_ORDER)
+    left = _spatial(index["RA"][gone & here], index["DEC"][gone & here]) >> shift  # rows losing entries
+    index = {k: v[here & ~gone] for k, v in index.items()}
     order, star, first = _stars_of(index)
     cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first)).astype(np.int64)
     fresh = np.bincount(star, weights=np.isin(index["sector"][order], new_sectors), minlength=len(first)) > 0
-    pix10 = _spatial(index["RA"][order][first], index["DEC"][order][first]) >> 2 * (SPATIAL_ORDER - HIGHEST_ORDER)
+    pix10 = _spatial(index["RA"][order][first], index["DEC"][order][first]) >> shift
     cells, inverse = np.unique(pix10, return_inverse=True)
+    near = np.bincount(star, weights=_near_edge(index["RA"][order], index["DEC"][order], pixel4),
+                       minlength=len(first)) > 0
+    edge = {name: index[name][order][first][near] for name in ("gaiadr3_id", "sector", "camera", "ccd")}
+    edge |= {"cadences": cadences[near], "cell": pix10[near], "pixel4": np.full(int(near.sum()), pixel4, np.int64),
+             "fresh": fresh[near]}
     return {"pixel": cells, "stars": np.bincount(inverse, minlength=len(cells)).astype(np.int64),
             "cadences": np.bincount(inverse, weights=cadences, minlength=len(cells)).astype(np.int64),
-            "changed": np.unique(pix10[fresh])}
+            "changed": np.unique(np.concatenate([pix10[fresh], left])), "edge": edge}
 
 
-def _in_pixel(index: dict[str, np.ndarray], pixel4: int) -> np.ndarray:
-    """Light curves of the order-4 pixel: by each star's position in its own sector (a stars partition of a lower
-    order holds stars of many order-4 pixels)."""
-    return (_spatial(index["RA"], index["DEC"]) >> 2 * (SPATIAL_ORDER - SOURCE_ORDER)) == pixel4
+def _pixel4(index: dict[str, np.ndarray]) -> np.ndarray:
+    """The order-4 pixel of each light curve's own position (a stars partition's: its star's)."""
+    return _spatial(index["RA"], index["DEC"]) >> 2 * (SPATIAL_ORDER - SOURCE_ORDER)
+
+
+def _is_old(sources: list[Source], which: np.ndarray) -> np.ndarray:
+    """Whether each light curve comes from a partition of the stars catalog (not a per-sector output)."""
+    return np.array([s.kind == "stars" for s in sources], bool)[which] if len(sources) else np.zeros(0, bool)
+
+
+def _near_edge(ra: np.ndarray, dec: np.ndarray, pixel4: int) -> np.ndarray:
+    """Whether each position lies within an order-:data:`EDGE_ORDER` pixel of the edge of ``pixel4`` (one of its
+    pixel's neighbours is outside). A star's target-list positions differ between sectors by far less (proper
+    motion: at most ~1.4 arcmin over TESS's years), so its light curves in two order-4 pixels are all near it."""
+    import healpy
+
+    if not len(ra):
+        return np.zeros(0, bool)
+    cells = _spatial(ra, dec) >> 2 * (SPATIAL_ORDER - EDGE_ORDER)
+    around = healpy.get_all_neighbours(1 << EDGE_ORDER, cells, nest=True)
+    return ((around >= 0) & ((around >> 2 * (EDGE_ORDER - SOURCE_ORDER)) != pixel4)).any(axis=0)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Stars whose light curves lie in several order-4 pixels (a star's position differing between sectors across a
+    pixel edge), from the plan's ``edge`` parts: the star goes where its canonical entry (lowest sector, camera, CCD)
+    puts it, and nowhere else. ``ids`` sorted; ``home``: each one's order-10 pixel; ``parts``: (id, order-4 pixel)
+    of each part of them; ``cells``/``stars``/``cadences``: the histogram's corrections (each part out, the star in
+    at home); ``changed``: the order-10 pixels of those with new light curves (their parts' and home)."""
+
+    ids: np.ndarray
+    home: np.ndarray
+    parts: np.ndarray
+    cells: np.ndarray
+    stars: np.ndarray
+    cadences: np.ndarray
+    changed: np.ndarray
+
+    @classmethod
+    def of(cls, edges: list[dict[str, np.ndarray]]) -> "Split":
+        e = {k: np.concatenate([x[k] for x in edges]) for k in edges[0]} if edges else {
+            k: np.zeros(0, np.int64) for k in ("gaiadr3_id", "sector", "camera", "ccd", "cadences", "cell", "pixel4",
+                                               "fresh")}
+        order = np.lexsort((e["ccd"], e["camera"], e["sector"], e["gaiadr3_id"]))
+        e = {k: v[order] for k, v in e.items()}
+        ids, start, count = np.unique(e["gaiadr3_id"], return_index=True, return_counts=True)
+        star = np.repeat(np.arange(len(ids)), count)  # a star's parts: one per order-4 pixel, its first part first
+        split, new = count > 1, np.bincount(star, weights=e["fresh"], minlength=len(ids)) > 0
+        several, home = split[star], e["cell"][start]
+        total = np.bincount(star, weights=e["cadences"], minlength=len(ids)).astype(np.int64)
+        return cls(ids[split], home[split], np.stack([e["gaiadr3_id"][several], e["pixel4"][several]], axis=1),
+                   np.concatenate([e["cell"][several], home[split]]),
+                   np.concatenate([np.full(int(several.sum()), -1), np.ones(int(split.sum()), np.int64)]),
+                   np.concatenate([-e["cadences"][several], total[split]]),
+                   np.concatenate([e["cell"][several & new[star]], home[split & new]]))
 
 
 @dataclass(frozen=True)
@@ -477,20 +554,28 @@ class Partition:
         return Source("stars", "", 0, self.order, self.pixel).pixels4()
 
 
-def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, staging: str, mark: dict) -> dict:
-    """Write one stars partition into ``staging`` (temporary name, read back, renamed) from the light curves of
-    ``sources`` whose star's canonical position lies in it. Returns its rows, bytes and order-10 histogram."""
+def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, staging: str, mark: dict,
+                   dropped: list[int] = (), split: np.ndarray | None = None, home: np.ndarray | None = None) -> dict:
+    """Write one stars partition into ``staging`` (temporary name, read back, sealed, renamed) from the light curves
+    of ``sources`` whose star's canonical position lies in it, leaving out the entries of stars catalog partitions of
+    ``dropped`` sectors (read again from their per-sector outputs). Stars in ``split`` (see :class:`Split`) are
+    taken whole when in ``home`` (theirs here), else not at all. Returns its rows and bytes."""
+    from .formats.base import DIGEST_KEY, WriteError, check_digest, seal
     from .formats.hats import _fsync_dir
 
     final = Path(staging) / part.relpath()
     if final.is_file() and _read_stars_mark(final) == mark:  # staged by an earlier, interrupted run of this plan
-        return {"rows": pq.read_metadata(final).num_rows, "bytes": final.stat().st_size, "kept": True}
+        try:
+            check_digest(final)
+            return {"rows": pq.read_metadata(final).num_rows, "bytes": final.stat().st_size, "kept": True}
+        except WriteError as exc:
+            log.warning("%s; it will be written again", exc)
+    mark = mark | {DIGEST_KEY: "0" * 64}  # the file's SHA-256, written in place by base.seal once it is closed
     index, which = _gather(sources)
-    if part.order < SOURCE_ORDER:
-        keep = np.ones(len(index["row"]), bool)
-    else:
-        keep = _in_pixel(index, part.pixel >> 2 * (part.order - SOURCE_ORDER)) if part.order > SOURCE_ORDER else \
-            _in_pixel(index, part.pixel)
+    split = np.zeros(0, np.int64) if split is None else split
+    mine = (np.isin(_pixel4(index), list(part.pixels4())) & ~np.isin(index["gaiadr3_id"], split)) | \
+        np.isin(index["gaiadr3_id"], [] if home is None else home)
+    keep = mine & ~(_is_old(sources, which) & np.isin(index["sector"], dropped))
     index = {k: v[keep] for k, v in index.items()}
     which = which[keep]
     order, star, first = _stars_of(index)
@@ -530,6 +615,7 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
     writer.close()
     try:
         _verify_partition(tmp, schema, mark | {"rows": rows})
+        seal(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -639,6 +725,7 @@ def _read_stars_mark(file: Path) -> dict | None:
         meta = pq.read_metadata(file).metadata or {}
         mark = json.loads(meta[MARK_KEY.encode()])
         mark.pop("rows", None)
+        mark.pop("sha256", None)
         return mark
     except (OSError, KeyError, ValueError, pa.ArrowException):
         return None
@@ -727,20 +814,22 @@ def _write_bytes(path: Path, data: bytes) -> None:
 def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.PathLike, executor=None, *,
                 pixel_threshold: int | None = None, n_processes: int = 1,
                 sector_catalogs: dict[int, str | os.PathLike] | None = None,
-                selection: str | None = None) -> StarsSummary:
+                selection: str | None = None, verify: bool = False) -> StarsSummary:
     """Join the finished per-sector outputs ``sector_outputs`` into the stars collection at ``stars_path`` (created,
     or extended with the sectors it lacks). ``pixel_threshold``: most stars per partition (default: partitions of
     about :data:`PARTITION_BYTES` of Parquet). Runs its units on ``executor`` (an :class:`~.executor.Executor`; one
     of ``n_processes`` local processes when None). ``sector_catalogs``: sector -> its ``<tglc_data_path>/sSSSS``
     folder, where HDF5 outputs of ``--columns seed`` (no camera/ccd columns) at non-default paths find their
     catalog. ``selection``: the name of a targets build's choice of stars (``targets-<hash>``), None for every star
-    (see :func:`check_selection`)."""
+    (see :func:`check_selection`). ``verify`` (``--verify``): every partition file of the catalog is checked against
+    the SHA-256 of its mark first; a damaged one is rebuilt from the per-sector outputs (all of the catalog's sectors
+    must be given), and the files made from the partitions are written again."""
     from .executor import Executor
 
     if executor is None:
         with Executor(n_processes) as own:
             return build_stars(sector_outputs, stars_path, own, pixel_threshold=pixel_threshold,
-                               sector_catalogs=sector_catalogs, selection=selection)
+                               sector_catalogs=sector_catalogs, selection=selection, verify=verify)
     if pixel_threshold is not None and (isinstance(pixel_threshold, bool) or not isinstance(pixel_threshold, int)
                                         or pixel_threshold < 1):
         raise UsageError(f"--stars-pixel-threshold must be a positive integer, got {pixel_threshold!r}")
@@ -760,25 +849,33 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
     if stamp:
         for name, dtype in stamp["flags"].items():
             _widen(flags, name, dtype)
-    new_sectors = sorted(set(by_sector) - set(old_sectors))
-    skipped = sorted(set(by_sector) & set(old_sectors))
-    held = (stamp or {}).get("sector_light_curves", {})
-    for sector in skipped:  # a sector joins once: one whose output changed since (rebuilt) must not go stale silently
-        now = _count_rows(by_sector[sector])
-        if str(sector) in held and held[str(sector)] != now:
-            raise UsageError(f"{root} holds sector {sector} with {held[str(sector)]} light curves; its output "
-                             f"now holds {now} (it was built again): join it into a new --stars_output_path, or "
-                             f"remove {root} to build the stars catalog again")
+    held = (stamp or {}).get("sector_outputs", {})
+    fingerprints = {sector: _fingerprint(by_sector[sector]) for sector in by_sector}
+    # a sector whose output changed since it joined (built again): its entries are read again from that output
+    replaced = sorted(s for s in set(by_sector) & set(old_sectors) if held.get(str(s)) != fingerprints[s])
+    new_sectors = sorted(set(by_sector) - set(old_sectors)) + replaced
+    skipped = sorted(set(by_sector) & set(old_sectors) - set(replaced))
     if skipped:
         log.info("Sectors %s are already in the stars catalog %s; kept as they are", _span(skipped), root)
+    if replaced:
+        log.info("Sectors %s were built again since they joined the stars catalog %s; joining them again",
+                 _span(replaced), root)
     threshold = pixel_threshold if pixel_threshold is not None else (stamp or {}).get("threshold")
     summary = StarsSummary(sorted(set(old_sectors) | set(new_sectors)), new_sectors)
     columns = column_set(columns_name)
     schema = stars_schema(columns, flags)
     digest = _schema_to_json(schema)
     old_parts = [Partition(o, p) for o, p in stamp["partitions"]] if stamp else []
-    if not new_sectors and stamp and stamp.get("phase") == "finished" and threshold == stamp.get("threshold") \
-            and digest == stamp.get("schema"):
+    damaged = _damaged(catalog, old_parts) if verify and stamp else []
+    missing = sorted(set(old_sectors) - set(by_sector))
+    if damaged and missing:
+        raise UsageError(f"{catalog / 'dataset' / damaged[0].relpath()}: its bytes do not match the SHA-256 of its "
+                         f"mark; to rebuild it, join every sector of {root} again (sectors {_span(missing)} are not "
+                         f"in this build), or remove {root} and build the stars catalog again")
+    if not new_sectors and not damaged and stamp and stamp.get("phase") == "finished" and \
+            threshold == stamp.get("threshold") and digest == stamp.get("schema"):
+        if verify:  # the files made from the partitions (metadata, margin, indexes, card) are written again
+            _finish(root, stamp)
         summary.stars, summary.partitions = stamp["stars"], len(old_parts)
         summary.light_curves = stamp["light_curves"]
         summary.bytes_total = _dataset_bytes(catalog)
@@ -786,16 +883,26 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
         return summary
     root.mkdir(parents=True, exist_ok=True)
     schema_changed = bool(stamp) and digest != stamp.get("schema")
-    new_sources = [s for sector in new_sectors for s in by_sector[sector]]
-    old_sources = [Source("stars", str(catalog / "dataset" / p.relpath()), 0, p.order, p.pixel) for p in old_parts]
+    if damaged:  # every sector is read again from its output (the damaged files hold part of them)
+        log.warning("Stars catalog %s: %d damaged partition(s) (%s); rebuilding them from the per-sector outputs",
+                    root, len(damaged), ", ".join(p.relpath() for p in damaged))
+    read = sorted(by_sector) if damaged else new_sectors
+    new_sources = [s for sector in read for s in by_sector[sector]]
+    old_sources = [] if damaged else [
+        Source("stars", str(catalog / "dataset" / p.relpath()), 0, p.order, p.pixel) for p in old_parts]
 
-    # 1. the histogram: old pixels from the stored histogram, pixels with new light curves planned again
-    touched = sorted({p for s in new_sources for p in s.pixels4()}) if not schema_changed else \
-        sorted({p for s in new_sources + old_sources for p in s.pixels4()})
+    # 1. the histogram: old pixels from the stored histogram, pixels with new light curves (or losing some) and
+    # their neighbours (where a star of theirs may have light curves too) planned again
     stored = dict(np.load(catalog / HISTOGRAM)) if stamp and (catalog / HISTOGRAM).is_file() else None
-    if stamp and stored is None:
-        touched = sorted({p for s in new_sources + old_sources for p in s.pixels4()})
-    tasks = [(p, _sources_of([p], new_sources, old_sources), new_sectors) for p in touched]
+    pixels = {p for s in new_sources for p in s.pixels4()}
+    for sector in replaced:
+        pixels |= set(stamp.get("sector_pixels", {}).get(str(sector), range(12 * 4 ** SOURCE_ORDER)))
+    if schema_changed or damaged or (stamp and stored is None):
+        pixels |= {p for s in new_sources + old_sources for p in s.pixels4()}
+    touched = sorted(pixels | set(_neighbours(sorted(pixels))))
+    tasks = [(p, _sources_of([p], new_sources, old_sources), new_sectors, replaced) for p in touched]
+    tasks = [t for t in tasks if t[1]]
+    touched = [t[0] for t in tasks]
     planned = {}
     for result in executor.run(_plan_task, tasks, total=len(tasks), desc="Planning stars", unit="pixel",
                                weights=[1] * len(tasks), lost=_lost):
@@ -804,21 +911,23 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
         planned[result[0]] = result[1]  # in completion order: each result names its pixel
     if executor.stopping_requested:
         raise KeyboardInterrupt
+    split = Split.of([planned[p]["edge"] for p in sorted(planned)])
     shift = 2 * (HIGHEST_ORDER - SOURCE_ORDER)
-    cells, stars, cadences, changed = [], [], [], []
-    if stored is not None:
+    cells, stars, cadences, changed = [split.cells], [split.stars], [split.cadences], [split.changed]
+    if stored is not None and not damaged:
         keep = ~np.isin(stored["pixel"] >> shift, touched)
         cells.append(stored["pixel"][keep]), stars.append(stored["stars"][keep])
         cadences.append(stored["cadences"][keep])
     for result in planned.values():
         cells.append(result["pixel"]), stars.append(result["stars"]), cadences.append(result["cadences"])
         changed.append(result["changed"])
-    cells_a = np.concatenate(cells) if cells else np.zeros(0, np.int64)
-    order = np.argsort(cells_a, kind="stable")
-    hist_cells = cells_a[order]
-    hist_stars = (np.concatenate(stars) if stars else np.zeros(0, np.int64))[order]
-    hist_cadences = (np.concatenate(cadences) if cadences else np.zeros(0, np.int64))[order]
-    changed_cells = np.unique(np.concatenate(changed)) if changed else np.zeros(0, np.int64)
+    hist_cells, inverse = np.unique(np.concatenate(cells).astype(np.int64), return_inverse=True)
+    hist_stars = np.bincount(inverse, weights=np.concatenate(stars), minlength=len(hist_cells)).astype(np.int64)
+    hist_cadences = np.bincount(inverse, weights=np.concatenate(cadences), minlength=len(hist_cells)
+                                ).astype(np.int64)
+    occupied = hist_stars > 0
+    hist_cells, hist_stars, hist_cadences = hist_cells[occupied], hist_stars[occupied], hist_cadences[occupied]
+    changed_cells = np.unique(np.concatenate(changed).astype(np.int64))
     if not len(hist_cells):
         raise UsageError(f"the per-sector outputs {', '.join(map(str, sector_outputs))} hold no light curve")
 
@@ -827,6 +936,7 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
     old_set = set(old_parts)
     cell_part = _part_of_cells(hist_cells, parts)
     dirty = {parts[i] for i in np.unique(cell_part[np.isin(hist_cells, changed_cells)])}
+    dirty |= set(damaged)  # (a partition of the new layout overlapping a damaged one is new: written anyway)
     if schema_changed:
         dirty = set(parts)
     to_write = [p for p in parts if p not in old_set or p in dirty]
@@ -836,17 +946,22 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
     # 3. the partitions to write, into the staging folder
     staging = catalog / STAGING
     staging.mkdir(parents=True, exist_ok=True)
-    plan_id = hashlib.sha256(json.dumps([sorted(by_sector), digest, old_sectors, threshold]).encode()).hexdigest()
+    plan_id = hashlib.sha256(json.dumps([sorted(by_sector), digest, old_sectors, threshold, fingerprints,
+                                         [[p.order, p.pixel] for p in damaged]], sort_keys=True).encode()).hexdigest()
     for stale in staging.rglob("*.parquet"):
         if _read_stars_mark(stale) is None or _read_stars_mark(stale).get("plan") != plan_id or \
                 Partition(*_read_stars_mark(stale)["partition"]) not in to_write:
             stale.unlink()
     for stale in staging.rglob(f".*{_TEMPORARY}*"):
         stale.unlink(missing_ok=True)
+    home_part = _part_of_cells(split.home, parts)
     jobs = []
     for part in to_write:
-        sources = _sources_of(list(part.pixels4()), new_sources, old_sources)
-        jobs.append((part, sources, schema, str(staging), {"plan": plan_id, "partition": [part.order, part.pixel]}))
+        home = split.ids[home_part == parts.index(part)]
+        elsewhere = split.parts[np.isin(split.parts[:, 0], home), 1].tolist()
+        sources = _sources_of(sorted(set(part.pixels4()) | set(elsewhere)), new_sources, old_sources)
+        jobs.append((part, sources, schema, str(staging), {"plan": plan_id, "partition": [part.order, part.pixel]},
+                     replaced, split.ids, home))
     weights = [int(hist_stars[cell_part == parts.index(p)].sum()) or 1 for p in to_write]
     for result in executor.run(join_partition, jobs, total=sum(weights), desc="Joining stars", unit="star",
                                weights=weights, lost=_lost):
@@ -857,14 +972,17 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
         raise KeyboardInterrupt
 
     # 4. commit, then finish
+    counts = (stamp or {}).get("sector_light_curves", {}) | {str(s): _count_rows(by_sector[s]) for s in new_sectors}
     np.savez(catalog / f".{HISTOGRAM}{_TEMPORARY}{os.getpid()}.npz", pixel=hist_cells, stars=hist_stars,
              cadences=hist_cadences)
     os.replace(catalog / f".{HISTOGRAM}{_TEMPORARY}{os.getpid()}.npz", catalog / HISTOGRAM)
     new_stamp = {"phase": "commit", "sectors": summary.sectors, "columns": columns_name, "flags": flags,
                  "schema": digest, "threshold": threshold, "partitions": [[p.order, p.pixel] for p in parts],
                  "staged": [p.relpath() for p in to_write], "stars": summary.stars,
-                 "light_curves": int(stamp["light_curves"] if stamp else 0) + _count_rows(new_sources),
-                 "sector_light_curves": held | {str(s): _count_rows(by_sector[s]) for s in new_sectors},
+                 "light_curves": sum(counts.values()), "sector_light_curves": counts,
+                 "sector_outputs": held | {str(s): fingerprints[s] for s in new_sectors},
+                 "sector_pixels": (stamp or {}).get("sector_pixels", {}) | {
+                     str(s): sorted({p for x in by_sector[s] for p in x.pixels4()}) for s in new_sectors},
                  "tglc_builder_version": __version__, **({"selection": selection} if selection else {})}
     _write_bytes(catalog / STAMP, (json.dumps(new_stamp, sort_keys=True) + "\n").encode())
     log.debug("Stars catalog %s: %d partition(s) committed; finishing", root, len(to_write))
@@ -877,17 +995,49 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
 
 
 def stars_of_build(builds: list, executor) -> StarsSummary:
-    """The stars step of a build: each sector's output folder (HATS when built, else HDF5; ``builds``: the
-    sectors' ``BuildArguments``) joined into the build's ``stars_output_dir``, on the build's executor."""
-    folders = [one.hats_output_dir if "hats" in one.formats else one.hdf5_output_dir for one in builds]
+    """The stars step of a build: each sector's output folders (``builds``: the sectors' ``BuildArguments``; its
+    formats' folders from the registry, the first holding its outputs read) joined into the build's
+    ``stars_output_dir``, on the build's executor."""
+    folders = [one.output_dir(name) for one in builds for name in reversed(one.formats)]  # the registry's last first
     first = builds[0]
     return build_stars(folders, first.stars_output_dir, executor, pixel_threshold=first.stars_pixel_threshold,
                        sector_catalogs={one.sector: one.sector_dir for one in builds},
-                       selection=first.selection.folder if first.selection is not None else None)
+                       selection=first.selection.folder if first.selection is not None else None,
+                       verify=first.verify)
 
 
-def _plan_task(pixel: int, sources: list[Source], new_sectors: list[int]) -> tuple[int, dict]:
-    return pixel, plan_pixel(pixel, sources, new_sectors)
+def _plan_task(pixel: int, sources: list[Source], new_sectors: list[int], dropped: list[int]) -> tuple[int, dict]:
+    return pixel, plan_pixel(pixel, sources, new_sectors, dropped)
+
+
+def _fingerprint(sources: list[Source]) -> str:
+    """What a sector's output holds, from its files' checksums (their marks'): equal when it was not built again
+    (outputs are deterministic: the same rows give the same bytes)."""
+    return hashlib.sha256(" ".join(sorted(s.digest or f"{s.path}:{os.path.getsize(s.path)}" for s in sources)
+                                   ).encode()).hexdigest()
+
+
+def _neighbours(pixels4: list[int]) -> list[int]:
+    import healpy
+
+    around = healpy.get_all_neighbours(1 << SOURCE_ORDER, np.asarray(pixels4, np.int64), nest=True) if pixels4 \
+        else np.zeros(0, np.int64)
+    return sorted({int(p) for p in np.ravel(around) if p >= 0})
+
+
+def _damaged(catalog: Path, parts: list[Partition]) -> list[Partition]:
+    """The partitions whose file is missing or does not match the SHA-256 of its mark (read raw, as --verify does
+    for the per-sector formats)."""
+    from .formats.base import WriteError, check_digest
+
+    out = []
+    for part in parts:
+        try:
+            check_digest(catalog / "dataset" / part.relpath())
+        except WriteError as exc:
+            log.warning("%s", exc)
+            out.append(part)
+    return out
 
 
 def _lost(task: tuple, error: BaseException) -> BaseException:
@@ -1071,8 +1221,8 @@ def _write_index(index_dir: Path, catalog: Path, parts: list[Partition], column:
     values_a = np.concatenate(values)
     order = np.argsort(values_a, kind="stable")
     if column == "gaiadr3_id" and len(values_a) and np.any(values_a[order][1:] == values_a[order][:-1]):
-        log.error("A Gaia DR3 id is in two rows of %s: its light curves lie in different order-4 pixels in "
-                  "different sectors", catalog)
+        log.error("A Gaia DR3 id is in two rows of %s: its positions in two sectors lie further apart than "
+                  "the plan looks (see stars._near_edge)", catalog)
     table = pa.table({column: values_a[order], "Norder": np.concatenate(norder)[order],
                       "Npix": np.concatenate(npix)[order]})
     options = get_parquet_write_table_kwargs(table.schema, write_table_kwargs={
