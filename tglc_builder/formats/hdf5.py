@@ -144,33 +144,26 @@ def _write_rows(dset: h5py.Dataset, start: int, values: np.ndarray) -> None:
     dset.id.write(h5py.h5s.create_simple(values.shape), space, values)
 
 
-def _write_flux(dset: h5py.Dataset, start: int, values: np.ndarray, pad: float, final: bool = False) -> np.ndarray:
-    """Write rows ``start...`` (``start`` on a chunk boundary; columns ``0...``) of a flux dataset, each chunk encoded
-    by :func:`_encode_chunk` and written as it is (``write_direct_chunk``): the chunks the rows fill whole, and with
-    ``final`` the last one too, padded. Return the rows left (a chunk not yet filled): the sink writes them with its
-    next block's rows, so every chunk is compressed here, once, whole (a small file's only chunk too: through
-    h5py's DEFLATE it cost ~1.5x as much)."""
+def _write_flux(dset: h5py.Dataset, start: int, values: np.ndarray, pad: float) -> None:
+    """Write ``values`` at rows ``start...`` (columns ``0...``) of a flux dataset: the chunks the rows cover whole
+    are encoded by :func:`_encode_chunk` and written as they are (``write_direct_chunk``); rows of a chunk covered
+    in part (the last block of a shard) go through h5py, whose DEFLATE is deterministic too."""
     chunk_rows, chunk_cols = dset.chunks
     k, used = values.shape
-    end = k if final else k // chunk_rows * chunk_rows
-    for row in range(0, end, chunk_rows):
-        rows = values[row:row + chunk_rows]
+    end = start + k
+    first = min(end, -(-start // chunk_rows) * chunk_rows)  # the first chunk boundary at or after start
+    last = max(first, end // chunk_rows * chunk_rows)  # the end of the whole chunks
+    if first > start:
+        _write_rows(dset, start, values[:first - start])
+    for row in range(first, last, chunk_rows):
+        rows = values[row - start:row - start + chunk_rows]
         for col in range(0, used, chunk_cols):
             chunk = np.full((chunk_rows, chunk_cols), pad, dset.dtype)
             part = rows[:, col:col + chunk_cols]
-            chunk[:len(part), :part.shape[1]] = part
-            dset.id.write_direct_chunk((start + row, col), _encode_chunk(chunk))
-    return values[end:].copy()  # a copy: the block's arrays are reused for the next block
-
-
-def _joined(tail: np.ndarray | None, values: np.ndarray, pad: float) -> np.ndarray:
-    """A flux dataset's rows not yet written followed by a block's, padded to the wider of the two."""
-    if tail is None or not len(tail):
-        return values
-    out = np.full((len(tail) + len(values), max(tail.shape[1], values.shape[1])), pad, values.dtype)
-    out[:len(tail), :tail.shape[1]] = tail
-    out[len(tail):, :values.shape[1]] = values
-    return out
+            chunk[:, :part.shape[1]] = part
+            dset.id.write_direct_chunk((row, col), _encode_chunk(chunk))
+    if end > last:
+        _write_rows(dset, last, values[last - start:])
 
 
 def pixel_dir(output_dir: str | os.PathLike, pixel: int) -> Path:
@@ -390,7 +383,6 @@ class _HDF5Sink(ShardSink):
         self.rows = self.width = 0
         self.pads = {s.name: s.pad for s in writer.columns.series}
         self.versions: dict[str, set] = {}  # the TGLC versions of the rows written (base.note_versions)
-        self.tails: dict[str, np.ndarray] = {}  # per flux dataset, its rows after its last whole chunk (_write_flux)
 
     def _fail(self, exc: BaseException) -> WriteError:
         self.abort()
@@ -464,9 +456,7 @@ class _HDF5Sink(ShardSink):
                 self.datasets[name].resize((self.rows, width))
             dset = self.datasets[name]
             if dset.dtype == np.float32:
-                tail = self.tails.get(name)
-                at = start - (0 if tail is None else len(tail))
-                self.tails[name] = _write_flux(dset, at, _joined(tail, values, self.pads[name]), self.pads[name])
+                _write_flux(dset, start, values, self.pads[name])
             else:
                 _write_rows(dset, start, values)
         note_versions(self.versions, self.shard, block)
@@ -476,9 +466,6 @@ class _HDF5Sink(ShardSink):
             self.file.unlink(missing_ok=True)
             return
         try:
-            for name, tail in self.tails.items():
-                if tail is not None and len(tail):
-                    _write_flux(self.datasets[name], self.rows - len(tail), tail, self.pads[name], final=True)
             _write_attrs(self.h5, {VERSIONS_KEY: versions_text(self.versions)})
             self.h5.flush()  # a write that fails here fails loudly; then closing has nothing left to write
             self.datasets = {}
