@@ -253,7 +253,7 @@ def density_row(ctx: Ctx, out: Path) -> dict:
     return row(
         "convert.density", "convert",
         f"light curves per CPU second, one process: run.write_outputs -n 1 (plan, units, card) of {best['rows']:,} "
-        f"files into {best['files']} files (~{best['rows'] / best['files']:.0f} rows each, as --tiny builds and "
+        f"light curves into {best['files']} files (~{best['rows'] / best['files']:.0f} rows each, as --tiny builds and "
         f"sparse edge pixels write them), from a local mirror; 3 runs, the best",
         fmt_rate(rate, "/s"), rate,
         f"{fmt_rate(old['rows'] / old['cpu'], '/s')} (the code of {DENSE_BEFORE}, same files, alternately)"
