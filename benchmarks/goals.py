@@ -63,6 +63,7 @@ GOALS: dict[str, tuple[Goal, ...]] = {
     "hats.write": (Goal("ratio", ">=", 0.9, ">= 0.9x HDF5"),),
     "hats.write_memory": (Goal("ratio", "<=", 1.5, "<= 1.5x HDF5"),),
     "convert.side_by_side": (Goal("ratio", ">=", 0.9, "no worse than before (>= 0.9x)"),),
+    "convert.density": (Goal("value", ">=", 2500, ">= 2,500 /s on one process"),),
     "hats.read_parquet": (Goal("ratio", ">=", 1.5, ">= 1.5x HDF5 with load_tglc"),),
     "hats.read_parquet_batches": (Goal("ratio", ">=", 1.5, ">= 1.5x HDF5 with load_tglc"),),
     "tiny.hdf5": (Goal("ratio", "<=", 1.2, "<= 1.2x the FITS bytes"),),

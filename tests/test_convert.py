@@ -229,3 +229,48 @@ def test_verification_catches_a_flipped_byte_and_a_row_without_its_chunk(tmp_pat
             dset.resize(rows + max(d.chunks[0] for d in h5.values()), axis=0)
     with h5py.File(file, "r") as h5, pytest.raises(WriteError, match="chunks store its"):
         _verify(h5, h5["time"].shape[0], columns)
+
+
+# ---- the sink's low-level HDF5 calls make what h5py's high-level ones make, byte for byte --------------------------
+def test_low_level_datasets_and_attributes_are_h5pys_byte_for_byte(tmp_path):
+    """The sink makes datasets and attributes through h5py's low-level calls (its high-level ones were most of a
+    small file's cost): a file made that way equals, byte for byte, the same file made by ``create_dataset``,
+    slicing and ``attrs``. (The first dataset of each kind is made by h5py itself: the kinds are made twice.)"""
+    from tglc_builder.columns import STRING_BYTES
+    from tglc_builder.formats.hdf5 import _DEFLATE, _SCALAR, _new_dataset, _write_attrs, _write_rows
+
+    rng = np.random.default_rng(2)
+    text = h5py.string_dtype("ascii", STRING_BYTES)
+    kinds = [("flux", np.dtype(np.float32), 40, np.nan, _DEFLATE), ("flags", np.dtype(np.int16), 40, 0, _DEFLATE),
+             ("ids", np.dtype(np.int64), None, None, _SCALAR), ("text", text, None, None, _SCALAR)]
+    attrs = {"sector": 23, "nest": True, "shard": "001-of-002", "mark": json.dumps({"sha256": "0" * 64})}
+
+    def values(dtype, width):
+        if dtype == text:
+            return np.array([b"v1", b"tglc 0.8", b""] * 7, "S")
+        shape = (21,) if width is None else (21, width)
+        return rng.normal(0, 1e3, shape).astype(dtype)
+
+    data = {f"{name}{i}": values(dtype, width) for i in range(2) for name, dtype, width, _, _ in kinds}
+    with h5py.File(tmp_path / "high.h5", "w") as h5:
+        h5.attrs.update(attrs)
+        for i in range(2):
+            for name, dtype, width, pad, filters in kinds:
+                shape, chunks = ((0,), (16 + i,)) if width is None else ((0, width), (8 * (i + 1), width))
+                dset = h5.create_dataset(f"{name}{i}", shape=shape, maxshape=(None,) * len(shape), dtype=dtype,
+                                         chunks=chunks, fillvalue=pad, **filters)
+                dset.resize((21,) + shape[1:])
+                dset[0:21] = data[f"{name}{i}"]
+    with h5py.File(tmp_path / "low.h5", "w") as h5:
+        _write_attrs(h5, attrs)
+        for i in range(2):
+            for name, dtype, width, pad, filters in kinds:
+                chunks = (16 + i,) if width is None else (8 * (i + 1), width)
+                dset = _new_dataset(h5, f"{name}{i}", dtype, width, chunks, pad, filters)
+                dset.id.set_extent((21,) if width is None else (21, width))
+                _write_rows(dset, 0, data[f"{name}{i}"])
+    assert (tmp_path / "low.h5").read_bytes() == (tmp_path / "high.h5").read_bytes()
+    with h5py.File(tmp_path / "low.h5", "r") as h5:
+        assert dict(h5.attrs) == attrs
+        assert h5["text1"][()].tolist() == data["text1"].tolist()
+        assert h5["flux1"].fillvalue != h5["flux1"].fillvalue and h5["flags1"].fillvalue == 0

@@ -24,12 +24,12 @@ SIZES = {"full": dict(n=20_000), "quick": dict(n=1_000)}
 def unit_settings(root: str, output_dir: str, fmt: str = "hdf5", hats_dir: str | None = None):
     """What a build's units share, for FITS files already on disk under ``root`` (read in place)."""
     from tglc_builder import units
-    from tglc_builder.columns import column_set
     from tglc_builder.formats import make_writers
     from tglc_builder.sources.local import LocalSource
 
-    writers = make_writers(fmt, SECTOR, column_set("seed"), output_dir, hats_dir)
-    return units.UnitSettings(SECTOR, LocalSource(root), root, tuple(writers), column_set("seed")), writers
+    args = build_args(root, output_dir, 1, fmt, hats_dir)
+    writers = make_writers(args)
+    return units.UnitSettings(SECTOR, LocalSource(root), root, tuple(writers), args.column_set), writers
 
 
 @task
@@ -87,14 +87,16 @@ def write_sector(catalog: str, root: str, output_dir: str, n_processes: int = 2,
 
 
 BEFORE = "a4a41bf"  # the commit before the redesign (the `before` column of RESULTS.md)
+DENSE_BEFORE = "c5b315c"  # the commit before issue 27's cut of a small file's fixed costs (the density row)
+DENSE_N = 3000  # objects of the density row's sector: ~25 rows per pixel, as --tiny builds and sparse edge pixels
 
 
-def before_tree(ctx: Ctx) -> str | None:
+def before_tree(ctx: Ctx, commit: str = BEFORE) -> str | None:
     """That commit's package, extracted from this clone's history into the scratch folder (None without git or
     without the commit, e.g. in a shallow clone)."""
-    target = ctx.dir("before", fresh=True)
+    target = ctx.dir(f"before-{commit}", fresh=True)
     try:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE, "tglc_builder"], capture_output=True,
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "tglc_builder"], capture_output=True,
                                  check=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -121,6 +123,31 @@ def build_pixel_before(catalog: str, root: str, output_dir: str, tree: str) -> d
         rows = sum(convert.convert_shard(shard, root, output_dir, SECTOR).n_rows for shard in shards)
     assert convert.__file__.startswith(tree), convert.__file__
     return dict(seconds=t.seconds, cpu=t.cpu, rows=rows, rate=rows / t.seconds)
+
+
+@task
+def build_dense(catalog: str, root: str, output_dir: str, tree: str | None = None) -> dict:
+    """A sector of small files (~25 rows each) through ``run.write_outputs`` on one process (``-n 1``: the units
+    run in this process; plan, units and the dataset card), imports done first (the card's too, which a build
+    imports at its end); with ``tree``, through the package extracted there instead of this checkout."""
+    import sys
+
+    if tree:
+        for name in [m for m in sys.modules if m == "tglc_builder" or m.startswith("tglc_builder.")]:
+            del sys.modules[name]
+        sys.path.insert(0, tree)
+    from tglc_builder import run
+    from tglc_builder.executor import Executor
+    from tglc_builder.formats import card  # noqa: F401 - imported before, not counted
+    from tglc_builder.sources.local import LocalSource
+
+    assert tree is None or run.__file__.startswith(tree), run.__file__
+    table = read_catalog(catalog)
+    args = build_args(root, output_dir, 1)
+    with Executor(1) as executor, Timer() as t:
+        summary = run.write_outputs(args, table, LocalSource(root), executor)
+    return dict(seconds=t.seconds, cpu=t.cpu, rows=summary.converted, files=summary.files_written,
+                failures=len(summary.failures), first_failures=[str(f) for f in summary.failures[:3]])
 
 
 @task
@@ -201,4 +228,38 @@ def measure(ctx: Ctx) -> list[dict]:
             fmt_bytes(single["peak_rss"]), single["peak_rss"],
             note=f"before converting (python + imports + catalog): {fmt_bytes(single['base_rss'])}"),
         *side_by_side,
+        density_row(ctx, out),
     ]
+
+
+def density_row(ctx: Ctx, out: Path) -> dict:
+    """Light curves per CPU second of a one-process build of small files, beside the code before issue 27's cut of
+    their fixed costs (alternately, 3 runs each, the best of each), and beside the same files' conversion as one
+    pixel (what they cost without the fixed costs of 120 files)."""
+    info = ensure_tree(ctx, DENSE_N)
+    tree, ours, theirs = before_tree(ctx, DENSE_BEFORE), [], []
+    for i in range(3):
+        for runs, code in [(ours, None)] + ([(theirs, tree)] if tree else []):
+            result = ctx.task(build_dense, catalog=info["catalog"], root=info["root"],
+                              output_dir=str(out / f"dense-{i}"), tree=code)
+            check(result, info["rows"], "convert the small files")
+            runs.append(result)
+            shutil.rmtree(out / f"dense-{i}")
+    alone = ctx.task(build_pixel, catalog=info["catalog"], root=info["root"], output_dir=str(out / "dense-pixel"))
+    check(alone, info["rows"], "convert the small files as one pixel")
+    best = min(ours, key=lambda r: r["cpu"])
+    rate = best["rows"] / best["cpu"]
+    old = min(theirs, key=lambda r: r["cpu"]) if theirs else None
+    return row(
+        "convert.density", "convert",
+        f"light curves per CPU second, one process: run.write_outputs -n 1 (plan, units, card) of {best['rows']:,} "
+        f"light curves into {best['files']} files (~{best['rows'] / best['files']:.0f} rows each, as --tiny builds and "
+        f"sparse edge pixels write them), from a local mirror; 3 runs, the best",
+        fmt_rate(rate, "/s"), rate,
+        f"{fmt_rate(old['rows'] / old['cpu'], '/s')} (the code of {DENSE_BEFORE}, same files, alternately)"
+        if old else "—", old["rows"] / old["cpu"] if old else None,
+        f"wall {best['seconds']:.2f} s (shared machine, fsync per file); CPU s per run, ours: "
+        + ", ".join(f"{r['cpu']:.2f}" for r in ours)
+        + (f"; {DENSE_BEFORE}: " + ", ".join(f"{r['cpu']:.2f}" for r in theirs) if theirs else "")
+        + f"; the same files as one pixel (one file, units.build_unit): {alone['rows'] / alone['cpu']:,.0f} light "
+        f"curves per CPU second")

@@ -148,15 +148,24 @@ def _digest_offset(data: mmap.mmap, file: Path) -> int:
     return at + len(_DIGEST_AT)
 
 
-def seal(file: Path) -> str:
-    """Write the file's SHA-256 into the placeholder of its mark (64 zeros after ``"sha256": "``); return it."""
-    with open(file, "r+b") as f, mmap.mmap(f.fileno(), 0) as data:
-        at = _digest_offset(data, file)
-        if data[at:at + 64] != _UNSEALED.encode():
-            raise WriteError(f"{file}: its mark holds no placeholder for its checksum")
-        digest = _sha256(data, at)
-        data[at:at + 64] = digest.encode()
-        data.flush()
+def seal(file: Path, mark: str | None = None) -> str:
+    """Write the file's SHA-256 into the placeholder of its mark (64 zeros after ``"sha256": "``), sync the file to
+    disk, and return the digest. With ``mark`` (the mark's text as written, placeholder included), the placeholder
+    must lie inside that text, found in the raw bytes: so the digest lands in the mark a reader gets, without
+    opening the file through its library again."""
+    with open(file, "r+b") as f:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            at = _digest_offset(data, file)
+            if data[at:at + 64] != _UNSEALED.encode():
+                raise WriteError(f"{file}: its mark holds no placeholder for its checksum")
+            if mark is not None:
+                start = at - mark.index(_UNSEALED)
+                if start < 0 or data[start:start + len(mark)] != mark.encode():
+                    raise WriteError(f"{file}: its checksum's place is not inside its completion mark")
+            digest = _sha256(data, at)
+        # the digest by pwrite, not through the map: one fsync then writes the file's pages and metadata at once
+        os.pwrite(f.fileno(), digest.encode(), at)
+        os.fsync(f.fileno())
     return digest
 
 

@@ -78,14 +78,18 @@ def example_features(columns: ColumnSet, widths: dict[str, str] | None = None) -
     return datasets.Features(features)
 
 
-def flag_widths(paths: Iterable[str | os.PathLike], fmt: str, columns: ColumnSet) -> dict[str, str]:
-    """The widest integer type of each flag column (``Series.widens``) over the files (read from their schemas)."""
+def flag_widths(paths: Iterable[str | os.PathLike], fmt: str, columns: ColumnSet,
+                lengths: list | None = None) -> dict[str, str]:
+    """The widest integer type of each flag column (``Series.widens``) over the files (read from their schemas);
+    HDF5 files' ``n_cadences`` are appended to ``lengths`` in the same open (a --tiny build has many small files)."""
     names = [s.name for s in columns.series if s.widens]
     widest = {name: np.dtype("int16") for name in names}
     for path in paths:
         if fmt == "hdf5":
             with h5py.File(path, "r") as h5:
                 found = {name: h5[name].dtype for name in names if name in h5}
+                if lengths is not None:
+                    lengths.append(h5[N_CADENCES[0]][()])
         else:
             curve = pq.read_schema(path).field("lightcurve").type
             found = {name: np.dtype(curve.field(name).type.value_type.to_pandas_dtype()) for name in names
@@ -110,11 +114,8 @@ class CardParts:
 
 def hdf5_card(folder: Path, files: list[str], columns: ColumnSet) -> CardParts:
     """The HDF5 files' card: their features as stored, read 256 rows at a time."""
-    lengths = []
-    for f in files:
-        with h5py.File(folder / f, "r") as h5:
-            lengths.append(h5[N_CADENCES[0]][()])
-    widths = flag_widths([folder / f for f in files], "hdf5", columns)
+    lengths: list = []
+    widths = flag_widths([folder / f for f in files], "hdf5", columns, lengths)
     features = hdf5_features(columns, widths)
     return CardParts(features, {"batch_size": 256},  # rows read at once: bounded memory for 10,000-row files
                      np.concatenate(lengths), _column_rows(features, "hdf5"),

@@ -100,6 +100,50 @@ def _encode_chunk(chunk: np.ndarray) -> bytes:
     return data + _fletcher32(memoryview(data))[0].to_bytes(4, "little")
 
 
+# h5py's high-level calls cost ~0.1 ms each beyond HDF5's own work: a --tiny build's file of ~25 rows makes twelve
+# datasets and writes each once, so the sink makes and writes them through h5py's low-level identifiers instead.
+_PLISTS: dict[tuple, h5py.h5p.PropDCID] = {}  # creation properties made by h5py, by dtype, rank, pad and filters
+
+
+def _new_dataset(h5: h5py.File, name: str, dtype: np.dtype, width: int | None, chunks: tuple[int, ...],
+                 pad: Any, filters: dict[str, Any]) -> h5py.Dataset:
+    """An empty dataset growable along its rows (and columns), made with exactly the creation properties h5py's
+    ``create_dataset`` gives it (so the same bytes): the first of each kind is made by h5py, and its properties are
+    copied for the next ones, with their own chunk shape."""
+    shape = (0,) if width is None else (0, width)
+    dtype = np.dtype(dtype)
+    key = (dtype.str, h5py.check_string_dtype(dtype), len(shape), repr(pad), repr(filters))
+    if key not in _PLISTS:
+        dset = h5.create_dataset(name, shape=shape, maxshape=(None,) * len(shape), dtype=dtype, chunks=chunks,
+                                 fillvalue=pad, **filters)
+        _PLISTS[key] = dset.id.get_create_plist()
+        return dset
+    plist = _PLISTS[key].copy()
+    plist.set_chunk(chunks)
+    space = h5py.h5s.create_simple(shape, (h5py.h5s.UNLIMITED,) * len(shape))
+    return h5py.Dataset(h5py.h5d.create(h5.id, name.encode(), h5py.h5t.py_create(dtype, logical=1), space,
+                                        dcpl=plist))
+
+
+def _write_attrs(h5: h5py.File, values: dict[str, Any]) -> None:
+    """New attributes of the file, typed as h5py's ``attrs[name] = value`` types them (text: variable-length
+    UTF-8; numbers: NumPy's scalars), written through the low-level calls."""
+    for name, value in values.items():
+        data = np.asarray(value, dtype=h5py.string_dtype() if isinstance(value, str) else None)
+        attr = h5py.h5a.create(h5.id, name.encode(), h5py.h5t.py_create(data.dtype, logical=True),
+                               h5py.h5s.create_simple(()))
+        attr.write(data, mtype=h5py.h5t.py_create(data.dtype))
+        attr.close()
+
+
+def _write_rows(dset: h5py.Dataset, start: int, values: np.ndarray) -> None:
+    """``dset[start:start + len(values), :values.shape[1]] = values``, through the low-level write."""
+    values = np.ascontiguousarray(values)
+    space = dset.id.get_space()
+    space.select_hyperslab((start,) + (0,) * (values.ndim - 1), values.shape)
+    dset.id.write(h5py.h5s.create_simple(values.shape), space, values)
+
+
 def _write_flux(dset: h5py.Dataset, start: int, values: np.ndarray, pad: float) -> None:
     """Write ``values`` at rows ``start...`` (columns ``0...``) of a flux dataset: the chunks the rows cover whole
     are encoded by :func:`_encode_chunk` and written as they are (``write_direct_chunk``); rows of a chunk covered
@@ -110,7 +154,7 @@ def _write_flux(dset: h5py.Dataset, start: int, values: np.ndarray, pad: float) 
     first = min(end, -(-start // chunk_rows) * chunk_rows)  # the first chunk boundary at or after start
     last = max(first, end // chunk_rows * chunk_rows)  # the end of the whole chunks
     if first > start:
-        dset[start:first, :used] = values[:first - start]
+        _write_rows(dset, start, values[:first - start])
     for row in range(first, last, chunk_rows):
         rows = values[row - start:row - start + chunk_rows]
         for col in range(0, used, chunk_cols):
@@ -119,7 +163,7 @@ def _write_flux(dset: h5py.Dataset, start: int, values: np.ndarray, pad: float) 
             chunk[:, :part.shape[1]] = part
             dset.id.write_direct_chunk((row, col), _encode_chunk(chunk))
     if end > last:
-        dset[last:end, :used] = values[last - start:]
+        _write_rows(dset, last, values[last - start:])
 
 
 def pixel_dir(output_dir: str | os.PathLike, pixel: int) -> Path:
@@ -230,29 +274,37 @@ def _foreign_mark(file: Path, sector: int, columns: str) -> str:
 
 def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet) -> None:
     """Check a shard file whole: every dataset there with its shape, every chunk of every row stored, every chunk's
-    Fletcher32 checksum right, and n_cadences in range."""
+    Fletcher32 checksum right, and n_cadences in range. Through h5py's low-level identifiers: its high-level objects
+    cost ~0.2 ms each to make, which for a --tiny build's small files was most of the check."""
     names = [*IDS_AND_POSITION, N_CADENCES[0], *(s.name for s in columns.scalars), *(s.name for s in columns.series)]
-    missing = [name for name in names if name not in h5]
+    datasets = {}
+    for name in names:
+        try:
+            datasets[name] = h5py.h5d.open(h5.id, name.encode())
+        except KeyError:
+            pass
+    missing = [name for name in names if name not in datasets]
     if missing:
         raise WriteError(f"{h5.filename}: no {', '.join(missing)} dataset")
-    width = h5["time"].shape[1]
+    width = datasets["time"].shape[1]
     with open(h5.filename, "rb", buffering=0) as raw:
         size = os.fstat(raw.fileno()).st_size
-        for name in names:
-            dset = h5[name]
-            if dset.shape[0] != n_rows or (dset.ndim == 2 and dset.shape[1] != width):
-                raise WriteError(f"{h5.filename}: {name} has shape {dset.shape}, expected {n_rows} rows")
+        for name, dset in datasets.items():
+            shape = dset.shape
+            if shape[0] != n_rows or (len(shape) == 2 and shape[1] != width):
+                raise WriteError(f"{h5.filename}: {name} has shape {shape}, expected {n_rows} rows")
             try:
                 _verify_chunks(dset, raw.fileno(), size)
             except OSError as exc:
                 raise WriteError(f"{h5.filename}: {name} does not read back ({exc})") from None
     if n_rows:
-        lengths = h5[N_CADENCES[0]][()]
+        lengths = np.empty(n_rows, N_CADENCES[1])
+        datasets[N_CADENCES[0]].read(h5py.h5s.ALL, h5py.h5s.ALL, lengths)
         if lengths.min() < 1 or lengths.max() != width:
             raise WriteError(f"{h5.filename}: n_cadences outside 1..{width}")
 
 
-def _verify_chunks(dset: h5py.Dataset, fd: int, file_size: int) -> None:
+def _verify_chunks(dset: h5py.h5d.DatasetID, fd: int, file_size: int) -> None:
     """Check every stored chunk of ``dset`` against its Fletcher32 checksum, and that no row lacks its chunk.
 
     HDF5 computes the checksum over a chunk's stored (compressed) bytes, so checking it needs no decompression:
@@ -260,21 +312,21 @@ def _verify_chunks(dset: h5py.Dataset, fd: int, file_size: int) -> None:
     fifth of the conversion. h5py offers no way to check checksums alone, hence this (H5Z fletcher32, by hand).
     Datasets without the checksum, and chunks whose filters were skipped, are read through h5py instead.
     """
-    plist = dset.id.get_create_plist()
-    filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-    if not filters or filters[-1] != h5py.h5z.FILTER_FLETCHER32:
-        _read_whole(dset)
+    plist = dset.get_create_plist()
+    n_filters = plist.get_nfilters()
+    if not n_filters or plist.get_filter(n_filters - 1)[0] != h5py.h5z.FILTER_FLETCHER32:
+        _read_whole(h5py.Dataset(dset))
         return
     chunks: list = []
-    dset.id.chunk_iter(chunks.append)
-    chunk_rows = dset.chunks[0]
-    first_column = sum(1 for c in chunks if all(offset == 0 for offset in c.chunk_offset[1:]))
+    dset.chunk_iter(chunks.append)
+    chunk_rows = plist.get_chunk()[0]
+    first_column = sum(1 for c in chunks if not any(c.chunk_offset[1:]))
     needed = -(-dset.shape[0] // chunk_rows)
     if first_column != needed:
         raise OSError(f"{first_column} chunks store its {dset.shape[0]} rows, which need {needed}")
     for chunk in chunks:
         if chunk.filter_mask or chunk.size > FLETCHER_MAX_BYTES:  # a filter skipped, or a huge chunk: HDF5 decodes
-            _read_whole(dset)
+            _read_whole(h5py.Dataset(dset))
             return
         if chunk.size < 4 or chunk.byte_offset + chunk.size > file_size:
             raise OSError(f"chunk at {chunk.chunk_offset} lies outside the file")
@@ -341,9 +393,9 @@ class _HDF5Sink(ShardSink):
             if self.h5 is None:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
                 self.h5 = h5py.File(self.tmp, "w", **CHUNK_CACHE)
-                self.h5.attrs.update({"sector": self.writer.sector, "healpix": self.shard.pixel,
-                                      "nside": layout.NSIDE, "nest": layout.NEST, "shard": self.shard.label,
-                                      "columns": self.writer.columns.name, "tglc_builder_version": __version__})
+                _write_attrs(self.h5, {"sector": self.writer.sector, "healpix": self.shard.pixel,
+                                       "nside": layout.NSIDE, "nest": layout.NEST, "shard": self.shard.label,
+                                       "columns": self.writer.columns.name, "tglc_builder_version": __version__})
                 self._create(int(block.n_cadences.max()), block)
             self._append(block)
         except WriteError:
@@ -364,17 +416,15 @@ class _HDF5Sink(ShardSink):
         for name, dtype in scalars.items():
             # text: fixed-length ASCII (FITS cards are ASCII), so that Fletcher32 applies (not to variable length)
             dtype = h5py.string_dtype("ascii", STRING_BYTES) if dtype == STRING else dtype
-            self.datasets[name] = self.h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
-                                                         chunks=scalar_chunk, **_SCALAR)
+            self.datasets[name] = _new_dataset(self.h5, name, dtype, None, scalar_chunk, None, _SCALAR)
         self._chunk_rows = chunk_rows
         for series in self.writer.columns.series:
             self._create_series(series.name, block.series[series.name].dtype, width)
 
     def _create_series(self, name: str, dtype: np.dtype, width: int) -> None:
         series = next(s for s in self.writer.columns.series if s.name == name)
-        self.datasets[name] = self.h5.create_dataset(
-            name, shape=(0, width), maxshape=(None, None), dtype=dtype, chunks=(self._chunk_rows, width),
-            fillvalue=series.pad, **_filters(dtype))
+        self.datasets[name] = _new_dataset(self.h5, name, dtype, width, (self._chunk_rows, width), series.pad,
+                                           _filters(dtype))
 
     def _widen_series(self, name: str, dtype: np.dtype) -> None:
         """A flag column met wider integers (a tglc 0.8 file after 16-bit ones): the rows written so far move into
@@ -394,13 +444,12 @@ class _HDF5Sink(ShardSink):
         start, self.rows = self.rows, self.rows + k
         width = max(self.width, used)
         for dset in self.datasets.values():
-            dset.resize((self.rows, width) if dset.ndim == 2 else (self.rows,))
+            dset.id.set_extent((self.rows, width) if dset.ndim == 2 else (self.rows,))
         self.width = width
-        rows = slice(start, self.rows)
-        self.datasets[N_CADENCES[0]][rows] = block.n_cadences
+        _write_rows(self.datasets[N_CADENCES[0]], start, block.n_cadences)
         for name, values in block.scalars.items():
             dset = self.datasets[name]
-            dset[rows] = values.astype(dset.dtype) if dset.dtype.kind == "S" else values
+            _write_rows(dset, start, values.astype(dset.dtype) if dset.dtype.kind == "S" else values)
         for name, values in block.series.items():
             if values.dtype.itemsize > self.datasets[name].dtype.itemsize:
                 self._widen_series(name, values.dtype)
@@ -409,7 +458,7 @@ class _HDF5Sink(ShardSink):
             if dset.dtype == np.float32:
                 _write_flux(dset, start, values, self.pads[name])
             else:
-                dset[rows, :values.shape[1]] = values
+                _write_rows(dset, start, values)
         note_versions(self.versions, self.shard, block)
 
     def commit(self) -> None:
@@ -417,20 +466,16 @@ class _HDF5Sink(ShardSink):
             self.file.unlink(missing_ok=True)
             return
         try:
-            self.h5.attrs[VERSIONS_KEY] = versions_text(self.versions)
+            _write_attrs(self.h5, {VERSIONS_KEY: versions_text(self.versions)})
             self.h5.flush()  # a write that fails here fails loudly; then closing has nothing left to write
             self.datasets = {}
             self.h5.close()
             self.h5 = None
+            mark = self.writer._mark(self.rows)
             with h5py.File(self.tmp, "r+", **CHUNK_CACHE) as h5:  # opened once: checked, then marked
                 _verify(h5, self.rows, self.writer.columns)
-                h5.attrs[COMPLETE] = self.writer._mark(self.rows)
-            digest = seal(self.tmp)
-            with h5py.File(self.tmp, "r") as h5:  # the mark reads back, with the checksum where it belongs
-                if json.loads(h5.attrs[COMPLETE]).get(DIGEST_KEY) != digest:
-                    raise WriteError(f"{self.tmp}: its mark does not read back with its checksum")
-            with open(self.tmp, "rb+") as f:
-                os.fsync(f.fileno())
+                _write_attrs(h5, {COMPLETE: mark})
+            seal(self.tmp, mark)  # the digest into the mark's own bytes, then fsync
             os.replace(self.tmp, self.file)
         except WriteError as exc:
             self.abort()
