@@ -615,9 +615,7 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
     writer.close()
     try:
         _verify_partition(tmp, schema, mark | {"rows": rows})
-        seal(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        seal(tmp)  # and synced
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     except BaseException:

@@ -777,8 +777,6 @@ class _HatsSink(ShardSink):
             digest = seal(self.tmp)
             if (read_mark(self.tmp) or {}).get(DIGEST_KEY) != digest:
                 raise WriteError(f"{self.tmp}: its mark does not read back with its checksum")
-            with open(self.tmp, "rb") as f:
-                os.fsync(f.fileno())
             os.replace(self.tmp, self.file)
             _fsync_dir(self.file.parent)
         except WriteError as exc:
