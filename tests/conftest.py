@@ -127,5 +127,8 @@ def run_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: this interpreter's packages plus the repository on the path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    # No .pyc written by subprocesses: under a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) CPython writes a
+    # truncated one (it ignores a short write), and every later import of that module fails. This process writes them.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra)
     return env

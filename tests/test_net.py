@@ -501,7 +501,7 @@ def test_a_full_disk_stops_every_download(tmp_path):
         folder = tmp_path / "fits"
         result = subprocess.run([sys.executable, "-c", _FULL_DISK_CHILD, archive.url, str(folder),
                                  json.dumps(_items(archive, 60))], capture_output=True, text=True, timeout=120,
-                                env=run_env(PYTHONDONTWRITEBYTECODE="1"))
+                                env=run_env())
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         assert report == {"folder": str(folder), "yielded": 0, "message": report["message"]}

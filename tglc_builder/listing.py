@@ -11,6 +11,7 @@ the other, the build stops rather than silently shrinking.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -420,7 +421,10 @@ def save_catalog(catalog: Table, path: Path) -> None:
     """Write the catalog as HDF5 (astropy's format, metadata kept), atomically."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        catalog.write(tmp, path="catalog", format="hdf5", serialize_meta=True, overwrite=True)
+        try:
+            catalog.write(tmp, path="catalog", format="hdf5", serialize_meta=True, overwrite=True)
+        except RuntimeError as exc:  # h5py: a write that fails as the file closes (a full disk), not an OSError
+            raise OSError(errno.EIO, f"cannot write the catalog ({exc})", str(path)) from None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -11,16 +11,12 @@ with that mark is whole, and ``--verify`` catches any byte changed since.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
 import shutil
-import sys
-import threading
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,28 +58,6 @@ _FLUX = _DEFLATE  # the same pipeline (shuffle, DEFLATE, Fletcher32): any reader
 _SCALAR: dict[str, Any] = {"fletcher32": True}  # 0.5% of the bytes: not worth decompressing
 _SHARD_NAME = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
 _TEMPORARY = ".tmp-"
-
-
-_stderr_lock = threading.Lock()  # fd 2 is the process's: two units of a worker may abort at the same moment
-
-
-@contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    """Discard what is written to file descriptor 2 for a moment. Closing a file whose writes failed makes h5py print
-    a traceback per open handle ("Unable to flush raw data ... errno = 28") straight to stderr, from destructors that
-    no Python code can catch; the sink has already turned that error into one WriteError naming the file."""
-    with _stderr_lock:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
-            yield
-        finally:
-            sys.stderr.flush()  # what Python buffered meanwhile goes to /dev/null too
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
 
 
 def _filters(dtype: np.dtype) -> dict[str, Any]:
@@ -392,7 +366,9 @@ class _HDF5Sink(ShardSink):
         try:
             if self.h5 is None:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
-                self.h5 = h5py.File(self.tmp, "w", **CHUNK_CACHE)
+                # Built in memory, written to disk whole at commit by our own write: HDF5 2.0 crashes (SIGSEGV)
+                # closing a file whose writes failed (a full disk, a file-size limit), taking the worker with it.
+                self.h5 = h5py.File(self.tmp, "w", driver="core", backing_store=False, **CHUNK_CACHE)
                 _write_attrs(self.h5, {"sector": self.writer.sector, "healpix": self.shard.pixel,
                                        "nside": layout.NSIDE, "nest": layout.NEST, "shard": self.shard.label,
                                        "columns": self.writer.columns.name, "tglc_builder_version": __version__})
@@ -466,15 +442,19 @@ class _HDF5Sink(ShardSink):
             self.file.unlink(missing_ok=True)
             return
         try:
-            _write_attrs(self.h5, {VERSIONS_KEY: versions_text(self.versions)})
-            self.h5.flush()  # a write that fails here fails loudly; then closing has nothing left to write
+            mark = self.writer._mark(self.rows)
+            # the mark goes in now, its checksum still zeros: only seal, after the check, completes it
+            _write_attrs(self.h5, {VERSIONS_KEY: versions_text(self.versions), COMPLETE: mark})
+            self.h5.flush()
+            image = self.h5.id.get_file_image()
             self.datasets = {}
             self.h5.close()
             self.h5 = None
-            mark = self.writer._mark(self.rows)
-            with h5py.File(self.tmp, "r+", **CHUNK_CACHE) as h5:  # opened once: checked, then marked
+            with open(self.tmp, "wb") as f:
+                f.write(image)
+            del image
+            with h5py.File(self.tmp, "r", **CHUNK_CACHE) as h5:  # what the disk holds, checked
                 _verify(h5, self.rows, self.writer.columns)
-                _write_attrs(h5, {COMPLETE: mark})
             seal(self.tmp, mark)  # the digest into the mark's own bytes, then fsync
             os.replace(self.tmp, self.file)
         except WriteError as exc:
@@ -485,13 +465,9 @@ class _HDF5Sink(ShardSink):
 
     def abort(self) -> None:
         if self.h5 is not None:
-            with _stderr_silenced():
-                self.datasets = {}
-                try:
-                    self.h5.close()
-                except Exception:  # noqa: BLE001 - the file is being discarded anyway
-                    pass
-                self.h5 = None
+            self.datasets = {}
+            self.h5.close()  # in memory: nothing to write
+            self.h5 = None
         self.datasets = {}
         self.tmp.unlink(missing_ok=True)
 
