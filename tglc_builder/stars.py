@@ -1028,12 +1028,13 @@ def _finish(root: Path, stamp: dict) -> None:
 
 
 def _build_margin(root: Path) -> list[str]:
-    """A :data:`MARGIN_ARCSEC` margin cache (:func:`.formats.hats.write_margin`); none when no star lies near a
-    partition edge."""
+    """A :data:`MARGIN_ARCSEC` margin cache (:func:`.formats.hats.write_margin`; with no rows when no star lies
+    near a partition edge)."""
     from .formats.hats import write_margin
 
     shutil.rmtree(root / MARGIN_NAME, ignore_errors=True)
-    return [MARGIN_NAME] if write_margin(root / MARGIN_NAME, root / CATALOG, MARGIN_ARCSEC) else []
+    write_margin(root / MARGIN_NAME, root / CATALOG, MARGIN_ARCSEC)
+    return [MARGIN_NAME]
 
 
 def _write_index(index_dir: Path, catalog: Path, parts: list[Partition], column: str,

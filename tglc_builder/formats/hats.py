@@ -573,14 +573,14 @@ class HatsWriter(Writer):
         return "\n\n".join(note)
 
     def _build_extras(self, files: list[Path]) -> tuple[list[str], dict[str, str]]:
-        """A margin cache of :data:`MARGIN_ARCSEC` (:func:`write_margin`; none when no row lies near another
-        pixel) and a ``gaiadr3_id`` index catalog (:func:`write_index`)."""
+        """A margin cache of :data:`MARGIN_ARCSEC` (:func:`write_margin`) and a ``gaiadr3_id`` index catalog
+        (:func:`write_index`)."""
         catalog = self.catalog_dir
         margin_name, index_name = f"{catalog.name}_{MARGIN_NAME}", f"{catalog.name}_gaiadr3_id"
         shutil.rmtree(self.output_dir / margin_name, ignore_errors=True)
-        margins = [margin_name] if write_margin(self.output_dir / margin_name, catalog) else []
+        write_margin(self.output_dir / margin_name, catalog)
         write_index(self.output_dir / index_name, catalog, files, "gaiadr3_id")
-        return margins, {"gaiadr3_id": index_name}
+        return [margin_name], {"gaiadr3_id": index_name}
 
 
 def write_index(index_dir: Path, catalog: Path, files: list[Path], column: str,
@@ -625,7 +625,7 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
     rest of the sky), the rows of the catalog in the pixels of ``margin2order(threshold)`` bordering it from outside,
     sorted by the spatial index (one shard per source partition, in path order), in hats' ``Norder=/Dir=/Npix=``
     files with hats' metadata and a ``margin`` hats.properties naming the primary catalog relative to the collection
-    (so that it can move). Nothing is written when no row lies in a margin.
+    (so that it can move); with no rows when none lies near another pixel.
 
     By hand because the pipeline costs ~6.5 CPU-seconds per call whatever the catalog's size (measured on the demo
     stars catalog: 4.5 s of numba compiles of hats' tree alignment for the negative tree, 0.9 s importing
@@ -665,33 +665,50 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
     cells, owner = cells[sort], owner[sort]
     schema = pq.read_schema(paths.get_common_metadata_pointer(catalog).path)
     column, shift = info.healpix_column, 2 * (info.healpix_order - order)
+    # each source partition's rows for each pixel go to an Arrow file of their own (as hats-import's map stage does),
+    # then each pixel's are gathered into its file: memory holds one partition, never the whole margin
+    for stale in margin_dir.parent.glob(f".{margin_dir.name}.shards-*"):  # of a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = margin_dir.with_name(f".{margin_dir.name}.shards-{os.getpid()}")
+    tmp.mkdir(parents=True)
     shards: dict = {}
-    for part in sorted(parts, key=lambda p: str(paths.pixel_catalog_file(catalog, p))):  # as pyarrow lists shards
-        low, high = np.searchsorted(cells, [part.pixel << 2 * (order - part.order),
-                                            (part.pixel + 1) << 2 * (order - part.order)])
-        file = paths.pixel_catalog_file(catalog, part, npix_suffix=info.npix_suffix).path
-        cell = pq.read_table(file, schema=schema, columns=[column]).column(0).to_numpy() >> shift
-        if low == high or not np.isin(cell, cells[low:high]).any():
-            continue
-        table = pq.read_table(file, schema=schema)
-        for target in np.unique(owner[low:high]):
-            rows = np.flatnonzero(np.isin(cell, cells[low:high][owner[low:high] == target]))
-            if len(rows):
-                shards.setdefault(targets[target], []).append(table.take(rows).sort_by(column))
-    total = sum(len(shard) for tables in shards.values() for shard in tables)
-    if not total:
-        return 0
-    for pixel in sorted(shards):
-        table = pa.concat_tables(shards[pixel])
-        pq.write_table(table, paths.new_pixel_catalog_file(margin_dir, pixel).path,
-                       **get_parquet_write_table_kwargs(table.schema))
-    write_parquet_metadata(margin_dir)
+    try:
+        for part in sorted(parts, key=lambda p: str(paths.pixel_catalog_file(catalog, p))):  # as pyarrow lists them
+            low, high = np.searchsorted(cells, [part.pixel << 2 * (order - part.order),
+                                                (part.pixel + 1) << 2 * (order - part.order)])
+            file = paths.pixel_catalog_file(catalog, part, npix_suffix=info.npix_suffix).path
+            cell = pq.read_table(file, schema=schema, columns=[column]).column(0).to_numpy() >> shift
+            if low == high or not np.isin(cell, cells[low:high]).any():
+                continue
+            table = pq.read_table(file, schema=schema)
+            for target in np.unique(owner[low:high]):
+                rows = np.flatnonzero(np.isin(cell, cells[low:high][owner[low:high] == target]))
+                if len(rows):
+                    shard = tmp / f"{sum(map(len, shards.values()))}.arrow"
+                    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                        writer.write_table(table.take(rows).sort_by(column))
+                    shards.setdefault(targets[target], []).append(shard)
+        total = 0
+        for pixel in sorted(shards):
+            table = pa.concat_tables(pa.ipc.open_file(pa.memory_map(str(shard))).read_all()
+                                     for shard in shards[pixel])
+            pq.write_table(table, paths.new_pixel_catalog_file(margin_dir, pixel).path,
+                           **get_parquet_write_table_kwargs(table.schema))
+            total += len(table)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if total:
+        write_parquet_metadata(margin_dir)
+    else:  # an empty margin cache, as hats-import writes it
+        (margin_dir / "dataset").mkdir(parents=True)
+        for name in ("_common_metadata", "_metadata"):
+            pq.write_metadata(schema, margin_dir / "dataset" / name)
     partition_info = PartitionInfo.from_healpix(sorted(shards))
     partition_info.write_to_file(paths.get_partition_info_pointer(margin_dir))
     TableProperties(**({
         "catalog_name": margin_dir.name, "total_rows": total, "catalog_type": "margin", "ra_column": info.ra_column,
         "dec_column": info.dec_column, "primary_catalog": catalog.name, "margin_threshold": threshold_arcsec,
-        "hats_order": partition_info.get_highest_order(),
+        "hats_order": max(pixel.order for pixel in sorted(shards) or parts),
         "moc_sky_fraction": f"{partition_info.calculate_fractional_coverage():0.5f}", "healpix_column": column,
         "healpix_order": info.healpix_order, "npix_suffix": ".parquet"}
         | TableProperties.new_provenance_dict(margin_dir, builder=f"tglc_builder v{__version__}"))
