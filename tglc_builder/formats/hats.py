@@ -627,10 +627,10 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
     files with hats' metadata and a ``margin`` hats.properties naming the primary catalog relative to the collection
     (so that it can move); with no rows when none lies near another pixel.
 
-    By hand because the pipeline costs ~6.5 CPU-seconds per call whatever the catalog's size (measured on the demo
-    stars catalog: 4.5 s of numba compiles of hats' tree alignment for the negative tree, 0.9 s importing
-    dask.distributed and dask.dataframe, ~1 s starting a Dask client and running its tasks), which dominated small
-    builds; this takes ~0.1 s there. tests/test_stars.py checks it row for row against the pipeline."""
+    By hand because the pipeline costs ~8 CPU-seconds whatever the catalog's size (measured on the stars catalog of
+    tests/test_stars.py: 3.7 s of numba compiles of hats' tree alignment for the negative tree, 0.9 s importing
+    hats-import with dask.distributed and dask.dataframe, ~3 s a Dask client's start and its tasks), which dominated
+    small builds; this takes 0.16 s there. tests/test_stars.py checks it file for file against the pipeline."""
     import cdshealpix
     from hats.catalog.dataset.table_properties import TableProperties
     from hats.catalog.partition_info import PartitionInfo
