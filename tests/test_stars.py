@@ -206,6 +206,99 @@ def test_lsdb_id_search_cone_and_crossmatch_across_edges(fresh):
     assert len(margin) > 0  # some stars lie within 10 arcsec of a partition edge
 
 
+def _hats_import_margin(catalog: Path, out: Path) -> Path:
+    """The margin cache of ``catalog`` by hats-import's own margin pipeline (the reference for write_margin)."""
+    from dask.distributed import Client
+    from hats_import.margin_cache.margin_cache_arguments import MarginCacheArguments
+    from hats_import.pipeline import pipeline_with_client
+
+    with Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as client:
+        pipeline_with_client(MarginCacheArguments(
+            input_catalog_path=catalog, output_path=out, output_artifact_name="theirs", margin_threshold=10.0,
+            tmp_dir=out / "tmp", progress_bar=False, resume=False), client)
+    return out / "theirs"
+
+
+def _assert_same_margin(ours: Path, theirs: Path, catalog: Path) -> None:
+    """Same files; each Parquet file the same schema (metadata included), rows in the same order, codecs and
+    encodings; the same partition_info.csv; properties that differ only in who wrote them, when, and the primary
+    catalog named relative to the collection."""
+    from hats.io.validation import is_valid_catalog
+
+    files = sorted(str(f.relative_to(theirs)) for f in theirs.rglob("*") if f.is_file())
+    assert sorted(str(f.relative_to(ours)) for f in ours.rglob("*") if f.is_file()) == files
+    for name in files:
+        if name.endswith(".parquet") or name.endswith("metadata"):
+            a, b = pq.ParquetFile(ours / name), pq.ParquetFile(theirs / name)
+            assert a.schema_arrow.equals(b.schema_arrow, check_metadata=True), name
+            chunks = [[(m.row_group(g).num_rows,) + tuple((m.row_group(g).column(c).compression,
+                                                           m.row_group(g).column(c).encodings)
+                                                          for c in range(m.num_columns))
+                       for g in range(m.num_row_groups)] for m in (a.metadata, b.metadata)]
+            assert chunks[0] == chunks[1], name
+            if name.endswith(".parquet"):
+                _assert_same(a.read(), b.read())
+        elif name == "partition_info.csv":
+            assert (ours / name).read_bytes() == (theirs / name).read_bytes()
+        else:
+            differ = [(x, y) for x, y in zip((ours / name).read_text().splitlines(),
+                                             (theirs / name).read_text().splitlines()) if x != y]
+            assert [x.split("=")[0] for x, _ in differ] == ["obs_collection", "hats_primary_table_url",
+                                                            "hats_builder", "hats_creation_date"][:len(differ)]
+            assert f"hats_primary_table_url={catalog.name}" in (ours / name).read_text()
+    assert is_valid_catalog(ours, strict=True)
+
+
+def test_margin_is_hats_imports_row_for_row(fresh, tmp_path):
+    """write_margin (by hand, for speed) against hats-import's margin pipeline: on the demo release's catalog, and
+    on a catalog of four partitions meeting at a point, where each margin file gathers rows of three partitions."""
+    import healpy
+    import lsdb
+    import pandas as pd
+    from tglc_builder.formats.hats import write_margin
+
+    path, _ = fresh
+    theirs = _hats_import_margin(path / CATALOG, tmp_path / "demo")
+    assert write_margin(tmp_path / "demo" / "ours", path / CATALOG) == 2 == pq.read_metadata(
+        theirs / "dataset" / "_metadata").num_rows
+    _assert_same_margin(tmp_path / "demo" / "ours", theirs, path / CATALOG)
+    _assert_same_margin(path / f"{CATALOG}_10arcs", theirs, path / CATALOG)  # what the build wrote
+
+    # 400 rows around the corner that order-3 pixels 100-103 share, and those of 60 rows around pixel 100's opposite
+    # corner that lie in it (the pixels across that corner hold no row: hats' negative tree, which gets a margin too)
+    lon, lat = healpy.vec2ang(healpy.boundaries(8, 100, step=1, nest=True).T, lonlat=True)
+    rng = np.random.default_rng(5)
+    ra = np.concatenate([lon[k] + rng.uniform(-0.01, 0.01, n) / np.cos(np.radians(lat[k])) for k, n in ((0, 400),
+                                                                                                       (2, 60))])
+    dec = np.concatenate([lat[k] + rng.uniform(-0.01, 0.01, n) for k, n in ((0, 400), (2, 60))])
+    keep = (np.arange(460) < 400) | (healpy.ang2pix(8, ra, dec, nest=True, lonlat=True) == 100)
+    rows = pd.DataFrame({"id": np.arange(keep.sum()), "ra": ra[keep], "dec": dec[keep]})
+    corner = lsdb.from_dataframe(rows, ra_column="ra", dec_column="dec", lowest_order=2, highest_order=5,
+                                 partition_rows=150, margin_threshold=None)
+    assert [(p.order, p.pixel) for p in corner.get_healpix_pixels()] == [(3, 100), (3, 101), (3, 102), (3, 103)]
+    corner.write_catalog(tmp_path / "corner" / "cat")
+    catalog = tmp_path / "corner" / "cat" / "from_lsdb_dataframe"
+    theirs = _hats_import_margin(catalog, tmp_path / "corner")
+    assert write_margin(tmp_path / "corner" / "ours", catalog) == 791
+    _assert_same_margin(tmp_path / "corner" / "ours", theirs, catalog)
+    margin = {tuple(row) for row in pd.read_csv(theirs / "partition_info.csv").to_numpy()}
+    assert margin > {(3, 100), (3, 101), (3, 102), (3, 103)}  # and pixels of the negative tree
+    for pixel in range(100, 104):  # each partition's margin holds rows of the other three
+        part = tmp_path / "corner" / "ours" / "dataset" / "Norder=3" / "Dir=0" / f"Npix={pixel}.parquet"
+        spatial = pq.read_table(part, columns=["_healpix_29"]).column(0).to_numpy()
+        assert sorted(set((spatial >> 52).tolist())) == sorted({100, 101, 102, 103} - {pixel})
+    # no row near an edge: an empty margin cache, as hats-import writes it
+    ra, dec = healpy.pix2ang(8, 100, nest=True, lonlat=True)
+    lone = lsdb.from_dataframe(pd.DataFrame({"id": [0, 1], "ra": [ra, ra], "dec": [dec, dec + 0.01]}),
+                               ra_column="ra", dec_column="dec", lowest_order=3, highest_order=3, margin_threshold=None)
+    lone.write_catalog(tmp_path / "lone" / "cat")
+    catalog = tmp_path / "lone" / "cat" / "from_lsdb_dataframe"
+    theirs = _hats_import_margin(catalog, tmp_path / "lone")
+    assert write_margin(tmp_path / "lone" / "ours", catalog) == 0
+    _assert_same_margin(tmp_path / "lone" / "ours", theirs, catalog)
+    assert "hats_nrows=0\n" in (tmp_path / "lone" / "ours" / "hats.properties").read_text()
+
+
 def _separation(ra, dec, ra0, dec0):
     ra, dec, ra0, dec0 = map(np.radians, (ra, dec, ra0, dec0))
     c = np.sin(dec) * np.sin(dec0) + np.cos(dec) * np.cos(dec0) * np.cos(ra - ra0)

@@ -10,7 +10,7 @@ as a HATS collection::
             .tglc_stars_histogram.npz         stars and cadences per order-10 pixel (for incremental builds)
             .staging/Norder=k/Dir=d/Npix=p.parquet   partitions of a build not yet committed
             dataset/Norder=k/Dir=d/Npix=p.parquet, partition_info.csv, _metadata, ..., hats.properties (last)
-        tglc_stars_10arcs/                    margin cache (hats-import's margin pipeline)
+        tglc_stars_10arcs/                    margin cache (as hats-import's margin pipeline writes it)
         tglc_stars_gaiadr3_id/, tglc_stars_TIC_ID/   index catalogs
 
 **Work.** Units are plain functions over plain data, run on the project's executor: :func:`plan_pixel` (one
@@ -45,7 +45,6 @@ import logging
 import os
 import re
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1161,7 +1160,7 @@ def _finish(root: Path, stamp: dict) -> None:
         "moc_sky_fraction": f"{partition_info.calculate_fractional_coverage():0.5f}",
         "obs_title": f"TESS-Gaia Light Curves (TGLC), one row per star, sectors {_span(stamp['sectors'])}",
         "tglc_sectors": " ".join(map(str, stamp["sectors"])), "tglc_columns": stamp["columns"]}
-    TableProperties(**properties).to_properties_file(catalog)  # hats-import's margin pipeline needs it
+    TableProperties(**properties).to_properties_file(catalog)  # write_margin reads it
     margins = _build_margin(root)
     indexes = {column: _write_index(root / f"{CATALOG}_{column}", catalog, parts, column) for column in INDEX_COLUMNS}
     collection = {"name": f"{CATALOG}_collection", "hats_primary_table_url": CATALOG, "all_indexes": indexes}
@@ -1177,28 +1176,13 @@ def _finish(root: Path, stamp: dict) -> None:
 
 
 def _build_margin(root: Path) -> list[str]:
-    """A :data:`MARGIN_ARCSEC` margin cache by hats-import's margin pipeline (on a small in-process Dask client,
-    as the per-sector HATS writer does); none when no star lies near a partition edge."""
-    from dask.distributed import Client
-    from hats_import.margin_cache.margin_cache_arguments import MarginCacheArguments
-    from hats_import.pipeline import pipeline_with_client
+    """A :data:`MARGIN_ARCSEC` margin cache (:func:`.formats.hats.write_margin`; with no rows when no star lies
+    near a partition edge)."""
+    from .formats.hats import write_margin
 
     shutil.rmtree(root / MARGIN_NAME, ignore_errors=True)
-    tmp = root / f".hats-import{_TEMPORARY}{os.getpid()}"
-    chatty = logging.getLogger("distributed")  # its INFO lines (workers, plugins, comms) say nothing to our user
-    level = chatty.level
-    try:
-        chatty.setLevel(max(logging.WARNING, chatty.getEffectiveLevel()))
-        with warnings.catch_warnings(), \
-                Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as client:
-            warnings.filterwarnings("ignore", message="Computing partitions from catalog parquet files")
-            pipeline_with_client(MarginCacheArguments(
-                input_catalog_path=root / CATALOG, output_path=root, output_artifact_name=MARGIN_NAME,
-                margin_threshold=MARGIN_ARCSEC, tmp_dir=tmp, progress_bar=False, resume=False), client)
-    finally:
-        chatty.setLevel(level)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return [MARGIN_NAME] if (root / MARGIN_NAME / "hats.properties").is_file() else []
+    write_margin(root / MARGIN_NAME, root / CATALOG, MARGIN_ARCSEC)
+    return [MARGIN_NAME]
 
 
 def _write_index(index_dir: Path, catalog: Path, parts: list[Partition], column: str,

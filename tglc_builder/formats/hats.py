@@ -11,7 +11,7 @@
             dataset/_common_metadata, dataset/_metadata   (_metadata in the one-file-per-pixel layout only)
             dataset/Norder=4/Dir=<d>/Npix=<p>.parquet          a pixel of one shard: one file
             dataset/Norder=4/Dir=<d>/Npix=<p>/<k>-of-<n>.parquet   (the layout of builds with multi-shard pixels)
-        tglc_sSSSS_10arcs/, tglc_sSSSS_gaiadr3_id/   with ``extras``: margin cache (hats-import), Gaia id index
+        tglc_sSSSS_10arcs/, tglc_sSSSS_gaiadr3_id/   with ``extras``: margin cache, Gaia id index
 
 One row per light curve: ``_healpix_29`` (rows of a file sorted by it), ids, position, ``sector``/``camera``/``ccd``,
 the header errors, ``n_cadences``, the header scalars of the column set, and ``lightcurve``, a struct of lists
@@ -449,8 +449,6 @@ class HatsWriter(Writer):
                 directory.rmdir()
 
     def _remove_catalog_files(self) -> None:
-        for stale in self.output_dir.glob(f".hats-import{_TEMPORARY}*"):  # of a finish that was killed
-            shutil.rmtree(stale, ignore_errors=True)
         for name in _CATALOG_FILES:
             (self.catalog_dir / name).unlink(missing_ok=True)
         for skymap in self.catalog_dir.glob("skymap.*.fits"):
@@ -575,32 +573,14 @@ class HatsWriter(Writer):
         return "\n\n".join(note)
 
     def _build_extras(self, files: list[Path]) -> tuple[list[str], dict[str, str]]:
-        """A margin cache of :data:`MARGIN_ARCSEC` (hats-import's margin pipeline on a small in-process Dask
-        client) and a ``gaiadr3_id`` index catalog (:func:`write_index`)."""
-        from dask.distributed import Client
-        from hats_import.margin_cache.margin_cache_arguments import MarginCacheArguments
-        from hats.catalog.dataset.table_properties import TableProperties
-        from hats_import.pipeline import pipeline_with_client
-
+        """A margin cache of :data:`MARGIN_ARCSEC` (:func:`write_margin`) and a ``gaiadr3_id`` index catalog
+        (:func:`write_index`)."""
         catalog = self.catalog_dir
         margin_name, index_name = f"{catalog.name}_{MARGIN_NAME}", f"{catalog.name}_gaiadr3_id"
-        tmp = self.output_dir / f".hats-import{_TEMPORARY}{os.getpid()}"
-        try:
-            # hats-import wants this client as the default; distributed keeps a stack of defaults, so a build's own
-            # client is the default again once this one is closed
-            with Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as client:
-                pipeline_with_client(MarginCacheArguments(
-                    input_catalog_path=catalog, output_path=self.output_dir, output_artifact_name=margin_name,
-                    margin_threshold=MARGIN_ARCSEC, tmp_dir=tmp, progress_bar=False, resume=False), client)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        # hats-import's margin pipeline writes nothing when no row lies within the margin of another pixel
-        margins = [margin_name] if (self.output_dir / margin_name / "hats.properties").is_file() else []
-        if margins:  # hats-import names the primary catalog by its absolute path: a moved collection points nowhere
-            properties = TableProperties.read_from_dir(self.output_dir / margin_name)
-            properties.copy_and_update(primary_catalog=catalog.name).to_properties_file(self.output_dir / margin_name)
+        shutil.rmtree(self.output_dir / margin_name, ignore_errors=True)
+        write_margin(self.output_dir / margin_name, catalog)
         write_index(self.output_dir / index_name, catalog, files, "gaiadr3_id")
-        return margins, {"gaiadr3_id": index_name}
+        return [margin_name], {"gaiadr3_id": index_name}
 
 
 def write_index(index_dir: Path, catalog: Path, files: list[Path], column: str,
@@ -637,6 +617,103 @@ def write_index(index_dir: Path, catalog: Path, files: list[Path], column: str,
         "catalog_name": index_dir.name, "catalog_type": "index", "total_rows": len(table),
         "primary_catalog": catalog.name, "indexing_column": column})).to_properties_file(index_dir)
     return len(table)
+
+
+def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARGIN_ARCSEC) -> int:
+    """The ``threshold_arcsec`` margin cache of ``catalog`` as hats-import's margin pipeline (v0.11, no fine
+    filtering) writes it, and the number of its rows: for each partition and each pixel of hats' negative tree (the
+    rest of the sky), the rows of the catalog in the pixels of ``margin2order(threshold)`` bordering it from outside,
+    sorted by the spatial index (one shard per source partition, in path order), in hats' ``Norder=/Dir=/Npix=``
+    files with hats' metadata and a ``margin`` hats.properties naming the primary catalog relative to the collection
+    (so that it can move); with no rows when none lies near another pixel.
+
+    By hand because the pipeline costs ~8 CPU-seconds whatever the catalog's size (measured on the stars catalog of
+    tests/test_stars.py: 3.7 s of numba compiles of hats' tree alignment for the negative tree, 0.9 s importing
+    hats-import with dask.distributed and dask.dataframe, ~3 s a Dask client's start and its tasks), which dominated
+    small builds; this takes 0.16 s there. tests/test_stars.py checks it file for file against the pipeline."""
+    import cdshealpix
+    from hats.catalog.dataset.table_properties import TableProperties
+    from hats.catalog.partition_info import PartitionInfo
+    from hats.io import paths
+    from hats.io.file_io import get_parquet_write_table_kwargs
+    from hats.io.parquet_metadata import write_parquet_metadata
+    from hats.pixel_math.healpix_pixel import HealpixPixel
+    from hats.pixel_math.healpix_shim import margin2order
+
+    info = TableProperties.read_from_dir(catalog)
+    parts = PartitionInfo.read_from_dir(catalog).get_healpix_pixels()
+    order = int(margin2order(threshold_arcsec / 60.0))
+    # hats' negative tree (Catalog.generate_negative_tree_pixels, numba-compiled): the children of the partitions'
+    # ancestors, and the order-0 pixels, that are neither an ancestor nor a partition
+    above = {(p.order - k, p.pixel >> 2 * k) for p in parts for k in range(1, p.order + 1)}
+    children = {(0, pixel) for pixel in range(12)} | {(o + 1, 4 * p + c) for o, p in above for c in range(4)}
+    negative = [HealpixPixel(o, p) for o, p in children - above - {(p.order, p.pixel) for p in parts}]
+    # the margin cells of each pixel (hats.pixel_math.get_margin, vectorised): the cells of order ``order``
+    # bordering it from outside, ``cells`` sorted, ``owner`` the pixel of each
+    targets = parts + negative
+    cells, owner = [], []
+    for level in {pixel.order for pixel in targets}:
+        at = [i for i, pixel in enumerate(targets) if pixel.order == level]
+        edges, corners = cdshealpix.external_neighbours(np.array([targets[i].pixel for i in at], np.uint64), level,
+                                                        order - level)
+        border = np.concatenate([edges, corners], axis=1).astype(np.int64)
+        cells.append(border.ravel())
+        owner.append(np.repeat(at, border.shape[1]))
+    cells, owner = np.concatenate(cells), np.concatenate(owner)
+    cells, owner = cells[cells >= 0], owner[cells >= 0]  # -1: a corner with no neighbour
+    sort = np.argsort(cells, kind="stable")
+    cells, owner = cells[sort], owner[sort]
+    schema = pq.read_schema(paths.get_common_metadata_pointer(catalog).path)
+    column, shift = info.healpix_column, 2 * (info.healpix_order - order)
+    # each source partition's rows for each pixel go to an Arrow file of their own (as hats-import's map stage does),
+    # then each pixel's are gathered into its file: memory holds one partition, never the whole margin
+    for stale in margin_dir.parent.glob(f".{margin_dir.name}.shards-*"):  # of a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = margin_dir.with_name(f".{margin_dir.name}.shards-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    shards: dict = {}
+    try:
+        for part in sorted(parts, key=lambda p: str(paths.pixel_catalog_file(catalog, p))):  # as pyarrow lists them
+            low, high = np.searchsorted(cells, [part.pixel << 2 * (order - part.order),
+                                                (part.pixel + 1) << 2 * (order - part.order)])
+            file = paths.pixel_catalog_file(catalog, part, npix_suffix=info.npix_suffix).path
+            cell = pq.read_table(file, schema=schema, columns=[column]).column(0).to_numpy() >> shift
+            if low == high or not np.isin(cell, cells[low:high]).any():
+                continue
+            table = pq.read_table(file, schema=schema)
+            for target in np.unique(owner[low:high]):
+                rows = np.flatnonzero(np.isin(cell, cells[low:high][owner[low:high] == target]))
+                if len(rows):
+                    shard = tmp / f"{sum(map(len, shards.values()))}.arrow"
+                    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                        writer.write_table(table.take(rows).sort_by(column))
+                    shards.setdefault(targets[target], []).append(shard)
+        total = 0
+        for pixel in sorted(shards):
+            table = pa.concat_tables(pa.ipc.open_file(pa.memory_map(str(shard))).read_all()
+                                     for shard in shards[pixel])
+            pq.write_table(table, paths.new_pixel_catalog_file(margin_dir, pixel).path,
+                           **get_parquet_write_table_kwargs(table.schema))
+            total += len(table)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if total:
+        write_parquet_metadata(margin_dir)
+    else:  # an empty margin cache, as hats-import writes it
+        (margin_dir / "dataset").mkdir(parents=True)
+        for name in ("_common_metadata", "_metadata"):
+            pq.write_metadata(schema, margin_dir / "dataset" / name)
+    partition_info = PartitionInfo.from_healpix(sorted(shards))
+    partition_info.write_to_file(paths.get_partition_info_pointer(margin_dir))
+    TableProperties(**({
+        "catalog_name": margin_dir.name, "total_rows": total, "catalog_type": "margin", "ra_column": info.ra_column,
+        "dec_column": info.dec_column, "primary_catalog": catalog.name, "margin_threshold": threshold_arcsec,
+        "hats_order": max(pixel.order for pixel in sorted(shards) or parts),
+        "moc_sky_fraction": f"{partition_info.calculate_fractional_coverage():0.5f}", "healpix_column": column,
+        "healpix_order": info.healpix_order, "npix_suffix": ".parquet"}
+        | TableProperties.new_provenance_dict(margin_dir, builder=f"tglc_builder v{__version__}"))
+    ).to_properties_file(margin_dir)
+    return total
 
 
 def _hats_complaints(path: Path) -> list[str]:
