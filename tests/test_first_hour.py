@@ -34,7 +34,6 @@ def test_the_blocker_hides_a_package_for_real(tmp_path):
 @pytest.mark.parametrize("hidden, args, needed_by, extra", [
     (["hats"], ["--format", "both"], "--format both", "hats"),
     (["lsdb"], ["--format", "hats"], "--format hats", "hats"),
-    (["hats_import"], ["--format", "hats", "--hats-extras"], "--hats-extras", "hats"),
     (["distributed"], ["--scheduler", "local"], "--scheduler", "dask"),
     (["s3fs"], ["--mast-url", "s3://stpubdata/tess/public/hlsp/tglc"], "reading s3://stpubdata/tess/public/hlsp/tglc",
      "s3"),
@@ -50,6 +49,15 @@ def test_a_missing_extra_stops_before_anything_is_fetched(archive, tmp_path, hid
                              f"pip install \"tglc-builder[{extra}]\" (or pip install -e \".[{extra}]\" in a clone)\n")
     assert archive.request_count() == before
     assert list(tmp_path.iterdir()) == []  # nothing under tglc_data_path, not even the folder
+
+
+def test_the_hats_extras_need_no_hats_import(archive, tmp_path):
+    """The margin cache and the index are written with hats' own functions: hats-import is for the tests only."""
+    result = _run(["-s", "23", "--tglc_data_path", str(tmp_path / "data"), "--mast-url", archive.url, "--tiny",
+                   "--format", "hats", "--hats-extras"], tmp_path, without=["hats_import"])
+    assert result.returncode == 0, result.stderr
+    margins = [p for p in tmp_path.rglob("hats.properties") if "margin" in p.read_text()]
+    assert len(margins) == 1, result.stderr
 
 
 def test_the_s3_extra_read_from_the_environment_url(tmp_path):

@@ -10,7 +10,7 @@ from .errors import UsageError
 # extra -> the top-level modules of it that the builder imports (lazily, inside functions). Keep in step with
 # [project.optional-dependencies] in pyproject.toml.
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "hats": ("hats", "lsdb", "hats_import"),  # --format hats/both (hats-import: the --hats-extras margin cache)
+    "hats": ("hats", "lsdb"),  # --format hats/both, the stars catalog
     "s3": ("s3fs", "botocore"),  # an s3:// archive
     "dask": ("distributed",),  # --scheduler
 }
