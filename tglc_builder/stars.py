@@ -23,9 +23,9 @@ camera, CCD) gives its position and partition, in a fresh build as in an increme
 positions differ between sectors across an order-4 edge are found from the plan (:class:`Split`) and joined whole
 in their partition.
 
-**Integrity.** Partition files are written under temporary names in ``.staging/``, read back whole (page checksums,
-row count, mark), sealed (the SHA-256 of the whole file in the mark, as the per-sector formats do: ``--verify``
-checks it) and renamed there. Then the stamp is written with phase ``commit`` (the new layout, the staged files
+**Integrity.** Partition files are written under temporary names in ``.staging/``, checked (their footer read back:
+mark, columns, rows; their bytes on disk hashed against the bytes written, see :func:`_check_and_seal`), sealed (the
+SHA-256 of the whole file in the mark, as the per-sector formats do: ``--verify`` checks it) and renamed there. Then the stamp is written with phase ``commit`` (the new layout, the staged files
 to move, the old files to remove): from then on the build is decided, and :func:`_finish` (which a rerun resumes)
 moves the staged files into ``dataset/``, removes the superseded ones, writes hats' metadata, the margin cache,
 the indexes, the card, ``hats.properties`` and last the stamp with phase ``finished``. A kill before the commit
@@ -78,6 +78,7 @@ PARTITION_BYTES = 1 << 30  # default: keep a partition's Parquet file under abou
 BYTES_PER_CADENCE = {"seed": 8, "all": 16}
 CHUNK_CADENCES = 1 << 21  # cadences per row group written (~50-100 MB of Arrow in memory at once)
 MARK_KEY = "tglc_stars"
+WHOLE_BYTES = 1 << 26  # a join unit's small per-sector files read whole at once, up to this many bytes (see _Files)
 _TEMPORARY = ".tmp-"
 _HDF5_SHARD = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
 _HATS_FILE = re.compile(r"^(Npix=\d+\.parquet|\d{3,}-of-\d{3,}\.parquet)$")
@@ -318,15 +319,24 @@ def _schema_to_json(schema: pa.Schema) -> str:
 
 # ---- reading sources -----------------------------------------------------------------------------------------------
 _INDEX = ("gaiadr3_id", "TIC_ID", "RA", "DEC", "sector", "camera", "ccd", "n_cadences")
+_ONE_THREAD = {"use_threads": False}
 
 
 class _Files(dict):
     """The Parquet files a unit reads, each opened once (its footer parsed once: the index and then the rows of
-    its stars come from the same handle), closed together."""
+    its stars come from the same handle), closed together. Read with ``use_threads=False`` (:data:`_ONE_THREAD`):
+    units run one per core already, and Arrow's threads cost ~25% more CPU per read of a small file (measured).
+    ``room``: bytes (decoded) of per-sector files of one row group that :func:`read_index` may read whole, their
+    index and light curves in one read (in ``whole`` until :func:`read_entries` takes them): a read's fixed cost is
+    most of a small file's (a sparse sky's or the demo's, a few light curves each)."""
+
+    def __init__(self, room: int = 0):
+        super().__init__()
+        self.room, self.whole = room, {}
 
     def open(self, path: str) -> pq.ParquetFile:
         if path not in self:
-            self[path] = pq.ParquetFile(path, page_checksum_verification=True)
+            self[path] = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=True)
         return self[path]
 
     def __enter__(self) -> "_Files":
@@ -354,13 +364,19 @@ def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
         out["row"] = np.arange(len(out["gaiadr3_id"]))
         out["spatial"] = _spatial(out["RA"], out["DEC"])
     elif source.kind == "hats":  # the file's spatial index is hats' of (RA, DEC), as _spatial computes it
-        table = files.open(source.path).read(columns=[*_INDEX, SPATIAL_INDEX])
+        pf = files.open(source.path)
+        size = pf.metadata.row_group(0).total_byte_size if pf.num_row_groups == 1 else files.room + 1
+        if size <= files.room:
+            table = files.whole[source.path] = pf.read(**_ONE_THREAD)
+            files.room -= size
+        else:
+            table = pf.read(columns=[*_INDEX, SPATIAL_INDEX], **_ONE_THREAD)
         out = {name: table.column(name).to_numpy() for name in _INDEX}
         out["spatial"] = table.column(SPATIAL_INDEX).to_numpy()
         out["row"] = np.arange(table.num_rows)
     else:
         table = files.open(source.path).read(columns=["gaiadr3_id", "TIC_ID", "RA", "DEC", SPATIAL_INDEX,
-                                                      "sector_info"])
+                                                      "sector_info"], **_ONE_THREAD)
         info = table.column("sector_info").combine_chunks()
         lengths = pc.list_value_length(pc.struct_field(info, "sector")).to_numpy()
         out = {name: np.repeat(table.column(name).to_numpy(), lengths) for name in ("gaiadr3_id", "TIC_ID", "RA",
@@ -405,14 +421,17 @@ def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, file
                   for f in entry_schema]
         return pa.Table.from_arrays(arrays, schema=entry_schema)
     if source.kind == "hats":
-        pf = files.open(source.path)
-        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-        groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
-        present = set(pf.schema_arrow.names)  # schema_arrow converts the schema anew at every call
-        scalar_names = [n for n in names if n in present]
-        table = pf.read_row_groups(groups.tolist(), columns=scalar_names + ["lightcurve"])
-        local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
-            np.zeros(0, np.int64)
+        table = files.whole.pop(source.path, None)
+        local = np.arange(table.num_rows) if table is not None else None
+        if table is None:
+            pf = files.open(source.path)
+            starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+            groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+            present = set(pf.schema_arrow.names)  # schema_arrow converts the schema anew at every call
+            scalar_names = [n for n in names if n in present]
+            table = pf.read_row_groups(groups.tolist(), columns=scalar_names + ["lightcurve"], **_ONE_THREAD)
+            local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
+                np.zeros(0, np.int64)
         curve = table.column("lightcurve").combine_chunks()
         arrays = []
         for f in entry_schema:
@@ -431,7 +450,7 @@ def _read_star_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema
     starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
     groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
     table = pf.read_row_groups(groups.tolist(), columns=["gaiadr3_id", "TIC_ID", "RA", "DEC", "sector_info",
-                                                         "lightcurve"])
+                                                         "lightcurve"], **_ONE_THREAD)
     local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
         np.zeros(0, np.int64)
     table = table.take(pa.array(np.searchsorted(local, rows)))
@@ -597,7 +616,7 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}{_TEMPORARY}{os.getpid()}")
     rows = 0
-    with _Files() as files:
+    with _Files(WHOLE_BYTES) as files:
         index, which = _gather(sources, files)
         mine = (np.isin(index["spatial"] >> 2 * (SPATIAL_ORDER - SOURCE_ORDER), list(part.pixels4())) &
                 ~np.isin(index["gaiadr3_id"], split)) | np.isin(index["gaiadr3_id"], [] if home is None else home)
