@@ -318,7 +318,7 @@ def _schema_to_json(schema: pa.Schema) -> str:
 
 
 # ---- reading sources -----------------------------------------------------------------------------------------------
-_INDEX = ("gaiadr3_id", "TIC_ID", "RA", "DEC", "sector", "camera", "ccd", "n_cadences")
+_INDEX = ("gaiadr3_id", "sector", "camera", "ccd", "n_cadences", "spatial", "row", "rank")
 _ONE_THREAD = {"use_threads": False}
 
 
@@ -348,21 +348,22 @@ class _Files(dict):
 
 
 def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
-    """Per light curve of ``source``: ids, position, sector, camera, ccd, n_cadences, ``spatial`` (the order-29
-    index of its position; a stars partition's: its star's) and ``row`` (its row in the file; for a stars
-    partition, the star's row, its entries in order)."""
+    """Per light curve of ``source``: gaiadr3_id, sector, camera, ccd, n_cadences, ``spatial`` (the order-29
+    index of its position; a stars partition's: its star's), ``row`` (its row in the file; for a stars partition,
+    the star's row) and ``rank`` (a stars partition's: its place among its star's entries). Only the columns the
+    plan and the join need: each one read costs per file (the demo's files hold a few light curves)."""
     if source.kind == "hdf5":
         import h5py
 
         with h5py.File(source.path, "r") as h5:
-            out = {name: h5[name][()] for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "n_cadences")}
+            out = {name: h5[name][()] for name in ("gaiadr3_id", "RA", "DEC", "n_cadences")}
             if source.cam_ccd is None:
                 out["camera"], out["ccd"] = h5["camera"][()], h5["ccd"][()]
         if source.cam_ccd is not None:
             out["camera"], out["ccd"] = source.cam_ccd[:, 0], source.cam_ccd[:, 1]
         out["sector"] = np.full(len(out["gaiadr3_id"]), source.sector, np.int16)
         out["row"] = np.arange(len(out["gaiadr3_id"]))
-        out["spatial"] = _spatial(out["RA"], out["DEC"])
+        out["spatial"] = _spatial(out.pop("RA"), out.pop("DEC"))
     elif source.kind == "hats":  # the file's spatial index is hats' of (RA, DEC), as _spatial computes it
         pf = files.open(source.path)
         size = pf.metadata.row_group(0).total_byte_size if pf.num_row_groups == 1 else files.room + 1
@@ -370,18 +371,17 @@ def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
             table = files.whole[source.path] = pf.read(**_ONE_THREAD)
             files.room -= size
         else:
-            table = pf.read(columns=[*_INDEX, SPATIAL_INDEX], **_ONE_THREAD)
-        out = {name: table.column(name).to_numpy() for name in _INDEX}
+            table = pf.read(columns=["gaiadr3_id", "camera", "ccd", "n_cadences", SPATIAL_INDEX], **_ONE_THREAD)
+        out = {name: table.column(name).to_numpy() for name in ("gaiadr3_id", "camera", "ccd", "n_cadences")}
+        out["sector"] = np.full(table.num_rows, source.sector, np.int16)  # one sector's file
         out["spatial"] = table.column(SPATIAL_INDEX).to_numpy()
         out["row"] = np.arange(table.num_rows)
     else:
-        table = files.open(source.path).read(columns=["gaiadr3_id", "TIC_ID", "RA", "DEC", SPATIAL_INDEX,
-                                                      "sector_info"], **_ONE_THREAD)
+        table = files.open(source.path).read(columns=["gaiadr3_id", SPATIAL_INDEX, "sector_info"], **_ONE_THREAD)
         info = table.column("sector_info").combine_chunks()
         lengths = pc.list_value_length(pc.struct_field(info, "sector")).to_numpy()
-        out = {name: np.repeat(table.column(name).to_numpy(), lengths) for name in ("gaiadr3_id", "TIC_ID", "RA",
-                                                                                   "DEC")}
-        out["spatial"] = np.repeat(table.column(SPATIAL_INDEX).to_numpy(), lengths)
+        out = {"gaiadr3_id": np.repeat(table.column("gaiadr3_id").to_numpy(), lengths),
+               "spatial": np.repeat(table.column(SPATIAL_INDEX).to_numpy(), lengths)}
         for name in ("sector", "camera", "ccd", "n_cadences"):
             out[name] = pc.list_flatten(pc.struct_field(info, name)).to_numpy()
         out["row"] = np.repeat(np.arange(table.num_rows), lengths)
@@ -493,7 +493,7 @@ def _gather(sources: list[Source], files: _Files) -> tuple[dict[str, np.ndarray]
     """The index of every light curve of ``sources``, concatenated, and each light curve's source number."""
     parts = [read_index(s, files) for s in sources]
     if not parts:
-        return {name: np.zeros(0, np.int64) for name in (*_INDEX, "spatial", "row", "rank")}, np.zeros(0, np.int64)
+        return {name: np.zeros(0, np.int64) for name in _INDEX}, np.zeros(0, np.int64)
     index = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     which = np.concatenate([np.full(len(p["row"]), i) for i, p in enumerate(parts)])
     return index, which
