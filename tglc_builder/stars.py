@@ -25,11 +25,12 @@ in their partition.
 
 **Integrity.** Partition files are written under temporary names in ``.staging/``, checked (their footer read back:
 mark, columns, rows; their bytes on disk hashed against the bytes written, see :func:`_check_and_seal`), sealed (the
-SHA-256 of the whole file in the mark, as the per-sector formats do: ``--verify`` checks it) and renamed there. Then the stamp is written with phase ``commit`` (the new layout, the staged files
-to move, the old files to remove): from then on the build is decided, and :func:`_finish` (which a rerun resumes)
-moves the staged files into ``dataset/``, removes the superseded ones, writes hats' metadata, the margin cache,
-the indexes, the card, ``hats.properties`` and last the stamp with phase ``finished``. A kill before the commit
-leaves the committed collection as it was (staged files whose mark matches the rerun's plan are kept).
+SHA-256 of the whole file in the mark, as the per-sector formats do: ``--verify`` checks it) and renamed there. Then
+the stamp is written with phase ``commit`` (the new layout, the staged files to move, the old files to remove): from
+then on the build is decided, and :func:`_finish` (which a rerun resumes) moves the staged files into ``dataset/``,
+removes the superseded ones, writes hats' metadata, the margin cache, the indexes, the card, ``hats.properties`` and
+last the stamp with phase ``finished``. A kill before the commit leaves the committed collection as it was (staged
+files whose mark matches the rerun's plan are kept).
 
 **Incremental.** Sectors already in the collection are skipped, unless their output changed since they joined (built
 again: the checksums of its files differ), when their entries are read again from it. The partitioning is hats-import's
@@ -323,7 +324,7 @@ _ONE_THREAD = {"use_threads": False}
 
 
 class _Files(dict):
-    """The Parquet files a unit reads, each opened once (its footer parsed once: the index and then the rows of
+    """The files a unit reads, each opened once (its footer parsed once: the index and then the rows of
     its stars come from the same handle), closed together. Read with ``use_threads=False`` (:data:`_ONE_THREAD`):
     units run one per core already, and Arrow's threads cost ~25% more CPU per read of a small file (measured).
     ``room``: bytes (decoded) of per-sector files of one row group that :func:`read_index` may read whole, their
@@ -337,6 +338,14 @@ class _Files(dict):
     def open(self, path: str) -> pq.ParquetFile:
         if path not in self:
             self[path] = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=True)
+        return self[path]
+
+    def h5(self, path: str):
+        """An HDF5 file (h5py.File), opened once too."""
+        import h5py
+
+        if path not in self:
+            self[path] = h5py.File(path, "r")
         return self[path]
 
     def __enter__(self) -> "_Files":
@@ -353,12 +362,10 @@ def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
     the star's row) and ``rank`` (a stars partition's: its place among its star's entries). Only the columns the
     plan and the join need: each one read costs per file (the demo's files hold a few light curves)."""
     if source.kind == "hdf5":
-        import h5py
-
-        with h5py.File(source.path, "r") as h5:
-            out = {name: h5[name][()] for name in ("gaiadr3_id", "RA", "DEC", "n_cadences")}
-            if source.cam_ccd is None:
-                out["camera"], out["ccd"] = h5["camera"][()], h5["ccd"][()]
+        h5 = files.h5(source.path)
+        out = {name: h5[name][()] for name in ("gaiadr3_id", "RA", "DEC", "n_cadences")}
+        if source.cam_ccd is None:
+            out["camera"], out["ccd"] = h5["camera"][()], h5["ccd"][()]
         if source.cam_ccd is not None:
             out["camera"], out["ccd"] = source.cam_ccd[:, 0], source.cam_ccd[:, 1]
         out["sector"] = np.full(len(out["gaiadr3_id"]), source.sector, np.int16)
@@ -399,21 +406,21 @@ def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, file
     names = entry_schema.names
     series = [f for f in entry_schema if pa.types.is_list(f.type)]
     if source.kind == "hdf5":
-        import h5py
-
-        with h5py.File(source.path, "r") as h5:
-            cols: dict[str, Any] = {}
-            for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "n_cadences", *(
-                    f.name for f in entry_schema if not pa.types.is_list(f.type) and f.name in h5)):
-                cols[name] = h5[name][rows] if len(rows) else h5[name][:0]
-            n = cols["n_cadences"].astype(np.int64)
-            width = int(n.max()) if len(n) else 0
-            inside = np.arange(width) < n[:, None]
-            offsets = pa.array(np.concatenate([[0], np.cumsum(n)]).astype(np.int32))
-            for f in series:
-                values = h5[f.name][rows, :width] if len(rows) else np.zeros((0, 0), h5[f.name].dtype)
-                flat = values[inside].astype(f.type.value_type.to_pandas_dtype(), copy=False)
-                cols[f.name] = pa.ListArray.from_arrays(offsets, pa.array(flat))
+        h5 = files.h5(source.path)
+        # the span of the rows in one slice per column, then numpy: h5py's point selections cost more than it
+        lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+        at = rows - lo
+        cols: dict[str, Any] = {}
+        for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "n_cadences", *(
+                f.name for f in entry_schema if not pa.types.is_list(f.type) and f.name in h5)):
+            cols[name] = h5[name][lo:hi][at]
+        n = cols["n_cadences"].astype(np.int64)
+        width = int(n.max()) if len(n) else 0
+        inside = np.arange(width) < n[:, None]
+        offsets = pa.array(np.concatenate([[0], np.cumsum(n)]).astype(np.int32))
+        for f in series:
+            flat = h5[f.name][lo:hi, :width][at][inside].astype(f.type.value_type.to_pandas_dtype(), copy=False)
+            cols[f.name] = pa.ListArray.from_arrays(offsets, pa.array(flat))
         cols["sector"] = np.full(len(rows), source.sector, np.int16)
         if source.cam_ccd is not None:
             cols["camera"], cols["ccd"] = source.cam_ccd[rows, 0], source.cam_ccd[rows, 1]
@@ -535,9 +542,10 @@ def _is_old(sources: list[Source], which: np.ndarray) -> np.ndarray:
 
 
 def _near_edge(spatial: np.ndarray, pixel4: int) -> np.ndarray:
-    """Whether each position (its order-29 index) lies within an order-:data:`EDGE_ORDER` pixel of the edge of ``pixel4`` (one of its
-    pixel's neighbours is outside). A star's target-list positions differ between sectors by far less (proper
-    motion: at most ~1.4 arcmin over TESS's years), so its light curves in two order-4 pixels are all near it."""
+    """Whether each position (its order-29 index) lies within an order-:data:`EDGE_ORDER` pixel of the edge of
+    ``pixel4`` (one of its pixel's neighbours is outside). A star's target-list positions differ between sectors
+    by far less (proper motion: at most ~1.4 arcmin over TESS's years), so its light curves in two order-4 pixels
+    are all near it."""
     import healpy
 
     if not len(spatial):
