@@ -618,6 +618,43 @@ def _flip(file: Path) -> None:
     file.write_bytes(bytes(data))
 
 
+def test_a_partition_file_damaged_before_its_seal_is_caught_without_decoding_it(fresh, tmp_path):
+    """The check before a partition's seal: its footer reads back, and its bytes on disk hash to those the writer
+    gave (a flipped bit in a data page, which the footer does not see, or a truncated file, is caught)."""
+    from tglc_builder.formats.base import WriteError, check_digest
+    from tglc_builder.formats.hats import parquet_options
+    from tglc_builder.stars import _check_and_seal, _HashedFile
+
+    source = sorted((fresh[0] / CATALOG / "dataset").rglob("Npix=*.parquet"))[0]
+    table = pq.read_table(source)
+    mark = {"plan": "test", "partition": [0, 0], "sha256": "0" * 64, "rows": table.num_rows}
+
+    def written(name: str) -> tuple[Path, str]:
+        sink = _HashedFile(tmp_path / name)
+        with pq.ParquetWriter(sink, table.schema, **parquet_options(table.schema)) as writer:
+            writer.write_table(table)
+            writer.add_key_value_metadata({"tglc_stars": json.dumps(mark, sort_keys=True)})
+        sink.close()
+        return tmp_path / name, sink.sha256.hexdigest()
+
+    file, digest = written("whole.parquet")
+    _check_and_seal(file, table.schema, mark, digest)
+    assert check_digest(file) == digest
+    _assert_same(pq.read_table(file), table)
+    file, digest = written("flipped.parquet")
+    _flip(file)
+    assert pq.read_metadata(file).num_rows == table.num_rows  # the footer alone would not see it
+    with pytest.raises(WriteError, match=rf"^{file}: its bytes on disk are not those written$"):
+        _check_and_seal(file, table.schema, mark, digest)
+    file, digest = written("truncated.parquet")
+    os.truncate(file, file.stat().st_size - 100)
+    with pytest.raises(WriteError, match=rf"^{file}: does not read back \("):
+        _check_and_seal(file, table.schema, mark, digest)
+    file, digest = written("other.parquet")
+    with pytest.raises(WriteError, match=rf"^{file}: its mark, columns or rows are not what was written$"):
+        _check_and_seal(file, table.schema, mark | {"rows": 1}, digest)
+
+
 def _files(path: Path) -> dict[str, int]:
     files = (path / CATALOG / "dataset").rglob("Npix=*.parquet")
     return {str(f.relative_to(path)): f.stat().st_mtime_ns for f in files}

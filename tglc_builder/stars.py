@@ -23,13 +23,14 @@ camera, CCD) gives its position and partition, in a fresh build as in an increme
 positions differ between sectors across an order-4 edge are found from the plan (:class:`Split`) and joined whole
 in their partition.
 
-**Integrity.** Partition files are written under temporary names in ``.staging/``, read back whole (page checksums,
-row count, mark), sealed (the SHA-256 of the whole file in the mark, as the per-sector formats do: ``--verify``
-checks it) and renamed there. Then the stamp is written with phase ``commit`` (the new layout, the staged files
-to move, the old files to remove): from then on the build is decided, and :func:`_finish` (which a rerun resumes)
-moves the staged files into ``dataset/``, removes the superseded ones, writes hats' metadata, the margin cache,
-the indexes, the card, ``hats.properties`` and last the stamp with phase ``finished``. A kill before the commit
-leaves the committed collection as it was (staged files whose mark matches the rerun's plan are kept).
+**Integrity.** Partition files are written under temporary names in ``.staging/``, checked (their footer read back:
+mark, columns, rows; their bytes on disk hashed against the bytes written, see :func:`_check_and_seal`), sealed (the
+SHA-256 of the whole file in the mark, as the per-sector formats do: ``--verify`` checks it) and renamed there. Then
+the stamp is written with phase ``commit`` (the new layout, the staged files to move, the old files to remove): from
+then on the build is decided, and :func:`_finish` (which a rerun resumes) moves the staged files into ``dataset/``,
+removes the superseded ones, writes hats' metadata, the margin cache, the indexes, the card, ``hats.properties`` and
+last the stamp with phase ``finished``. A kill before the commit leaves the committed collection as it was (staged
+files whose mark matches the rerun's plan are kept).
 
 **Incremental.** Sectors already in the collection are skipped, unless their output changed since they joined (built
 again: the checksums of its files differ), when their entries are read again from it. The partitioning is hats-import's
@@ -77,6 +78,7 @@ PARTITION_BYTES = 1 << 30  # default: keep a partition's Parquet file under abou
 BYTES_PER_CADENCE = {"seed": 8, "all": 16}
 CHUNK_CADENCES = 1 << 21  # cadences per row group written (~50-100 MB of Arrow in memory at once)
 MARK_KEY = "tglc_stars"
+WHOLE_BYTES = 1 << 26  # a join unit's small per-sector files read whole at once, up to this many bytes (see _Files)
 _TEMPORARY = ".tmp-"
 _HDF5_SHARD = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
 _HATS_FILE = re.compile(r"^(Npix=\d+\.parquet|\d{3,}-of-\d{3,}\.parquet)$")
@@ -96,6 +98,7 @@ class Source:
     pixel: int
     cam_ccd: np.ndarray | None = field(default=None, compare=False)
     digest: str = field(default="", compare=False)  # the SHA-256 of its completion mark (per-sector files)
+    rows: int = field(default=0, compare=False)  # light curves in it (its mark's count; per-sector files)
 
     def pixels4(self) -> range:
         """The order-4 pixels this file covers."""
@@ -171,7 +174,7 @@ def _hdf5_sources(folder: Path, columns: set[str], flags: dict[str, str], sector
                 n = int(mark["rows"])
             columns.add(mark["columns"])
             out.append(Source("hdf5", str(file), int(mark["sector"]), SOURCE_ORDER, int(directory.name[8:]),
-                              None if has_camera else np.zeros((n, 2), np.int16), mark.get("sha256", "")))
+                              None if has_camera else np.zeros((n, 2), np.int16), mark.get("sha256", ""), n))
     if any(s.cam_ccd is not None for s in out):
         out = _with_cameras(folder, out, sector_catalogs)
     return out
@@ -217,7 +220,7 @@ def _with_cameras(folder: Path, sources: list[Source], sector_catalogs: dict) ->
             rank = _ranks(ids, used)
             row = order[np.minimum(start + rank, len(order) - 1)]
             cam_ccd = np.stack([catalog["cam"][row], catalog["ccd"][row]], axis=1).astype(np.int16)
-            out.append(Source(s.kind, s.path, s.sector, s.order, s.pixel, cam_ccd, s.digest))
+            out.append(Source(s.kind, s.path, s.sector, s.order, s.pixel, cam_ccd, s.digest, s.rows))
     return out + [s for s in sources if s.cam_ccd is None]
 
 
@@ -231,7 +234,7 @@ def _ranks(ids: np.ndarray, used: dict[int, int]) -> np.ndarray:
 
 
 def _hats_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> list[Source]:
-    from .formats.hats import read_mark
+    from .formats.hats import MARK_KEY as PIXEL_MARK
 
     catalogs = [folder] if (folder / "hats.properties").is_file() and re.fullmatch(r"tglc_s\d{4}", folder.name) \
         else sorted(d for d in folder.glob("tglc_s[0-9][0-9][0-9][0-9]") if d.is_dir()) if folder.is_dir() else []
@@ -243,15 +246,18 @@ def _hats_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> lis
         for file in sorted((catalog / "dataset").rglob("*.parquet")):
             if not _HATS_FILE.match(file.name) or file.name.startswith("."):
                 continue
-            mark = read_mark(file)
-            if not mark:
-                raise UsageError(f"{file} is not a finished pixel file; rerun the sector's build to finish it")
+            try:  # the footer once: the mark and the schema
+                meta = pq.read_metadata(file)
+                mark = json.loads((meta.metadata or {})[PIXEL_MARK.encode()])
+            except (OSError, KeyError, ValueError, pa.ArrowException):
+                raise UsageError(f"{file} is not a finished pixel file; rerun the sector's build to finish it") \
+                    from None
             columns.add(mark["columns"])
-            lightcurve = pq.read_schema(file).field("lightcurve").type
+            lightcurve = meta.schema.to_arrow_schema().field("lightcurve").type
             for name in flags:
                 _widen(flags, name, lightcurve.field(name).type.value_type.to_pandas_dtype())
             out.append(Source("hats", str(file), int(mark["sector"]), SOURCE_ORDER, int(mark["pixel"]),
-                              digest=mark.get("sha256", "")))
+                              digest=mark.get("sha256", ""), rows=int(mark["rows"])))
     return out
 
 
@@ -312,35 +318,76 @@ def _schema_to_json(schema: pa.Schema) -> str:
 
 
 # ---- reading sources -----------------------------------------------------------------------------------------------
-_INDEX = ("gaiadr3_id", "TIC_ID", "RA", "DEC", "sector", "camera", "ccd", "n_cadences")
+_INDEX = ("gaiadr3_id", "sector", "camera", "ccd", "n_cadences", "spatial", "row", "rank")
+_ONE_THREAD = {"use_threads": False}
 
 
-def read_index(source: Source) -> dict[str, np.ndarray]:
-    """Per light curve of ``source``: ids, position, sector, camera, ccd, n_cadences, and ``row`` (its row in the
-    file; for a stars partition, the star's row, its entries in order)."""
-    if source.kind == "hdf5":
+class _Files(dict):
+    """The files a unit reads, each opened once (its footer parsed once: the index and then the rows of
+    its stars come from the same handle), closed together. Read with ``use_threads=False`` (:data:`_ONE_THREAD`):
+    units run one per core already, and Arrow's threads cost ~25% more CPU per read of a small file (measured).
+    ``room``: bytes (decoded) of per-sector files of one row group that :func:`read_index` may read whole, their
+    index and light curves in one read (in ``whole`` until :func:`read_entries` takes them): a read's fixed cost is
+    most of a small file's (a sparse sky's or the demo's, a few light curves each)."""
+
+    def __init__(self, room: int = 0):
+        super().__init__()
+        self.room, self.whole = room, {}
+
+    def open(self, path: str) -> pq.ParquetFile:
+        if path not in self:
+            self[path] = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=True)
+        return self[path]
+
+    def h5(self, path: str):
+        """An HDF5 file (h5py.File), opened once too."""
         import h5py
 
-        with h5py.File(source.path, "r") as h5:
-            out = {name: h5[name][()] for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "n_cadences")}
-            if source.cam_ccd is None:
-                out["camera"], out["ccd"] = h5["camera"][()], h5["ccd"][()]
+        if path not in self:
+            self[path] = h5py.File(path, "r")
+        return self[path]
+
+    def __enter__(self) -> "_Files":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for pf in self.values():
+            pf.close()
+
+
+def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
+    """Per light curve of ``source``: gaiadr3_id, sector, camera, ccd, n_cadences, ``spatial`` (the order-29
+    index of its position; a stars partition's: its star's), ``row`` (its row in the file; for a stars partition,
+    the star's row) and ``rank`` (a stars partition's: its place among its star's entries). Only the columns the
+    plan and the join need: each one read costs per file (the demo's files hold a few light curves)."""
+    if source.kind == "hdf5":
+        h5 = files.h5(source.path)
+        out = {name: h5[name][()] for name in ("gaiadr3_id", "RA", "DEC", "n_cadences")}
+        if source.cam_ccd is None:
+            out["camera"], out["ccd"] = h5["camera"][()], h5["ccd"][()]
         if source.cam_ccd is not None:
             out["camera"], out["ccd"] = source.cam_ccd[:, 0], source.cam_ccd[:, 1]
         out["sector"] = np.full(len(out["gaiadr3_id"]), source.sector, np.int16)
         out["row"] = np.arange(len(out["gaiadr3_id"]))
-    elif source.kind == "hats":
-        with pq.ParquetFile(source.path) as pf:  # lighter than read_table's dataset machinery, per small file
-            table = pf.read(columns=list(_INDEX))
-        out = {name: table.column(name).to_numpy() for name in _INDEX}
+        out["spatial"] = _spatial(out.pop("RA"), out.pop("DEC"))
+    elif source.kind == "hats":  # the file's spatial index is hats' of (RA, DEC), as _spatial computes it
+        pf = files.open(source.path)
+        size = pf.metadata.row_group(0).total_byte_size if pf.num_row_groups == 1 else files.room + 1
+        if size <= files.room:
+            table = files.whole[source.path] = pf.read(**_ONE_THREAD)
+            files.room -= size
+        else:
+            table = pf.read(columns=["gaiadr3_id", "camera", "ccd", "n_cadences", SPATIAL_INDEX], **_ONE_THREAD)
+        out = {name: table.column(name).to_numpy() for name in ("gaiadr3_id", "camera", "ccd", "n_cadences")}
+        out["sector"] = np.full(table.num_rows, source.sector, np.int16)  # one sector's file
+        out["spatial"] = table.column(SPATIAL_INDEX).to_numpy()
         out["row"] = np.arange(table.num_rows)
     else:
-        with pq.ParquetFile(source.path) as pf:
-            table = pf.read(columns=["gaiadr3_id", "TIC_ID", "RA", "DEC", "sector_info"])
+        table = files.open(source.path).read(columns=["gaiadr3_id", SPATIAL_INDEX, "sector_info"], **_ONE_THREAD)
         info = table.column("sector_info").combine_chunks()
         lengths = pc.list_value_length(pc.struct_field(info, "sector")).to_numpy()
-        out = {name: np.repeat(table.column(name).to_numpy(), lengths) for name in ("gaiadr3_id", "TIC_ID", "RA",
-                                                                                   "DEC")}
+        out = {"gaiadr3_id": np.repeat(table.column("gaiadr3_id").to_numpy(), lengths),
+               "spatial": np.repeat(table.column(SPATIAL_INDEX).to_numpy(), lengths)}
         for name in ("sector", "camera", "ccd", "n_cadences"):
             out[name] = pc.list_flatten(pc.struct_field(info, name)).to_numpy()
         out["row"] = np.repeat(np.arange(table.num_rows), lengths)
@@ -352,27 +399,27 @@ def read_index(source: Source) -> dict[str, np.ndarray]:
     return out
 
 
-def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema) -> pa.Table:
+def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, files: _Files) -> pa.Table:
     """The light curves at file rows ``rows`` (sorted, unique) of ``source``, as the entry table (values bit for
     bit; flags widened to the catalog's type)."""
     names = entry_schema.names
     series = [f for f in entry_schema if pa.types.is_list(f.type)]
     if source.kind == "hdf5":
-        import h5py
-
-        with h5py.File(source.path, "r") as h5:
-            cols: dict[str, Any] = {}
-            for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "n_cadences", *(
-                    f.name for f in entry_schema if not pa.types.is_list(f.type) and f.name in h5)):
-                cols[name] = h5[name][rows] if len(rows) else h5[name][:0]
-            n = cols["n_cadences"].astype(np.int64)
-            width = int(n.max()) if len(n) else 0
-            inside = np.arange(width) < n[:, None]
-            offsets = pa.array(np.concatenate([[0], np.cumsum(n)]).astype(np.int32))
-            for f in series:
-                values = h5[f.name][rows, :width] if len(rows) else np.zeros((0, 0), h5[f.name].dtype)
-                flat = values[inside].astype(f.type.value_type.to_pandas_dtype(), copy=False)
-                cols[f.name] = pa.ListArray.from_arrays(offsets, pa.array(flat))
+        h5 = files.h5(source.path)
+        # the span of the rows in one slice per column, then numpy: h5py's point selections cost more than it
+        lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+        at = rows - lo
+        cols: dict[str, Any] = {}
+        for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "n_cadences", *(
+                f.name for f in entry_schema if not pa.types.is_list(f.type) and f.name in h5)):
+            cols[name] = h5[name][lo:hi][at]
+        n = cols["n_cadences"].astype(np.int64)
+        width = int(n.max()) if len(n) else 0
+        inside = np.arange(width) < n[:, None]
+        offsets = pa.array(np.concatenate([[0], np.cumsum(n)]).astype(np.int32))
+        for f in series:
+            flat = h5[f.name][lo:hi, :width][at][inside].astype(f.type.value_type.to_pandas_dtype(), copy=False)
+            cols[f.name] = pa.ListArray.from_arrays(offsets, pa.array(flat))
         cols["sector"] = np.full(len(rows), source.sector, np.int16)
         if source.cam_ccd is not None:
             cols["camera"], cols["ccd"] = source.cam_ccd[rows, 0], source.cam_ccd[rows, 1]
@@ -380,12 +427,15 @@ def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema) -> p
                   for f in entry_schema]
         return pa.Table.from_arrays(arrays, schema=entry_schema)
     if source.kind == "hats":
-        with pq.ParquetFile(source.path, page_checksum_verification=True) as pf:
+        table = files.whole.pop(source.path, None)
+        local = np.arange(table.num_rows) if table is not None else None
+        if table is None:
+            pf = files.open(source.path)
             starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
             groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
             present = set(pf.schema_arrow.names)  # schema_arrow converts the schema anew at every call
             scalar_names = [n for n in names if n in present]
-            table = pf.read_row_groups(groups.tolist(), columns=scalar_names + ["lightcurve"])
+            table = pf.read_row_groups(groups.tolist(), columns=scalar_names + ["lightcurve"], **_ONE_THREAD)
             local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
                 np.zeros(0, np.int64)
         curve = table.column("lightcurve").combine_chunks()
@@ -396,17 +446,19 @@ def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema) -> p
             else:
                 arrays.append(table.column(f.name).combine_chunks().cast(f.type))
         return _take_entries(pa.Table.from_arrays(arrays, schema=entry_schema), np.searchsorted(local, rows))
-    return _read_star_entries(source, rows, entry_schema)[0]
+    return _read_star_entries(source, rows, entry_schema, files)[0]
 
 
-def _read_star_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema) -> tuple[pa.Table, np.ndarray]:
+def _read_star_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, files: _Files
+                       ) -> tuple[pa.Table, np.ndarray]:
     """Stars ``rows`` of a stars partition, exploded into their entries (in file order), and each star's count."""
-    with pq.ParquetFile(source.path, page_checksum_verification=True) as pf:
-        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-        groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
-        table = pf.read_row_groups(groups.tolist())
-        local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
-            np.zeros(0, np.int64)
+    pf = files.open(source.path)
+    starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+    groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+    table = pf.read_row_groups(groups.tolist(), columns=["gaiadr3_id", "TIC_ID", "RA", "DEC", "sector_info",
+                                                         "lightcurve"], **_ONE_THREAD)
+    local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
+        np.zeros(0, np.int64)
     table = table.take(pa.array(np.searchsorted(local, rows)))
     info = table.column("sector_info").combine_chunks()
     curve = table.column("lightcurve").combine_chunks()
@@ -443,11 +495,11 @@ def _stars_of(index: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
     return order, star, first
 
 
-def _gather(sources: list[Source]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _gather(sources: list[Source], files: _Files) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The index of every light curve of ``sources``, concatenated, and each light curve's source number."""
-    parts = [read_index(s) for s in sources]
+    parts = [read_index(s, files) for s in sources]
     if not parts:
-        return {name: np.zeros(0, np.int64) for name in (*_INDEX, "row", "rank")}, np.zeros(0, np.int64)
+        return {name: np.zeros(0, np.int64) for name in _INDEX}, np.zeros(0, np.int64)
     index = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     which = np.concatenate([np.full(len(p["row"]), i) for i, p in enumerate(parts)])
     return index, which
@@ -462,19 +514,19 @@ def plan_pixel(pixel4: int, sources: list[Source], new_sectors: list[int], dropp
     whose light curves lie in two order-4 pixels is counted in each: ``edge`` describes, per star with a light curve
     near the pixel's edge, its part seen here (first entry, cadences), for the driver to find such stars
     (:meth:`Split.of`) and count them once."""
-    index, which = _gather(sources)
-    here = _pixel4(index) == pixel4
+    with _Files() as files:
+        index, which = _gather(sources, files)
+    here = index["spatial"] >> 2 * (SPATIAL_ORDER - SOURCE_ORDER) == pixel4
     gone = _is_old(sources, which) & np.isin(index["sector"], dropped)
     shift = 2 * (SPATIAL_ORDER - HIGHEST_ORDER)
-    left = _spatial(index["RA"][gone & here], index["DEC"][gone & here]) >> shift  # rows losing entries
+    left = index["spatial"][gone & here] >> shift  # rows losing entries
     index = {k: v[here & ~gone] for k, v in index.items()}
     order, star, first = _stars_of(index)
     cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first)).astype(np.int64)
     fresh = np.bincount(star, weights=np.isin(index["sector"][order], new_sectors), minlength=len(first)) > 0
-    pix10 = _spatial(index["RA"][order][first], index["DEC"][order][first]) >> shift
+    pix10 = index["spatial"][order][first] >> shift
     cells, inverse = np.unique(pix10, return_inverse=True)
-    near = np.bincount(star, weights=_near_edge(index["RA"][order], index["DEC"][order], pixel4),
-                       minlength=len(first)) > 0
+    near = np.bincount(star, weights=_near_edge(index["spatial"][order], pixel4), minlength=len(first)) > 0
     edge = {name: index[name][order][first][near] for name in ("gaiadr3_id", "sector", "camera", "ccd")}
     edge |= {"cadences": cadences[near], "cell": pix10[near], "pixel4": np.full(int(near.sum()), pixel4, np.int64),
              "fresh": fresh[near]}
@@ -483,25 +535,21 @@ def plan_pixel(pixel4: int, sources: list[Source], new_sectors: list[int], dropp
             "changed": np.unique(np.concatenate([pix10[fresh], left])), "edge": edge}
 
 
-def _pixel4(index: dict[str, np.ndarray]) -> np.ndarray:
-    """The order-4 pixel of each light curve's own position (a stars partition's: its star's)."""
-    return _spatial(index["RA"], index["DEC"]) >> 2 * (SPATIAL_ORDER - SOURCE_ORDER)
-
-
 def _is_old(sources: list[Source], which: np.ndarray) -> np.ndarray:
     """Whether each light curve comes from a partition of the stars catalog (not a per-sector output)."""
     return np.array([s.kind == "stars" for s in sources], bool)[which] if len(sources) else np.zeros(0, bool)
 
 
-def _near_edge(ra: np.ndarray, dec: np.ndarray, pixel4: int) -> np.ndarray:
-    """Whether each position lies within an order-:data:`EDGE_ORDER` pixel of the edge of ``pixel4`` (one of its
-    pixel's neighbours is outside). A star's target-list positions differ between sectors by far less (proper
-    motion: at most ~1.4 arcmin over TESS's years), so its light curves in two order-4 pixels are all near it."""
+def _near_edge(spatial: np.ndarray, pixel4: int) -> np.ndarray:
+    """Whether each position (its order-29 index) lies within an order-:data:`EDGE_ORDER` pixel of the edge of
+    ``pixel4`` (one of its pixel's neighbours is outside). A star's target-list positions differ between sectors
+    by far less (proper motion: at most ~1.4 arcmin over TESS's years), so its light curves in two order-4 pixels
+    are all near it."""
     import healpy
 
-    if not len(ra):
+    if not len(spatial):
         return np.zeros(0, bool)
-    cells = _spatial(ra, dec) >> 2 * (SPATIAL_ORDER - EDGE_ORDER)
+    cells = spatial >> 2 * (SPATIAL_ORDER - EDGE_ORDER)
     around = healpy.get_all_neighbours(1 << EDGE_ORDER, cells, nest=True)
     return ((around >= 0) & ((around >> 2 * (EDGE_ORDER - SOURCE_ORDER)) != pixel4)).any(axis=0)
 
@@ -555,12 +603,12 @@ class Partition:
 
 def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, staging: str, mark: dict,
                    dropped: list[int] = (), split: np.ndarray | None = None, home: np.ndarray | None = None) -> dict:
-    """Write one stars partition into ``staging`` (temporary name, read back, sealed, renamed) from the light curves
+    """Write one stars partition into ``staging`` (temporary name, checked, sealed, renamed) from the light curves
     of ``sources`` whose star's canonical position lies in it, leaving out the entries of stars catalog partitions of
     ``dropped`` sectors (read again from their per-sector outputs). Stars in ``split`` (see :class:`Split`) are
     taken whole when in ``home`` (theirs here), else not at all. Returns its rows and bytes."""
-    from .formats.base import DIGEST_KEY, WriteError, check_digest, seal
-    from .formats.hats import _fsync_dir
+    from .formats.base import DIGEST_KEY, WriteError, check_digest
+    from .formats.hats import _fsync_dir, parquet_options
 
     final = Path(staging) / part.relpath()
     if final.is_file() and _read_stars_mark(final) == mark:  # staged by an earlier, interrupted run of this plan
@@ -570,51 +618,49 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
         except WriteError as exc:
             log.warning("%s; it will be written again", exc)
     mark = mark | {DIGEST_KEY: "0" * 64}  # the file's SHA-256, written in place by base.seal once it is closed
-    index, which = _gather(sources)
     split = np.zeros(0, np.int64) if split is None else split
-    mine = (np.isin(_pixel4(index), list(part.pixels4())) & ~np.isin(index["gaiadr3_id"], split)) | \
-        np.isin(index["gaiadr3_id"], [] if home is None else home)
-    keep = mine & ~(_is_old(sources, which) & np.isin(index["sector"], dropped))
-    index = {k: v[keep] for k, v in index.items()}
-    which = which[keep]
-    order, star, first = _stars_of(index)
-    spatial = _spatial(index["RA"][order][first], index["DEC"][order][first])
-    inside = (spatial >> 2 * (SPATIAL_ORDER - part.order)) == part.pixel
-    # stars in output order: by spatial index, then id
-    star_ids = index["gaiadr3_id"][order][first]
-    star_order = np.flatnonzero(inside)[np.lexsort((star_ids[inside], spatial[inside]))]
-    counts = np.diff(np.concatenate([first, [len(order)]]))
-    star_cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first))
     entry_schema = _entry_schema(schema)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}{_TEMPORARY}{os.getpid()}")
-    from .formats.hats import parquet_options
-
-    writer = pq.ParquetWriter(str(tmp), schema, **parquet_options(schema))
-    histogram: dict[int, int] = {}
     rows = 0
+    with _Files(WHOLE_BYTES) as files:
+        index, which = _gather(sources, files)
+        mine = (np.isin(index["spatial"] >> 2 * (SPATIAL_ORDER - SOURCE_ORDER), list(part.pixels4())) &
+                ~np.isin(index["gaiadr3_id"], split)) | np.isin(index["gaiadr3_id"], [] if home is None else home)
+        keep = mine & ~(_is_old(sources, which) & np.isin(index["sector"], dropped))
+        index = {k: v[keep] for k, v in index.items()}
+        which = which[keep]
+        order, star, first = _stars_of(index)
+        spatial = index["spatial"][order][first]
+        inside = (spatial >> 2 * (SPATIAL_ORDER - part.order)) == part.pixel
+        # stars in output order: by spatial index, then id
+        star_ids = index["gaiadr3_id"][order][first]
+        star_order = np.flatnonzero(inside)[np.lexsort((star_ids[inside], spatial[inside]))]
+        counts = np.diff(np.concatenate([first, [len(order)]]))
+        star_cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first))
+        sink = _HashedFile(tmp)
+        writer = pq.ParquetWriter(sink, schema, **parquet_options(schema))
+        try:
+            start = 0
+            while start < len(star_order):
+                budget = np.cumsum(star_cadences[star_order[start:]])
+                stop = start + max(1, int(np.searchsorted(budget, CHUNK_CADENCES, side="right")))
+                chunk = star_order[start:stop]
+                table = _chunk_table(chunk, first, counts, order, index, which, sources, entry_schema, schema,
+                                     spatial[chunk], files)
+                writer.write_table(table)
+                rows += table.num_rows
+                start = stop
+            writer.add_key_value_metadata({MARK_KEY: json.dumps(mark | {"rows": rows}, sort_keys=True)})
+            writer.close()
+            sink.close()
+        except BaseException:
+            writer.close()
+            sink.close()
+            tmp.unlink(missing_ok=True)
+            raise
     try:
-        start = 0
-        while start < len(star_order):
-            budget = np.cumsum(star_cadences[star_order[start:]])
-            stop = start + max(1, int(np.searchsorted(budget, CHUNK_CADENCES, side="right")))
-            chunk = star_order[start:stop]
-            table = _chunk_table(chunk, first, counts, order, index, which, sources, entry_schema, schema)
-            writer.write_table(table)
-            cells = table.column(SPATIAL_INDEX).to_numpy() >> 2 * (SPATIAL_ORDER - HIGHEST_ORDER)
-            for c, k in zip(*np.unique(cells, return_counts=True)):
-                histogram[int(c)] = histogram.get(int(c), 0) + int(k)
-            rows += table.num_rows
-            start = stop
-        writer.add_key_value_metadata({MARK_KEY: json.dumps(mark | {"rows": rows}, sort_keys=True)})
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    writer.close()
-    try:
-        _verify_partition(tmp, schema, mark | {"rows": rows})
-        seal(tmp)  # and synced
+        _check_and_seal(tmp, schema, mark | {"rows": rows}, sink.sha256.hexdigest())  # seal syncs it too
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     except BaseException:
@@ -623,10 +669,35 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
     return {"rows": rows, "bytes": final.stat().st_size, "kept": False}
 
 
+class _HashedFile:
+    """A file being written whose bytes are hashed on their way to it, for :func:`_check_and_seal`."""
+
+    def __init__(self, path: Path):
+        self.file, self.sha256 = open(path, "wb"), hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+
 def _chunk_table(chunk: np.ndarray, first: np.ndarray, counts: np.ndarray, order: np.ndarray,
                  index: dict[str, np.ndarray], which: np.ndarray, sources: list[Source], entry_schema: pa.Schema,
-                 schema: pa.Schema) -> pa.Table:
-    """Stars ``chunk`` (star numbers, in output order) as rows of the catalog."""
+                 schema: pa.Schema, spatial: np.ndarray, files: _Files) -> pa.Table:
+    """Stars ``chunk`` (star numbers, in output order; ``spatial``: their order-29 indexes) as rows of the
+    catalog."""
     n = counts[chunk]  # light curves, output order: each star's run of ``order``, gathered at once
     entries = order[np.repeat(first[chunk] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))]
     src, row = which[entries], index["row"][entries]
@@ -636,17 +707,17 @@ def _chunk_table(chunk: np.ndarray, first: np.ndarray, counts: np.ndarray, order
         rows = row[mine]
         if sources[s].kind == "stars":  # whole stars: each read once, its entries exploded in file order
             star_rows = np.unique(rows)
-            table, lengths = _read_star_entries(sources[s], star_rows, entry_schema)
+            table, lengths = _read_star_entries(sources[s], star_rows, entry_schema, files)
             base = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
             take = base[np.searchsorted(star_rows, rows)] + index["rank"][entries[mine]]
             pieces.append(_take_entries(table, take))
         else:
             unique, inverse = np.unique(rows, return_inverse=True)
-            table = read_entries(sources[s], unique, entry_schema)
+            table = read_entries(sources[s], unique, entry_schema, files)
             pieces.append(_take_entries(table, inverse))
         placed.append(mine)
     table = _take_entries(pa.concat_tables(pieces), np.argsort(np.concatenate(placed), kind="stable"))
-    return _stars_table(table, counts[chunk], schema)
+    return _stars_table(table, counts[chunk], schema, spatial)
 
 
 def _take_entries(table: pa.Table, idx: np.ndarray) -> pa.Table:
@@ -681,8 +752,9 @@ def _take_entries(table: pa.Table, idx: np.ndarray) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=table.schema)
 
 
-def _stars_table(entries: pa.Table, counts: np.ndarray, schema: pa.Schema) -> pa.Table:
-    """Entries (light curves, grouped by star in output order) -> one row per star."""
+def _stars_table(entries: pa.Table, counts: np.ndarray, schema: pa.Schema, spatial: np.ndarray) -> pa.Table:
+    """Entries (light curves, grouped by star in output order; ``spatial``: the stars' order-29 indexes) -> one row
+    per star."""
     counts = np.asarray(counts, np.int64)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     sector = entries.column("sector").to_numpy()
@@ -708,10 +780,13 @@ def _stars_table(entries: pa.Table, counts: np.ndarray, schema: pa.Schema) -> pa
         if f.name == "sector":
             values = pa.array(np.repeat(sector, n), pa.int16())
         else:
-            values = pc.list_flatten(entries.column(f.name).combine_chunks())
+            column = entries.column(f.name).combine_chunks()
+            if not np.array_equal(pc.list_value_length(column).to_numpy(zero_copy_only=False), n):
+                raise ValueError(f"series {f.name} of an entry is not n_cadences long")
+            values = pc.list_flatten(column)
         children.append(pa.ListArray.from_arrays(curve_offsets, values))
     curve = pa.StructArray.from_arrays(children, fields=list(curve_type))
-    arrays = [pa.array(_spatial(ra, dec)), pa.array(entries.column("gaiadr3_id").to_numpy()[first]),
+    arrays = [pa.array(spatial), pa.array(entries.column("gaiadr3_id").to_numpy()[first]),
               pa.array(entries.column("TIC_ID").to_numpy()[first]), pa.array(ra), pa.array(dec),
               pa.array(n_sectors), sectors, info, curve]
     return pa.Table.from_arrays(arrays, schema=schema)
@@ -728,31 +803,24 @@ def _read_stars_mark(file: Path) -> dict | None:
         return None
 
 
-def _verify_partition(file: Path, schema: pa.Schema, mark: dict) -> None:
-    """Read a partition file back whole (every page checksum), and check its mark, schema, rows, sort order and
-    ``sum(sector_info.n_cadences) == len(lightcurve)`` per star."""
-    from .formats.base import WriteError
+def _check_and_seal(file: Path, schema: pa.Schema, mark: dict, written: str) -> None:
+    """Check a partition file just written and seal it (base.seal). Its footer must read back with ``mark``, the
+    schema and the rows, and its bytes on disk must hash (in seal's one pass over them) to ``written``, the SHA-256
+    of the bytes the writer gave: so a file truncated or changed on its way to the disk is caught, as a read-back of
+    every page (page checksums) would catch it, without decoding the partition again. (The values themselves were
+    checked as they were gathered: _take_entries, _stars_table.)"""
+    from .formats.base import WriteError, seal
 
-    with pq.ParquetFile(file, page_checksum_verification=True) as pf:
-        found = json.loads((pf.metadata.metadata or {}).get(MARK_KEY.encode(), b"null"))
-        if found != mark or not pf.schema_arrow.equals(schema, check_metadata=False) or \
-                pf.metadata.num_rows != mark["rows"]:
-            raise WriteError(f"{file}: its mark, columns or rows are not what was written")
-        last = -1
-        for g in range(pf.num_row_groups):
-            table = pf.read_row_group(g)
-            spatial = table.column(SPATIAL_INDEX).to_numpy()
-            if len(spatial) and (spatial[0] < last or np.any(np.diff(spatial) < 0)):
-                raise WriteError(f"{file}: {SPATIAL_INDEX} is not sorted")
-            last = spatial[-1] if len(spatial) else last
-            info = table.column("sector_info").combine_chunks()
-            curve = table.column("lightcurve").combine_chunks()
-            n = pc.list_flatten(pc.struct_field(info, "n_cadences")).to_numpy().astype(np.int64)
-            per = pc.list_value_length(pc.struct_field(info, "n_cadences")).to_numpy()
-            star = np.repeat(np.arange(len(per)), per)
-            if not np.array_equal(np.bincount(star, weights=n, minlength=len(per)),
-                                  pc.list_value_length(pc.struct_field(curve, "time")).to_numpy()):
-                raise WriteError(f"{file}: lightcurve is not sum(sector_info.n_cadences) long")
+    try:
+        meta = pq.read_metadata(file)
+        found = json.loads((meta.metadata or {}).get(MARK_KEY.encode(), b"null"))
+        same_schema = meta.schema.to_arrow_schema().equals(schema, check_metadata=False)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise WriteError(f"{file}: does not read back ({exc})") from None
+    if found != mark or not same_schema or meta.num_rows != mark["rows"]:
+        raise WriteError(f"{file}: its mark, columns or rows are not what was written")
+    if seal(file) != written:
+        raise WriteError(f"{file}: its bytes on disk are not those written")
 
 
 # ---- the driver ----------------------------------------------------------------------------------------------------
@@ -897,7 +965,8 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
     if schema_changed or damaged or (stamp and stored is None):
         pixels |= {p for s in new_sources + old_sources for p in s.pixels4()}
     touched = sorted(pixels | set(_neighbours(sorted(pixels))))
-    tasks = [(p, _sources_of([p], new_sources, old_sources), new_sectors, replaced) for p in touched]
+    covering = _covering(new_sources + old_sources)
+    tasks = [(p, _sources_of([p], covering), new_sectors, replaced) for p in touched]
     tasks = [t for t in tasks if t[1]]
     touched = [t[0] for t in tasks]
     planned = {}
@@ -956,7 +1025,7 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
     for part in to_write:
         home = split.ids[home_part == parts.index(part)]
         elsewhere = split.parts[np.isin(split.parts[:, 0], home), 1].tolist()
-        sources = _sources_of(sorted(set(part.pixels4()) | set(elsewhere)), new_sources, old_sources)
+        sources = _sources_of(sorted(set(part.pixels4()) | set(elsewhere)), covering)
         jobs.append((part, sources, schema, str(staging), {"plan": plan_id, "partition": [part.order, part.pixel]},
                      replaced, split.ids, home))
     weights = [int(hist_stars[cell_part == parts.index(p)].sum()) or 1 for p in to_write]
@@ -969,7 +1038,8 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
         raise KeyboardInterrupt
 
     # 4. commit, then finish
-    counts = (stamp or {}).get("sector_light_curves", {}) | {str(s): _count_rows(by_sector[s]) for s in new_sectors}
+    counts = (stamp or {}).get("sector_light_curves", {}) | {
+        str(s): sum(x.rows for x in by_sector[s]) for s in new_sectors}
     np.savez(catalog / f".{HISTOGRAM}{_TEMPORARY}{os.getpid()}.npz", pixel=hist_cells, stars=hist_stars,
              cadences=hist_cadences)
     os.replace(catalog / f".{HISTOGRAM}{_TEMPORARY}{os.getpid()}.npz", catalog / HISTOGRAM)
@@ -1041,26 +1111,23 @@ def _lost(task: tuple, error: BaseException) -> BaseException:
     return RuntimeError(f"the worker of a stars unit died ({error}); rerun to resume")
 
 
-def _count_rows(sources: list[Source]) -> int:
-    import h5py
-
-    total = 0
-    for s in sources:
-        if s.kind == "hdf5":
-            with h5py.File(s.path, "r") as h5:
-                total += len(h5["gaiadr3_id"])
-        else:
-            total += pq.read_metadata(s.path).num_rows
-    return total
-
-
 def _dataset_bytes(catalog: Path) -> int:
     return sum(f.stat().st_size for f in (catalog / "dataset").rglob("Npix=*.parquet"))
 
 
-def _sources_of(pixels4: list[int], new_sources: list[Source], old_sources: list[Source]) -> list[Source]:
-    wanted = set(pixels4)
-    return [s for s in new_sources + old_sources if wanted & set(s.pixels4())]
+def _covering(sources: list[Source]) -> dict[int, list[tuple[int, Source]]]:
+    """Per order-4 pixel, the sources covering it (numbered in the order given)."""
+    out: dict[int, list[tuple[int, Source]]] = {}
+    for i, s in enumerate(sources):
+        for p in s.pixels4():
+            out.setdefault(p, []).append((i, s))
+    return out
+
+
+def _sources_of(pixels4: list[int], covering: dict[int, list[tuple[int, Source]]]) -> list[Source]:
+    """The sources covering any of ``pixels4``, each once, in their order."""
+    picked = {i: s for p in pixels4 for i, s in covering.get(p, ())}
+    return [picked[i] for i in sorted(picked)]
 
 
 def _alignment(cells: np.ndarray, stars: np.ndarray, cadences: np.ndarray, threshold: int | None,
