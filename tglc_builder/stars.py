@@ -58,6 +58,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .columns import ColumnSet, column_set
 from .errors import UsageError
+from .formats.hats import _TEMPORARY, MARGIN_ARCSEC, SPATIAL_INDEX, SPATIAL_ORDER, spatial_index
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,9 @@ CATALOG = "tglc_stars"
 STAMP = ".tglc_stars.json"
 HISTOGRAM = ".tglc_stars_histogram.npz"
 STAGING = ".staging"
-SPATIAL_INDEX, SPATIAL_ORDER = "_healpix_29", 29
 SOURCE_ORDER = 4  # per-sector outputs are partitioned at order 4 (nside 16)
 HIGHEST_ORDER = 10  # hats-import's default highest order; also the point map's order
 EDGE_ORDER = 10  # a light curve within a pixel of this order (3.4 arcmin) of its order-4 pixel's edge: see _near_edge
-MARGIN_ARCSEC = 10.0
 MARGIN_NAME = f"{CATALOG}_{int(MARGIN_ARCSEC)}arcs"
 INDEX_COLUMNS = ("gaiadr3_id", "TIC_ID")
 PARTITION_BYTES = 1 << 30  # default: keep a partition's Parquet file under about 1 GB
@@ -79,7 +78,6 @@ BYTES_PER_CADENCE = {"seed": 8, "all": 16}
 CHUNK_CADENCES = 1 << 21  # cadences per row group written (~50-100 MB of Arrow in memory at once)
 MARK_KEY = "tglc_stars"
 WHOLE_BYTES = 1 << 26  # a join unit's small per-sector files read whole at once, up to this many bytes (see _Files)
-_TEMPORARY = ".tmp-"
 _HDF5_SHARD = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
 _HATS_FILE = re.compile(r"^(Npix=\d+\.parquet|\d{3,}-of-\d{3,}\.parquet)$")
 
@@ -478,11 +476,7 @@ def _read_star_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema
 
 
 def _spatial(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
-    from hats.pixel_math.spatial_index import compute_spatial_index
-
-    if not len(ra):
-        return np.zeros(0, np.int64)
-    return np.asarray(compute_spatial_index(np.asarray(ra, np.float64), np.asarray(dec, np.float64)), np.int64)
+    return spatial_index(ra, dec) if len(ra) else np.zeros(0, np.int64)  # no hats in the workers (formats.hats)
 
 
 def _stars_of(index: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -939,7 +933,10 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
                          f"in this build), or remove {root} and build the stars catalog again")
     if not new_sectors and not damaged and stamp and stamp.get("phase") == "finished" and \
             threshold == stamp.get("threshold") and digest == stamp.get("schema"):
-        if verify:  # the files made from the partitions (metadata, margin, indexes, card) are written again
+        if verify:  # the files made from the partitions (metadata, margin, indexes, card) are written again,
+            # under a stamp in phase commit first: interrupted, the next build finishes them before trusting them
+            stamp = stamp | {"phase": "commit", "staged": []}
+            _write_bytes(catalog / STAMP, (json.dumps(stamp, sort_keys=True) + "\n").encode())
             _finish(root, stamp)
         summary.stars, summary.partitions = stamp["stars"], len(old_parts)
         summary.light_curves = stamp["light_curves"]
@@ -1247,7 +1244,6 @@ def _build_margin(root: Path) -> list[str]:
     near a partition edge)."""
     from .formats.hats import write_margin
 
-    shutil.rmtree(root / MARGIN_NAME, ignore_errors=True)
     write_margin(root / MARGIN_NAME, root / CATALOG, MARGIN_ARCSEC)
     return [MARGIN_NAME]
 

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .. import __version__, layout
@@ -577,7 +578,6 @@ class HatsWriter(Writer):
         (:func:`write_index`)."""
         catalog = self.catalog_dir
         margin_name, index_name = f"{catalog.name}_{MARGIN_NAME}", f"{catalog.name}_gaiadr3_id"
-        shutil.rmtree(self.output_dir / margin_name, ignore_errors=True)
         write_margin(self.output_dir / margin_name, catalog)
         write_index(self.output_dir / index_name, catalog, files, "gaiadr3_id")
         return [margin_name], {"gaiadr3_id": index_name}
@@ -666,10 +666,13 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
     schema = pq.read_schema(paths.get_common_metadata_pointer(catalog).path)
     column, shift = info.healpix_column, 2 * (info.healpix_order - order)
     # each source partition's rows for each pixel go to an Arrow file of their own (as hats-import's map stage does),
-    # then each pixel's are gathered into its file: memory holds one partition, never the whole margin
-    for stale in margin_dir.parent.glob(f".{margin_dir.name}.shards-*"):  # of a run that was killed
+    # then each pixel's are gathered into its file: memory holds one batch of a partition and its margin rows, never
+    # a whole partition (a stars partition is up to ~1 GB of Parquet) nor the whole margin. Written under a
+    # temporary name, then swapped in: a kill leaves the old margin cache or none, never half of one.
+    for stale in margin_dir.parent.glob(f".{margin_dir.name}.*-*"):  # of a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
     tmp = margin_dir.with_name(f".{margin_dir.name}.shards-{os.getpid()}")
+    out = margin_dir.with_name(f".{margin_dir.name}{_TEMPORARY}{os.getpid()}")
     tmp.mkdir(parents=True)
     shards: dict = {}
     try:
@@ -680,39 +683,57 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
             cell = pq.read_table(file, schema=schema, columns=[column]).column(0).to_numpy() >> shift
             if low == high or not np.isin(cell, cells[low:high]).any():
                 continue
-            table = pq.read_table(file, schema=schema)
-            for target in np.unique(owner[low:high]):
-                rows = np.flatnonzero(np.isin(cell, cells[low:high][owner[low:high] == target]))
-                if len(rows):
-                    shard = tmp / f"{sum(map(len, shards.values()))}.arrow"
-                    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-                        writer.write_table(table.take(rows).sort_by(column))
-                    shards.setdefault(targets[target], []).append(shard)
+            wanted = {int(target): cells[low:high][owner[low:high] == target] for target in np.unique(owner[low:high])}
+            pieces: dict[int, list[pa.RecordBatch]] = {}
+            batches = pads.dataset(file, schema=schema, format="parquet").to_batches(
+                batch_size=1024, batch_readahead=1, fragment_readahead=1, use_threads=False)
+            for batch in batches:
+                batch_cells = batch.column(column).to_numpy() >> shift
+                for target, target_cells in wanted.items():
+                    rows = np.flatnonzero(np.isin(batch_cells, target_cells))
+                    if len(rows):
+                        pieces.setdefault(target, []).append(batch.take(rows))
+            for target in (t for t in wanted if t in pieces):  # in the targets' order
+                shard = tmp / f"{sum(map(len, shards.values()))}.arrow"
+                with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                    writer.write_table(pa.Table.from_batches(pieces[target], schema).sort_by(column))
+                shards.setdefault(targets[target], []).append(shard)
         total = 0
         for pixel in sorted(shards):
-            table = pa.concat_tables(pa.ipc.open_file(pa.memory_map(str(shard))).read_all()
-                                     for shard in shards[pixel])
-            pq.write_table(table, paths.new_pixel_catalog_file(margin_dir, pixel).path,
+            tables = []
+            for shard in shards[pixel]:
+                with pa.memory_map(str(shard)) as source:
+                    tables.append(pa.ipc.open_file(source).read_all())
+            table = pa.concat_tables(tables)
+            pq.write_table(table, paths.new_pixel_catalog_file(out, pixel).path,
                            **get_parquet_write_table_kwargs(table.schema))
             total += len(table)
+            del table, tables
+        if total:
+            write_parquet_metadata(out)
+        else:  # an empty margin cache, as hats-import writes it
+            (out / "dataset").mkdir(parents=True)
+            for name in ("_common_metadata", "_metadata"):
+                pq.write_metadata(schema, out / "dataset" / name)
+        partition_info = PartitionInfo.from_healpix(sorted(shards))
+        partition_info.write_to_file(paths.get_partition_info_pointer(out))
+        TableProperties(**({
+            "catalog_name": margin_dir.name, "total_rows": total, "catalog_type": "margin",
+            "ra_column": info.ra_column, "dec_column": info.dec_column, "primary_catalog": catalog.name,
+            "margin_threshold": threshold_arcsec, "hats_order": max(pixel.order for pixel in sorted(shards) or parts),
+            "moc_sky_fraction": f"{partition_info.calculate_fractional_coverage():0.5f}", "healpix_column": column,
+            "healpix_order": info.healpix_order, "npix_suffix": ".parquet"}
+            | TableProperties.new_provenance_dict(out, builder=f"tglc_builder v{__version__}"))
+        ).to_properties_file(out)
+        old = margin_dir.with_name(f".{margin_dir.name}.old-{os.getpid()}")
+        if margin_dir.exists():
+            os.replace(margin_dir, old)
+        os.replace(out, margin_dir)
+        _fsync_dir(margin_dir.parent)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if total:
-        write_parquet_metadata(margin_dir)
-    else:  # an empty margin cache, as hats-import writes it
-        (margin_dir / "dataset").mkdir(parents=True)
-        for name in ("_common_metadata", "_metadata"):
-            pq.write_metadata(schema, margin_dir / "dataset" / name)
-    partition_info = PartitionInfo.from_healpix(sorted(shards))
-    partition_info.write_to_file(paths.get_partition_info_pointer(margin_dir))
-    TableProperties(**({
-        "catalog_name": margin_dir.name, "total_rows": total, "catalog_type": "margin", "ra_column": info.ra_column,
-        "dec_column": info.dec_column, "primary_catalog": catalog.name, "margin_threshold": threshold_arcsec,
-        "hats_order": max(pixel.order for pixel in sorted(shards) or parts),
-        "moc_sky_fraction": f"{partition_info.calculate_fractional_coverage():0.5f}", "healpix_column": column,
-        "healpix_order": info.healpix_order, "npix_suffix": ".parquet"}
-        | TableProperties.new_provenance_dict(margin_dir, builder=f"tglc_builder v{__version__}"))
-    ).to_properties_file(margin_dir)
+        shutil.rmtree(out, ignore_errors=True)
     return total
 
 
