@@ -225,7 +225,11 @@ def settle(tmp: Path, fits_dir: Path, relpath: str, item: int, gaia: int, valida
             return Failure(gaia, relpath, "download", f"invalid file: {reason}", attempts)
         os.replace(tmp, dest)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise disk_full(fits_dir, exc) from None
+    except BaseException:  # the caller has let go of the name: nobody else would remove it
+        tmp.unlink(missing_ok=True)
+        raise
     return Fetched(dest, downloaded=True, attempts=attempts, checked=checked)
 
 

@@ -258,9 +258,10 @@ class _Retry(Retry):
                 asked = self.get_retry_after(response)
             except InvalidHeader:  # neither seconds nor an HTTP date
                 asked = None
-            if response.status == 429 or asked is not None:
-                pause = throttle(f"{_pool.scheme}://{_pool.host}:{_pool.port}")
-                pause.pause(asked, self.max_wait, f"{_pool.host}:{_pool.port}", response.status)
+            if (response.status == 429 or asked is not None) and _pool is not None:
+                host = f"[{_pool.host}]" if ":" in _pool.host else _pool.host  # an IPv6 address
+                pause = getattr(_call, "throttle", None) or throttle(f"{_pool.scheme}://{host}:{_pool.port}")
+                pause.pause(asked, self.max_wait, f"{host}:{_pool.port}", response.status)
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def sleep(self, response=None) -> None:
