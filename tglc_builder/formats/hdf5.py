@@ -1,12 +1,14 @@
 """The HDF5 format: ``<out>/TGLC/healpix=<p>/<k>-of-<n>.hdf5`` plus ``tglc.py`` and the dataset card (see
 docs/DATASET.md).
 
-A shard streams through blocks into chunked, compressed datasets, so memory does not grow with the pixel. Every
-dataset carries HDF5's Fletcher32 chunk checksums, so a corrupted chunk raises on read in every reader. A file is
-written under a temporary name, closed, opened again and checked whole (every chunk of every row stored, every
-chunk's checksum right), and only then marked complete (an attribute written last, holding the SHA-256 of the whole
-file: Fletcher32 leaves the metadata unprotected, see :func:`.base.seal`) and renamed; so a file under a final name
-with that mark is whole, and ``--verify`` catches any byte changed since.
+A shard streams through blocks into chunked, compressed datasets built in memory (HDF5's core driver: the
+compressed file, ~120 MB at most for 10,000 rows, twice for a moment while it is written out), then written to
+disk by one write of ours: HDF5 2.0 crashes closing a file whose writes failed on a full disk. Every dataset carries
+HDF5's Fletcher32 chunk checksums, so a corrupted chunk raises on read in every reader. A file is written under a
+temporary name with its completion mark (an attribute holding the SHA-256 of the whole file as zeros), opened again
+and checked whole (every chunk of every row stored, every chunk's checksum right), and only then sealed (the
+checksum written into the mark, see :func:`.base.seal`: Fletcher32 leaves the metadata unprotected) and renamed; so
+a file under a final name with that mark is whole, and ``--verify`` catches any byte changed since.
 """
 
 from __future__ import annotations
