@@ -429,9 +429,13 @@ def test_to_lightkurve_without_lightkurve_says_how_to_install_it(fresh, monkeypa
                                  "installed: 'tglc-builder[hats,lightkurve]', in one command)")
 
 
-def test_a_folder_without_outputs_is_refused(tmp_path):
+def test_a_folder_without_outputs_is_refused(release, tmp_path):
     with pytest.raises(UsageError, match="no finished per-sector output"):
         build_stars([tmp_path], tmp_path / "stars")
+    mistyped = tmp_path / "no-such-folder"  # among good ones: refused too, before anything is written
+    with pytest.raises(UsageError, match=f"^{mistyped}: no finished per-sector output"):
+        build_stars([*release[1].values(), mistyped], tmp_path / "stars")
+    assert not (tmp_path / "stars").exists()
 
 
 def test_cli_stars_after_a_one_sector_build(archive, tmp_path):

@@ -131,7 +131,7 @@ def find_sector_outputs(paths: list[str | os.PathLike], sector_catalogs: dict | 
                 mine = [s for s in mine if s.kind == "hats"]
             by_sector[sector], origin[sector] = mine, folder
     for folder in empty:  # a build's folder of a format this stage does not read, or a wrong path among good ones
-        if not by_sector:
+        if not by_sector or not folder.is_dir():
             raise UsageError(f"{folder}: no finished per-sector output (TGLC/healpix=*/*.hdf5 or a tglc_sSSSS HATS "
                              "catalog); build the sector first, or check the path")
         log.warning("%s: no finished per-sector output; left out of the stars catalog", folder)
