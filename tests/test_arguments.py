@@ -141,7 +141,9 @@ def test_one_format_and_the_registry():
     assert {f.flag for f in FORMATS.values()} == {"hdf5_output_path", "hats_output_path"}
 
 
-def _without_fetch_time(path: Path) -> bytes:
+def _without_timestamps(path: Path) -> bytes:
+    """The file's bytes without the times two identical builds differ by (when a listing was fetched, the minute
+    hats stamps into a catalog's properties)."""
     if path.name.endswith(".manifest.json"):  # a listing's copy says when it was fetched
         manifest = json.loads(path.read_bytes())
         manifest.pop("fetched")
@@ -162,7 +164,7 @@ def test_a_format_list_builds_exactly_what_both_builds(archive, tmp_path):
         assert summary.failures == [] and summary.in_output == 100
         assert [name for name, _ in summary.outputs] == ["hdf5", "hats"]
         base = tmp_path / spec
-        trees[spec] = {p.relative_to(base).as_posix(): _without_fetch_time(p) for p in base.rglob("*") if p.is_file()}
+        trees[spec] = {p.relative_to(base).as_posix(): _without_timestamps(p) for p in base.rglob("*") if p.is_file()}
     assert sorted(trees["both"]) == sorted(trees["hats,hdf5"])
     assert any(name.endswith(".hdf5") and "/MultimodalUniverse/" in name for name in trees["both"])
     assert any(name.endswith(".parquet") and "/hats/" in name for name in trees["both"])
