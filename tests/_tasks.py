@@ -73,7 +73,7 @@ def throttled_download(url: str, dest: str) -> tuple[int, float, float]:
     from tglc_builder.sources.curl import fetch_file
 
     started = time.monotonic()
-    fetch_file(url, Path(dest), max_attempts=3, max_wait=300.0, deadline=net.DEADLINE)
+    fetch_file(url, Path(dest), max_attempts=3, max_wait=300.0, deadline=net.DEADLINE, max_size=1 << 30)
     return os.getpid(), time.monotonic() - started, net.throttle(url)._until.value
 
 

@@ -97,10 +97,10 @@ def _no_debris(folder: Path) -> bool:
     return not [p for p in folder.rglob("*") if ".part-" in p.name or ".tmp-" in p.name]
 
 
-def _download(server: FramingServer, path: str, dest: Path, max_attempts: int = 3, max_wait: float = 300.0
-              ) -> ListingCopy:
+def _download(server: FramingServer, path: str, dest: Path, max_attempts: int = 3, max_wait: float = 300.0,
+              **kwargs) -> ListingCopy:
     return fetch_file(server.url + path, dest, max_attempts=max_attempts, max_wait=max_wait, deadline=net.DEADLINE,
-                      backoff=0.01)
+                      max_size=1 << 30, backoff=0.01, **kwargs)
 
 
 # ---- whole bodies or none ---------------------------------------------------------------------------------------
@@ -165,6 +165,54 @@ def test_a_listing_that_arrives_whole_later_is_kept_with_its_manifest(tmp_path):
     assert manifest["validators"] == {"Content-Length": "50000", "ETag": ETAG, "Last-Modified": LAST_MODIFIED}
     assert json.loads(listing.manifest_path(got.target_list).read_text())["validators"] == {
         "ETag": ETAG, "Last-Modified": LAST_MODIFIED}
+
+
+def test_a_listing_shows_its_bytes_counted_again_on_each_attempt(tmp_path, monkeypatch, caplog):
+    """The listing's bar (a log line per tenth, off a terminal): its total from Content-Length; a cut attempt's bytes
+    are taken back, so it ends at the body's size, not more."""
+    from tglc_builder import progress
+
+    monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)
+    with FramingServer({"/f": ["cut", "length"]}) as server, caplog.at_level(logging.INFO, "tglc_builder.progress"):
+        got = _download(server, "/f", tmp_path / "f", progress=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "tglc_builder.progress"]
+    assert said[-1] == f"f: 100% ({len(BODY)} of {len(BODY)} B)" and got.size == len(BODY), said
+    assert f"f: 50% ({len(BODY) // 2} of {len(BODY)} B)" in said  # the cut attempt
+
+
+def test_the_index_page_lists_sectors_or_says_in_one_line_why_not(tmp_path, monkeypatch):
+    """``-s all`` on HTTP: the index page's links; none (404) is an empty list; an index that fails (5xx after its
+    attempts) or is beyond its cap is one line naming the URL."""
+    from tglc_builder.errors import UsageError
+    from tglc_builder.sources import http
+
+    page = b'<a href="hlsp_tglc_tess_ffi_s0007_tess_v1_llc.sh">7</a><a href="hlsp_tglc_tess_ffi_s0034_tess_v1_llc.sh">'
+    index = "/download_scripts/"
+    with FramingServer({index: ["length"]}, bodies={index: page}) as server:
+        assert HttpSource(server.url).list_sectors() == [7, 34]
+        monkeypatch.setattr(http, "MAX_INDEX_BYTES", len(page) - 1)
+        with pytest.raises(UsageError) as refused:
+            HttpSource(server.url).list_sectors()
+    assert str(refused.value) == (f"cannot read the index of {server.url}{index} (announced as {len(page)} bytes, more "
+                                  f"than {len(page) - 1} bytes, the most a listing may have (4x the largest known): "
+                                  "refused); check the network, or give the sectors explicitly, e.g. -s 1-13")
+    with FramingServer({index: ["404"]}) as server:
+        assert HttpSource(server.url).list_sectors() == []
+    with Server(lambda handler: handler.send(500, b"down\n")) as server:
+        with pytest.raises(UsageError) as failed:
+            HttpSource(server.url, max_attempts=2).list_sectors()
+        assert server.requests[index] == 2
+    assert str(failed.value) == (f"cannot read the index of {server.url}{index} (HTTP 500 Internal Server Error); "
+                                 "check the network, or give the sectors explicitly, e.g. -s 1-13")
+    assert not [path for path in Path(tempfile.gettempdir()).iterdir() if path.name.startswith("tglc-index-")]
+
+
+def test_a_light_curve_of_a_host_that_does_not_resolve_fails_after_two_requests(tmp_path):
+    """The listings' rule, now the light curves' too: a name that did not resolve twice will not."""
+    got = _fetch(type("Unresolved", (), {"url": "http://nonexistent.invalid"}), ["a.fits"], tmp_path, max_attempts=5)
+    assert got["a.fits"] == Failure(1000, "a.fits", "download", "cannot reach nonexistent.invalid (name resolution "
+                                    "failed)", 2)
+    assert not list(tmp_path.iterdir())
 
 
 def test_not_found_is_permanent(tmp_path):
@@ -266,7 +314,7 @@ from tglc_builder.sources.curl import fetch_file
 
 print("fetching", flush=True)
 try:
-    fetch_file(sys.argv[1], Path(sys.argv[2]), max_attempts=3, max_wait=300.0, deadline=net.DEADLINE)
+    fetch_file(sys.argv[1], Path(sys.argv[2]), max_attempts=3, max_wait=300.0, deadline=net.DEADLINE, max_size=1 << 20)
 except KeyboardInterrupt:
     print("interrupted")
 """

@@ -29,11 +29,11 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pycurl
-from email.utils import parsedate_to_datetime
 
 from .. import __version__
 from ..context import TaskContext
@@ -212,39 +212,32 @@ class _Transfer:
 
 class _File(_Transfer):
     """A file fetched alone (a listing, the index page): its body within ``max_size`` bytes (announced, or while
-    read), its bytes shown on a progress bar when ``progress``."""
+    read), its bytes counted on ``bar`` (a progress counter, or None)."""
 
-    __slots__ = ("max_size", "progress", "received", "bar")
+    __slots__ = ("max_size", "received", "bar")
 
-    def __init__(self, url: str, dest: Path, max_size: int | None, progress: bool):
+    def __init__(self, url: str, dest: Path, max_size: int, bar):
         super().__init__(0, 0, dest.name, dest, base.temporary_name(dest), url)
-        self.max_size, self.progress, self.received, self.bar = max_size, progress, 0, None
+        self.max_size, self.received, self.bar = max_size, 0, bar
 
     def arm(self, handle: pycurl.Curl, deadline: net.Deadline) -> None:
-        self.close_bar()
+        if self.bar is not None:
+            self.bar.update(-self.received)  # a new attempt counts from 0
         self.received = 0
         super().arm(handle, deadline)
 
     def write(self, data: bytes) -> int | None:
         if self.status == 200:
             announced = self.headers.get("content-length", "")
-            announced = int(announced) if announced.isdigit() else None
-            cap = self.max_size
-            if cap is not None and ((announced or 0) > cap or self.received + len(data) > cap):
-                self.refused = base.too_big(self.url, cap, announced if (announced or 0) > cap else None)
-                return 0  # libcurl ends the transfer (before the first byte is written, for one announced too big)
+            announced = int(announced) if announced.isdigit() else 0
+            if max(announced, self.received + len(data)) > self.max_size:
+                self.refused = base.too_big(self.url, self.max_size, announced if announced > self.max_size else None)
+                return 0  # libcurl ends the transfer (before any byte is written, for one announced too big)
             self.received += len(data)
-            if self.progress:
-                if self.bar is None:
-                    self.bar = progress_counter(announced, urlsplit(self.url).path.rsplit("/", 1)[-1], "B",
-                                                unit_scale=True, leave=False)
+            if self.bar is not None:
+                self.bar.total = self.bar.total or announced or None
                 self.bar.update(len(data))
         return super().write(data)
-
-    def close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 class _Rules:
@@ -558,15 +551,16 @@ def fetch_many(url: str, items: Sequence[tuple[int, str]], fits_dir: Path, valid
         raise transfers.fatal
 
 
-def fetch_file(url: str, dest: Path, *, max_attempts: int, max_wait: float, deadline: net.Deadline,
-               max_size: int | None = None, progress: bool = False, backoff: float = base.BACKOFF) -> ListingCopy:
+def fetch_file(url: str, dest: Path, *, max_attempts: int, max_wait: float, deadline: net.Deadline, max_size: int,
+               progress: bool = False, backoff: float = base.BACKOFF) -> ListingCopy:
     """``url`` to ``dest``, whole or not at all, by the rules above, on one easy handle in the caller's thread (a
     listing, the index page: one file at a time, in the driver); beyond them, a body larger than ``max_size`` bytes
     (announced, or while read) is refused. Raises :class:`SourceError` (``Refused``: final; ``permanent``: not found;
     ``Unreachable``), and lets ``OSError`` from the file system through (the caller knows which folder a full disk
     is). Ctrl-C ends it within a second, leaving no temporary file."""
     rules = _Rules(url, max_attempts, max_wait, backoff, deadline)
-    transfer = _File(url, dest, max_size, progress)
+    bar = progress_counter(None, dest.name, "B", unit_scale=True, leave=False) if progress else None
+    transfer = _File(url, dest, max_size, bar)
     handle = _handle(*_key(url, 1)[4:])
     # libcurl calls this at least once a second, even while nothing arrives: a pending signal (Ctrl-C) is raised
     # there, and pycurl hands it on from perform().
@@ -583,14 +577,14 @@ def fetch_file(url: str, dest: Path, *, max_attempts: int, max_wait: float, dead
             except pycurl.error as exc:
                 code, message = exc.args
             transfer.close_file()
-            transfer.close_bar()
             delay = rules.ended(transfer, handle.getinfo(pycurl.RESPONSE_CODE), code, message)
         os.replace(transfer.tmp, dest)
     finally:
         transfer.close_file()
-        transfer.close_bar()
         handle.close()
         transfer.tmp.unlink(missing_ok=True)
+        if bar is not None:
+            bar.close()
     headers = transfer.headers
     return ListingCopy(transfer.received, {name: headers[name.lower()] for name in net.VALIDATORS
                                            if name.lower() in headers})
