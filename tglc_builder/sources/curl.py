@@ -57,11 +57,9 @@ class _Connections:
 
     def __init__(self, key: tuple, connections: int):
         self.key = key  # _key(): what the handles were set up for
-        _, _, _, _, proxy, self.ca_bundle = key
-        self.proxy = proxy or ""  # "" tells libcurl not to read the environment itself
         self.multi = pycurl.CurlMulti()
         self.multi.setopt(pycurl.M_MAXCONNECTS, connections)
-        self.handles = [_handle(self.proxy, self.ca_bundle) for _ in range(connections)]
+        self.handles = [_handle(key) for _ in range(connections)]
 
     def close(self) -> None:
         for handle in self.handles:
@@ -69,7 +67,9 @@ class _Connections:
         self.multi.close()
 
 
-def _handle(proxy: str, ca_bundle: str | None) -> pycurl.Curl:
+def _handle(key: tuple) -> pycurl.Curl:
+    """An easy handle set up for ``key`` (:func:`_key`): its proxy and CA bundle."""
+    *_, proxy, ca_bundle = key
     handle = pycurl.Curl()
     handle.setopt(pycurl.USERAGENT, f"tglc-builder/{__version__}")
     handle.setopt(pycurl.HTTPHEADER, ["Accept-Encoding: identity"])  # bodies byte for byte as stored
@@ -80,7 +80,7 @@ def _handle(proxy: str, ca_bundle: str | None) -> pycurl.Curl:
     handle.setopt(pycurl.NOSIGNAL, True)
     handle.setopt(pycurl.CONNECTTIMEOUT, net.CONNECT_TIMEOUT)
     handle.setopt(pycurl.BUFFERSIZE, 1 << 19)
-    handle.setopt(pycurl.PROXY, proxy)  # "" tells libcurl not to read the environment itself
+    handle.setopt(pycurl.PROXY, proxy or "")  # "": no proxy (libcurl must not read the environment its own way)
     if ca_bundle:
         handle.setopt(pycurl.CAINFO, ca_bundle)
     return handle
@@ -561,7 +561,7 @@ def fetch_file(url: str, dest: Path, *, max_attempts: int, max_wait: float, dead
     rules = _Rules(url, max_attempts, max_wait, backoff, deadline)
     bar = progress_counter(None, dest.name, "B", unit_scale=True, leave=False) if progress else None
     transfer = _File(url, dest, max_size, bar)
-    handle = _handle(*_key(url, 1)[4:])
+    handle = _handle(_key(url, 1))
     # libcurl calls this at least once a second, even while nothing arrives: a pending signal (Ctrl-C) is raised
     # there, and pycurl hands it on from perform().
     handle.setopt(pycurl.NOPROGRESS, False)
