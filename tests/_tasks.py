@@ -70,9 +70,10 @@ def throttled_download(url: str, dest: str) -> tuple[int, float, float]:
     """Download ``url`` through the build's HTTP code; return this process's id, the seconds it took and the moment
     (``time.time()``) until which the pool's shared throttle then held every download back."""
     from tglc_builder.sources import net
+    from tglc_builder.sources.curl import fetch_file
 
     started = time.monotonic()
-    net.download_file(net.make_session(max_attempts=3), url, Path(dest))
+    fetch_file(url, Path(dest), max_attempts=3, max_wait=300.0, deadline=net.DEADLINE, max_size=1 << 30)
     return os.getpid(), time.monotonic() - started, net.throttle(url)._until.value
 
 

@@ -1,5 +1,6 @@
-"""HTTP downloads against real servers on 127.0.0.1: bodies whole or refused, the build-wide throttle, and the HTTP
-source end to end (invalid files, 404, stopping, a full disk)."""
+"""HTTP downloads against real servers on 127.0.0.1: bodies whole or refused, the build-wide throttle (a file alone,
+``curl.fetch_file``: the listings' path), and the HTTP source end to end (invalid files, 404, stopping, a full
+disk)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,8 +28,9 @@ from tglc_builder.context import OUTSIDE, TaskContext
 from tglc_builder.demo.server import LocalArchive
 from tglc_builder.report import Failure
 from tglc_builder.reader import read_tglc
-from tglc_builder.sources import Fetched, SourceError, quarantine_path
+from tglc_builder.sources import Fetched, ListingCopy, SourceError, quarantine_path
 from tglc_builder.sources import net
+from tglc_builder.sources.curl import fetch_file
 from tglc_builder.sources.http import HttpSource
 
 BODY = bytes(range(256)) * 400  # 102,400 bytes
@@ -37,7 +40,8 @@ ETAG, LAST_MODIFIED = '"v1-abc"', "Tue, 24 Nov 2026 10:00:00 GMT"
 class FramingServer(Server):
     """Answers each path by a script, one entry per request (the last repeats): ``length``, ``chunked``, ``close``
     (no Content-Length), ``cut`` (half the announced body), ``chunked-cut`` (no final chunk), ``429:<Retry-After>``,
-    ``404``. ``gate``: a barrier the 429 answers wait at."""
+    ``404``, ``stall`` (half the announced body, then nothing for a minute). ``gate``: a barrier the 429 answers wait
+    at."""
 
     def __init__(self, scripts: dict[str, list[str]], bodies: dict[str, bytes] | None = None,
                  gate: threading.Barrier | None = None):
@@ -58,9 +62,12 @@ class FramingServer(Server):
         validators = {"ETag": ETAG, "Last-Modified": LAST_MODIFIED}
         if how == "length":
             handler.send(200, body, validators)
-        elif how == "cut":  # announces the whole body, sends half, hangs up
+        elif how in ("cut", "stall"):  # announces the whole body, sends half, hangs up (or waits)
             handler.head(200, {"Content-Length": str(len(body)), **validators})
             handler.wfile.write(body[:len(body) // 2])
+            handler.wfile.flush()
+            if how == "stall":
+                time.sleep(60)
             handler.close_connection = True
         elif how == "close":  # no length, not chunked: the body ends when the connection does
             handler.head(200, {"Connection": "close", **validators})
@@ -90,10 +97,10 @@ def _no_debris(folder: Path) -> bool:
     return not [p for p in folder.rglob("*") if ".part-" in p.name or ".tmp-" in p.name]
 
 
-def _download(server: FramingServer, path: str, dest: Path, max_attempts: int = 3, **kwargs) -> net.Download:
-    session = net.make_session(max_attempts=max_attempts, connections=4, backoff=0.01,
-                               max_wait=kwargs.pop("max_wait", 300.0))
-    return net.download_file(session, server.url + path, dest, max_attempts=max_attempts, backoff=0.01, **kwargs)
+def _download(server: FramingServer, path: str, dest: Path, max_attempts: int = 3, max_wait: float = 300.0,
+              **kwargs) -> ListingCopy:
+    return fetch_file(server.url + path, dest, max_attempts=max_attempts, max_wait=max_wait, deadline=net.DEADLINE,
+                      max_size=1 << 30, backoff=0.01, **kwargs)
 
 
 # ---- whole bodies or none ---------------------------------------------------------------------------------------
@@ -101,8 +108,9 @@ def _download(server: FramingServer, path: str, dest: Path, max_attempts: int = 
 def test_a_body_proved_whole_is_accepted(tmp_path, how):
     with FramingServer({"/f": [how]}) as server:
         got = _download(server, "/f", tmp_path / "f")
+        assert server.requests["/f"] == 1
     assert (tmp_path / "f").read_bytes() == BODY
-    assert got.size == len(BODY) and got.attempts == 1
+    assert got.size == len(BODY)
     expected = {"ETag": ETAG, "Last-Modified": LAST_MODIFIED}
     if how == "length":
         expected["Content-Length"] = str(len(BODY))
@@ -112,8 +120,8 @@ def test_a_body_proved_whole_is_accepted(tmp_path, how):
 
 @pytest.mark.parametrize("how, words", [
     ("close", "neither a Content-Length nor chunked"),
-    ("cut", f"IncompleteRead({len(BODY) // 2} bytes read, {len(BODY) // 2} more expected)"),  # urllib3 counts
-    ("chunked-cut", "ProtocolError: ('Connection broken: IncompleteRead(0 bytes read)'"),  # no final chunk
+    ("cut", "curl error 18: "),  # CURLE_PARTIAL_FILE (its words vary with libcurl's version)
+    ("chunked-cut", "curl error 18: "),  # no final chunk
 ])
 def test_a_body_not_proved_whole_is_asked_again_then_refused(tmp_path, how, words):
     with FramingServer({"/f": [how]}) as server:
@@ -129,7 +137,8 @@ def test_a_body_not_proved_whole_is_asked_again_then_refused(tmp_path, how, word
 def test_a_body_whole_on_a_later_try_is_accepted(tmp_path, how):
     with FramingServer({"/f": [how, how, "chunked"]}) as server:
         got = _download(server, "/f", tmp_path / "f", max_attempts=3)
-    assert got.attempts == 3 and (tmp_path / "f").read_bytes() == BODY
+        assert server.requests["/f"] == 3
+    assert got.size == len(BODY) and (tmp_path / "f").read_bytes() == BODY
 
 
 def test_a_listing_that_never_arrives_whole_is_refused(tmp_path):
@@ -156,6 +165,54 @@ def test_a_listing_that_arrives_whole_later_is_kept_with_its_manifest(tmp_path):
     assert manifest["validators"] == {"Content-Length": "50000", "ETag": ETAG, "Last-Modified": LAST_MODIFIED}
     assert json.loads(listing.manifest_path(got.target_list).read_text())["validators"] == {
         "ETag": ETAG, "Last-Modified": LAST_MODIFIED}
+
+
+def test_a_listing_shows_its_bytes_counted_again_on_each_attempt(tmp_path, monkeypatch, caplog):
+    """The listing's bar (a log line per tenth, off a terminal): its total from Content-Length; a cut attempt's bytes
+    are taken back, so it ends at the body's size, not more."""
+    from tglc_builder import progress
+
+    monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)
+    with FramingServer({"/f": ["cut", "length"]}) as server, caplog.at_level(logging.INFO, "tglc_builder.progress"):
+        got = _download(server, "/f", tmp_path / "f", progress=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "tglc_builder.progress"]
+    assert said[-1] == f"f: 100% ({len(BODY)} of {len(BODY)} B)" and got.size == len(BODY), said
+    assert f"f: 50% ({len(BODY) // 2} of {len(BODY)} B)" in said  # the cut attempt
+
+
+def test_the_index_page_lists_sectors_or_says_in_one_line_why_not(tmp_path, monkeypatch):
+    """``-s all`` on HTTP: the index page's links; none (404) is an empty list; an index that fails (5xx after its
+    attempts) or is beyond its cap is one line naming the URL."""
+    from tglc_builder.errors import UsageError
+    from tglc_builder.sources import http
+
+    page = b'<a href="hlsp_tglc_tess_ffi_s0007_tess_v1_llc.sh">7</a><a href="hlsp_tglc_tess_ffi_s0034_tess_v1_llc.sh">'
+    index = "/download_scripts/"
+    with FramingServer({index: ["length"]}, bodies={index: page}) as server:
+        assert HttpSource(server.url).list_sectors() == [7, 34]
+        monkeypatch.setattr(http, "MAX_INDEX_BYTES", len(page) - 1)
+        with pytest.raises(UsageError) as refused:
+            HttpSource(server.url).list_sectors()
+    assert str(refused.value) == (f"cannot read the index of {server.url}{index} (announced as {len(page)} bytes, more "
+                                  f"than {len(page) - 1} bytes, the most a listing may have (4x the largest known): "
+                                  "refused); check the network, or give the sectors explicitly, e.g. -s 1-13")
+    with FramingServer({index: ["404"]}) as server:
+        assert HttpSource(server.url).list_sectors() == []
+    with Server(lambda handler: handler.send(500, b"down\n")) as server:
+        with pytest.raises(UsageError) as failed:
+            HttpSource(server.url, max_attempts=2).list_sectors()
+        assert server.requests[index] == 2
+    assert str(failed.value) == (f"cannot read the index of {server.url}{index} (HTTP 500 Internal Server Error); "
+                                 "check the network, or give the sectors explicitly, e.g. -s 1-13")
+    assert not [path for path in Path(tempfile.gettempdir()).iterdir() if path.name.startswith("tglc-index-")]
+
+
+def test_a_light_curve_of_a_host_that_does_not_resolve_fails_after_two_requests(tmp_path):
+    """The listings' rule, now the light curves' too: a name that did not resolve twice will not."""
+    got = _fetch(type("Unresolved", (), {"url": "http://nonexistent.invalid"}), ["a.fits"], tmp_path, max_attempts=5)
+    assert got["a.fits"] == Failure(1000, "a.fits", "download", "cannot reach nonexistent.invalid (name resolution "
+                                    "failed)", 2)
+    assert not list(tmp_path.iterdir())
 
 
 def test_not_found_is_permanent(tmp_path):
@@ -224,12 +281,11 @@ def test_retry_after_pauses_everyone_once_up_to_max_wait(tmp_path, caplog):
     """Four downloads in flight get 429 "wait an hour" together: one pause of max_wait, logged once."""
     paths = [f"/f{k}" for k in range(4)]
     with FramingServer({path: ["429:3600", "length"] for path in paths}, gate=threading.Barrier(4)) as server:
-        session = net.make_session(max_attempts=3, connections=4, max_wait=1.0)
         errors: list[BaseException] = []
 
         def fetch(path: str) -> None:
             try:
-                net.download_file(session, server.url + path, tmp_path / path[1:], max_attempts=3)
+                _download(server, path, tmp_path / path[1:], max_wait=1.0)
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
@@ -242,7 +298,7 @@ def test_retry_after_pauses_everyone_once_up_to_max_wait(tmp_path, caplog):
                 thread.join(30)
         elapsed = time.monotonic() - started
     assert not errors
-    assert 0.9 <= elapsed < 3.0  # max_wait, not the hour asked for (and not urllib3 sleeping on its own)
+    assert 0.9 <= elapsed < 3.0  # max_wait, not the hour asked for
     assert all((tmp_path / path[1:]).read_bytes() == BODY for path in paths)
     pauses = [r.getMessage() for r in caplog.records if "pausing" in r.getMessage()]
     host = server.url.removeprefix("http://")
@@ -250,28 +306,36 @@ def test_retry_after_pauses_everyone_once_up_to_max_wait(tmp_path, caplog):
                       "(--max-wait)"]
 
 
-def test_a_pause_ends_at_once_when_the_build_stops(tmp_path, build_state):
-    with FramingServer({"/f": ["429:3600", "length"]}) as server:
-        outcome: list[BaseException] = []
+_INTERRUPTED_CHILD = """
+import sys
+from pathlib import Path
+from tglc_builder.sources import net
+from tglc_builder.sources.curl import fetch_file
 
-        def fetch() -> None:
-            try:
-                _download(server, "/f", tmp_path / "f", max_wait=300.0, stopping=lambda: bool(build_state.value))
-            except BaseException as exc:  # noqa: BLE001 - checked below
-                outcome.append(exc)
+print("fetching", flush=True)
+try:
+    fetch_file(sys.argv[1], Path(sys.argv[2]), max_attempts=3, max_wait=300.0, deadline=net.DEADLINE, max_size=1 << 20)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
 
-        thread = threading.Thread(target=fetch)
-        thread.start()
-        deadline = time.monotonic() + 10
+
+@pytest.mark.parametrize("how", ["429:3600", "stall"])
+def test_ctrl_c_ends_a_pause_or_a_stalled_body_at_once(tmp_path, how):
+    """The listings are fetched in the driver: Ctrl-C (a real SIGINT) ends a 300 s pause, or a body that stopped
+    coming (its deadline's window: 30 s), at once, and leaves no temporary file."""
+    with FramingServer({"/f": [how, "length"]}) as server:
+        child = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_CHILD, f"{server.url}/f", str(tmp_path / "f")],
+                                 stdout=subprocess.PIPE, text=True, env=run_env(TMPDIR=str(tmp_path)))
+        assert child.stdout.readline() == "fetching\n"
+        deadline = time.monotonic() + 30
         while server.requests["/f"] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.3)  # well into the 300 s pause
-        stopped = time.monotonic()
-        build_state.value = 1
-        thread.join(10)
-        assert time.monotonic() - stopped < 0.5
+        time.sleep(0.5)  # into the pause, or the stall
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=20)  # well within the pause, or the window
         assert server.requests["/f"] == 1
-    assert len(outcome) == 1 and isinstance(outcome[0], net.Stopped)
+    assert out == "interrupted\n" and child.returncode == 0
     assert not (tmp_path / "f").exists() and _no_debris(tmp_path)
 
 

@@ -1,10 +1,12 @@
-"""The HTTP source's light curves on libcurl's multi interface (pycurl): all of a worker's transfers in one thread,
-the only engine for them.
+"""The HTTP source on libcurl (pycurl), its only engine: the light curves on the multi interface, all of a worker's
+transfers in one thread (:func:`fetch_many`); a listing or the index page on one easy handle, in the caller's thread
+(:func:`fetch_file`).
 
-Why not urllib3 (the light curves' other path until issue 27): with a thread per connection, a light curve's download
-cost ~1.5 ms of CPU (HTTP parsed in Python, and a dozen threads contending for the GIL), three times its conversion,
-so a two-core build was bound by CPU rather than by the archive. libcurl parses HTTP in C and waits on every socket
-at once with the GIL released: ~0.3 ms a file. The rules are those of :func:`.net.download_file` (the listings'):
+Why not urllib3 (the light curves' other path until issue 27, the listings' until issue 27's point 2): with a thread
+per connection, a light curve's download cost ~1.5 ms of CPU (HTTP parsed in Python, and a dozen threads contending
+for the GIL), three times its conversion, so a two-core build was bound by CPU rather than by the archive. libcurl
+parses HTTP in C and waits on every socket at once with the GIL released: ~0.3 ms a file. The rules, of both paths
+(:class:`_Rules`):
 
 - a body counts as whole only when HTTP proves it: its Content-Length (libcurl reports a shortfall as a partial
   file), or chunked encoding with its final chunk; a body with neither is refused and asked for again;
@@ -15,7 +17,8 @@ at once with the GIL released: ~0.3 ms a file. The rules are those of :func:`.ne
   fails at once, naming both URLs: :func:`.net.follow_redirect`);
 - a body with a content coding (gzip...) is refused at once: bodies are stored as the archive holds them;
 - a whole body is validated before it takes its name (else it is quarantined: ``base.settle``); a full disk stops
-  every transfer and raises :class:`DiskFull`; stopping abandons what is in flight, leaving no temporary file.
+  every transfer and raises :class:`DiskFull`; stopping abandons what is in flight, leaving no temporary file;
+- a name that did not resolve twice will not: the file fails after two requests (:class:`Unreachable`).
 """
 
 from __future__ import annotations
@@ -26,18 +29,18 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pycurl
-from urllib3.exceptions import InvalidHeader
-from urllib3.util.retry import Retry
 
 from .. import __version__
 from ..context import TaskContext
+from ..progress import progress as progress_counter
 from ..report import Failure
 from . import base, net
-from .base import WINDOW, DiskFull, Fetched, Refused, Validator
+from .base import WINDOW, DiskFull, Fetched, ListingCopy, Refused, SourceError, Validator
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +57,9 @@ class _Connections:
 
     def __init__(self, key: tuple, connections: int):
         self.key = key  # _key(): what the handles were set up for
-        _, _, _, _, proxy, self.ca_bundle = key
-        self.proxy = proxy or ""  # "" tells libcurl not to read the environment itself
         self.multi = pycurl.CurlMulti()
         self.multi.setopt(pycurl.M_MAXCONNECTS, connections)
-        self.handles = [self._handle() for _ in range(connections)]
-
-    def _handle(self) -> pycurl.Curl:
-        handle = pycurl.Curl()
-        handle.setopt(pycurl.USERAGENT, f"tglc-builder/{__version__}")
-        handle.setopt(pycurl.HTTPHEADER, ["Accept-Encoding: identity"])  # bodies byte for byte as stored
-        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        # Redirects are judged here, by net.follow_redirect (as for urllib3): libcurl would follow them anywhere.
-        handle.setopt(pycurl.FOLLOWLOCATION, False)
-        handle.setopt(pycurl.NOSIGNAL, True)
-        handle.setopt(pycurl.CONNECTTIMEOUT, int(net.TIMEOUT.connect_timeout))
-        handle.setopt(pycurl.BUFFERSIZE, 1 << 19)
-        handle.setopt(pycurl.PROXY, self.proxy)
-        if self.ca_bundle:
-            handle.setopt(pycurl.CAINFO, self.ca_bundle)
-        return handle
+        self.handles = [_handle(key) for _ in range(connections)]
 
     def close(self) -> None:
         for handle in self.handles:
@@ -82,13 +67,32 @@ class _Connections:
         self.multi.close()
 
 
+def _handle(key: tuple) -> pycurl.Curl:
+    """An easy handle set up for ``key`` (:func:`_key`): its proxy and CA bundle."""
+    *_, proxy, ca_bundle = key
+    handle = pycurl.Curl()
+    handle.setopt(pycurl.USERAGENT, f"tglc-builder/{__version__}")
+    handle.setopt(pycurl.HTTPHEADER, ["Accept-Encoding: identity"])  # bodies byte for byte as stored
+    handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+    handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+    # Redirects are judged here, by net.follow_redirect: libcurl would follow them anywhere.
+    handle.setopt(pycurl.FOLLOWLOCATION, False)
+    handle.setopt(pycurl.NOSIGNAL, True)
+    handle.setopt(pycurl.CONNECTTIMEOUT, net.CONNECT_TIMEOUT)
+    handle.setopt(pycurl.BUFFERSIZE, 1 << 19)
+    handle.setopt(pycurl.PROXY, proxy or "")  # "": no proxy (libcurl must not read the environment its own way)
+    if ca_bundle:
+        handle.setopt(pycurl.CAINFO, ca_bundle)
+    return handle
+
+
 _idle: dict[tuple, list[_Connections]] = {}  # _key() -> idle sets
 _idle_lock = threading.Lock()
 
 
 def _key(url: str, connections: int) -> tuple:
-    """This process, the archive, and its settings: the environment's proxy (read as net.Session reads it) and the
-    CA bundle."""
+    """This process, the archive, and its settings: the environment's proxy (net.environment_proxy) and the CA
+    bundle."""
     parts = urlsplit(url)
     return (os.getpid(), parts.scheme, parts.netloc, connections,
             net.environment_proxy(parts.scheme, parts.hostname or ""), net.ca_bundle())
@@ -191,8 +195,114 @@ class _Transfer:
                 self.error = self.error or exc
             self.file = None
 
+    def arm(self, handle: pycurl.Curl, deadline: net.Deadline) -> None:
+        """Ready ``handle`` for this transfer's next attempt, its temporary file opened afresh."""
+        self.headers.clear()
+        self.error, self.refused, self.status = None, None, 0
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed when the attempt ends
+        handle.setopt(pycurl.URL, self.target)
+        # The deadline (net.Deadline), in libcurl's terms: the floor over the window, and the whole request's limit.
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, deadline.floor)
+        handle.setopt(pycurl.LOW_SPEED_TIME, max(1, round(deadline.window)))
+        handle.setopt(pycurl.TIMEOUT_MS, 0 if deadline.limit is None else round(deadline.limit * 1000))
+        handle.setopt(pycurl.WRITEFUNCTION, self.write)
+        handle.setopt(pycurl.HEADERFUNCTION, self.header)
 
-class _Transfers:
+
+class _File(_Transfer):
+    """A file fetched alone (a listing, the index page): its body within ``max_size`` bytes (announced, or while
+    read), its bytes counted on ``bar`` (a progress counter, or None)."""
+
+    __slots__ = ("max_size", "received", "bar")
+
+    def __init__(self, url: str, dest: Path, max_size: int, bar):
+        super().__init__(0, 0, dest.name, dest, base.temporary_name(dest), url)
+        self.max_size, self.received, self.bar = max_size, 0, bar
+
+    def arm(self, handle: pycurl.Curl, deadline: net.Deadline) -> None:
+        if self.bar is not None:
+            self.bar.update(-self.received)  # a new attempt counts from 0
+        self.received = 0
+        super().arm(handle, deadline)
+
+    def write(self, data: bytes) -> int | None:
+        if self.status == 200:
+            announced = self.headers.get("content-length", "")
+            announced = int(announced) if announced.isdigit() else 0
+            if max(announced, self.received + len(data)) > self.max_size:
+                self.refused = base.too_big(self.url, self.max_size, announced if announced > self.max_size else None)
+                return 0  # libcurl ends the transfer (before any byte is written, for one announced too big)
+            self.received += len(data)
+            if self.bar is not None:
+                self.bar.total = self.bar.total or announced or None
+                self.bar.update(len(data))
+        return super().write(data)
+
+
+class _Rules:
+    """The rules of an archive's transfers (see the module's docstring): what an attempt that ended comes to."""
+
+    def __init__(self, url: str, max_attempts: int, max_wait: float, backoff: float, deadline: net.Deadline):
+        self.url, self.max_attempts, self.max_wait, self.backoff = url, max_attempts, max_wait, backoff
+        self.deadline = deadline
+        parts = urlsplit(url)  # host:port, as the pause's log line names it (never the userinfo)
+        self.host = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        self.throttle = net.throttle(url)
+
+    def ended(self, transfer: _Transfer, status: int, code: int, message: str) -> float | None:
+        """An attempt of ``transfer`` ended with HTTP ``status`` (curl ``code`` and ``message``): None when its body
+        is whole under its temporary name, else the seconds before asking again (0 after a redirect within its
+        origin, which is not an attempt). Raises :class:`SourceError` when the file fails (``Refused``: never asked
+        again), and the ``OSError`` of a write that failed."""
+        if transfer.error is not None:
+            raise transfer.error
+        if status in net.REDIRECT_STATUSES:
+            try:
+                transfer.target = net.follow_redirect(transfer.target, transfer.headers.get("location"),
+                                                      transfer.hops)
+            except Refused as exc:  # final: another origin, or too many hops
+                raise Refused(transfer.url, exc.reason, transfer.attempts + 1) from None
+            transfer.hops += 1
+            return 0.0
+        transfer.attempts += 1
+        reason = self._again(transfer, status, code, message)
+        if reason is None:
+            return None
+        if transfer.attempts >= self.max_attempts:
+            raise SourceError(transfer.url, reason, transfer.attempts)
+        log.debug("%s: %s; asking again", transfer.url, reason)
+        return base.retry_delay(transfer.attempts, self.backoff)
+
+    def _again(self, transfer: _Transfer, status: int, code: int, message: str) -> str | None:
+        """None for a whole body, else why to ask again; raises SourceError for a final answer."""
+        refused = transfer.refused or (base.encoding_refused(transfer.url, transfer.headers.get("content-encoding"))
+                                       if status == 200 else None)
+        if refused is not None:
+            refused.attempts = transfer.attempts
+            raise refused
+        if code == pycurl.E_OPERATION_TIMEDOUT and status == 200:  # the body came too slowly
+            return self.deadline.too_slow() if "too slow" in message.lower() else self.deadline.too_long()
+        if code == pycurl.E_COULDNT_RESOLVE_HOST and transfer.attempts >= 2:
+            raise base.Unreachable(transfer.url, f"cannot reach {urlsplit(transfer.url).hostname} (name resolution "
+                                                 "failed)", transfer.attempts)
+        if code:
+            partial = status == 200 and code in _PARTIAL
+            return f"{'incomplete body: ' if partial else ''}curl error {code}: {message}"
+        if status == 200:
+            chunked = "chunked" in transfer.headers.get("transfer-encoding", "").lower()
+            return None if chunked or "content-length" in transfer.headers else f"incomplete body: {_NEITHER}"
+        if status == 404:
+            raise SourceError(transfer.url, "HTTP 404 Not Found", transfer.attempts, permanent=True)
+        if status not in net.RETRY_STATUSES:
+            raise SourceError(transfer.url, f"HTTP {status} {_phrase(status)}", transfer.attempts)
+        asked = _retry_after(transfer.headers.get("retry-after"))
+        if status == 429 or asked is not None:  # a 429, or a 503 with Retry-After, holds back the whole build
+            self.throttle.pause(asked, self.max_wait, self.host, status)
+        return f"HTTP {status} {_phrase(status)}"
+
+
+class _Transfers(_Rules):
     """The thread that runs the transfers, and what it shares with the consumer under one condition: the item the
     consumer waits for (``position``; no item starts ``WINDOW`` x ``connections`` or more beyond it), the outcomes
     not yet taken, and the first fatal error (a full disk, or anything unexpected), which the consumer raises."""
@@ -200,13 +310,9 @@ class _Transfers:
     def __init__(self, url: str, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                  context: TaskContext, connections: int, max_attempts: int, max_wait: float,
                  backoff: float, deadline: net.Deadline = net.DEADLINE):
-        self.url, self.items, self.fits_dir, self.validate = url, items, fits_dir, validate
-        self.deadline = deadline
-        self.context, self.connections, self.max_attempts = context, connections, max_attempts
-        self.max_wait, self.backoff = max_wait, backoff
-        parts = urlsplit(url)  # host:port as urllib3 names it in the pause's log line (never the userinfo)
-        self.host = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-        self.throttle = net.throttle(url)
+        super().__init__(url, max_attempts, max_wait, backoff, deadline)
+        self.items, self.fits_dir, self.validate = items, fits_dir, validate
+        self.context, self.connections = context, connections
         self.condition = threading.Condition()
         self.position = 0
         self.outcomes: dict[int, Fetched | Failure] = {}
@@ -272,8 +378,8 @@ class _Transfers:
                     self._perform()
                 if self.fatal is None:
                     multi.select(_TICK)
-        except OSError as exc:  # a full disk while a file takes its name (or its quarantine's)
-            self._os_error(exc)
+        except OSError as exc:  # a full disk while a body is written, or a file takes its name (or the quarantine's)
+            self._fail(base.disk_full(self.fits_dir, exc))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             self.reusable = False
             self._fail(exc)
@@ -375,24 +481,11 @@ class _Transfers:
         return _Transfer(i, gaia, relpath, dest, tmp, f"{self.url}/{relpath}")
 
     def _start(self, transfer: _Transfer) -> None:
-        transfer.headers.clear()
-        transfer.error, transfer.refused, transfer.status = None, None, 0
         handle = self.free.pop()
         # In flight from here: should anything below raise, the thread's end removes its temporary file.
         self.active[handle] = transfer
-        transfer.dest.parent.mkdir(parents=True, exist_ok=True)
-        transfer.file = open(transfer.tmp, "wb")  # noqa: SIM115 - closed when the transfer ends
-        handle.setopt(pycurl.URL, transfer.target)
-        # The deadline (net.Deadline), in libcurl's terms: the floor over the window, and the whole request's limit.
-        handle.setopt(pycurl.LOW_SPEED_LIMIT, self.deadline.floor)
-        handle.setopt(pycurl.LOW_SPEED_TIME, max(1, round(self.deadline.window)))
-        handle.setopt(pycurl.TIMEOUT_MS, 0 if self.deadline.limit is None else round(self.deadline.limit * 1000))
-        handle.setopt(pycurl.WRITEFUNCTION, transfer.write)
-        handle.setopt(pycurl.HEADERFUNCTION, transfer.header)
+        transfer.arm(handle, self.deadline)
         self.pool.multi.add_handle(handle)
-
-    def _os_error(self, exc: OSError) -> None:
-        self._fail(base.disk_full(self.fits_dir, exc))
 
     def _finish(self, handle: pycurl.Curl, code: int, message: str) -> None:
         """One attempt ended: the file takes its name, or the item fails, or it is asked for again."""
@@ -401,76 +494,31 @@ class _Transfers:
         self.pool.multi.remove_handle(handle)
         self.free.append(handle)
         transfer.close_file()
-        status = handle.getinfo(pycurl.RESPONSE_CODE)
-        if status in net.REDIRECT_STATUSES and transfer.error is None:
-            transfer.tmp.unlink(missing_ok=True)
-            try:
-                transfer.target = net.follow_redirect(transfer.target, transfer.headers.get("location"), transfer.hops)
-            except Refused as exc:  # final: another origin, or too many hops
-                self._publish(transfer.index, self._failure(transfer, exc.reason, transfer.attempts + 1))
-                return
-            transfer.hops += 1  # asked for at once, where it leads; not an attempt
-            transfer.not_before = 0.0
-            self.again.append(transfer)
-            return
-        transfer.attempts += 1
         try:
-            outcome, retry_reason = self._judge(transfer, status, code, message)
+            delay = self.ended(transfer, handle.getinfo(pycurl.RESPONSE_CODE), code, message)
+            if delay is None:
+                outcome = base.settle(transfer.tmp, self.fits_dir, transfer.relpath, transfer.index, transfer.gaia,
+                                      self.validate, transfer.attempts)
+        except SourceError as exc:  # (an OSError, a full disk, ends the thread: run())
+            delay, outcome = None, Failure(transfer.gaia, transfer.relpath, "download", exc.reason, exc.attempts)
         finally:
             transfer.tmp.unlink(missing_ok=True)  # unless it took its name (or the quarantine's)
-        if outcome is None and retry_reason is None:  # a fatal error
-            return
-        if outcome is None:
-            if transfer.attempts >= self.max_attempts:
-                outcome = self._failure(transfer, retry_reason)
-            else:
-                transfer.not_before = time.monotonic() + base.retry_delay(transfer.attempts, self.backoff)
-                self.again.append(transfer)
-                return
-        self._publish(transfer.index, outcome)
+        if delay is not None:
+            transfer.not_before = time.monotonic() + delay
+            self.again.append(transfer)
+        else:
+            self._publish(transfer.index, outcome)
 
-    def _judge(self, transfer: _Transfer, status: int, code: int, message: str
-               ) -> tuple[Fetched | Failure | None, str | None]:
-        """The attempt's outcome, or why to ask again; (None, None) when it ended the transfers (a full disk)."""
-        if transfer.error is not None:
-            self._os_error(transfer.error)
-            return None, None
-        refused = transfer.refused or (base.encoding_refused(transfer.url, transfer.headers.get("content-encoding"))
-                                       if status == 200 else None)
-        if refused is not None:
-            return self._failure(transfer, refused.reason), None
-        if code == pycurl.E_OPERATION_TIMEDOUT and status == 200:  # the body came too slowly
-            slow = "too slow" in message.lower()
-            return None, f"{self.deadline.too_slow() if slow else self.deadline.too_long()} (curl: {message})"
-        if code:
-            partial = status == 200 and code in _PARTIAL
-            return None, f"{'incomplete body: ' if partial else ''}curl error {code}: {message}"
-        if status == 200:
-            chunked = "chunked" in transfer.headers.get("transfer-encoding", "").lower()
-            if not chunked and "content-length" not in transfer.headers:
-                return None, f"incomplete body: {_NEITHER}"
-            return base.settle(transfer.tmp, self.fits_dir, transfer.relpath, transfer.index, transfer.gaia,
-                               self.validate, transfer.attempts), None
-        if status == 404:
-            return self._failure(transfer, "HTTP 404 Not Found"), None
-        if status in net.RETRY_STATUSES:
-            self._maybe_pause(transfer, status)
-            return None, f"HTTP {status} {_phrase(status)}"
-        return self._failure(transfer, f"HTTP {status} {_phrase(status)}"), None
 
-    def _failure(self, transfer: _Transfer, reason: str, attempts: int | None = None) -> Failure:
-        return Failure(transfer.gaia, transfer.relpath, "download", reason,
-                       transfer.attempts if attempts is None else attempts)
-
-    def _maybe_pause(self, transfer: _Transfer, status: int) -> None:
-        """A 429, or a 503 with Retry-After, holds back every download of the build (net.Throttle)."""
-        value = transfer.headers.get("retry-after")
-        try:
-            asked = None if value is None else Retry().parse_retry_after(value)
-        except InvalidHeader:  # neither seconds nor an HTTP date
-            asked = None
-        if status == 429 or (status == 503 and asked is not None):
-            self.throttle.pause(asked, self.max_wait, self.host, status)
+def _retry_after(value: str | None) -> float | None:
+    """A Retry-After's seconds (a number, or an HTTP date), None when absent or neither."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def _phrase(status: int) -> str:
@@ -501,3 +549,42 @@ def fetch_many(url: str, items: Sequence[tuple[int, str]], fits_dir: Path, valid
         thread.join()
     if isinstance(transfers.fatal, DiskFull):
         raise transfers.fatal
+
+
+def fetch_file(url: str, dest: Path, *, max_attempts: int, max_wait: float, deadline: net.Deadline, max_size: int,
+               progress: bool = False, backoff: float = base.BACKOFF) -> ListingCopy:
+    """``url`` to ``dest``, whole or not at all, by the rules above, on one easy handle in the caller's thread (a
+    listing, the index page: one file at a time, in the driver); beyond them, a body larger than ``max_size`` bytes
+    (announced, or while read) is refused. Raises :class:`SourceError` (``Refused``: final; ``permanent``: not found;
+    ``Unreachable``), and lets ``OSError`` from the file system through (the caller knows which folder a full disk
+    is). Ctrl-C ends it within a second, leaving no temporary file."""
+    rules = _Rules(url, max_attempts, max_wait, backoff, deadline)
+    bar = progress_counter(None, dest.name, "B", unit_scale=True, leave=False) if progress else None
+    transfer = _File(url, dest, max_size, bar)
+    handle = _handle(_key(url, 1))
+    # libcurl calls this at least once a second, even while nothing arrives: a pending signal (Ctrl-C) is raised
+    # there, and pycurl hands it on from perform().
+    handle.setopt(pycurl.NOPROGRESS, False)
+    handle.setopt(pycurl.XFERINFOFUNCTION, lambda *_: None)
+    delay = 0.0
+    try:
+        while delay is not None:
+            rules.throttle.wait(lambda: False, delay)
+            transfer.arm(handle, deadline)
+            try:
+                handle.perform()
+                code, message = 0, ""
+            except pycurl.error as exc:
+                code, message = exc.args
+            transfer.close_file()
+            delay = rules.ended(transfer, handle.getinfo(pycurl.RESPONSE_CODE), code, message)
+        os.replace(transfer.tmp, dest)
+    finally:
+        transfer.close_file()
+        handle.close()
+        transfer.tmp.unlink(missing_ok=True)
+        if bar is not None:
+            bar.close()
+    headers = transfer.headers
+    return ListingCopy(transfer.received, {name: headers[name.lower()] for name in net.VALIDATORS
+                                           if name.lower() in headers})

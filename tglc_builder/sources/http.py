@@ -3,32 +3,26 @@
 Downloads wait on the network, so concurrency comes from ``connections`` transfers in flight per process, on
 libcurl's multi interface in one thread (:mod:`.curl`). The worker processes only spread the CPU cost of HTTP and
 validation. The source object holds only its settings, so it pickles to every worker; each process opens its
-connections the first time it needs them. Listings (one file per build, with a progress bar) and the index page
-come through urllib3 (``net.download_file``).
+connections the first time it needs them. Listings (one file at a time, with a progress bar) and the index page come
+one at a time on one easy handle of libcurl (``curl.fetch_file``), by the same rules.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import threading
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
 from urllib.parse import unquote, urlsplit
-
-from urllib3.exceptions import HTTPError
 
 from .. import layout
 from ..context import TaskContext
 from ..errors import UsageError
 from ..report import Failure
 from . import base, net
-from .base import Fetched, ListingCopy, Source, Validator
+from .base import Fetched, ListingCopy, Refused, Source, SourceError, Validator
 
-_sessions: dict[tuple, net.Session] = {}  # (pid, settings) -> this process's session
-_sessions_lock = threading.Lock()
-MAX_INDEX_BYTES = 8 << 20  # of download_scripts/'s index page: MAST's is a few kB; a hostile one is cut here
+MAX_INDEX_BYTES = 8 << 20  # of download_scripts/'s index page: MAST's is a few kB; a bigger one is refused
 _HREF = re.compile(rb"""href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+))""", re.IGNORECASE)
 
 
@@ -57,34 +51,30 @@ class HttpSource(Source):
     def describe(self) -> str:
         return self.url
 
-    def _session(self) -> net.Session:
-        # Keyed by process too: a session (its open sockets) must not be shared with a forked child; and by the CA
-        # bundle it checks HTTPS against (read when it is made), as libcurl's handles are.
-        key = (os.getpid(), self.connections, self.max_attempts, self.max_wait, net.ca_bundle())
-        with _sessions_lock:
-            if key not in _sessions:
-                _sessions[key] = net.make_session(max_attempts=self.max_attempts, connections=self.connections,
-                                                  max_wait=self.max_wait)
-            return _sessions[key]
+    def _fetch(self, url: str, dest: Path, max_size: int, deadline: net.Deadline, progress: bool = False
+               ) -> ListingCopy:
+        from .curl import fetch_file
+
+        return fetch_file(url, dest, max_attempts=self.max_attempts, max_wait=self.max_wait, deadline=deadline,
+                          max_size=max_size, progress=progress)
 
     def list_sectors(self) -> list[int]:
-        """From the HTML index page of ``download_scripts/`` (as MAST's web server writes it)."""
+        """From the HTML index page of ``download_scripts/`` (as MAST's web server writes it); [] when there is none
+        (404)."""
         url = f"{self.url}/{layout.DOWNLOAD_SCRIPTS}/"
-        try:
-            response = self._session().get(url)
+        with tempfile.TemporaryDirectory(prefix="tglc-index-") as folder:
+            page = Path(folder) / "index.html"
             try:
-                page = response.read(MAX_INDEX_BYTES) if response.status == 200 else b""
-            finally:
-                response.release_conn()
-        except HTTPError as exc:
-            raise UsageError(f"cannot read the index of {url} ({type(exc).__name__}); check the network, or give "
-                             "the sectors explicitly, e.g. -s 1-13") from None
-        return layout.sectors_of_names(linked_names(page))
+                self._fetch(url, page, MAX_INDEX_BYTES, self.deadline)
+            except SourceError as exc:
+                if exc.permanent and not isinstance(exc, Refused):
+                    return []
+                raise UsageError(f"cannot read the index of {url} ({exc.reason}); check the network, or give the "
+                                 "sectors explicitly, e.g. -s 1-13") from None
+            return layout.sectors_of_names(linked_names(page.read_bytes()))
 
     def fetch_listing(self, relpath: str, dest: Path) -> ListingCopy:
-        download = net.download_file(self._session(), f"{self.url}/{relpath}", dest, max_attempts=self.max_attempts,
-                                     progress=True, max_size=base.MAX_LISTING_BYTES, deadline=self.listing_deadline)
-        return ListingCopy(download.size, download.validators)
+        return self._fetch(f"{self.url}/{relpath}", dest, base.MAX_LISTING_BYTES, self.listing_deadline, True)
 
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                    context: TaskContext) -> Iterator[tuple[int, Fetched | Failure]]:
