@@ -82,7 +82,7 @@ def _encode_chunk(chunk: np.ndarray) -> bytes:
 # h5py's high-level calls cost ~0.1 ms each beyond HDF5's own work, and each identifier it makes ~5 us: a --tiny
 # build's file of ~25 rows makes twelve datasets and nine attributes and writes each once, so the sink makes and
 # writes them through h5py's low-level identifiers instead, the same ones reused (property lists, types, spaces).
-_PLISTS: dict[tuple, Any] = {}  # creation (and access) properties made by h5py: the file's, the datasets' by kind
+_PLISTS: dict[tuple, Any] = {}  # creation properties made by h5py (and a dataspace), by dtype, rank, pad, filters
 _TYPES: dict[tuple, Any] = {}  # HDF5 types of NumPy dtypes (h5py's py_create), by dtype and logical
 _SCALAR_SPACE = h5py.h5s.create_simple(())
 
@@ -92,15 +92,6 @@ def _type(dtype: np.dtype, logical: bool) -> h5py.h5t.TypeID:
     if key not in _TYPES:
         _TYPES[key] = h5py.h5t.py_create(dtype, logical=logical)
     return _TYPES[key]
-
-
-def _new_file(name: Path) -> h5py.File:
-    """A file in memory (HDF5's core driver, nothing written to disk), with h5py's properties for it."""
-    if "file" not in _PLISTS:
-        with h5py.File(name, "w", driver="core", backing_store=False, **CHUNK_CACHE) as h5:
-            _PLISTS["file"] = h5.id.get_create_plist(), h5.id.get_access_plist()
-    fcpl, fapl = _PLISTS["file"]
-    return h5py.File(h5py.h5f.create(os.fsencode(name), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
 
 
 def _new_dataset(h5: h5py.File, name: str, dtype: np.dtype, width: int | None, chunks: tuple[int, ...],
@@ -274,9 +265,7 @@ def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet, image: bytes | None 
     """Check a shard file whole: every dataset there with its shape, every chunk of every row stored, every chunk's
     Fletcher32 checksum right, and n_cadences in range. ``image``: the file's bytes, for a file built in memory
     (the bytes that will go to disk, checked before they do, its datasets ``opened``); else they are read from the
-    file. Through h5py's
-    low-level identifiers: its high-level objects cost ~0.2 ms each to make, most of a --tiny build's small files'
-    check."""
+    file. Through h5py's low-level identifiers: its high-level objects cost ~0.2 ms each to make."""
     names = [*IDS_AND_POSITION, N_CADENCES[0], *(s.name for s in columns.scalars), *(s.name for s in columns.series)]
     datasets = {}
     for name in names:
@@ -398,7 +387,7 @@ class _HDF5Sink(ShardSink):
                 self.file.parent.mkdir(parents=True, exist_ok=True)
                 # Built in memory, written to disk whole at commit by our own write: HDF5 2.0 crashes (SIGSEGV)
                 # closing a file whose writes failed (a full disk, a file-size limit), taking the worker with it.
-                self.h5 = _new_file(self.tmp)
+                self.h5 = h5py.File(self.tmp, "w", driver="core", backing_store=False, **CHUNK_CACHE)
                 _write_attrs(self.h5, {"sector": self.writer.sector, "healpix": self.shard.pixel,
                                        "nside": layout.NSIDE, "nest": layout.NEST, "shard": self.shard.label,
                                        "columns": self.writer.columns.name, "tglc_builder_version": __version__})
