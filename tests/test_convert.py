@@ -267,7 +267,7 @@ def test_low_level_datasets_and_attributes_are_h5pys_byte_for_byte(tmp_path):
             for name, dtype, width, pad, filters in kinds:
                 chunks = (16 + i,) if width is None else (8 * (i + 1), width)
                 dset = _new_dataset(h5, f"{name}{i}", dtype, width, chunks, pad, filters)
-                dset.id.set_extent((21,) if width is None else (21, width))
+                dset.set_extent((21,) if width is None else (21, width))
                 _write_rows(dset, 0, data[f"{name}{i}"])
     assert (tmp_path / "low.h5").read_bytes() == (tmp_path / "high.h5").read_bytes()
     with h5py.File(tmp_path / "low.h5", "r") as h5:

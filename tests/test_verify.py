@@ -177,25 +177,22 @@ def test_every_flipped_byte_is_caught_by_verify(fmt, sector, tmp_path, caplog):
     assert file.read_bytes() == good
 
 
-def test_seal_writes_the_digest_only_inside_the_mark_it_is_given(tmp_path):
-    """``seal`` writes the SHA-256 over the mark's placeholder, found in the raw bytes, and only when it lies inside
-    the mark's own text (no reopening through h5py to read the mark back); the digest is of the file with the
-    placeholder, as --verify recomputes it."""
+def test_write_sealed_writes_the_digest_only_inside_the_mark_it_is_given(tmp_path):
+    """``write_sealed`` writes a file built in memory with its SHA-256 over the mark's placeholder, found in the raw
+    bytes, and only when it lies inside the mark's own text (no reopening through h5py to read the mark back); the
+    digest is of the file with the placeholder, as --verify recomputes it."""
     import hashlib
     import json
 
-    from tglc_builder.formats.base import _UNSEALED, WriteError, check_digest, seal
+    from tglc_builder.formats.base import _UNSEALED, WriteError, check_digest, write_sealed
 
     mark = json.dumps({"rows": 3, "sha256": _UNSEALED}, sort_keys=True)
     file = tmp_path / "f"
-    file.write_bytes(b"head" + mark.encode() + b"tail")
-    digest = seal(file, mark)
+    digest = write_sealed(file, b"head" + mark.encode() + b"tail", mark)
     assert digest == hashlib.sha256(b"head" + mark.encode() + b"tail").hexdigest()
     assert file.read_bytes() == b"head" + mark.replace(_UNSEALED, digest).encode() + b"tail"
     assert check_digest(file) == digest
     other = tmp_path / "g"  # a placeholder, but in another text than the mark's
-    other.write_bytes(b"head" + json.dumps({"rows": 4, "sha256": _UNSEALED}, sort_keys=True).encode())
-    before = other.read_bytes()
     with pytest.raises(WriteError, match="not inside its completion mark"):
-        seal(other, mark)
-    assert other.read_bytes() == before
+        write_sealed(other, b"head" + json.dumps({"rows": 4, "sha256": _UNSEALED}, sort_keys=True).encode(), mark)
+    assert not other.exists()

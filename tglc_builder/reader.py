@@ -151,7 +151,8 @@ def _table_dtype(header: Header, path: os.PathLike | str) -> np.dtype:
     if not isinstance(fields, int) or not 0 < fields <= MAX_FIELDS:  # before building 2 x TFIELDS keys
         raise InvalidTGLCFile(f"{path}: its table header says TFIELDS = {fields!r} (FITS allows 1 to {MAX_FIELDS}); "
                               "not a TGLC light curve")
-    columns = tuple(map(header.raw, _column_keys(fields)))
+    text, at = header.text, header._at  # ~30 cards, looked up here rather than by raw(): 65 -> 61 us a file
+    columns = tuple(text[i:i + CARD] if (i := at.get(key)) is not None else None for key in _column_keys(fields))
     try:
         if None in columns:
             raise InvalidTGLCFile("the table's TTYPEn/TFORMn cards are incomplete")
@@ -170,7 +171,8 @@ def _table_dtype(header: Header, path: os.PathLike | str) -> np.dtype:
 
 @functools.lru_cache(maxsize=8)
 def _column_keys(n_fields: int) -> tuple[str, ...]:
-    return tuple(f"{key}{i}" for i in range(1, n_fields + 1) for key in ("TTYPE", "TFORM"))
+    """The TTYPEn and TFORMn keywords as the header's index holds them (blank-padded to 8 characters)."""
+    return tuple(f"{key}{i:<{8 - len(key)}}" for i in range(1, n_fields + 1) for key in ("TTYPE", "TFORM"))
 
 
 @functools.lru_cache(maxsize=64)

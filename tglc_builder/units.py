@@ -268,7 +268,8 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
     shard, carried_at = plan.shard, plan.carried_at
     sinks = [w.open(shard) for w in plan.writers]
     lost: dict[str, WriteError] = {}  # formats whose file of the shard failed while the others' go on
-    builder = _BlockBuilder(shard, settings.columns, settings.block_rows)
+    # arrays no bigger than the shard: 256-row ones cost a 25-row shard ~10% more to assemble its light curves
+    builder = _BlockBuilder(shard, settings.columns, min(settings.block_rows, len(shard)))
     buffer = ReadBuffer()
     fits_dir = Path(settings.fits_dir)
     ours: list[Path] = []  # FITS files in fits_dir whose rows went into the outputs

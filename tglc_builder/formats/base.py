@@ -138,7 +138,7 @@ def _sha256(data: mmap.mmap, at: int) -> str:
     return digest.hexdigest()
 
 
-def _digest_offset(data: mmap.mmap, file: Path) -> int:
+def _digest_offset(data: mmap.mmap | bytes, file: Path) -> int:
     """Where the mark's digest starts: after the only occurrence of ``"sha256": "``."""
     at = data.find(_DIGEST_AT)
     if at < 0:
@@ -148,23 +148,42 @@ def _digest_offset(data: mmap.mmap, file: Path) -> int:
     return at + len(_DIGEST_AT)
 
 
-def seal(file: Path, mark: str | None = None) -> str:
+def _placeholder(data: mmap.mmap | bytes, file: Path) -> int:
+    """Where the mark's digest goes, checked to hold the placeholder (64 zeros)."""
+    at = _digest_offset(data, file)
+    if data[at:at + 64] != _UNSEALED.encode():
+        raise WriteError(f"{file}: its mark holds no placeholder for its checksum")
+    return at
+
+
+def seal(file: Path) -> str:
     """Write the file's SHA-256 into the placeholder of its mark (64 zeros after ``"sha256": "``), sync the file to
-    disk, and return the digest. With ``mark`` (the mark's text as written, placeholder included), the placeholder
-    must lie inside that text, found in the raw bytes: so the digest lands in the mark a reader gets, without
-    opening the file through its library again."""
+    disk, and return the digest."""
     with open(file, "r+b") as f:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            at = _digest_offset(data, file)
-            if data[at:at + 64] != _UNSEALED.encode():
-                raise WriteError(f"{file}: its mark holds no placeholder for its checksum")
-            if mark is not None:
-                start = at - mark.index(_UNSEALED)
-                if start < 0 or data[start:start + len(mark)] != mark.encode():
-                    raise WriteError(f"{file}: its checksum's place is not inside its completion mark")
+            at = _placeholder(data, file)
             digest = _sha256(data, at)
         # the digest by pwrite, not through the map: one fsync then writes the file's pages and metadata at once
         os.pwrite(f.fileno(), digest.encode(), at)
+        os.fsync(f.fileno())
+    return digest
+
+
+def write_sealed(file: Path, image: bytes, mark: str) -> str:
+    """Write ``image`` (a whole file built in memory, whose completion mark is ``mark``, the digest's placeholder
+    inside it) to ``file`` sealed: its SHA-256 in the mark's placeholder, found in the raw bytes inside the mark's own
+    text (so the digest lands in the mark a reader gets, without opening the file through its library again); then
+    sync it to disk, and return the digest. The file is neither read back nor written twice."""
+    at = _placeholder(image, file)
+    start = at - mark.index(_UNSEALED)
+    if start < 0 or image[start:start + len(mark)] != mark.encode():
+        raise WriteError(f"{file}: its checksum's place is not inside its completion mark")
+    digest = hashlib.sha256(image).hexdigest()  # the placeholder's zeros are in the image: what --verify recomputes
+    with open(file, "wb") as f, memoryview(image) as view:
+        f.write(view[:at])
+        f.write(digest.encode())
+        f.write(view[at + 64:])
+        f.flush()
         os.fsync(f.fileno())
     return digest
 

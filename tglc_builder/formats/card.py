@@ -85,11 +85,17 @@ def flag_widths(paths: Iterable[str | os.PathLike], fmt: str, columns: ColumnSet
     names = [s.name for s in columns.series if s.widens]
     widest = {name: np.dtype("int16") for name in names}
     for path in paths:
-        if fmt == "hdf5":
-            with h5py.File(path, "r") as h5:
-                found = {name: h5[name].dtype for name in names if name in h5}
+        if fmt == "hdf5":  # h5py's low-level calls: its File and Dataset objects cost ~0.3 ms of a small file
+            h5 = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY)
+            try:
+                found = {name: h5py.h5d.open(h5, name.encode()).dtype for name in names
+                         if h5.links.exists(name.encode())}
                 if lengths is not None:
-                    lengths.append(h5[N_CADENCES[0]][()])
+                    dset = h5py.h5d.open(h5, N_CADENCES[0].encode())
+                    lengths.append(np.empty(dset.shape, dset.dtype))
+                    dset.read(h5py.h5s.ALL, h5py.h5s.ALL, lengths[-1])
+            finally:
+                h5.close()
         else:
             curve = pq.read_schema(path).field("lightcurve").type
             found = {name: np.dtype(curve.field(name).type.value_type.to_pandas_dtype()) for name in names

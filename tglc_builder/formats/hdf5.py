@@ -4,11 +4,12 @@ docs/DATASET.md).
 A shard streams through blocks into chunked, compressed datasets built in memory (HDF5's core driver: the
 compressed file, ~120 MB at most for 10,000 rows, twice for a moment while it is written out), then written to
 disk by one write of ours: HDF5 2.0 crashes closing a file whose writes failed on a full disk. Every dataset carries
-HDF5's Fletcher32 chunk checksums, so a corrupted chunk raises on read in every reader. A file is written under a
-temporary name with its completion mark (an attribute holding the SHA-256 of the whole file as zeros), opened again
-and checked whole (every chunk of every row stored, every chunk's checksum right), and only then sealed (the
-checksum written into the mark, see :func:`.base.seal`: Fletcher32 leaves the metadata unprotected) and renamed; so
-a file under a final name with that mark is whole, and ``--verify`` catches any byte changed since.
+HDF5's Fletcher32 chunk checksums, so a corrupted chunk raises on read in every reader. A file's bytes, with its
+completion mark (an attribute holding the SHA-256 of the whole file as zeros), are checked whole in memory (every
+chunk of every row stored, every chunk's checksum right), then sealed as they are written under a temporary name
+(the checksum written into the mark, see :func:`.base.write_sealed`: Fletcher32 leaves the metadata unprotected),
+synced and renamed; so a file under a final name with that mark is whole, and ``--verify`` catches any byte changed
+since.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, STRING, STRING_BYTES, ColumnSet
 from ..errors import UsageError
 from .base import (_UNSEALED, DIGEST_KEY, VERSIONS_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer,
-                   check_digest, note_versions, seal, versions_text, write_error)
+                   check_digest, note_versions, versions_text, write_error, write_sealed)
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,23 @@ def _encode_chunk(chunk: np.ndarray) -> bytes:
     return data + _fletcher32(memoryview(data))[0].to_bytes(4, "little")
 
 
-# h5py's high-level calls cost ~0.1 ms each beyond HDF5's own work: a --tiny build's file of ~25 rows makes twelve
-# datasets and writes each once, so the sink makes and writes them through h5py's low-level identifiers instead.
-_PLISTS: dict[tuple, h5py.h5p.PropDCID] = {}  # creation properties made by h5py, by dtype, rank, pad and filters
+# h5py's high-level calls cost ~0.1 ms each beyond HDF5's own work, and each identifier it makes ~5 us: a --tiny
+# build's file of ~25 rows makes twelve datasets and nine attributes and writes each once, so the sink makes and
+# writes them through h5py's low-level identifiers instead, the same ones reused (property lists, types, spaces).
+_PLISTS: dict[tuple, Any] = {}  # creation properties made by h5py (and a dataspace), by dtype, rank, pad, filters
+_TYPES: dict[tuple, Any] = {}  # HDF5 types of NumPy dtypes (h5py's py_create), by dtype and logical
+_SCALAR_SPACE = h5py.h5s.create_simple(())
+
+
+def _type(dtype: np.dtype, logical: bool) -> h5py.h5t.TypeID:
+    key = (dtype, h5py.check_string_dtype(dtype), logical)
+    if key not in _TYPES:
+        _TYPES[key] = h5py.h5t.py_create(dtype, logical=logical)
+    return _TYPES[key]
 
 
 def _new_dataset(h5: h5py.File, name: str, dtype: np.dtype, width: int | None, chunks: tuple[int, ...],
-                 pad: Any, filters: dict[str, Any]) -> h5py.Dataset:
+                 pad: Any, filters: dict[str, Any]) -> h5py.h5d.DatasetID:
     """An empty dataset growable along its rows (and columns), made with exactly the creation properties h5py's
     ``create_dataset`` gives it (so the same bytes): the first of each kind is made by h5py, and its properties are
     copied for the next ones, with their own chunk shape."""
@@ -92,13 +103,12 @@ def _new_dataset(h5: h5py.File, name: str, dtype: np.dtype, width: int | None, c
     if key not in _PLISTS:
         dset = h5.create_dataset(name, shape=shape, maxshape=(None,) * len(shape), dtype=dtype, chunks=chunks,
                                  fillvalue=pad, **filters)
-        _PLISTS[key] = dset.id.get_create_plist()
-        return dset
-    plist = _PLISTS[key].copy()
+        _PLISTS[key] = dset.id.get_create_plist(), h5py.h5s.create_simple(shape, (h5py.h5s.UNLIMITED,) * len(shape))
+        return dset.id
+    plist, space = _PLISTS[key]
+    plist = plist.copy()
     plist.set_chunk(chunks)
-    space = h5py.h5s.create_simple(shape, (h5py.h5s.UNLIMITED,) * len(shape))
-    return h5py.Dataset(h5py.h5d.create(h5.id, name.encode(), h5py.h5t.py_create(dtype, logical=1), space,
-                                        dcpl=plist))
+    return h5py.h5d.create(h5.id, name.encode(), _type(dtype, True), space, dcpl=plist)
 
 
 def _write_attrs(h5: h5py.File, values: dict[str, Any]) -> None:
@@ -106,25 +116,25 @@ def _write_attrs(h5: h5py.File, values: dict[str, Any]) -> None:
     UTF-8; numbers: NumPy's scalars), written through the low-level calls."""
     for name, value in values.items():
         data = np.asarray(value, dtype=h5py.string_dtype() if isinstance(value, str) else None)
-        attr = h5py.h5a.create(h5.id, name.encode(), h5py.h5t.py_create(data.dtype, logical=True),
-                               h5py.h5s.create_simple(()))
-        attr.write(data, mtype=h5py.h5t.py_create(data.dtype))
+        attr = h5py.h5a.create(h5.id, name.encode(), _type(data.dtype, True), _SCALAR_SPACE)
+        attr.write(data, mtype=_type(data.dtype, False))
         attr.close()
 
 
-def _write_rows(dset: h5py.Dataset, start: int, values: np.ndarray) -> None:
+def _write_rows(dset: h5py.h5d.DatasetID, start: int, values: np.ndarray) -> None:
     """``dset[start:start + len(values), :values.shape[1]] = values``, through the low-level write."""
     values = np.ascontiguousarray(values)
-    space = dset.id.get_space()
+    space = dset.get_space()
     space.select_hyperslab((start,) + (0,) * (values.ndim - 1), values.shape)
-    dset.id.write(h5py.h5s.create_simple(values.shape), space, values)
+    dset.write(h5py.h5s.create_simple(values.shape), space, values)
 
 
-def _write_flux(dset: h5py.Dataset, start: int, values: np.ndarray, pad: float) -> None:
+def _write_flux(dset: h5py.h5d.DatasetID, chunks: tuple[int, int], start: int, values: np.ndarray, pad: float
+                ) -> None:
     """Write ``values`` at rows ``start...`` (columns ``0...``) of a flux dataset: the chunks the rows cover whole
     are encoded by :func:`_encode_chunk` and written as they are (``write_direct_chunk``); rows of a chunk covered
     in part (the last block of a shard) go through h5py, whose DEFLATE is deterministic too."""
-    chunk_rows, chunk_cols = dset.chunks
+    chunk_rows, chunk_cols = chunks
     k, used = values.shape
     end = start + k
     first = min(end, -(-start // chunk_rows) * chunk_rows)  # the first chunk boundary at or after start
@@ -134,10 +144,10 @@ def _write_flux(dset: h5py.Dataset, start: int, values: np.ndarray, pad: float) 
     for row in range(first, last, chunk_rows):
         rows = values[row - start:row - start + chunk_rows]
         for col in range(0, used, chunk_cols):
-            chunk = np.full((chunk_rows, chunk_cols), pad, dset.dtype)
+            chunk = np.full((chunk_rows, chunk_cols), pad, values.dtype)
             part = rows[:, col:col + chunk_cols]
             chunk[:, :part.shape[1]] = part
-            dset.id.write_direct_chunk((row, col), _encode_chunk(chunk))
+            dset.write_direct_chunk((row, col), _encode_chunk(chunk))
     if end > last:
         _write_rows(dset, last, values[last - start:])
 
@@ -248,31 +258,34 @@ def _foreign_mark(file: Path, sector: int, columns: str) -> str:
     return ""
 
 
-def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet) -> None:
+def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet, image: bytes | None = None,
+            opened: dict[str, h5py.h5d.DatasetID] | None = None) -> None:
     """Check a shard file whole: every dataset there with its shape, every chunk of every row stored, every chunk's
-    Fletcher32 checksum right, and n_cadences in range. Through h5py's low-level identifiers: its high-level objects
-    cost ~0.2 ms each to make, which for a --tiny build's small files was most of the check."""
+    Fletcher32 checksum right, and n_cadences in range. ``image``: the file's bytes, for a file built in memory
+    (the bytes that will go to disk, checked before they do, its datasets ``opened``); else they are read from the
+    file. Through h5py's low-level identifiers: its high-level objects cost ~0.2 ms each to make."""
     names = [*IDS_AND_POSITION, N_CADENCES[0], *(s.name for s in columns.scalars), *(s.name for s in columns.series)]
     datasets = {}
     for name in names:
         try:
-            datasets[name] = h5py.h5d.open(h5.id, name.encode())
+            datasets[name] = opened[name] if opened and name in opened else h5py.h5d.open(h5.id, name.encode())
         except KeyError:
             pass
     missing = [name for name in names if name not in datasets]
     if missing:
         raise WriteError(f"{h5.filename}: no {', '.join(missing)} dataset")
     width = datasets["time"].shape[1]
-    with open(h5.filename, "rb", buffering=0) as raw:
-        size = os.fstat(raw.fileno()).st_size
-        for name, dset in datasets.items():
-            shape = dset.shape
-            if shape[0] != n_rows or (len(shape) == 2 and shape[1] != width):
-                raise WriteError(f"{h5.filename}: {name} has shape {shape}, expected {n_rows} rows")
-            try:
-                _verify_chunks(dset, raw.fileno(), size)
-            except OSError as exc:
-                raise WriteError(f"{h5.filename}: {name} does not read back ({exc})") from None
+    if image is None:  # whole, as the sink holds it: a file of at most ~120 MB
+        with open(h5.filename, "rb") as raw:
+            image = raw.read()
+    for name, dset in datasets.items():
+        shape = dset.shape
+        if shape[0] != n_rows or (len(shape) == 2 and shape[1] != width):
+            raise WriteError(f"{h5.filename}: {name} has shape {shape}, expected {n_rows} rows")
+        try:
+            _verify_chunks(dset, shape[0], image)
+        except OSError as exc:
+            raise WriteError(f"{h5.filename}: {name} does not read back ({exc})") from None
     if n_rows:
         lengths = np.empty(n_rows, N_CADENCES[1])
         datasets[N_CADENCES[0]].read(h5py.h5s.ALL, h5py.h5s.ALL, lengths)
@@ -280,8 +293,9 @@ def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet) -> None:
             raise WriteError(f"{h5.filename}: n_cadences outside 1..{width}")
 
 
-def _verify_chunks(dset: h5py.h5d.DatasetID, fd: int, file_size: int) -> None:
-    """Check every stored chunk of ``dset`` against its Fletcher32 checksum, and that no row lacks its chunk.
+def _verify_chunks(dset: h5py.h5d.DatasetID, n_rows: int, data: bytes) -> None:
+    """Check every stored chunk of ``dset`` against its Fletcher32 checksum, and that none of its ``n_rows`` rows
+    lacks its chunk (``data``: the file's bytes).
 
     HDF5 computes the checksum over a chunk's stored (compressed) bytes, so checking it needs no decompression:
     reading the values back through h5py would check the same checksums but also inflate every chunk, which cost a
@@ -297,18 +311,16 @@ def _verify_chunks(dset: h5py.h5d.DatasetID, fd: int, file_size: int) -> None:
     dset.chunk_iter(chunks.append)
     chunk_rows = plist.get_chunk()[0]
     first_column = sum(1 for c in chunks if not any(c.chunk_offset[1:]))
-    needed = -(-dset.shape[0] // chunk_rows)
+    needed = -(-n_rows // chunk_rows)
     if first_column != needed:
-        raise OSError(f"{first_column} chunks store its {dset.shape[0]} rows, which need {needed}")
+        raise OSError(f"{first_column} chunks store its {n_rows} rows, which need {needed}")
     for chunk in chunks:
         if chunk.filter_mask or chunk.size > FLETCHER_MAX_BYTES:  # a filter skipped, or a huge chunk: HDF5 decodes
             _read_whole(h5py.Dataset(dset))
             return
-        if chunk.size < 4 or chunk.byte_offset + chunk.size > file_size:
+        if chunk.size < 4 or chunk.byte_offset + chunk.size > len(data):
             raise OSError(f"chunk at {chunk.chunk_offset} lies outside the file")
-        stored = os.pread(fd, chunk.size, chunk.byte_offset)
-        if len(stored) != chunk.size:
-            raise OSError(f"chunk at {chunk.chunk_offset} is cut short")
+        stored = data[chunk.byte_offset:chunk.byte_offset + chunk.size]
         expected = int.from_bytes(stored[-4:], "little")
         if expected not in _fletcher32(memoryview(stored)[:-4]):
             raise OSError(f"data error detected by Fletcher32 checksum in the chunk at {chunk.chunk_offset}")
@@ -355,7 +367,9 @@ class _HDF5Sink(ShardSink):
         self.file = writer.file(shard)
         self.tmp = self.file.with_name(f".{self.file.name}{_TEMPORARY}{os.getpid()}")
         self.h5: h5py.File | None = None
-        self.datasets: dict[str, h5py.Dataset] = {}  # looked up once: h5py's name lookup is slow
+        self.datasets: dict[str, h5py.h5d.DatasetID] = {}  # looked up once: h5py's name lookup is slow
+        self.dtypes: dict[str, np.dtype] = {}  # of the datasets (asking HDF5 makes an identifier each time)
+        self.chunks: dict[str, tuple[int, int]] = {}  # of the series
         self.rows = self.width = 0
         self.pads = {s.name: s.pad for s in writer.columns.series}
         self.versions: dict[str, set] = {}  # the TGLC versions of the rows written (base.note_versions)
@@ -395,22 +409,25 @@ class _HDF5Sink(ShardSink):
             # text: fixed-length ASCII (FITS cards are ASCII), so that Fletcher32 applies (not to variable length)
             dtype = h5py.string_dtype("ascii", STRING_BYTES) if dtype == STRING else dtype
             self.datasets[name] = _new_dataset(self.h5, name, dtype, None, scalar_chunk, None, _SCALAR)
+            self.dtypes[name] = np.dtype(dtype)
         self._chunk_rows = chunk_rows
         for series in self.writer.columns.series:
             self._create_series(series.name, block.series[series.name].dtype, width)
 
     def _create_series(self, name: str, dtype: np.dtype, width: int) -> None:
         series = next(s for s in self.writer.columns.series if s.name == name)
-        self.datasets[name] = _new_dataset(self.h5, name, dtype, width, (self._chunk_rows, width), series.pad,
+        self.chunks[name] = (self._chunk_rows, width)
+        self.datasets[name] = _new_dataset(self.h5, name, dtype, width, self.chunks[name], series.pad,
                                            _filters(dtype))
+        self.dtypes[name] = np.dtype(dtype)
 
     def _widen_series(self, name: str, dtype: np.dtype) -> None:
         """A flag column met wider integers (a tglc 0.8 file after 16-bit ones): the rows written so far move into
         a dataset of the wider type, values kept, so the file's column has the narrowest type that holds them all."""
-        old = self.datasets.pop(name)
+        old = h5py.Dataset(self.datasets.pop(name))
         self.h5.move(name, f"{name}.narrow")
         self._create_series(name, dtype, old.chunks[1])
-        new = self.datasets[name]
+        new = h5py.Dataset(self.datasets[name])
         new.resize(old.shape)
         step = old.chunks[0]
         for start in range(0, old.shape[0], step):
@@ -421,22 +438,21 @@ class _HDF5Sink(ShardSink):
         k, used = len(block), int(block.n_cadences.max())
         start, self.rows = self.rows, self.rows + k
         width = max(self.width, used)
-        for dset in self.datasets.values():
-            dset.id.set_extent((self.rows, width) if dset.ndim == 2 else (self.rows,))
+        for name, dset in self.datasets.items():
+            dset.set_extent((self.rows, width) if name in self.chunks else (self.rows,))
         self.width = width
         _write_rows(self.datasets[N_CADENCES[0]], start, block.n_cadences)
         for name, values in block.scalars.items():
-            dset = self.datasets[name]
-            _write_rows(dset, start, values.astype(dset.dtype) if dset.dtype.kind == "S" else values)
+            dtype = self.dtypes[name]
+            _write_rows(self.datasets[name], start, values.astype(dtype) if dtype.kind == "S" else values)
         for name, values in block.series.items():
-            if values.dtype.itemsize > self.datasets[name].dtype.itemsize:
+            if values.dtype.itemsize > self.dtypes[name].itemsize:
                 self._widen_series(name, values.dtype)
-                self.datasets[name].resize((self.rows, width))
-            dset = self.datasets[name]
-            if dset.dtype == np.float32:
-                _write_flux(dset, start, values, self.pads[name])
+                self.datasets[name].set_extent((self.rows, width))
+            if self.dtypes[name] == np.float32:
+                _write_flux(self.datasets[name], self.chunks[name], start, values, self.pads[name])
             else:
-                _write_rows(dset, start, values)
+                _write_rows(self.datasets[name], start, values)
         note_versions(self.versions, self.shard, block)
 
     def commit(self) -> None:
@@ -449,15 +465,12 @@ class _HDF5Sink(ShardSink):
             _write_attrs(self.h5, {VERSIONS_KEY: versions_text(self.versions), COMPLETE: mark})
             self.h5.flush()
             image = self.h5.id.get_file_image()
+            _verify(self.h5, self.rows, self.writer.columns, image, self.datasets)  # the bytes that go to disk
             self.datasets = {}
             self.h5.close()
             self.h5 = None
-            with open(self.tmp, "wb") as f:
-                f.write(image)
+            write_sealed(self.tmp, image, mark)  # the digest into the mark's own bytes, written, synced
             del image
-            with h5py.File(self.tmp, "r", **CHUNK_CACHE) as h5:  # what the disk holds, checked
-                _verify(h5, self.rows, self.writer.columns)
-            seal(self.tmp, mark)  # the digest into the mark's own bytes, then fsync
             os.replace(self.tmp, self.file)
         except WriteError as exc:
             self.abort()
