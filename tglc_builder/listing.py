@@ -250,11 +250,14 @@ def parse_bulk_script(path: str | os.PathLike, sector: int) -> BulkListing:
     path = Path(path)
     raw = np.memmap(path, np.uint8, mode="r") if path.stat().st_size else np.empty(0, np.uint8)
     newlines, quotes = _positions(raw, ord("\n"), ord("'"))
-    line_start = np.concatenate([[0], newlines + 1]).astype(np.int64)
-    line_end = np.append(newlines, len(raw)).astype(np.int64)
+    line_start = np.concatenate([[0], newlines + 1]).astype(np.int64, copy=False)
+    line_end = np.append(newlines, len(raw)).astype(np.int64, copy=False)
     if line_start[-1] == len(raw):  # nothing after the last newline
         line_start, line_end = line_start[:-1], line_end[:-1]
-    found, begin, end = _output_spans(raw, quotes, line_start, line_end)
+    # In blocks of lines, so the temporaries stay small (fresh memory costs page faults, more the more a process holds)
+    found, begin, end = (np.concatenate(part) for part in zip(*(
+        _output_spans(raw, quotes, line_start[i:i + _ROWS], line_end[i:i + _ROWS])
+        for i in range(0, max(len(line_start), 1), _ROWS))))
 
     accepted = np.zeros(len(line_start), bool)
     objects = []
