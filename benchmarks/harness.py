@@ -142,6 +142,21 @@ class Timer:
         self.cpu_children = (c1.children_user - self.c0.children_user) + (c1.children_system - self.c0.children_system)
 
 
+def timed_catalog(bulk: str, targets: str) -> tuple:
+    """A build's listing -> catalog steps (``run.make_catalog`` without fetching the listings or saving), each timed:
+    ``(catalog, listing lines, {"parse": Timer, "targets": Timer, "join": Timer})``. As in a build, the parsed
+    listing and the target list are dropped once joined."""
+    from tglc_builder import listing
+
+    with Timer() as t_parse:
+        parsed = listing.parse_bulk_script(bulk, SECTOR)
+    with Timer() as t_targets:
+        targets_table = listing.read_target_list(targets)
+    with Timer() as t_join:
+        catalog = listing.build_catalog(parsed, targets_table, SECTOR)
+    return catalog, parsed.n_lines, dict(parse=t_parse, targets=t_targets, join=t_join)
+
+
 class _Sampler:
     """Calls ``sample()`` every ``interval`` seconds in a thread while the block runs; keeps the largest value."""
 

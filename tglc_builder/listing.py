@@ -250,11 +250,14 @@ def parse_bulk_script(path: str | os.PathLike, sector: int) -> BulkListing:
     path = Path(path)
     raw = np.memmap(path, np.uint8, mode="r") if path.stat().st_size else np.empty(0, np.uint8)
     newlines, quotes = _positions(raw, ord("\n"), ord("'"))
-    line_start = np.concatenate([[0], newlines + 1]).astype(np.int64)
-    line_end = np.append(newlines, len(raw)).astype(np.int64)
+    line_start = np.concatenate([[0], newlines + 1]).astype(np.int64, copy=False)
+    line_end = np.append(newlines, len(raw)).astype(np.int64, copy=False)
     if line_start[-1] == len(raw):  # nothing after the last newline
         line_start, line_end = line_start[:-1], line_end[:-1]
-    found, begin, end = _output_spans(raw, quotes, line_start, line_end)
+    # In blocks of lines, so the temporaries stay small (fresh memory costs page faults, more the more a process holds)
+    found, begin, end = (np.concatenate(part) for part in zip(*(
+        _output_spans(raw, quotes, line_start[i:i + _ROWS], line_end[i:i + _ROWS])
+        for i in range(0, max(len(line_start), 1), _ROWS))))
 
     accepted = np.zeros(len(line_start), bool)
     objects = []
@@ -307,7 +310,7 @@ def read_target_list(path: str | os.PathLike) -> Table:
         raise ListingError(f"{path}: cannot read the target list ({exc}); fetch it again with --refresh-listings"
                            ) from exc
     table = table.drop_null()
-    return Table({name: table.column(name).to_numpy() for name in TARGET_COLUMNS})
+    return Table({name: table.column(name).to_numpy() for name in TARGET_COLUMNS}, copy=False)
 
 
 def _distinct_sorted(ids: np.ndarray, inverse: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -318,12 +321,13 @@ def _distinct_sorted(ids: np.ndarray, inverse: bool = True) -> tuple[np.ndarray,
     ordered = ids[order]
     is_start = np.concatenate([[True], ordered[1:] != ordered[:-1]]) if len(ids) else np.empty(0, bool)
     starts = np.flatnonzero(is_start)
-    first = order[starts]
+    first, distinct = order[starts], ordered[starts]
     if not inverse:
-        return ordered[starts], first, None
+        return distinct, first, None
+    rank = np.subtract(np.cumsum(is_start, out=ordered), 1, out=ordered)  # in place: fresh memory costs page faults
     at = np.empty(len(ids), np.int64)
-    at[order] = np.cumsum(is_start) - 1
-    return ordered[starts], first, at
+    at[order] = rank
+    return distinct, first, at
 
 
 def check_agreement(sector: int, listed: int, targeted: int, both: int, bulk_script: str | os.PathLike = "",
@@ -351,13 +355,12 @@ def _share(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "-"
 
 
-def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: Listings | None = None) -> Table:
-    """Join the listings: the light curves of objects in both, each once, in bulk-listing order, with their HEALPix
-    index. A light curve is a path: an object listed again under the same path is the same light curve (dropped),
-    under another camera/CCD path another light curve of the same star (kept: two rows).
-
-    Raises :class:`ListingError` when the listings disagree (see :func:`check_agreement`; ``listings`` names the
-    files in its message)."""
+def _join(bulk: BulkListing, targets: Table, sector: int, listings: Listings | None
+          ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The catalog's rows of the bulk listing and of the target list (see :func:`build_catalog`), and how many
+    distinct objects each listing has. A function of its own so that its temporaries (~0.5 GB for 6 million lines)
+    are freed before the catalog's columns are made: fresh memory costs page faults, more the more a process holds.
+    """
     gaia = bulk.gaiadr3_id
     # Every membership test below is an index into the sorted distinct ids (no np.isin, no search of unsorted
     # keys): linear after the two sorts, for a sector of 6 million lines as of 2.
@@ -387,11 +390,20 @@ def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: List
     target_of = np.full(len(listed), -1, np.int64)
     target_of[found] = known_first[pos[found]]
     rows = np.flatnonzero(in_both)
-    target_rows = target_of[listed_at[rows]]
+    return rows, target_of[listed_at[rows]], len(listed), len(known)
 
+
+def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: Listings | None = None) -> Table:
+    """Join the listings: the light curves of objects in both, each once, in bulk-listing order, with their HEALPix
+    index. A light curve is a path: an object listed again under the same path is the same light curve (dropped),
+    under another camera/CCD path another light curve of the same star (kept: two rows).
+
+    Raises :class:`ListingError` when the listings disagree (see :func:`check_agreement`; ``listings`` names the
+    files in its message)."""
+    rows, target_rows, listed, known = _join(bulk, targets, sector, listings)
     ra = np.asarray(targets["RA"], dtype=np.float64)[target_rows]
     dec = np.asarray(targets["DEC"], dtype=np.float64)[target_rows]
-    gaia, cam, ccd = gaia[rows], bulk.cam[rows], bulk.ccd[rows]
+    gaia, cam, ccd = bulk.gaiadr3_id[rows], bulk.cam[rows], bulk.ccd[rows]
     catalog = Table(
         {
             "gaiadr3_id": gaia,
@@ -402,13 +414,13 @@ def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: List
             "cam": cam,
             "ccd": ccd,
             "path": layout.lc_relpaths(gaia, sector, cam, ccd, 1 if bulk.version is None else bulk.version[rows]),
-            "healpix": _healpy().ang2pix(layout.NSIDE, ra, dec, lonlat=True, nest=layout.NEST).astype(np.int64),
+            "healpix": np.asarray(_healpy().ang2pix(layout.NSIDE, ra, dec, lonlat=True, nest=layout.NEST), np.int64),
         },
         meta={"sector": sector, "nside": layout.NSIDE, "nest": layout.NEST},
         copy=False,
     )
     log.info("Sector %d catalog: %d light curves (%d listed, %d distinct objects; %d in the target list)",
-             sector, len(catalog), len(bulk.gaiadr3_id), len(listed), len(known))
+             sector, len(catalog), len(bulk.gaiadr3_id), listed, known)
     return catalog
 
 

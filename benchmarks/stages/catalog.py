@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import gen_listings
-from ..harness import SECTOR, BenchError, Ctx, Timer, current_rss, maxrss, task
+from ..harness import BenchError, Ctx, Timer, current_rss, maxrss, task, timed_catalog
 from ..report import fmt_bytes, row
 
 NAME = "catalog"
@@ -17,18 +17,13 @@ def parse(bulk: str, targets: str, save: str) -> dict:
     from tglc_builder import listing
 
     base = current_rss()
-    with Timer() as t_parse:
-        parsed = listing.parse_bulk_script(bulk, SECTOR)
-    with Timer() as t_targets:
-        targets_table = listing.read_target_list(targets)
-    with Timer() as t_join:
-        catalog = listing.build_catalog(parsed, targets_table, SECTOR)
+    catalog, lines, t = timed_catalog(bulk, targets)
     peak_catalog = maxrss()
     with Timer() as t_save:
         listing.save_catalog(catalog, Path(save))
-    return dict(seconds=t_parse.seconds + t_targets.seconds + t_join.seconds, parse=t_parse.seconds,
-                targets=t_targets.seconds, join=t_join.seconds, save=t_save.seconds, rows=len(catalog),
-                lines=parsed.n_lines, peak_rss=peak_catalog, peak_rss_with_save=maxrss(), import_rss=base)
+    return dict(seconds=sum(step.seconds for step in t.values()), **{k: step.seconds for k, step in t.items()},
+                save=t_save.seconds, rows=len(catalog), lines=lines, peak_rss=peak_catalog,
+                peak_rss_with_save=maxrss(), import_rss=base)
 
 
 @task
