@@ -325,7 +325,7 @@ class _Files(dict):
     its stars come from the same handle), closed together. Read with ``use_threads=False`` (:data:`_ONE_THREAD`):
     units run one per core already, and Arrow's threads cost ~25% more CPU per read of a small file (measured).
     ``room``: bytes (decoded) of per-sector files of one row group that :func:`read_index` may read whole, their
-    index and light curves in one read (in ``whole`` until :func:`read_entries` takes them): a read's fixed cost is
+    index and light curves in one read (in ``whole`` until :func:`_whole_entries` takes them): a read's fixed cost is
     most of a small file's (a sparse sky's or the demo's, a few light curves each)."""
 
     def __init__(self, room: int = 0):
@@ -425,26 +425,35 @@ def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, file
                   for f in entry_schema]
         return pa.Table.from_arrays(arrays, schema=entry_schema)
     if source.kind == "hats":
-        table = files.whole.pop(source.path, None)
-        local = np.arange(table.num_rows) if table is not None else None
-        if table is None:
-            pf = files.open(source.path)
-            starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-            groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
-            present = set(pf.schema_arrow.names)  # schema_arrow converts the schema anew at every call
-            scalar_names = [n for n in names if n in present]
-            table = pf.read_row_groups(groups.tolist(), columns=scalar_names + ["lightcurve"], **_ONE_THREAD)
-            local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
-                np.zeros(0, np.int64)
-        curve = table.column("lightcurve").combine_chunks()
-        arrays = []
-        for f in entry_schema:
-            if pa.types.is_list(f.type):
-                arrays.append(pc.struct_field(curve, f.name).cast(f.type))
-            else:
-                arrays.append(table.column(f.name).combine_chunks().cast(f.type))
-        return _take_entries(pa.Table.from_arrays(arrays, schema=entry_schema), np.searchsorted(local, rows))
+        pf = files.open(source.path)
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+        table = pf.read_row_groups(groups.tolist(), columns=[f.name for f in entry_schema if not pa.types.is_list(
+            f.type)] + ["lightcurve"], **_ONE_THREAD)
+        local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
+            np.zeros(0, np.int64)
+        return _take_entries(_as_entries(table, entry_schema), np.searchsorted(local, rows))
     return _read_star_entries(source, rows, entry_schema, files)[0]
+
+
+def _as_entries(table: pa.Table, entry_schema: pa.Schema) -> pa.Table:
+    """Rows of a per-sector HATS file as the entry table: ``lightcurve``'s series as columns (in one flatten, no
+    copy), flags widened."""
+    names = [f"lightcurve.{f.name}" if pa.types.is_list(f.type) else f.name for f in entry_schema]
+    return table.flatten().select(names).rename_columns(entry_schema.names).cast(entry_schema)
+
+
+def _whole_entries(sources: list[Source], files: _Files, entry_schema: pa.Schema) -> tuple[pa.Table, dict]:
+    """The entry table of the files :func:`read_index` read whole, in one chunk (gathered from at once: a gather's
+    fixed cost per chunk and column is most of a small file's), and the row where each one's rows start in it (by
+    source number)."""
+    tables, starts, at = [], {}, 0
+    for i, s in enumerate(sources):
+        if s.path in files.whole:
+            table = files.whole.pop(s.path)
+            tables.append(_as_entries(table, entry_schema))
+            starts[i], at = at, at + table.num_rows
+    return pa.concat_tables(tables or [entry_schema.empty_table()]).combine_chunks(), starts
 
 
 def _read_star_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, files: _Files
@@ -632,6 +641,7 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
         star_order = np.flatnonzero(inside)[np.lexsort((star_ids[inside], spatial[inside]))]
         counts = np.diff(np.concatenate([first, [len(order)]]))
         star_cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first))
+        whole = _whole_entries(sources, files, entry_schema)
         sink = _HashedFile(tmp)
         writer = pq.ParquetWriter(sink, schema, **parquet_options(schema))
         try:
@@ -641,7 +651,7 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
                 stop = start + max(1, int(np.searchsorted(budget, CHUNK_CADENCES, side="right")))
                 chunk = star_order[start:stop]
                 table = _chunk_table(chunk, first, counts, order, index, which, sources, entry_schema, schema,
-                                     spatial[chunk], files)
+                                     spatial[chunk], files, whole)
                 writer.write_table(table)
                 rows += table.num_rows
                 start = stop
@@ -689,29 +699,31 @@ class _HashedFile:
 
 def _chunk_table(chunk: np.ndarray, first: np.ndarray, counts: np.ndarray, order: np.ndarray,
                  index: dict[str, np.ndarray], which: np.ndarray, sources: list[Source], entry_schema: pa.Schema,
-                 schema: pa.Schema, spatial: np.ndarray, files: _Files) -> pa.Table:
+                 schema: pa.Schema, spatial: np.ndarray, files: _Files, whole: tuple[pa.Table, dict]) -> pa.Table:
     """Stars ``chunk`` (star numbers, in output order; ``spatial``: their order-29 indexes) as rows of the
-    catalog."""
+    catalog; ``whole``: the unit's files read whole (:func:`_whole_entries`)."""
     n = counts[chunk]  # light curves, output order: each star's run of ``order``, gathered at once
     entries = order[np.repeat(first[chunk] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))]
     src, row = which[entries], index["row"][entries]
-    pieces, placed = [], []
+    pieces, at = [whole[0]], np.empty(len(entries), np.int64)  # each entry's row in the pieces, for one gather
     for s in np.unique(src):
         mine = np.flatnonzero(src == s)
         rows = row[mine]
+        base = sum(p.num_rows for p in pieces)
+        if s in whole[1]:
+            at[mine] = whole[1][s] + rows
+            continue
         if sources[s].kind == "stars":  # whole stars: each read once, its entries exploded in file order
             star_rows = np.unique(rows)
             table, lengths = _read_star_entries(sources[s], star_rows, entry_schema, files)
-            base = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-            take = base[np.searchsorted(star_rows, rows)] + index["rank"][entries[mine]]
-            pieces.append(_take_entries(table, take))
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            at[mine] = base + starts[np.searchsorted(star_rows, rows)] + index["rank"][entries[mine]]
         else:
             unique, inverse = np.unique(rows, return_inverse=True)
             table = read_entries(sources[s], unique, entry_schema, files)
-            pieces.append(_take_entries(table, inverse))
-        placed.append(mine)
-    table = _take_entries(pa.concat_tables(pieces), np.argsort(np.concatenate(placed), kind="stable"))
-    return _stars_table(table, counts[chunk], schema, spatial)
+            at[mine] = base + inverse
+        pieces.append(table)
+    return _stars_table(_take_entries(pa.concat_tables(pieces), at), counts[chunk], schema, spatial)
 
 
 def _take_entries(table: pa.Table, idx: np.ndarray) -> pa.Table:
