@@ -13,8 +13,8 @@ as a HATS collection::
         tglc_stars_10arcs/                    margin cache (as hats-import's margin pipeline writes it)
         tglc_stars_gaiadr3_id/, tglc_stars_TIC_ID/   index catalogs
 
-**Work.** Units are plain functions over plain data, run on the project's executor: :func:`plan_pixel` (one
-order-4 pixel: the stars' order-10 pixels and cadences, for the partitioning) and :func:`join_partition` (one stars
+**Work.** Units are plain functions over plain data, run on the project's executor: :func:`plan_pixels` (order-4
+pixels: the stars' order-10 pixels and cadences, for the partitioning) and :func:`join_partition` (one stars
 partition: read only the rows of its stars from the per-sector files of the order-4 pixels it covers, in chunks of
 about :data:`CHUNK_CADENCES` cadences, one Parquet row group each). So no process holds more than one partition's
 stars, and only a chunk of them at a time. Per-sector outputs are partitioned at order 4 by each light curve's own
@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import __version__
@@ -77,7 +78,11 @@ PARTITION_BYTES = 1 << 30  # default: keep a partition's Parquet file under abou
 BYTES_PER_CADENCE = {"seed": 8, "all": 16}
 CHUNK_CADENCES = 1 << 21  # cadences per row group written (~50-100 MB of Arrow in memory at once)
 MARK_KEY = "tglc_stars"
+# a planning unit's order-4 pixels: up to this many, or light curves (its index ~50 B each): a pixel's work is
+# small and its fixed cost was most of the plan's (the demo's pixels hold ~10 light curves per sector)
+PLAN_PIXELS, PLAN_ROWS = 32, 1 << 18
 WHOLE_BYTES = 1 << 26  # a join unit's small per-sector files read whole at once, up to this many bytes (see _Files)
+_LOCAL = pafs.LocalFileSystem()  # given, not inferred from each path: 25% of opening a small file (measured)
 _HDF5_SHARD = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
 _HATS_FILE = re.compile(r"^(Npix=\d+\.parquet|\d{3,}-of-\d{3,}\.parquet)$")
 
@@ -237,6 +242,7 @@ def _hats_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> lis
     catalogs = [folder] if (folder / "hats.properties").is_file() and re.fullmatch(r"tglc_s\d{4}", folder.name) \
         else sorted(d for d in folder.glob("tglc_s[0-9][0-9][0-9][0-9]") if d.is_dir()) if folder.is_dir() else []
     out: list[Source] = []
+    seen = None
     for catalog in catalogs:
         if not (catalog / "hats.properties").is_file():
             raise UsageError(f"{catalog} is not a finished HATS catalog (no hats.properties); rerun the sector's "
@@ -245,15 +251,16 @@ def _hats_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> lis
             if not _HATS_FILE.match(file.name) or file.name.startswith("."):
                 continue
             try:  # the footer once: the mark and the schema
-                meta = pq.read_metadata(file)
+                meta = pq.read_metadata(file, filesystem=_LOCAL)
                 mark = json.loads((meta.metadata or {})[PIXEL_MARK.encode()])
             except (OSError, KeyError, ValueError, pa.ArrowException):
                 raise UsageError(f"{file} is not a finished pixel file; rerun the sector's build to finish it") \
                     from None
             columns.add(mark["columns"])
-            lightcurve = meta.schema.to_arrow_schema().field("lightcurve").type
-            for name in flags:
-                _widen(flags, name, lightcurve.field(name).type.value_type.to_pandas_dtype())
+            if seen is None or not meta.schema.equals(seen):  # a catalog's files share theirs: converted once
+                seen, lightcurve = meta.schema, meta.schema.to_arrow_schema().field("lightcurve").type
+                for name in flags:
+                    _widen(flags, name, lightcurve.field(name).type.value_type.to_pandas_dtype())
             out.append(Source("hats", str(file), int(mark["sector"]), SOURCE_ORDER, int(mark["pixel"]),
                               digest=mark.get("sha256", ""), rows=int(mark["rows"])))
     return out
@@ -334,7 +341,7 @@ class _Files(dict):
 
     def open(self, path: str) -> pq.ParquetFile:
         if path not in self:
-            self[path] = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=True)
+            self[path] = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=True, filesystem=_LOCAL)
         return self[path]
 
     def h5(self, path: str):
@@ -488,13 +495,17 @@ def _spatial(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return spatial_index(ra, dec) if len(ra) else np.zeros(0, np.int64)  # no hats in the workers (formats.hats)
 
 
-def _stars_of(index: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For light curves ``index`` (of any sources): the entry order (by gaiadr3_id, sector, camera, ccd), each
-    entry's star number in that order, and each star's first entry (whose RA/DEC/TIC_ID the star takes)."""
-    order = np.lexsort((index["ccd"], index["camera"], index["sector"], index["gaiadr3_id"]))
+def _stars_of(index: dict[str, np.ndarray], pixel4: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For light curves ``index`` (of any sources): the entry order (by gaiadr3_id, sector, camera, ccd; with
+    ``pixel4``, each light curve's order-4 pixel, by pixel first and a star per pixel), each entry's star number in
+    that order, and each star's first entry (whose RA/DEC/TIC_ID the star takes)."""
+    keys = (index["ccd"], index["camera"], index["sector"], index["gaiadr3_id"])
+    order = np.lexsort(keys if pixel4 is None else keys + (pixel4,))
     ids = index["gaiadr3_id"][order]
-    first = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]])) if len(ids) else np.zeros(0, np.int64)
-    star = np.cumsum(np.concatenate([[False], ids[1:] != ids[:-1]])) if len(ids) else np.zeros(0, np.int64)
+    change = ids[1:] != ids[:-1] if pixel4 is None else (ids[1:] != ids[:-1]) | np.diff(pixel4[order]).astype(bool)
+    first = np.flatnonzero(np.concatenate([[True], change])) if len(ids) else np.zeros(0, np.int64)
+    star = np.cumsum(np.concatenate([[False], change])) if len(ids) else np.zeros(0, np.int64)
     return order, star, first
 
 
@@ -509,30 +520,32 @@ def _gather(sources: list[Source], files: _Files) -> tuple[dict[str, np.ndarray]
 
 
 # ---- units -------------------------------------------------------------------------------------------------------
-def plan_pixel(pixel4: int, sources: list[Source], new_sectors: list[int], dropped: list[int] = ()
-               ) -> dict[str, Any]:
-    """One order-4 pixel: per order-10 pixel of the stars (by their canonical position) the number of stars and of
-    cadences, and the order-10 pixels of stars that change (light curves of ``new_sectors``, or entries of
-    ``dropped`` sectors leaving a partition of the catalog). Light curves count here by their own position, so a star
-    whose light curves lie in two order-4 pixels is counted in each: ``edge`` describes, per star with a light curve
-    near the pixel's edge, its part seen here (first entry, cadences), for the driver to find such stars
-    (:meth:`Split.of`) and count them once."""
+def plan_pixels(pixels4: list[int], sources: list[Source], new_sectors: list[int], dropped: list[int] = ()
+                ) -> dict[str, Any]:
+    """Order-4 pixels ``pixels4`` (several per unit: a pixel's work is small, and its fixed cost was most of the
+    plan's): per order-10 pixel of the stars (by their canonical position) the number of stars and of cadences, and
+    the order-10 pixels of stars that change (light curves of ``new_sectors``, or entries of ``dropped`` sectors
+    leaving a partition of the catalog). Light curves count by their own order-4 pixel, so a star whose light curves
+    lie in two order-4 pixels is counted in each: ``edge`` describes, per star and pixel with a light curve near the
+    pixel's edge, its part seen there (first entry, cadences), for the driver to find such stars (:meth:`Split.of`)
+    and count them once."""
     with _Files() as files:
         index, which = _gather(sources, files)
-    here = index["spatial"] >> 2 * (SPATIAL_ORDER - SOURCE_ORDER) == pixel4
+    own = index["spatial"] >> 2 * (SPATIAL_ORDER - SOURCE_ORDER)
+    here = np.isin(own, pixels4)
     gone = _is_old(sources, which) & np.isin(index["sector"], dropped)
     shift = 2 * (SPATIAL_ORDER - HIGHEST_ORDER)
     left = index["spatial"][gone & here] >> shift  # rows losing entries
     index = {k: v[here & ~gone] for k, v in index.items()}
-    order, star, first = _stars_of(index)
+    own = own[here & ~gone]
+    order, star, first = _stars_of(index, own)  # a star's parts in two pixels apart
     cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first)).astype(np.int64)
     fresh = np.bincount(star, weights=np.isin(index["sector"][order], new_sectors), minlength=len(first)) > 0
     pix10 = index["spatial"][order][first] >> shift
     cells, inverse = np.unique(pix10, return_inverse=True)
-    near = np.bincount(star, weights=_near_edge(index["spatial"][order], pixel4), minlength=len(first)) > 0
+    near = np.bincount(star, weights=_near_edge(index["spatial"][order], own[order]), minlength=len(first)) > 0
     edge = {name: index[name][order][first][near] for name in ("gaiadr3_id", "sector", "camera", "ccd")}
-    edge |= {"cadences": cadences[near], "cell": pix10[near], "pixel4": np.full(int(near.sum()), pixel4, np.int64),
-             "fresh": fresh[near]}
+    edge |= {"cadences": cadences[near], "cell": pix10[near], "pixel4": own[order][first][near], "fresh": fresh[near]}
     return {"pixel": cells, "stars": np.bincount(inverse, minlength=len(cells)).astype(np.int64),
             "cadences": np.bincount(inverse, weights=cadences, minlength=len(cells)).astype(np.int64),
             "changed": np.unique(np.concatenate([pix10[fresh], left])), "edge": edge}
@@ -543,9 +556,9 @@ def _is_old(sources: list[Source], which: np.ndarray) -> np.ndarray:
     return np.array([s.kind == "stars" for s in sources], bool)[which] if len(sources) else np.zeros(0, bool)
 
 
-def _near_edge(spatial: np.ndarray, pixel4: int) -> np.ndarray:
+def _near_edge(spatial: np.ndarray, pixel4: np.ndarray) -> np.ndarray:
     """Whether each position (its order-29 index) lies within an order-:data:`EDGE_ORDER` pixel of the edge of
-    ``pixel4`` (one of its pixel's neighbours is outside). A star's target-list positions differ between sectors
+    its ``pixel4`` (one of its pixel's neighbours is outside). A star's target-list positions differ between sectors
     by far less (proper motion: at most ~1.4 arcmin over TESS's years), so its light curves in two order-4 pixels
     are all near it."""
     import healpy
@@ -975,15 +988,22 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
         pixels |= {p for s in new_sources + old_sources for p in s.pixels4()}
     touched = sorted(pixels | set(_neighbours(sorted(pixels))))
     covering = _covering(new_sources + old_sources)
-    tasks = [(p, _sources_of([p], covering), new_sectors, replaced) for p in touched]
-    tasks = [t for t in tasks if t[1]]
-    touched = [t[0] for t in tasks]
+    touched = [p for p in touched if p in covering]
+    batches, rows = [[]], 0  # consecutive pixels, up to PLAN_PIXELS of them or PLAN_ROWS light curves
+    for p in touched:
+        n = sum(s.rows or PLAN_ROWS for _, s in covering[p])  # (a stars partition's rows are not counted)
+        if batches[-1] and (len(batches[-1]) == PLAN_PIXELS or rows + n > PLAN_ROWS):
+            batches, rows = batches + [[]], 0
+        batches[-1].append(p)
+        rows += n
+    batches = [b for b in batches if b]
+    tasks = [(b, _sources_of(b, covering), new_sectors, replaced) for b in batches]
     planned = {}
-    for result in executor.run(_plan_task, tasks, total=len(tasks), desc="Planning stars", unit="pixel",
-                               weights=[1] * len(tasks), lost=_lost):
+    for result in executor.run(_plan_task, tasks, total=len(touched), desc="Planning stars", unit="pixel",
+                               weights=[len(b) for b in batches], lost=_lost):
         if isinstance(result, BaseException):
             raise result
-        planned[result[0]] = result[1]  # in completion order: each result names its pixel
+        planned[result[0]] = result[1]  # in completion order: each result names its first pixel
     if executor.stopping_requested:
         raise KeyboardInterrupt
     split = Split.of([planned[p]["edge"] for p in sorted(planned)])
@@ -1082,8 +1102,9 @@ def stars_of_build(builds: list, executor) -> StarsSummary:
                        verify=first.verify)
 
 
-def _plan_task(pixel: int, sources: list[Source], new_sectors: list[int], dropped: list[int]) -> tuple[int, dict]:
-    return pixel, plan_pixel(pixel, sources, new_sectors, dropped)
+def _plan_task(pixels: list[int], sources: list[Source], new_sectors: list[int], dropped: list[int]
+               ) -> tuple[int, dict]:
+    return pixels[0], plan_pixels(pixels, sources, new_sectors, dropped)
 
 
 def _fingerprint(sources: list[Source]) -> str:
