@@ -407,7 +407,6 @@ def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
 def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, files: _Files) -> pa.Table:
     """The light curves at file rows ``rows`` (sorted, unique) of ``source``, as the entry table (values bit for
     bit; flags widened to the catalog's type)."""
-    names = entry_schema.names
     series = [f for f in entry_schema if pa.types.is_list(f.type)]
     if source.kind == "hdf5":
         h5 = files.h5(source.path)
@@ -1210,7 +1209,7 @@ def _finish(root: Path, stamp: dict) -> None:
     from hats.pixel_math.healpix_pixel import HealpixPixel
 
     from .formats.base import WriteError
-    from .formats.hats import _fsync_dir, _hats_complaints
+    from .formats.hats import _fsync_dir, _hats_complaints, write_index
 
     catalog = root / CATALOG
     for name in ("hats.properties", "properties"):
@@ -1259,7 +1258,13 @@ def _finish(root: Path, stamp: dict) -> None:
         "tglc_sectors": " ".join(map(str, stamp["sectors"])), "tglc_columns": stamp["columns"]}
     TableProperties(**properties).to_properties_file(catalog)  # write_margin reads it
     margins = _build_margin(root)
-    indexes = {column: _write_index(root / f"{CATALOG}_{column}", catalog, parts, column) for column in INDEX_COLUMNS}
+    for column in INDEX_COLUMNS:
+        values = write_index(root / f"{CATALOG}_{column}", catalog, [(p.order, p.pixel, dataset / p.relpath())
+                                                                     for p in parts], column)
+        if column == "gaiadr3_id" and np.any(values[1:] == values[:-1]):
+            log.error("A Gaia DR3 id is in two rows of %s: its positions in two sectors lie further apart than "
+                      "the plan looks (see stars._near_edge)", catalog)
+    indexes = {column: f"{CATALOG}_{column}" for column in INDEX_COLUMNS}
     collection = {"name": f"{CATALOG}_collection", "hats_primary_table_url": CATALOG, "all_indexes": indexes}
     if margins:
         collection |= {"all_margins": margins, "default_margin": margins[0]}
@@ -1279,47 +1284,6 @@ def _build_margin(root: Path) -> list[str]:
 
     write_margin(root / MARGIN_NAME, root / CATALOG, MARGIN_ARCSEC)
     return [MARGIN_NAME]
-
-
-def _write_index(index_dir: Path, catalog: Path, parts: list[Partition], column: str,
-                 rows_per_file: int = 1_000_000) -> str:
-    """A HATS index catalog of ``column`` as hats-import's index pipeline writes it (the column sorted, with each
-    row's ``Norder``/``Npix``), written under a temporary name and swapped in. By hand for the reason given in
-    formats/hats.py's write_index (hats-import's pipeline needs a pinned Dask); the partitions here vary in order."""
-    from hats.catalog.dataset.table_properties import TableProperties
-    from hats.io.file_io import get_parquet_write_table_kwargs
-    from hats.io.parquet_metadata import write_parquet_metadata
-
-    values, norder, npix = [], [], []
-    for p in parts:
-        v = pq.read_table(catalog / "dataset" / p.relpath(), columns=[column]).column(0).to_numpy()
-        values.append(v)
-        norder.append(np.full(len(v), p.order, np.uint8))
-        npix.append(np.full(len(v), p.pixel, np.uint64))
-    values_a = np.concatenate(values)
-    order = np.argsort(values_a, kind="stable")
-    if column == "gaiadr3_id" and len(values_a) and np.any(values_a[order][1:] == values_a[order][:-1]):
-        log.error("A Gaia DR3 id is in two rows of %s: its positions in two sectors lie further apart than "
-                  "the plan looks (see stars._near_edge)", catalog)
-    table = pa.table({column: values_a[order], "Norder": np.concatenate(norder)[order],
-                      "Npix": np.concatenate(npix)[order]})
-    options = get_parquet_write_table_kwargs(table.schema, write_table_kwargs={
-        "data_page_size": 16 * 1024, "sorting_columns": pq.SortingColumn.from_ordering(
-            table.schema, [(column, "ascending")]), "write_page_checksum": True})
-    options.pop("row_group_size", None)
-    tmp = index_dir.with_name(f".{index_dir.name}{_TEMPORARY}{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "dataset" / "index").mkdir(parents=True)
-    for part, start in enumerate(range(0, max(len(table), 1), rows_per_file)):
-        pq.write_table(table.slice(start, rows_per_file), tmp / "dataset" / "index" / f"part.{part}.parquet",
-                       row_group_size=rows_per_file, **options)
-    write_parquet_metadata(tmp, order_by_healpix=False)
-    TableProperties(**(TableProperties.new_provenance_dict(tmp, builder=f"tglc_builder v{__version__}") | {
-        "catalog_name": index_dir.name, "catalog_type": "index", "total_rows": len(table),
-        "primary_catalog": CATALOG, "indexing_column": column})).to_properties_file(tmp)
-    shutil.rmtree(index_dir, ignore_errors=True)
-    os.replace(tmp, index_dir)
-    return index_dir.name
 
 
 def write_stars_card(root: Path, files: list[str], stamp: dict, total: int) -> Path:
