@@ -456,10 +456,12 @@ def _whole_entries(sources: list[Source], files: _Files, entry_schema: pa.Schema
     tables, starts, at = [], {}, 0
     for i, s in enumerate(sources):
         if s.path in files.whole:
-            table = files.whole.pop(s.path)
-            tables.append(_as_entries(table, entry_schema))
-            starts[i], at = at, at + table.num_rows
-    return pa.concat_tables(tables or [entry_schema.empty_table()]).combine_chunks(), starts
+            tables.append(files.whole.pop(s.path))
+            starts[i], at = at, at + tables[-1].num_rows
+    if not tables:
+        return entry_schema.empty_table(), starts
+    # sectors' flags may differ in width: "permissive" takes the wider, then the catalog's
+    return _as_entries(pa.concat_tables(tables, promote_options="permissive"), entry_schema).combine_chunks(), starts
 
 
 def _read_star_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, files: _Files
@@ -654,8 +656,9 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
         counts = np.diff(np.concatenate([first, [len(order)]]))
         star_cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first))
         whole = _whole_entries(sources, files, entry_schema)
-        sink = _HashedFile(tmp)
-        writer = pq.ParquetWriter(sink, schema, **parquet_options(schema))
+        sink = _HashedFile(tmp)  # through a buffer: a call into Python per 4 MB, not per page and page header
+        stream = pa.BufferedOutputStream(pa.PythonFile(sink, mode="w"), 1 << 22)
+        writer = pq.ParquetWriter(stream, schema, **parquet_options(schema))
         try:
             start = 0
             while start < len(star_order):
@@ -669,10 +672,10 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
                 start = stop
             writer.add_key_value_metadata({MARK_KEY: json.dumps(mark | {"rows": rows}, sort_keys=True)})
             writer.close()
-            sink.close()
+            stream.close()  # and sink
         except BaseException:
             writer.close()
-            sink.close()
+            stream.close()
             tmp.unlink(missing_ok=True)
             raise
     try:
