@@ -337,7 +337,7 @@ class _Files(dict):
 
     def __init__(self, room: int = 0):
         super().__init__()
-        self.room, self.whole = room, {}
+        self.room, self.whole, self.columns = room, {}, {}
 
     def open(self, path: str) -> pq.ParquetFile:
         if path not in self:
@@ -351,6 +351,13 @@ class _Files(dict):
         if path not in self:
             self[path] = h5py.File(path, "r")
         return self[path]
+
+    def column(self, path: str, name: str) -> np.ndarray:
+        """A one-value-per-light-curve column of an HDF5 file, read once (the index and the entries share some;
+        h5py's fixed cost per read is most of a small file's)."""
+        if (path, name) not in self.columns:
+            self.columns[path, name] = self.h5(path)[name][()]
+        return self.columns[path, name]
 
     def __enter__(self) -> "_Files":
         return self
@@ -366,10 +373,9 @@ def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
     the star's row) and ``rank`` (a stars partition's: its place among its star's entries). Only the columns the
     plan and the join need: each one read costs per file (the demo's files hold a few light curves)."""
     if source.kind == "hdf5":
-        h5 = files.h5(source.path)
-        out = {name: h5[name][()] for name in ("gaiadr3_id", "RA", "DEC", "n_cadences")}
+        out = {name: files.column(source.path, name) for name in ("gaiadr3_id", "RA", "DEC", "n_cadences")}
         if source.cam_ccd is None:
-            out["camera"], out["ccd"] = h5["camera"][()], h5["ccd"][()]
+            out["camera"], out["ccd"] = files.column(source.path, "camera"), files.column(source.path, "ccd")
         if source.cam_ccd is not None:
             out["camera"], out["ccd"] = source.cam_ccd[:, 0], source.cam_ccd[:, 1]
         out["sector"] = np.full(len(out["gaiadr3_id"]), source.sector, np.int16)
@@ -416,7 +422,7 @@ def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, file
         cols: dict[str, Any] = {}
         for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "n_cadences", *(
                 f.name for f in entry_schema if not pa.types.is_list(f.type) and f.name in h5)):
-            cols[name] = h5[name][lo:hi][at]
+            cols[name] = files.column(source.path, name)[lo:hi][at]
         n = cols["n_cadences"].astype(np.int64)
         width = int(n.max()) if len(n) else 0
         inside = np.arange(width) < n[:, None]
