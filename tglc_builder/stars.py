@@ -13,8 +13,8 @@ as a HATS collection::
         tglc_stars_10arcs/                    margin cache (as hats-import's margin pipeline writes it)
         tglc_stars_gaiadr3_id/, tglc_stars_TIC_ID/   index catalogs
 
-**Work.** Units are plain functions over plain data, run on the project's executor: :func:`plan_pixel` (one
-order-4 pixel: the stars' order-10 pixels and cadences, for the partitioning) and :func:`join_partition` (one stars
+**Work.** Units are plain functions over plain data, run on the project's executor: :func:`plan_pixels` (order-4
+pixels: the stars' order-10 pixels and cadences, for the partitioning) and :func:`join_partition` (one stars
 partition: read only the rows of its stars from the per-sector files of the order-4 pixels it covers, in chunks of
 about :data:`CHUNK_CADENCES` cadences, one Parquet row group each). So no process holds more than one partition's
 stars, and only a chunk of them at a time. Per-sector outputs are partitioned at order 4 by each light curve's own
@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import __version__
@@ -77,7 +78,11 @@ PARTITION_BYTES = 1 << 30  # default: keep a partition's Parquet file under abou
 BYTES_PER_CADENCE = {"seed": 8, "all": 16}
 CHUNK_CADENCES = 1 << 21  # cadences per row group written (~50-100 MB of Arrow in memory at once)
 MARK_KEY = "tglc_stars"
+# a planning unit's order-4 pixels: up to this many, or light curves (its index ~50 B each): a pixel's work is
+# small and its fixed cost was most of the plan's (the demo's pixels hold ~10 light curves per sector)
+PLAN_PIXELS, PLAN_ROWS = 32, 1 << 18
 WHOLE_BYTES = 1 << 26  # a join unit's small per-sector files read whole at once, up to this many bytes (see _Files)
+_LOCAL = pafs.LocalFileSystem()  # given, not inferred from each path: 25% of opening a small file (measured)
 _HDF5_SHARD = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
 _HATS_FILE = re.compile(r"^(Npix=\d+\.parquet|\d{3,}-of-\d{3,}\.parquet)$")
 
@@ -237,6 +242,7 @@ def _hats_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> lis
     catalogs = [folder] if (folder / "hats.properties").is_file() and re.fullmatch(r"tglc_s\d{4}", folder.name) \
         else sorted(d for d in folder.glob("tglc_s[0-9][0-9][0-9][0-9]") if d.is_dir()) if folder.is_dir() else []
     out: list[Source] = []
+    seen = None
     for catalog in catalogs:
         if not (catalog / "hats.properties").is_file():
             raise UsageError(f"{catalog} is not a finished HATS catalog (no hats.properties); rerun the sector's "
@@ -245,15 +251,16 @@ def _hats_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> lis
             if not _HATS_FILE.match(file.name) or file.name.startswith("."):
                 continue
             try:  # the footer once: the mark and the schema
-                meta = pq.read_metadata(file)
+                meta = pq.read_metadata(file, filesystem=_LOCAL)
                 mark = json.loads((meta.metadata or {})[PIXEL_MARK.encode()])
             except (OSError, KeyError, ValueError, pa.ArrowException):
                 raise UsageError(f"{file} is not a finished pixel file; rerun the sector's build to finish it") \
                     from None
             columns.add(mark["columns"])
-            lightcurve = meta.schema.to_arrow_schema().field("lightcurve").type
-            for name in flags:
-                _widen(flags, name, lightcurve.field(name).type.value_type.to_pandas_dtype())
+            if seen is None or not meta.schema.equals(seen):  # a catalog's files share theirs: converted once
+                seen, lightcurve = meta.schema, meta.schema.to_arrow_schema().field("lightcurve").type
+                for name in flags:
+                    _widen(flags, name, lightcurve.field(name).type.value_type.to_pandas_dtype())
             out.append(Source("hats", str(file), int(mark["sector"]), SOURCE_ORDER, int(mark["pixel"]),
                               digest=mark.get("sha256", ""), rows=int(mark["rows"])))
     return out
@@ -325,16 +332,16 @@ class _Files(dict):
     its stars come from the same handle), closed together. Read with ``use_threads=False`` (:data:`_ONE_THREAD`):
     units run one per core already, and Arrow's threads cost ~25% more CPU per read of a small file (measured).
     ``room``: bytes (decoded) of per-sector files of one row group that :func:`read_index` may read whole, their
-    index and light curves in one read (in ``whole`` until :func:`read_entries` takes them): a read's fixed cost is
+    index and light curves in one read (in ``whole`` until :func:`_whole_entries` takes them): a read's fixed cost is
     most of a small file's (a sparse sky's or the demo's, a few light curves each)."""
 
     def __init__(self, room: int = 0):
         super().__init__()
-        self.room, self.whole = room, {}
+        self.room, self.whole, self.columns = room, {}, {}
 
     def open(self, path: str) -> pq.ParquetFile:
         if path not in self:
-            self[path] = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=True)
+            self[path] = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=True, filesystem=_LOCAL)
         return self[path]
 
     def h5(self, path: str):
@@ -344,6 +351,13 @@ class _Files(dict):
         if path not in self:
             self[path] = h5py.File(path, "r")
         return self[path]
+
+    def column(self, path: str, name: str) -> np.ndarray:
+        """A one-value-per-light-curve column of an HDF5 file, read once (the index and the entries share some;
+        h5py's fixed cost per read is most of a small file's)."""
+        if (path, name) not in self.columns:
+            self.columns[path, name] = self.h5(path)[name][()]
+        return self.columns[path, name]
 
     def __enter__(self) -> "_Files":
         return self
@@ -359,10 +373,9 @@ def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
     the star's row) and ``rank`` (a stars partition's: its place among its star's entries). Only the columns the
     plan and the join need: each one read costs per file (the demo's files hold a few light curves)."""
     if source.kind == "hdf5":
-        h5 = files.h5(source.path)
-        out = {name: h5[name][()] for name in ("gaiadr3_id", "RA", "DEC", "n_cadences")}
+        out = {name: files.column(source.path, name) for name in ("gaiadr3_id", "RA", "DEC", "n_cadences")}
         if source.cam_ccd is None:
-            out["camera"], out["ccd"] = h5["camera"][()], h5["ccd"][()]
+            out["camera"], out["ccd"] = files.column(source.path, "camera"), files.column(source.path, "ccd")
         if source.cam_ccd is not None:
             out["camera"], out["ccd"] = source.cam_ccd[:, 0], source.cam_ccd[:, 1]
         out["sector"] = np.full(len(out["gaiadr3_id"]), source.sector, np.int16)
@@ -400,7 +413,6 @@ def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
 def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, files: _Files) -> pa.Table:
     """The light curves at file rows ``rows`` (sorted, unique) of ``source``, as the entry table (values bit for
     bit; flags widened to the catalog's type)."""
-    names = entry_schema.names
     series = [f for f in entry_schema if pa.types.is_list(f.type)]
     if source.kind == "hdf5":
         h5 = files.h5(source.path)
@@ -410,7 +422,7 @@ def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, file
         cols: dict[str, Any] = {}
         for name in ("gaiadr3_id", "TIC_ID", "RA", "DEC", "n_cadences", *(
                 f.name for f in entry_schema if not pa.types.is_list(f.type) and f.name in h5)):
-            cols[name] = h5[name][lo:hi][at]
+            cols[name] = files.column(source.path, name)[lo:hi][at]
         n = cols["n_cadences"].astype(np.int64)
         width = int(n.max()) if len(n) else 0
         inside = np.arange(width) < n[:, None]
@@ -425,26 +437,37 @@ def read_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, file
                   for f in entry_schema]
         return pa.Table.from_arrays(arrays, schema=entry_schema)
     if source.kind == "hats":
-        table = files.whole.pop(source.path, None)
-        local = np.arange(table.num_rows) if table is not None else None
-        if table is None:
-            pf = files.open(source.path)
-            starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-            groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
-            present = set(pf.schema_arrow.names)  # schema_arrow converts the schema anew at every call
-            scalar_names = [n for n in names if n in present]
-            table = pf.read_row_groups(groups.tolist(), columns=scalar_names + ["lightcurve"], **_ONE_THREAD)
-            local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
-                np.zeros(0, np.int64)
-        curve = table.column("lightcurve").combine_chunks()
-        arrays = []
-        for f in entry_schema:
-            if pa.types.is_list(f.type):
-                arrays.append(pc.struct_field(curve, f.name).cast(f.type))
-            else:
-                arrays.append(table.column(f.name).combine_chunks().cast(f.type))
-        return _take_entries(pa.Table.from_arrays(arrays, schema=entry_schema), np.searchsorted(local, rows))
+        pf = files.open(source.path)
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+        table = pf.read_row_groups(groups.tolist(), columns=[f.name for f in entry_schema if not pa.types.is_list(
+            f.type)] + ["lightcurve"], **_ONE_THREAD)
+        local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups]) if len(groups) else \
+            np.zeros(0, np.int64)
+        return _take_entries(_as_entries(table, entry_schema), np.searchsorted(local, rows))
     return _read_star_entries(source, rows, entry_schema, files)[0]
+
+
+def _as_entries(table: pa.Table, entry_schema: pa.Schema) -> pa.Table:
+    """Rows of a per-sector HATS file as the entry table: ``lightcurve``'s series as columns (in one flatten, no
+    copy), flags widened."""
+    names = [f"lightcurve.{f.name}" if pa.types.is_list(f.type) else f.name for f in entry_schema]
+    return table.flatten().select(names).rename_columns(entry_schema.names).cast(entry_schema)
+
+
+def _whole_entries(sources: list[Source], files: _Files, entry_schema: pa.Schema) -> tuple[pa.Table, dict]:
+    """The entry table of the files :func:`read_index` read whole, in one chunk (gathered from at once: a gather's
+    fixed cost per chunk and column is most of a small file's), and the row where each one's rows start in it (by
+    source number)."""
+    tables, starts, at = [], {}, 0
+    for i, s in enumerate(sources):
+        if s.path in files.whole:
+            tables.append(files.whole.pop(s.path))
+            starts[i], at = at, at + tables[-1].num_rows
+    if not tables:
+        return entry_schema.empty_table(), starts
+    # sectors' flags may differ in width: "permissive" takes the wider, then the catalog's
+    return _as_entries(pa.concat_tables(tables, promote_options="permissive"), entry_schema).combine_chunks(), starts
 
 
 def _read_star_entries(source: Source, rows: np.ndarray, entry_schema: pa.Schema, files: _Files
@@ -479,13 +502,17 @@ def _spatial(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return spatial_index(ra, dec) if len(ra) else np.zeros(0, np.int64)  # no hats in the workers (formats.hats)
 
 
-def _stars_of(index: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For light curves ``index`` (of any sources): the entry order (by gaiadr3_id, sector, camera, ccd), each
-    entry's star number in that order, and each star's first entry (whose RA/DEC/TIC_ID the star takes)."""
-    order = np.lexsort((index["ccd"], index["camera"], index["sector"], index["gaiadr3_id"]))
+def _stars_of(index: dict[str, np.ndarray], pixel4: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For light curves ``index`` (of any sources): the entry order (by gaiadr3_id, sector, camera, ccd; with
+    ``pixel4``, each light curve's order-4 pixel, by pixel first and a star per pixel), each entry's star number in
+    that order, and each star's first entry (whose RA/DEC/TIC_ID the star takes)."""
+    keys = (index["ccd"], index["camera"], index["sector"], index["gaiadr3_id"])
+    order = np.lexsort(keys if pixel4 is None else keys + (pixel4,))
     ids = index["gaiadr3_id"][order]
-    first = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]])) if len(ids) else np.zeros(0, np.int64)
-    star = np.cumsum(np.concatenate([[False], ids[1:] != ids[:-1]])) if len(ids) else np.zeros(0, np.int64)
+    change = ids[1:] != ids[:-1] if pixel4 is None else (ids[1:] != ids[:-1]) | np.diff(pixel4[order]).astype(bool)
+    first = np.flatnonzero(np.concatenate([[True], change])) if len(ids) else np.zeros(0, np.int64)
+    star = np.cumsum(np.concatenate([[False], change])) if len(ids) else np.zeros(0, np.int64)
     return order, star, first
 
 
@@ -500,30 +527,32 @@ def _gather(sources: list[Source], files: _Files) -> tuple[dict[str, np.ndarray]
 
 
 # ---- units -------------------------------------------------------------------------------------------------------
-def plan_pixel(pixel4: int, sources: list[Source], new_sectors: list[int], dropped: list[int] = ()
-               ) -> dict[str, Any]:
-    """One order-4 pixel: per order-10 pixel of the stars (by their canonical position) the number of stars and of
-    cadences, and the order-10 pixels of stars that change (light curves of ``new_sectors``, or entries of
-    ``dropped`` sectors leaving a partition of the catalog). Light curves count here by their own position, so a star
-    whose light curves lie in two order-4 pixels is counted in each: ``edge`` describes, per star with a light curve
-    near the pixel's edge, its part seen here (first entry, cadences), for the driver to find such stars
-    (:meth:`Split.of`) and count them once."""
+def plan_pixels(pixels4: list[int], sources: list[Source], new_sectors: list[int], dropped: list[int] = ()
+                ) -> dict[str, Any]:
+    """Order-4 pixels ``pixels4`` (several per unit: a pixel's work is small, and its fixed cost was most of the
+    plan's): per order-10 pixel of the stars (by their canonical position) the number of stars and of cadences, and
+    the order-10 pixels of stars that change (light curves of ``new_sectors``, or entries of ``dropped`` sectors
+    leaving a partition of the catalog). Light curves count by their own order-4 pixel, so a star whose light curves
+    lie in two order-4 pixels is counted in each: ``edge`` describes, per star and pixel with a light curve near the
+    pixel's edge, its part seen there (first entry, cadences), for the driver to find such stars (:meth:`Split.of`)
+    and count them once."""
     with _Files() as files:
         index, which = _gather(sources, files)
-    here = index["spatial"] >> 2 * (SPATIAL_ORDER - SOURCE_ORDER) == pixel4
+    own = index["spatial"] >> 2 * (SPATIAL_ORDER - SOURCE_ORDER)
+    here = np.isin(own, pixels4)
     gone = _is_old(sources, which) & np.isin(index["sector"], dropped)
     shift = 2 * (SPATIAL_ORDER - HIGHEST_ORDER)
     left = index["spatial"][gone & here] >> shift  # rows losing entries
     index = {k: v[here & ~gone] for k, v in index.items()}
-    order, star, first = _stars_of(index)
+    own = own[here & ~gone]
+    order, star, first = _stars_of(index, own)  # a star's parts in two pixels apart
     cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first)).astype(np.int64)
     fresh = np.bincount(star, weights=np.isin(index["sector"][order], new_sectors), minlength=len(first)) > 0
     pix10 = index["spatial"][order][first] >> shift
     cells, inverse = np.unique(pix10, return_inverse=True)
-    near = np.bincount(star, weights=_near_edge(index["spatial"][order], pixel4), minlength=len(first)) > 0
+    near = np.bincount(star, weights=_near_edge(index["spatial"][order], own[order]), minlength=len(first)) > 0
     edge = {name: index[name][order][first][near] for name in ("gaiadr3_id", "sector", "camera", "ccd")}
-    edge |= {"cadences": cadences[near], "cell": pix10[near], "pixel4": np.full(int(near.sum()), pixel4, np.int64),
-             "fresh": fresh[near]}
+    edge |= {"cadences": cadences[near], "cell": pix10[near], "pixel4": own[order][first][near], "fresh": fresh[near]}
     return {"pixel": cells, "stars": np.bincount(inverse, minlength=len(cells)).astype(np.int64),
             "cadences": np.bincount(inverse, weights=cadences, minlength=len(cells)).astype(np.int64),
             "changed": np.unique(np.concatenate([pix10[fresh], left])), "edge": edge}
@@ -534,9 +563,9 @@ def _is_old(sources: list[Source], which: np.ndarray) -> np.ndarray:
     return np.array([s.kind == "stars" for s in sources], bool)[which] if len(sources) else np.zeros(0, bool)
 
 
-def _near_edge(spatial: np.ndarray, pixel4: int) -> np.ndarray:
+def _near_edge(spatial: np.ndarray, pixel4: np.ndarray) -> np.ndarray:
     """Whether each position (its order-29 index) lies within an order-:data:`EDGE_ORDER` pixel of the edge of
-    ``pixel4`` (one of its pixel's neighbours is outside). A star's target-list positions differ between sectors
+    its ``pixel4`` (one of its pixel's neighbours is outside). A star's target-list positions differ between sectors
     by far less (proper motion: at most ~1.4 arcmin over TESS's years), so its light curves in two order-4 pixels
     are all near it."""
     import healpy
@@ -632,8 +661,10 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
         star_order = np.flatnonzero(inside)[np.lexsort((star_ids[inside], spatial[inside]))]
         counts = np.diff(np.concatenate([first, [len(order)]]))
         star_cadences = np.bincount(star, weights=index["n_cadences"][order], minlength=len(first))
-        sink = _HashedFile(tmp)
-        writer = pq.ParquetWriter(sink, schema, **parquet_options(schema))
+        whole = _whole_entries(sources, files, entry_schema)
+        sink = _HashedFile(tmp)  # through a buffer: a call into Python per 4 MB, not per page and page header
+        stream = pa.BufferedOutputStream(pa.PythonFile(sink, mode="w"), 1 << 22)
+        writer = pq.ParquetWriter(stream, schema, **parquet_options(schema))
         try:
             start = 0
             while start < len(star_order):
@@ -641,16 +672,16 @@ def join_partition(part: Partition, sources: list[Source], schema: pa.Schema, st
                 stop = start + max(1, int(np.searchsorted(budget, CHUNK_CADENCES, side="right")))
                 chunk = star_order[start:stop]
                 table = _chunk_table(chunk, first, counts, order, index, which, sources, entry_schema, schema,
-                                     spatial[chunk], files)
+                                     spatial[chunk], files, whole)
                 writer.write_table(table)
                 rows += table.num_rows
                 start = stop
             writer.add_key_value_metadata({MARK_KEY: json.dumps(mark | {"rows": rows}, sort_keys=True)})
             writer.close()
-            sink.close()
+            stream.close()  # and sink
         except BaseException:
             writer.close()
-            sink.close()
+            stream.close()
             tmp.unlink(missing_ok=True)
             raise
     try:
@@ -689,29 +720,31 @@ class _HashedFile:
 
 def _chunk_table(chunk: np.ndarray, first: np.ndarray, counts: np.ndarray, order: np.ndarray,
                  index: dict[str, np.ndarray], which: np.ndarray, sources: list[Source], entry_schema: pa.Schema,
-                 schema: pa.Schema, spatial: np.ndarray, files: _Files) -> pa.Table:
+                 schema: pa.Schema, spatial: np.ndarray, files: _Files, whole: tuple[pa.Table, dict]) -> pa.Table:
     """Stars ``chunk`` (star numbers, in output order; ``spatial``: their order-29 indexes) as rows of the
-    catalog."""
+    catalog; ``whole``: the unit's files read whole (:func:`_whole_entries`)."""
     n = counts[chunk]  # light curves, output order: each star's run of ``order``, gathered at once
     entries = order[np.repeat(first[chunk] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))]
     src, row = which[entries], index["row"][entries]
-    pieces, placed = [], []
+    pieces, at = [whole[0]], np.empty(len(entries), np.int64)  # each entry's row in the pieces, for one gather
     for s in np.unique(src):
         mine = np.flatnonzero(src == s)
         rows = row[mine]
+        base = sum(p.num_rows for p in pieces)
+        if s in whole[1]:
+            at[mine] = whole[1][s] + rows
+            continue
         if sources[s].kind == "stars":  # whole stars: each read once, its entries exploded in file order
             star_rows = np.unique(rows)
             table, lengths = _read_star_entries(sources[s], star_rows, entry_schema, files)
-            base = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-            take = base[np.searchsorted(star_rows, rows)] + index["rank"][entries[mine]]
-            pieces.append(_take_entries(table, take))
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            at[mine] = base + starts[np.searchsorted(star_rows, rows)] + index["rank"][entries[mine]]
         else:
             unique, inverse = np.unique(rows, return_inverse=True)
             table = read_entries(sources[s], unique, entry_schema, files)
-            pieces.append(_take_entries(table, inverse))
-        placed.append(mine)
-    table = _take_entries(pa.concat_tables(pieces), np.argsort(np.concatenate(placed), kind="stable"))
-    return _stars_table(table, counts[chunk], schema, spatial)
+            at[mine] = base + inverse
+        pieces.append(table)
+    return _stars_table(_take_entries(pa.concat_tables(pieces), at), counts[chunk], schema, spatial)
 
 
 def _take_entries(table: pa.Table, idx: np.ndarray) -> pa.Table:
@@ -963,15 +996,22 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
         pixels |= {p for s in new_sources + old_sources for p in s.pixels4()}
     touched = sorted(pixels | set(_neighbours(sorted(pixels))))
     covering = _covering(new_sources + old_sources)
-    tasks = [(p, _sources_of([p], covering), new_sectors, replaced) for p in touched]
-    tasks = [t for t in tasks if t[1]]
-    touched = [t[0] for t in tasks]
+    touched = [p for p in touched if p in covering]
+    batches, rows = [[]], 0  # consecutive pixels, up to PLAN_PIXELS of them or PLAN_ROWS light curves
+    for p in touched:
+        n = sum(s.rows or PLAN_ROWS for _, s in covering[p])  # (a stars partition's rows are not counted)
+        if batches[-1] and (len(batches[-1]) == PLAN_PIXELS or rows + n > PLAN_ROWS):
+            batches, rows = batches + [[]], 0
+        batches[-1].append(p)
+        rows += n
+    batches = [b for b in batches if b]
+    tasks = [(b, _sources_of(b, covering), new_sectors, replaced) for b in batches]
     planned = {}
-    for result in executor.run(_plan_task, tasks, total=len(tasks), desc="Planning stars", unit="pixel",
-                               weights=[1] * len(tasks), lost=_lost):
+    for result in executor.run(_plan_task, tasks, total=len(touched), desc="Planning stars", unit="pixel",
+                               weights=[len(b) for b in batches], lost=_lost):
         if isinstance(result, BaseException):
             raise result
-        planned[result[0]] = result[1]  # in completion order: each result names its pixel
+        planned[result[0]] = result[1]  # in completion order: each result names its first pixel
     if executor.stopping_requested:
         raise KeyboardInterrupt
     split = Split.of([planned[p]["edge"] for p in sorted(planned)])
@@ -1070,8 +1110,9 @@ def stars_of_build(builds: list, executor) -> StarsSummary:
                        verify=first.verify)
 
 
-def _plan_task(pixel: int, sources: list[Source], new_sectors: list[int], dropped: list[int]) -> tuple[int, dict]:
-    return pixel, plan_pixel(pixel, sources, new_sectors, dropped)
+def _plan_task(pixels: list[int], sources: list[Source], new_sectors: list[int], dropped: list[int]
+               ) -> tuple[int, dict]:
+    return pixels[0], plan_pixels(pixels, sources, new_sectors, dropped)
 
 
 def _fingerprint(sources: list[Source]) -> str:
@@ -1177,7 +1218,7 @@ def _finish(root: Path, stamp: dict) -> None:
     from hats.pixel_math.healpix_pixel import HealpixPixel
 
     from .formats.base import WriteError
-    from .formats.hats import _fsync_dir, _hats_complaints
+    from .formats.hats import _fsync_dir, _hats_complaints, write_index
 
     catalog = root / CATALOG
     for name in ("hats.properties", "properties"):
@@ -1226,7 +1267,13 @@ def _finish(root: Path, stamp: dict) -> None:
         "tglc_sectors": " ".join(map(str, stamp["sectors"])), "tglc_columns": stamp["columns"]}
     TableProperties(**properties).to_properties_file(catalog)  # write_margin reads it
     margins = _build_margin(root)
-    indexes = {column: _write_index(root / f"{CATALOG}_{column}", catalog, parts, column) for column in INDEX_COLUMNS}
+    for column in INDEX_COLUMNS:
+        values = write_index(root / f"{CATALOG}_{column}", catalog, [(p.order, p.pixel, dataset / p.relpath())
+                                                                     for p in parts], column)
+        if column == "gaiadr3_id" and np.any(values[1:] == values[:-1]):
+            log.error("A Gaia DR3 id is in two rows of %s: its positions in two sectors lie further apart than "
+                      "the plan looks (see stars._near_edge)", catalog)
+    indexes = {column: f"{CATALOG}_{column}" for column in INDEX_COLUMNS}
     collection = {"name": f"{CATALOG}_collection", "hats_primary_table_url": CATALOG, "all_indexes": indexes}
     if margins:
         collection |= {"all_margins": margins, "default_margin": margins[0]}
@@ -1246,47 +1293,6 @@ def _build_margin(root: Path) -> list[str]:
 
     write_margin(root / MARGIN_NAME, root / CATALOG, MARGIN_ARCSEC)
     return [MARGIN_NAME]
-
-
-def _write_index(index_dir: Path, catalog: Path, parts: list[Partition], column: str,
-                 rows_per_file: int = 1_000_000) -> str:
-    """A HATS index catalog of ``column`` as hats-import's index pipeline writes it (the column sorted, with each
-    row's ``Norder``/``Npix``), written under a temporary name and swapped in. By hand for the reason given in
-    formats/hats.py's write_index (hats-import's pipeline needs a pinned Dask); the partitions here vary in order."""
-    from hats.catalog.dataset.table_properties import TableProperties
-    from hats.io.file_io import get_parquet_write_table_kwargs
-    from hats.io.parquet_metadata import write_parquet_metadata
-
-    values, norder, npix = [], [], []
-    for p in parts:
-        v = pq.read_table(catalog / "dataset" / p.relpath(), columns=[column]).column(0).to_numpy()
-        values.append(v)
-        norder.append(np.full(len(v), p.order, np.uint8))
-        npix.append(np.full(len(v), p.pixel, np.uint64))
-    values_a = np.concatenate(values)
-    order = np.argsort(values_a, kind="stable")
-    if column == "gaiadr3_id" and len(values_a) and np.any(values_a[order][1:] == values_a[order][:-1]):
-        log.error("A Gaia DR3 id is in two rows of %s: its positions in two sectors lie further apart than "
-                  "the plan looks (see stars._near_edge)", catalog)
-    table = pa.table({column: values_a[order], "Norder": np.concatenate(norder)[order],
-                      "Npix": np.concatenate(npix)[order]})
-    options = get_parquet_write_table_kwargs(table.schema, write_table_kwargs={
-        "data_page_size": 16 * 1024, "sorting_columns": pq.SortingColumn.from_ordering(
-            table.schema, [(column, "ascending")]), "write_page_checksum": True})
-    options.pop("row_group_size", None)
-    tmp = index_dir.with_name(f".{index_dir.name}{_TEMPORARY}{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "dataset" / "index").mkdir(parents=True)
-    for part, start in enumerate(range(0, max(len(table), 1), rows_per_file)):
-        pq.write_table(table.slice(start, rows_per_file), tmp / "dataset" / "index" / f"part.{part}.parquet",
-                       row_group_size=rows_per_file, **options)
-    write_parquet_metadata(tmp, order_by_healpix=False)
-    TableProperties(**(TableProperties.new_provenance_dict(tmp, builder=f"tglc_builder v{__version__}") | {
-        "catalog_name": index_dir.name, "catalog_type": "index", "total_rows": len(table),
-        "primary_catalog": CATALOG, "indexing_column": column})).to_properties_file(tmp)
-    shutil.rmtree(index_dir, ignore_errors=True)
-    os.replace(tmp, index_dir)
-    return index_dir.name
 
 
 def write_stars_card(root: Path, files: list[str], stamp: dict, total: int) -> Path:

@@ -579,44 +579,49 @@ class HatsWriter(Writer):
         catalog = self.catalog_dir
         margin_name, index_name = f"{catalog.name}_{MARGIN_NAME}", f"{catalog.name}_gaiadr3_id"
         write_margin(self.output_dir / margin_name, catalog)
-        write_index(self.output_dir / index_name, catalog, files, "gaiadr3_id")
+        write_index(self.output_dir / index_name, catalog, [(ORDER, _pixel_of(f), f) for f in files], "gaiadr3_id")
         return [margin_name], {"gaiadr3_id": index_name}
 
 
-def write_index(index_dir: Path, catalog: Path, files: list[Path], column: str,
-                rows_per_file: int = 1_000_000) -> int:
-    """A HATS index catalog of ``column``, as hats-import's index pipeline writes it (``dataset/index/part.<i>
-    .parquet``: the column sorted, with the ``Norder``/``Npix`` of each row's partition; hats' write options and
-    metadata; an ``index`` hats.properties naming the primary catalog relative to the collection, as lsdb's own
-    writer does, so that the collection can move). Written here because hats-import's pipeline refuses to run on Python
-    3.11 with a Dask other than 2025.3 (and it needs none: the whole index of a sector is a few tens of MB)."""
+def write_index(index_dir: Path, catalog: Path, partitions: list[tuple[int, int, Path]], column: str,
+                rows_per_file: int = 1_000_000) -> np.ndarray:
+    """A HATS index catalog of ``column`` over ``partitions`` (each file's order, pixel and path: a per-sector
+    catalog's are all of order 4, the stars catalog's vary), as hats-import's index pipeline writes it
+    (``dataset/index/part.<i>.parquet``: the column sorted, with the ``Norder``/``Npix`` of each row's partition;
+    hats' write options and metadata; an ``index`` hats.properties naming the primary catalog relative to the
+    collection, as lsdb's own writer does, so that the collection can move), under a temporary name swapped in.
+    Returns the column's values, sorted. Written here because hats-import's pipeline refuses to run on Python 3.11
+    with a Dask other than 2025.3 (and it needs none: the whole index of a sector is a few tens of MB)."""
     from hats.catalog.dataset.table_properties import TableProperties
     from hats.io.file_io import get_parquet_write_table_kwargs
     from hats.io.parquet_metadata import write_parquet_metadata
 
-    ids, npix = [], []
-    for file in files:
-        values = pq.read_table(file, columns=[column]).column(0).to_numpy()
-        ids.append(values)
-        npix.append(np.full(len(values), _pixel_of(file), np.uint64))
-    ids, npix = np.concatenate(ids), np.concatenate(npix)
-    order = np.argsort(ids, kind="stable")
-    table = pa.table({column: ids[order], "Norder": np.full(len(ids), ORDER, np.uint8), "Npix": npix[order]})
+    values, norder, npix = [], [], []
+    for order, pixel, file in partitions:
+        values.append(pq.read_table(file, columns=[column]).column(0).to_numpy())
+        norder.append(np.full(len(values[-1]), order, np.uint8))
+        npix.append(np.full(len(values[-1]), pixel, np.uint64))
+    values = np.concatenate(values)
+    sort = np.argsort(values, kind="stable")
+    table = pa.table({column: values[sort], "Norder": np.concatenate(norder)[sort], "Npix": np.concatenate(npix)[sort]})
     options = get_parquet_write_table_kwargs(table.schema, write_table_kwargs={
         "data_page_size": 16 * 1024, "sorting_columns": pq.SortingColumn.from_ordering(
             table.schema, [(column, "ascending")]), "write_page_checksum": True})
     options.pop("row_group_size", None)
-    if index_dir.exists():
-        shutil.rmtree(index_dir)
-    (index_dir / "dataset" / "index").mkdir(parents=True)
-    for part, start in enumerate(range(0, len(table), rows_per_file)):
-        pq.write_table(table.slice(start, rows_per_file), index_dir / "dataset" / "index" / f"part.{part}.parquet",
+    for stale in index_dir.parent.glob(f".{index_dir.name}{_TEMPORARY}*"):  # of a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = index_dir.with_name(f".{index_dir.name}{_TEMPORARY}{os.getpid()}")
+    (tmp / "dataset" / "index").mkdir(parents=True)
+    for part, start in enumerate(range(0, max(len(table), 1), rows_per_file)):
+        pq.write_table(table.slice(start, rows_per_file), tmp / "dataset" / "index" / f"part.{part}.parquet",
                        row_group_size=rows_per_file, **options)
-    write_parquet_metadata(index_dir, order_by_healpix=False)
-    TableProperties(**(TableProperties.new_provenance_dict(index_dir, builder=f"tglc_builder v{__version__}") | {
+    write_parquet_metadata(tmp, order_by_healpix=False)
+    TableProperties(**(TableProperties.new_provenance_dict(tmp, builder=f"tglc_builder v{__version__}") | {
         "catalog_name": index_dir.name, "catalog_type": "index", "total_rows": len(table),
-        "primary_catalog": catalog.name, "indexing_column": column})).to_properties_file(index_dir)
-    return len(table)
+        "primary_catalog": catalog.name, "indexing_column": column})).to_properties_file(tmp)
+    shutil.rmtree(index_dir, ignore_errors=True)
+    os.replace(tmp, index_dir)
+    return table.column(0).to_numpy()
 
 
 def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARGIN_ARCSEC) -> int:
