@@ -605,8 +605,8 @@ def test_parquet_options_and_spatial_index_are_hats_own(columns):
 
 
 def test_writing_a_shard_imports_neither_hats_nor_datasets(sector, tmp_path):
-    """A worker writes its shards without importing hats (matplotlib, numba: ~200 MB and 1.5 s per process) or
-    datasets."""
+    """A worker writes its shards without importing hats (matplotlib, numba: ~200 MB and 1.5 s per process),
+    datasets, pandas (through pyarrow.dataset) or astropy.coordinates (through cdshealpix's package)."""
     code = f"""
 import pickle, sys
 sys.path[:0] = {[str(TESTS), str(TESTS.parent)]!r}
@@ -615,7 +615,9 @@ writer, shard, fits_dir = pickle.load(open({str(tmp_path / "job.pkl")!r}, "rb"))
 before = set(sys.modules)  # (the test's helpers import healpy, which imports matplotlib)
 write_shard(writer, shard, fits_dir)
 assert writer.file(shard).is_file()
-print(sorted({{m.split(".")[0] for m in set(sys.modules) - before}} & {{"hats", "datasets", "matplotlib", "numba"}}))
+new = set(sys.modules) - before
+print(sorted(({{m.split(".")[0] for m in new}} | new) & {{"hats", "datasets", "matplotlib", "numba", "pandas",
+                                                      "astropy.coordinates"}}))
 """
     import pickle
     writer = HatsWriter(tmp_path / "collection", 23, SEED)

@@ -53,7 +53,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .. import __version__, layout
@@ -173,12 +172,38 @@ def parquet_options(schema: pa.Schema) -> dict:
 
 def spatial_index(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     """``_healpix_29`` of (RA, DEC) in degrees: what ``hats.pixel_math.spatial_index.compute_spatial_index`` computes
-    (cdshealpix on astropy angles), without importing hats in the workers (see :func:`parquet_options`)."""
-    from astropy.coordinates import Latitude, Longitude
-    from cdshealpix.nested import lonlat_to_healpix
+    (cdshealpix on astropy angles), without importing hats in the workers (see :func:`parquet_options`), nor
+    astropy.coordinates (0.35 CPU-s and 27 MB per worker): the angles are converted as astropy's Longitude (wrapped
+    into [0, 360)) and Latitude (at most 90 degrees either way) convert them, then cdshealpix's compiled hash runs."""
+    lon = np.array(ra, np.float64)
+    lat = np.asarray(dec, np.float64)
+    if np.any(np.abs(lat) > 90):
+        raise ValueError("Latitude angle(s) must be within -90 deg <= angle <= 90 deg")
+    lon -= lon // 360.0 * 360.0  # astropy's Angle._wrap_at(360 deg), which leaves angles in [0, 360) as they are
+    lon[lon >= 360.0] -= 360.0
+    lon[lon < 0.0] += 360.0
+    ipix = np.empty(len(lon), np.uint64)
+    _cdshealpix().lonlat_to_healpix(np.full(len(lon), SPATIAL_ORDER, np.uint8), lon * (np.pi / 180.0),
+                                    lat * (np.pi / 180.0), ipix, np.empty(len(lon)), np.empty(len(lon)),
+                                    np.uint16(0))
+    return ipix.astype(np.int64)
 
-    return lonlat_to_healpix(Longitude(np.asarray(ra, np.float64), unit="deg"),
-                             Latitude(np.asarray(dec, np.float64), unit="deg"), SPATIAL_ORDER).astype(np.int64)
+
+def _cdshealpix():
+    """cdshealpix's compiled module, loaded on its own: the package's ``__init__`` imports astropy.coordinates."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    name = "cdshealpix.cdshealpix"
+    if name not in sys.modules:
+        folder = Path(importlib.util.find_spec("cdshealpix").origin).parent
+        path = next(p for p in folder.iterdir() if p.name.startswith("cdshealpix.") and
+                    p.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)))
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 # ---- errors -----------------------------------------------------------------------------------------------------
@@ -225,13 +250,13 @@ def verify_file(file: Path, schema: pa.Schema, mark: dict | None = None, full: b
             for g in range(meta.num_row_groups):
                 table = pf.read_row_group(g)  # raises on a checksum mismatch
                 _check_table(file, table, g)
-                ids.append(table.column("gaiadr3_id").to_numpy())
-                spatial.append(table.column(SPATIAL_INDEX).to_numpy())
+                ids.append(_numpy(table.column("gaiadr3_id")))
+                spatial.append(_numpy(table.column(SPATIAL_INDEX)))
             ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
             spatial = np.concatenate(spatial) if spatial else np.zeros(0, np.int64)
         else:
             table = pf.read(columns=["gaiadr3_id", SPATIAL_INDEX])
-            ids, spatial = table.column("gaiadr3_id").to_numpy(), table.column(SPATIAL_INDEX).to_numpy()
+            ids, spatial = _numpy(table.column("gaiadr3_id")), _numpy(table.column(SPATIAL_INDEX))
     except WriteError:
         raise
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
@@ -251,14 +276,14 @@ def _check_table(file: Path, table: pa.Table, group: int) -> None:
     for name in table.column_names:
         if table.column(name).null_count:
             raise WriteError(f"{file}: nulls in column {name} of row group {group}")
-    lengths = table.column(N_CADENCES[0]).to_numpy()
+    lengths = _numpy(table.column(N_CADENCES[0]))
     start = 0
     for chunk in table.column("lightcurve").chunks:
         expected = lengths[start:start + len(chunk)]
         start += len(chunk)
         for i, field in enumerate(chunk.type):
             child = chunk.field(i)
-            if child.null_count or not np.array_equal(pc.list_value_length(child).to_numpy(zero_copy_only=False),
+            if child.null_count or not np.array_equal(_numpy(pc.list_value_length(child)),
                                                       expected):
                 raise WriteError(f"{file}: lightcurve.{field.name} of row group {group} is not n_cadences long")
 
@@ -632,6 +657,7 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
     hats-import with dask.distributed and dask.dataframe, ~3 s a Dask client's start and its tasks), which dominated
     small builds; this takes 0.16 s there. tests/test_stars.py checks it file for file against the pipeline."""
     import cdshealpix
+    import pyarrow.dataset as pads  # here only: it imports pandas (0.2 CPU-s, 40 MB in every worker)
     from hats.catalog.dataset.table_properties import TableProperties
     from hats.catalog.partition_info import PartitionInfo
     from hats.io import paths
@@ -808,35 +834,40 @@ class _HatsSink(ShardSink):
             self._ipc.write_batch(batch)
         except (OSError, pa.ArrowException) as exc:
             raise self._fail(exc) from None
-        self._spatial.append(batch.column(0).to_numpy())
+        self._spatial.append(_numpy(batch.column(0)))
         self.rows += len(block)
         self.flag_bits = max([self.flag_bits] + [8 * block.series[s.name].dtype.itemsize
                                                  for s in self.writer.columns.series if s.widens])
         note_versions(self.versions, self.shard, block)
 
     def _batch(self, block: Block) -> pa.RecordBatch:
-        """The block as the catalog's columns, each list trimmed to its n_cadences (values copied, bits kept)."""
+        """The block as the catalog's columns, each list trimmed to its n_cadences (values copied, bits kept), its
+        rows sorted by _healpix_29 (stable): :meth:`commit` then merges sorted runs, slices of the batches."""
         shard, s = self.shard, block.scalars
         n = np.asarray(block.n_cadences, np.int32)
         ra, dec = np.asarray(s["RA"], np.float64), np.asarray(s["DEC"], np.float64)
-        columns = {SPATIAL_INDEX: spatial_index(ra, dec),
+        spatial = spatial_index(ra, dec)
+        order = np.argsort(spatial, kind="stable")
+        n = n[order]
+        columns = {SPATIAL_INDEX: spatial,
                    "TIC_ID": np.asarray(s["TIC_ID"], np.int64), "gaiadr3_id": np.asarray(s["gaiadr3_id"], np.int64),
                    "RA": ra, "DEC": dec, "sector": np.full(len(n), self.writer.sector, np.int16),
                    "camera": shard.cam[block.rows].astype(np.int16), "ccd": shard.ccd[block.rows].astype(np.int16),
-                   "psf_flux_err": s["psf_flux_err"], "aper_flux_err": s["aper_flux_err"], N_CADENCES[0]: n}
+                   "psf_flux_err": s["psf_flux_err"], "aper_flux_err": s["aper_flux_err"]}
         columns.update({x.name: s[x.name] for x in extra_scalars(self.writer.columns)})
-        arrays = [pa.array(np.asarray(columns[f.name], f.type.to_pandas_dtype())) for f in self.schema
+        columns = {name: np.asarray(values)[order] for name, values in columns.items()} | {N_CADENCES[0]: n}
+        arrays = [_array(columns[f.name], f.type) for f in self.schema
                   if f.name != "lightcurve"]
-        offsets = pa.array(np.concatenate([[0], np.cumsum(n, dtype=np.int64)]).astype(np.int32))
+        offsets = _array(np.concatenate([[0], np.cumsum(n, dtype=np.int64)]), pa.int32())
         curve_type = self.schema.field("lightcurve").type
         children = []
         for field in curve_type:
-            values = block.series[field.name]
+            values = block.series[field.name][order]
             width = values.shape[1]
             if len(n) and int(n.max()) > width:
                 raise ValueError(f"block series {field.name} is {width} wide, n_cadences up to {int(n.max())}")
             flat = values[np.arange(width) < n[:, None]]  # row-major: each light curve's values in turn
-            children.append(pa.ListArray.from_arrays(offsets, pa.array(flat, field.type.value_type)))
+            children.append(pa.ListArray.from_arrays(offsets, _array(flat, field.type.value_type)))
         arrays.append(pa.StructArray.from_arrays(children, fields=list(curve_type)))
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
@@ -946,19 +977,42 @@ class _HatsRows(RowSource):
 
 
 def _take(batches: list[pa.RecordBatch], rows: np.ndarray) -> pa.Table:
-    """Rows ``rows`` (indices into the concatenation of ``batches``), in that order, copying only those rows.
-    (``Table.take`` would first concatenate every chunk of a nested column: a copy of the whole shard.)"""
+    """Rows ``rows`` (indices into the concatenation of ``batches``), in that order, copying only those rows; a
+    batch's rows that are a run of it (as when merging sorted batches) are sliced, not copied. (``Table.take`` would
+    first concatenate every chunk of a nested column: a copy of the whole shard.)"""
     starts = np.cumsum([0] + [len(b) for b in batches])
     which = np.searchsorted(starts, rows, side="right") - 1
     pieces, placed = [], []
     for b in np.unique(which):
         mine = np.flatnonzero(which == b)
-        pieces.append(batches[b].take(pa.array(rows[mine] - starts[b])))
+        local = rows[mine] - starts[b]
+        run = local[-1] - local[0] == len(local) - 1 and np.all(np.diff(local) == 1)
+        pieces.append(batches[b].slice(local[0], len(local)) if run else batches[b].take(_array(local, pa.int64())))
         placed.append(mine)
-    if len(pieces) == 1:  # all from one batch (a shard of one block): already in order
+    if len(pieces) == 1:  # all from one batch (e.g. a shard of one block): already in order
         return pa.Table.from_batches(pieces)
     table = pa.Table.from_batches(pieces).combine_chunks()  # one row group's rows, grouped by batch
-    return table.take(pa.array(np.argsort(np.concatenate(placed), kind="stable")))
+    return table.take(_array(np.argsort(np.concatenate(placed), kind="stable"), pa.int64()))
+
+
+def _array(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+    """``values`` as an Arrow array of ``type_``: numbers wrapped as a buffer, because ``pa.array`` first checks for
+    pandas objects, which imports pandas (0.2 CPU-s and 40 MB in every worker)."""
+    if not pa.types.is_primitive(type_):
+        return pa.array(values, type_)
+    values = np.ascontiguousarray(values, type_.to_pandas_dtype())
+    return pa.Array.from_buffers(type_, len(values), [None, pa.py_buffer(values)])
+
+
+def _numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow array of numbers as numpy (a view of a single chunk), as ``to_numpy`` would give it, without importing
+    pandas (as ``to_numpy`` does: see :func:`_array`); ValueError if it holds nulls."""
+    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+    if array.null_count:
+        raise ValueError(f"{array.null_count} null(s) in a column that has none")
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    parts = [np.frombuffer(c.buffers()[1], dtype, len(c), c.offset * dtype.itemsize) for c in chunks]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 def _fsync_dir(directory: Path) -> None:
