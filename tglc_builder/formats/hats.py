@@ -520,7 +520,8 @@ class HatsWriter(Writer):
         histogram = np.zeros(12 * 4 ** SKYMAP_ORDER, np.int64)
         rows_per_pixel: dict[int, int] = {}
         for file in files:
-            spatial = pq.read_table(file, columns=[SPATIAL_INDEX]).column(0).to_numpy()
+            with pq.ParquetFile(file) as pf:  # (pq.read_table goes through pyarrow.dataset: twice the CPU time)
+                spatial = _numpy(pf.read(columns=[SPATIAL_INDEX]).column(0))
             cells, counts = np.unique(spatial >> (2 * (SPATIAL_ORDER - SKYMAP_ORDER)), return_counts=True)
             histogram[cells] += counts
             rows_per_pixel[_pixel_of(file)] = rows_per_pixel.get(_pixel_of(file), 0) + len(spatial)
