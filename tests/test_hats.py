@@ -627,3 +627,28 @@ print(sorted(({{m.split(".")[0] for m in new}} | new) & {{"hats", "datasets", "m
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_shard_file_does_not_depend_on_the_blocks_its_rows_came_in(sector, tmp_path):
+    """Each block is sorted by _healpix_29 on its own and the commit merges the sorted runs: the file is the same
+    bytes whether its rows came in blocks of 7 or in one block, rows in _healpix_29 order and, at one position,
+    in catalog order, also when the rows of one position (a star's twin) are in different blocks."""
+    from tglc_builder.formats.hats import spatial_index
+
+    ra, dec = sector.ra.copy(), sector.dec.copy()
+    ra[[8, 20, 40]], dec[[8, 20, 40]] = ra[3], dec[3]  # four rows at one position, in the cluster of one pixel
+    tied = replace(sector, ra=ra, dec=dec)
+    shard = max(plan_shards(tied), key=len)
+    twins = np.flatnonzero((shard.ra == ra[3]) & (shard.dec == dec[3]))
+    assert len(shard) == CLUSTER and len(set(twins // 7)) == 4  # in four blocks of 7 rows
+    files = []
+    for block_rows in (7, CLUSTER):
+        writer = HatsWriter(tmp_path / f"blocks-of-{block_rows}", 23, SEED)
+        writer.prepare([shard], False)
+        write_shard(writer, shard, tied.fits_dir, block_rows=block_rows)
+        files.append(writer.file(shard).read_bytes())
+    assert files[0] == files[1]
+    order = np.lexsort((np.arange(len(shard)), spatial_index(shard.ra, shard.dec)))
+    written = pq.read_table(writer.file(shard), columns=["gaiadr3_id"]).column(0).to_numpy()
+    assert np.array_equal(written, shard.gaiadr3_id[order])
+    assert [i for i in written.tolist() if i in shard.gaiadr3_id[twins]] == shard.gaiadr3_id[twins].tolist()
