@@ -489,19 +489,12 @@ class HatsWriter(Writer):
                 shutil.rmtree(derived)
 
     def finish(self, shards: list[Shard]) -> None:
-        """Write the catalog's metadata with hats' functions from the pixel files present (partition_info.csv,
+        """Write the catalog's metadata from the pixel files present, as hats 0.11 writes it (partition_info.csv,
         _common_metadata and, in the one-file-per-pixel layout, _metadata; the point map and skymap;
-        hats.properties last), the extras, collection.properties and the dataset card; then check the collection
-        with ``is_valid_catalog(strict=True)``."""
-        from hats.catalog.dataset.collection_properties import CollectionProperties
-        from hats.catalog.dataset.table_properties import TableProperties
-        from hats.catalog.partition_info import PartitionInfo
-        from hats.io import paths
-        from hats.io.file_io import write_fits_image
-        from hats.io.parquet_metadata import write_parquet_metadata
-        from hats.io.skymap import write_skymap
-        from hats.pixel_math.healpix_pixel import HealpixPixel
-
+        hats.properties last), the extras, collection.properties and the dataset card. Written here, not with hats'
+        functions: importing hats cost the driver ~1 CPU-s and 176 MB, more than writing the files;
+        tests/test_hats.py holds them equal to hats' own, and checks the catalog with ``is_valid_catalog(strict=True)``
+        (a build with ``extras``, which imports hats anyway, checks it too)."""
         from .card import write_card  # datasets: the driver's only, at the end
 
         self._remove_debris()
@@ -513,10 +506,9 @@ class HatsWriter(Writer):
         suffix = self.layout(shards[0])
         catalog = self.catalog_dir
         pixels = sorted({_pixel_of(f) for f in files})
-        partition_info = PartitionInfo.from_healpix([HealpixPixel(ORDER, p) for p in pixels])
-        partition_info.write_to_file(paths.get_partition_info_pointer(catalog))
+        _write_text(catalog / "partition_info.csv", "Norder,Npix\n" + "".join(f"{ORDER},{p}\n" for p in pixels))
         self._one_flag_width(files)
-        total = write_parquet_metadata(catalog, create_metadata=(suffix == FILE_SUFFIX))
+        total = _write_parquet_metadata(catalog, files, suffix == FILE_SUFFIX)
         histogram = np.zeros(12 * 4 ** SKYMAP_ORDER, np.int64)
         rows_per_pixel: dict[int, int] = {}
         for file in files:
@@ -527,28 +519,31 @@ class HatsWriter(Writer):
             rows_per_pixel[_pixel_of(file)] = rows_per_pixel.get(_pixel_of(file), 0) + len(spatial)
         if histogram.sum() != total:
             raise WriteError(f"{catalog}: the files hold {total} rows but {histogram.sum()} spatial indices")
-        write_fits_image(histogram, paths.get_point_map_file_pointer(catalog))
-        write_skymap(histogram, catalog)
-        properties = TableProperties.new_provenance_dict(catalog, builder=f"tglc_builder v{__version__}") | {
-            "catalog_name": catalog.name, "catalog_type": "object", "total_rows": total, "ra_column": "RA",
-            "dec_column": "DEC", "healpix_column": SPATIAL_INDEX, "healpix_order": SPATIAL_ORDER,
-            "npix_suffix": suffix, "skymap_order": SKYMAP_ORDER, "hats_max_rows": max(rows_per_pixel.values()),
-            "moc_sky_fraction": f"{partition_info.calculate_fractional_coverage():0.5f}", "hats_order": ORDER,
-            "obs_title": f"TESS-Gaia Light Curves (TGLC), sector {self.sector}",
+        for name in ("point_map.fits", "skymap.fits"):
+            _write_skymap(histogram, catalog / name)
+        provenance = _provenance(catalog)
+        properties = {
+            "obs_collection": catalog.name, "dataproduct_type": "object", "hats_nrows": total, "hats_col_ra": "RA",
+            "hats_col_dec": "DEC", "hats_col_healpix": SPATIAL_INDEX, "hats_col_healpix_order": SPATIAL_ORDER,
+            "hats_npix_suffix": suffix, "hats_skymap_order": SKYMAP_ORDER,
+            "hats_max_rows": max(rows_per_pixel.values()), "hats_estsize": provenance.pop("hats_estsize"),
+            "moc_sky_fraction": float(f"{len(pixels) / (12 * 4 ** ORDER):0.5f}")} | provenance | {
+            "hats_order": ORDER, "obs_title": f"TESS-Gaia Light Curves (TGLC), sector {self.sector}",
             "tglc_sector": self.sector, "tglc_columns": self.columns.name}
-        TableProperties(**properties).to_properties_file(catalog)
+        for name in ("hats.properties", "properties"):
+            _write_properties(catalog / name, "HATS catalog", properties)
         margins = indexes = None
         if self.extras:
             margins, indexes = self._build_extras(files)
-        collection = {"name": f"{catalog.name}_collection", "hats_primary_table_url": catalog.name}
+        collection = {"obs_collection": f"{catalog.name}_collection", "hats_primary_table_url": catalog.name}
         if margins:
-            collection |= {"all_margins": margins, "default_margin": margins[0]}
+            collection |= {"all_margins": " ".join(margins), "default_margin": margins[0]}
         if indexes:
-            collection |= {"all_indexes": indexes}
-        CollectionProperties(**collection).to_properties_file(self.output_dir)
+            collection |= {"all_indexes": " ".join(f"{k} {v}" for k, v in indexes.items())}
+        _write_properties(self.output_dir / "collection.properties", "HATS Collection", collection)
         write_card(self.output_dir, "hats", [f.relative_to(self.output_dir) for f in files], self.columns,
                    self.sector, note=self._card_note(suffix, margins, indexes))
-        complaints = _hats_complaints(self.output_dir)
+        complaints = _hats_complaints(self.output_dir) if self.extras else []
         if complaints:
             raise WriteError(f"{self.output_dir}: hats does not accept the collection: {'; '.join(complaints)}")
         log.info("HATS collection %s: %d light curves in %d pixel(s), %d file(s)", self.output_dir, total,
@@ -762,6 +757,52 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
     return total
+
+
+def _write_parquet_metadata(catalog: Path, files: list[Path], with_metadata: bool) -> int:
+    """hats' ``write_parquet_metadata(catalog, create_metadata=with_metadata)`` for a catalog of one order: the
+    schema of the first file (in path order, as pyarrow's dataset finds them) without its key-value metadata as
+    ``_common_metadata``, and every file's footer, its path relative to ``dataset/``, in pixel order as
+    ``_metadata``; the number of rows."""
+    dataset = catalog / "dataset"
+    found = sorted(files, key=lambda f: str(f.relative_to(dataset)))
+    footers = [pq.read_metadata(f) for f in found]
+    schema = pq.read_schema(found[0]).remove_metadata()
+    if with_metadata:
+        for file, footer in zip(found, footers):
+            footer.set_file_path(str(file.relative_to(dataset)))
+        by_pixel = sorted(range(len(found)), key=lambda i: _pixel_of(found[i]))  # stable, as hats' argsort
+        pq.write_metadata(schema, dataset / "_metadata", metadata_collector=[footers[i] for i in by_pixel],
+                          write_statistics=True)
+    pq.write_metadata(schema, dataset / "_common_metadata")
+    return sum(footer.num_rows for footer in footers)
+
+
+def _write_skymap(histogram: np.ndarray, path: Path) -> None:
+    """hats' ``write_fits_image``: cdshealpix's FITS skymap, explicit when more than half the cells are empty, through
+    cdshealpix's compiled module (its ``skymap`` module imports matplotlib)."""
+    core = _cdshealpix()
+    if np.count_nonzero(histogram == 0) / len(histogram) > 0.5:
+        core.write_skymap_explicit(*core.to_explicit(core.depth_skymap_implicit(histogram), 0, histogram), str(path))
+    else:
+        core.write_skymap_implicit(histogram, str(path))
+
+
+def _provenance(catalog: Path) -> dict:
+    """hats' ``TableProperties.new_provenance_dict`` (hats 0.11: HATS v1.0 of 2025-08-22), its size estimate the
+    bytes under ``catalog`` in KiB."""
+    from datetime import datetime, timezone
+    from importlib.metadata import version
+
+    size = sum(f.stat().st_size for f in catalog.rglob("*") if f.is_file())
+    return {"hats_builder": f"tglc_builder v{__version__}, hats v{version('hats')}",
+            "hats_creation_date": datetime.now(tz=timezone.utc).strftime("%Y-%m-%dT%H:%M%Z"),
+            "hats_estsize": size // 1024, "hats_release_date": "2025-08-22", "hats_version": "v1.0"}
+
+
+def _write_properties(path: Path, comment: str, properties: dict) -> None:
+    """A Java-style properties file as hats writes it."""
+    _write_text(path, f"#{comment}\n" + "".join(f"{key}={value}\n" for key, value in properties.items()))
 
 
 def _hats_complaints(path: Path) -> list[str]:
