@@ -141,7 +141,7 @@ def measure(ctx: Ctx) -> list[dict]:
             f"{hats['cpu']:.1f} s CPU, peak RSS (all processes) {fmt_bytes(hats['peak_tree'])}; HDF5: "
             f"{h5['seconds']:.1f} s wall ({h5['rate'] / N_PROCESSES:,.0f} /s per process), {h5['cpu']:.1f} s CPU, peak "
             f"RSS {fmt_bytes(h5['peak_tree'])}; both read every FITS file and include the plan and the folder-level "
-            "files (HATS: its metadata, written with hats' functions)"),
+            "files (HATS: its metadata, as hats writes it)"),
         row("hats.write_memory", "hats", f"peak memory of all processes (driver and workers, sampled every 20 ms) "
                                          f"of the same HATS writing ({where})",
             fmt_bytes(hats["peak_tree"]), hats["peak_tree"],
