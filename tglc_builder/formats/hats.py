@@ -190,7 +190,8 @@ def spatial_index(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 
 
 def _cdshealpix():
-    """cdshealpix's compiled module, loaded on its own: the package's ``__init__`` imports astropy.coordinates."""
+    """cdshealpix's compiled module, loaded on its own: the package's ``__init__`` imports astropy.coordinates
+    (measured: 0.35 CPU-s and 27 MB in every worker, for two functions)."""
     import importlib.machinery
     import importlib.util
     import sys
@@ -198,15 +199,16 @@ def _cdshealpix():
     name = "cdshealpix.cdshealpix"
     if name not in sys.modules:
         folder = Path(importlib.util.find_spec("cdshealpix").origin).parent
-        path = next(p for p in folder.iterdir() if p.name.startswith("cdshealpix.") and
-                    p.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)))
+        path = next((p for p in folder.iterdir() if p.name.startswith("cdshealpix.") and
+                     p.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))), None)
+        if path is None:  # laid out otherwise by a later cdshealpix: the plain import, astropy.coordinates and all
+            return importlib.import_module(name)
         spec = importlib.util.spec_from_file_location(name, path)
         sys.modules[name] = module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     return sys.modules[name]
 
 
-# ---- errors -----------------------------------------------------------------------------------------------------
 # ---- reading a shard file back ------------------------------------------------------------------------------------
 def read_mark(file: Path | str) -> dict | None:
     """The mark of a pixel file (None when it has none or is not a readable Parquet file)."""
