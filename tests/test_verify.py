@@ -44,12 +44,13 @@ def _write(out: Path, shards, sector: Sector, block_rows: int) -> None:
         write_shard(writer, shard, sector.fits_dir, block_rows=block_rows)
 
 
-def test_hdf5_shard_bytes_do_not_depend_on_what_was_written_before(sector, tmp_path):
+@pytest.mark.parametrize("rows, chunk_rows", [(100, 32), (25, 25)])
+def test_hdf5_shard_bytes_do_not_depend_on_what_was_written_before(sector, tmp_path, rows, chunk_rows):
     """The same shard, written in one process after different other shards (so that any state a compressor kept
     from earlier chunks would show, as h5py's LZF did), and in blocks of different sizes, is the same file byte for
-    byte; its values are those of the FITS files."""
-    shards = plan_shards(sector, rows_per_shard=100)
-    assert [len(s) for s in shards] == [100, 100, 100]
+    byte; its values are those of the FITS files. Chunks of 32 rows (1,282 cadences), or a smaller shard's rows."""
+    shards = plan_shards(sector, rows_per_shard=rows)
+    assert {len(s) for s in shards} == {rows} and len(shards) == 300 // rows
     big, others = shards[1], [shards[0], shards[2]]
     _write(tmp_path / "a", [big], sector, block_rows=256)
     _write(tmp_path / "b", [*others, big], sector, block_rows=256)
@@ -65,8 +66,10 @@ def test_hdf5_shard_bytes_do_not_depend_on_what_was_written_before(sector, tmp_p
             assert h5["psf_flux"].compression == "gzip" and h5["psf_flux"].shuffle and h5["psf_flux"].fletcher32
             for s in SEED.series:
                 width = whole.series[s.name].shape[1]
-                assert h5[s.name].shape == (100, width)
+                assert h5[s.name].shape == (rows, width) and h5[s.name].chunks == (chunk_rows, width)
                 assert h5[s.name][()].tobytes() == whole.series[s.name].tobytes(), (folder, s.name)
+            for s in SEED.scalars:
+                assert h5[s.name].chunks == (rows,)
 
 
 # ---- point 3: a checksum of every byte ----------------------------------------------------------------------------

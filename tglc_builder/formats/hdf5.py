@@ -398,9 +398,10 @@ class _HDF5Sink(ShardSink):
     def _create(self, width: int, block: Block) -> None:
         n = len(self.shard)
         # A power of two, so that blocks (BLOCK_ROWS rows) fill whole chunks (a chunk written in two parts would be
-        # compressed, read back, decompressed and compressed again), and no more rows than the file will hold.
+        # compressed, read back, decompressed and compressed again); a smaller shard's rows exactly (one block, one
+        # chunk: HDF5 neither fills nor compresses rows the file will not hold).
         rows_fit = 1 << int(np.log2(np.clip(CHUNK_BYTES // (8 * width), 1, BLOCK_ROWS)))
-        chunk_rows = min(rows_fit, 1 << int(np.ceil(np.log2(max(n, 1)))))
+        chunk_rows = min(rows_fit, max(n, 1))
         scalar_chunk = (max(1, min(n, SCALAR_CHUNK)),)
         scalars = {name: dtype for name, (dtype, _, _) in IDS_AND_POSITION.items()}
         scalars[N_CADENCES[0]] = N_CADENCES[1]
