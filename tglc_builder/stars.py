@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .columns import ColumnSet, column_set
 from .errors import UsageError
-from .formats.hats import _TEMPORARY, MARGIN_ARCSEC, SPATIAL_INDEX, SPATIAL_ORDER, spatial_index
+from .formats.hats import _TEMPORARY, MARGIN_ARCSEC, SPATIAL_INDEX, SPATIAL_ORDER, extra_scalars, spatial_index
 
 log = logging.getLogger(__name__)
 
@@ -267,12 +267,6 @@ def _hats_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> lis
 
 
 # ---- schema ------------------------------------------------------------------------------------------------------
-def _extra_scalars(columns: ColumnSet) -> list:
-    from .formats.hats import extra_scalars
-
-    return extra_scalars(columns)
-
-
 def _list(value_type: pa.DataType) -> pa.DataType:
     return pa.list_(pa.field("element", value_type))  # as Parquet names it, so the schema reads back equal
 
@@ -289,7 +283,7 @@ def stars_schema(columns: ColumnSet, flags: dict[str, str]) -> pa.Schema:
     for name in ("psf_flux_err", "aper_flux_err"):
         info.append(_field(name, _list(pa.float64()), scalars[name].unit, scalars[name].description))
     info.append(_field("n_cadences", _list(pa.int32()), "", "cadences of the light curve in lightcurve"))
-    info += [_field(s.name, _list(_arrow(s.dtype)), s.unit, s.description) for s in _extra_scalars(columns)]
+    info += [_field(s.name, _list(_arrow(s.dtype)), s.unit, s.description) for s in extra_scalars(columns)]
     series = [_field("sector", _list(pa.int16()), "", "TESS sector of the cadence")]
     for s in columns.series:
         dtype = np.dtype(flags.get(s.name, s.dtype))
@@ -376,7 +370,7 @@ def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
         out = {name: files.column(source.path, name) for name in ("gaiadr3_id", "RA", "DEC", "n_cadences")}
         if source.cam_ccd is None:
             out["camera"], out["ccd"] = files.column(source.path, "camera"), files.column(source.path, "ccd")
-        if source.cam_ccd is not None:
+        else:
             out["camera"], out["ccd"] = source.cam_ccd[:, 0], source.cam_ccd[:, 1]
         out["sector"] = np.full(len(out["gaiadr3_id"]), source.sector, np.int16)
         out["row"] = np.arange(len(out["gaiadr3_id"]))
@@ -1218,7 +1212,7 @@ def _finish(root: Path, stamp: dict) -> None:
     from hats.pixel_math.healpix_pixel import HealpixPixel
 
     from .formats.base import WriteError
-    from .formats.hats import _fsync_dir, _hats_complaints, write_index
+    from .formats.hats import _fsync_dir, _hats_complaints, write_index, write_margin
 
     catalog = root / CATALOG
     for name in ("hats.properties", "properties"):
@@ -1266,7 +1260,7 @@ def _finish(root: Path, stamp: dict) -> None:
         "obs_title": f"TESS-Gaia Light Curves (TGLC), one row per star, sectors {_span(stamp['sectors'])}",
         "tglc_sectors": " ".join(map(str, stamp["sectors"])), "tglc_columns": stamp["columns"]}
     TableProperties(**properties).to_properties_file(catalog)  # write_margin reads it
-    margins = _build_margin(root)
+    write_margin(root / MARGIN_NAME, catalog, MARGIN_ARCSEC)  # with no rows when no star lies near a partition edge
     for column in INDEX_COLUMNS:
         values = write_index(root / f"{CATALOG}_{column}", catalog, [(p.order, p.pixel, dataset / p.relpath())
                                                                      for p in parts], column)
@@ -1274,9 +1268,8 @@ def _finish(root: Path, stamp: dict) -> None:
             log.error("A Gaia DR3 id is in two rows of %s: its positions in two sectors lie further apart than "
                       "the plan looks (see stars._near_edge)", catalog)
     indexes = {column: f"{CATALOG}_{column}" for column in INDEX_COLUMNS}
-    collection = {"name": f"{CATALOG}_collection", "hats_primary_table_url": CATALOG, "all_indexes": indexes}
-    if margins:
-        collection |= {"all_margins": margins, "default_margin": margins[0]}
+    collection = {"name": f"{CATALOG}_collection", "hats_primary_table_url": CATALOG, "all_indexes": indexes,
+                  "all_margins": [MARGIN_NAME], "default_margin": MARGIN_NAME}
     CollectionProperties(**collection).to_properties_file(root)
     write_stars_card(root, [f"{CATALOG}/dataset/{p.relpath()}" for p in parts], stamp, total)
     complaints = _hats_complaints(root)
@@ -1284,15 +1277,6 @@ def _finish(root: Path, stamp: dict) -> None:
         raise WriteError(f"{root}: hats does not accept the stars collection: {'; '.join(complaints)}")
     _write_bytes(catalog / STAMP, (json.dumps(stamp | {"phase": "finished", "staged": []}, sort_keys=True)
                                    + "\n").encode())
-
-
-def _build_margin(root: Path) -> list[str]:
-    """A :data:`MARGIN_ARCSEC` margin cache (:func:`.formats.hats.write_margin`; with no rows when no star lies
-    near a partition edge)."""
-    from .formats.hats import write_margin
-
-    write_margin(root / MARGIN_NAME, root / CATALOG, MARGIN_ARCSEC)
-    return [MARGIN_NAME]
 
 
 def write_stars_card(root: Path, files: list[str], stamp: dict, total: int) -> Path:
