@@ -1282,12 +1282,12 @@ def _finish(root: Path, stamp: dict) -> None:
 def write_stars_card(root: Path, files: list[str], stamp: dict, total: int) -> Path:
     """The collection's dataset card: front matter naming exactly the main catalog's files (so
     ``datasets.load_dataset(<collection>, split="train")`` gives one example per star, not the margin or index
-    rows), the features as stored, and prose."""
+    rows), the features as stored, and prose (formats/templates/stars.md)."""
     import datasets
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCardData
 
-    from .formats.card import _SIZES, CITATION
+    from .formats.card import _SIZES, CITATION, _template
 
     schema = pq.read_schema(root / files[0])
     features = datasets.Features.from_arrow_schema(schema)
@@ -1308,40 +1308,10 @@ def write_stars_card(root: Path, files: list[str], stamp: dict, total: int) -> P
             meta = f.metadata or {}
             rows.append(f"| `{f.name}` | {f.type} | {meta.get(b'unit', b'').decode()} | "
                         f"{meta.get(b'description', b'').decode()} |")
-    prose = f"""# TESS-Gaia Light Curves (TGLC): one row per star
-
-Light curves of the TESS-Gaia Light Curve collection (TGLC; Han & Brandt 2023), joined across sectors
-{_span(stamp['sectors'])} by tglc-builder v{__version__}: {total} Gaia DR3 stars, {stamp['light_curves']} light curves
-(--columns {stamp['columns']}). Each row is one star: its ids, its position (the target list of its lowest sector),
-its sectors, `sector_info` (one entry per light curve, by sector, camera and CCD; a star observed on two CCDs of
-one sector has two entries) and `lightcurve` (every cadence of every entry, in that order, nothing padded:
-`sum(sector_info.n_cadences) == len(lightcurve.time)`). Values are the FITS values bit for bit.
-
-| column | type | unit | description |
-|---|---|---|---|
-{chr(10).join(rows)}
-
-## Loading
-
-```python
-from datasets import load_dataset
-stars = load_dataset("<this folder>", split="train")   # one example per star; nested columns as dicts of lists
-
-import lsdb                                              # HATS: partitions, margin cache, id indexes
-catalog = lsdb.open_catalog("<this folder>")
-catalog.id_search(values={{"gaiadr3_id": ...}}).compute()
-
-import tglc_builder                                      # numpy arrays per sector, or lightkurve
-star = tglc_builder.open_stars("<this folder>").get(gaiadr3_id=...)
-```
-
-The folder is a HATS collection: the main catalog `{CATALOG}/` (adaptive HEALPix partitions, orders 0 to 10,
-sorted by `_healpix_29`), a {MARGIN_ARCSEC:g} arcsec margin cache and index catalogs on `gaiadr3_id` and `TIC_ID`.
-
-## Citation
-
-{CITATION}
-"""
+    prose = _template("stars.md").substitute(
+        span=_span(stamp["sectors"]), version=__version__, total=total, light_curves=stamp["light_curves"],
+        columns=stamp["columns"], rows="\n".join(rows), catalog=CATALOG, margin=f"{MARGIN_ARCSEC:g}",
+        citation=CITATION) + "\n"
     text = f"---\n{card.to_yaml()}\n---\n\n{prose}"
     _write_bytes(root / "README.md", text.encode())
     return root / "README.md"
