@@ -1,17 +1,8 @@
-"""The stars catalog: one row per Gaia DR3 star, every sector (docs/DATASET.md, "The stars catalog").
-
-A join stage over finished per-sector outputs (HDF5 dataset folders and/or HATS collections, see formats/), written
-as a HATS collection::
-
-    <stars_path>/
-        collection.properties, README.md      the collection and its dataset card
-        tglc_stars/                           the main catalog, adaptive partitions (orders 0..10)
-            .tglc_stars.json                  the stamp: sectors, columns, layout, phase (the commit mark)
-            .tglc_stars_histogram.npz         stars and cadences per order-10 pixel (for incremental builds)
-            .staging/Norder=k/Dir=d/Npix=p.parquet   partitions of a build not yet committed
-            dataset/Norder=k/Dir=d/Npix=p.parquet, partition_info.csv, _metadata, ..., hats.properties (last)
-        tglc_stars_10arcs/                    margin cache (as hats-import's margin pipeline writes it)
-        tglc_stars_gaiadr3_id/, tglc_stars_TIC_ID/   index catalogs
+"""The stars catalog: one row per Gaia DR3 star, every sector, a join stage over finished per-sector outputs (HDF5
+dataset folders and/or HATS collections, see formats/) into a HATS collection, laid out as docs/DATASET.md says ("The
+stars catalog"). Beside hats' files, ``tglc_stars/`` holds the stamp ``.tglc_stars.json`` (sectors, columns, layout,
+phase: the commit mark), ``.tglc_stars_histogram.npz`` (stars and cadences per order-10 pixel, for incremental
+builds) and ``.staging/`` (the partitions of a build not yet committed).
 
 **Work.** Units are plain functions over plain data, run on the project's executor: :func:`plan_pixels` (order-4
 pixels: the stars' order-10 pixels and cadences, for the partitioning) and :func:`join_partition` (one stars

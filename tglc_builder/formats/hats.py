@@ -1,22 +1,8 @@
 """The HATS format (``--format hats``): a HATS collection that LSDB opens, cross-matches and cone-searches, and that
-``datasets.load_dataset(<folder>, split="train")`` loads (see docs/DATASET.md, "HATS")::
-
-    <output_dir>/
-        collection.properties                 the collection (hats' CollectionProperties)
-        README.md                             the dataset card: data_files name exactly the main catalog's files
-        tglc_sSSSS/                           the main catalog, partitioned at HEALPix order 4 (nside 16, nested)
-            hats.properties                   written last by finish(): a catalog without it is unfinished
-            partition_info.csv, point_map.fits, skymap.fits
-            .tglc_build.json                  this build's sector, columns and pixel layout (for resume)
-            dataset/_common_metadata, dataset/_metadata   (_metadata in the one-file-per-pixel layout only)
-            dataset/Norder=4/Dir=<d>/Npix=<p>.parquet          a pixel of one shard: one file
-            dataset/Norder=4/Dir=<d>/Npix=<p>/<k>-of-<n>.parquet   (the layout of builds with multi-shard pixels)
-        tglc_sSSSS_10arcs/, tglc_sSSSS_gaiadr3_id/   with ``extras``: margin cache, Gaia id index
-
-One row per light curve: ``_healpix_29`` (rows of a file sorted by it), ids, position, ``sector``/``camera``/``ccd``,
-the header errors, ``n_cadences``, the header scalars of the column set, and ``lightcurve``, a struct of lists
-trimmed to ``n_cadences``. Values are the FITS values bit for bit (NaN payloads included: floats are never
-dictionary-encoded, whose hashing folds NaNs together).
+``datasets.load_dataset(<folder>, split="train")`` loads. Its layout and columns are docs/DATASET.md's ("HATS");
+besides them, ``tglc_sSSSS/.tglc_build.json`` records this build's sector, columns and pixel layout (for resume),
+and ``hats.properties``, written last by :meth:`HatsWriter.finish`, marks a finished catalog. Values are the FITS
+values bit for bit (NaN payloads included: floats are never dictionary-encoded, whose hashing folds NaNs together).
 
 **Several files per pixel.** hats 0.11 reads a pixel stored as a directory of Parquet files (``hats_npix_suffix =
 /``), but only catalog-wide (every pixel a directory, or none), and its strict validator
