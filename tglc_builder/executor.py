@@ -36,7 +36,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -119,10 +119,8 @@ def _init_worker(stop, progress, in_pool: bool, slot: int = 0, preload: Sequence
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker.update(stop=stop, progress=progress, slot=slot, marks=marks)
     for name in preload:
-        try:
+        with suppress(Exception):  # the task that needs it imports it again and reports the error
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001, S110 - the task that needs it imports it again and reports the error
-            pass
 
 
 def _serve(conn: Connection, stop, progress, slot: int, preload: Sequence[str], marks=None) -> None:
@@ -132,11 +130,8 @@ def _serve(conn: Connection, stop, progress, slot: int, preload: Sequence[str], 
     lock = threading.Lock()  # the task threads share the pipe
 
     def send(message: tuple) -> None:
-        try:
-            with lock:
-                conn.send(message)
-        except OSError:  # the driver is gone or closing: nobody waits for this any more
-            pass
+        with suppress(OSError), lock:  # OSError: the driver is gone or closing, nobody waits for this any more
+            conn.send(message)
 
     threads: list[threading.Thread] = []
     while True:
@@ -586,10 +581,8 @@ class Executor:
         running = [f for f in futures if f.key in processing and not f.done()]
         self.client.cancel([f for f in futures if f.key not in processing])
         if running:
-            try:
+            with suppress(TimeoutError):  # (distributed's wait raises it rather than return what is not done)
                 wait_futures(running, timeout=self.stop_grace)
-            except TimeoutError:  # (distributed's wait raises it rather than return what is not done)
-                pass
             if left := [f for f in running if not f.done()]:
                 log.error("%d task(s) on the cluster did not stop within %g s; giving up on them: their workers "
                           "may still write until those tasks next look at the stop (restart the workers to be "
@@ -714,10 +707,8 @@ class _FileCrumbs:
 
     def close(self) -> None:
         os.close(self.fd)
-        try:
+        with suppress(OSError):
             os.unlink(self.path)
-        except OSError:
-            pass
 
     @staticmethod
     def culprits(folder: str, key: str) -> tuple[int, ...]:
@@ -736,10 +727,8 @@ class _FileCrumbs:
 
     @staticmethod
     def remove(folder: str, key: str) -> None:
-        try:
+        with suppress(OSError):
             os.unlink(_crumbs_path(folder, key))
-        except OSError:
-            pass
 
 
 def _crumbs_path(folder: str | os.PathLike, key: str) -> str:

@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -954,10 +955,8 @@ class _HatsSink(ShardSink):
     def abort(self) -> None:
         for handle in (self._ipc, self._ipc_file):
             if handle is not None:
-                try:
+                with suppress(Exception):  # the file is being discarded anyway
                     handle.close()
-                except Exception:  # noqa: BLE001 - the file is being discarded anyway
-                    pass
         self._ipc = self._ipc_file = None
         self.tmp.unlink(missing_ok=True)
         self.ipc_path.unlink(missing_ok=True)
