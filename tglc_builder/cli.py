@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, NoReturn
 
 from . import __version__
@@ -291,9 +291,8 @@ def import_healpy_without_plotting() -> None:
         return
     sys.modules["matplotlib"] = None  # type: ignore[assignment] - the documented way to make an import fail
     try:
-        import healpy  # noqa: F401
-    except Exception:  # noqa: BLE001, S110 - raised again where the catalog imports it for real
-        pass
+        with suppress(Exception):  # raised again where the catalog imports it for real
+            import healpy  # noqa: F401
     finally:
         if "matplotlib" in sys.modules and sys.modules["matplotlib"] is None:
             del sys.modules["matplotlib"]

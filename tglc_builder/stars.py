@@ -303,10 +303,6 @@ def _entry_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _schema_to_json(schema: pa.Schema) -> str:
-    return hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()
-
-
 # ---- reading sources -----------------------------------------------------------------------------------------------
 _INDEX = ("gaiadr3_id", "sector", "camera", "ccd", "n_cadences", "spatial", "row", "rank")
 _ONE_THREAD = {"use_threads": False}
@@ -941,7 +937,7 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
     summary = StarsSummary(sorted(set(old_sectors) | set(new_sectors)), new_sectors)
     columns = column_set(columns_name)
     schema = stars_schema(columns, flags)
-    digest = _schema_to_json(schema)
+    digest = hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()
     old_parts = [Partition(o, p) for o, p in stamp["partitions"]] if stamp else []
     damaged = _damaged(catalog, old_parts) if verify and stamp else []
     missing = sorted(set(old_sectors) - set(by_sector))
