@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, STRING, ColumnSet
 from ..errors import UsageError
+from ..folders import write_text
 from .base import (_UNSEALED, DIGEST_KEY, VERSIONS_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer,
                    check_digest, note_versions, seal, versions_text, write_error)
 
@@ -432,7 +433,7 @@ class HatsWriter(Writer):
         self._remove_debris()
         self._remove_catalog_files()
         self.catalog_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(self.catalog_dir / STAMP, json.dumps(
+        write_text(self.catalog_dir / STAMP, json.dumps(
             {"sector": self.sector, "columns": self.columns.name, "npix_suffix": suffix,
              "tglc_builder_version": __version__}, sort_keys=True) + "\n")
         self.npix_suffix = suffix
@@ -495,7 +496,7 @@ class HatsWriter(Writer):
         suffix = self.layout(shards[0])
         catalog = self.catalog_dir
         pixels = sorted({_pixel_of(f) for f in files})
-        _write_text(catalog / "partition_info.csv", "Norder,Npix\n" + "".join(f"{ORDER},{p}\n" for p in pixels))
+        write_text(catalog / "partition_info.csv", "Norder,Npix\n" + "".join(f"{ORDER},{p}\n" for p in pixels))
         self._one_flag_width(files)
         total = _write_parquet_metadata(catalog, files, suffix == FILE_SUFFIX)
         histogram = np.zeros(12 * 4 ** SKYMAP_ORDER, np.int64)
@@ -796,7 +797,7 @@ def _provenance(catalog: Path) -> dict:
 
 def _write_properties(path: Path, comment: str, properties: dict) -> None:
     """A Java-style properties file as hats writes it."""
-    _write_text(path, f"#{comment}\n" + "".join(f"{key}={value}\n" for key, value in properties.items()))
+    write_text(path, f"#{comment}\n" + "".join(f"{key}={value}\n" for key, value in properties.items()))
 
 
 def _hats_complaints(path: Path) -> list[str]:
@@ -826,12 +827,6 @@ def _pixel_of(file: Path) -> int | None:
         if match:
             return int(match.group(1))
     return None
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}{_TEMPORARY}{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---- the sink ------------------------------------------------------------------------------------------------------
