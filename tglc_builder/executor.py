@@ -6,17 +6,12 @@ the driver or a Dask scheduler. Tasks must be idempotent (a worker may die and i
 stage writes under a temporary name and renames, and skips what is already complete. One executor serves a whole
 build, so its worker processes start once.
 
-A task that declares a ``context`` parameter is handed a :class:`~.context.TaskContext`: when the driver was
-interrupted (finish the file at hand, then return), progress as it happens (a local pool's bar moves per file, not
-per task), a hand-over (a task winding down, its last downloads started, gives its worker the next task beside it,
-so that the worker's connections never wait for a task's end and the next one's start) and breadcrumbs (the item a
-thread of the task is reading, named by the driver if the worker dies meanwhile). This module knows nothing of what
-the tasks do.
+A task that declares a ``context`` parameter is handed a :class:`~.context.TaskContext` (stop, progress as it
+happens, hand-over, breadcrumbs). This module knows nothing of what the tasks do.
 
 What the processes share is plain shared memory with no lock (``RawValue``/``RawArray``), each value with one
-writer or tolerant of a lost update, and a pipe between the driver and each worker: a worker can be SIGKILLed at
-any instruction, and one that dies holding a lock shared with the driver (``multiprocessing.Value``'s, an
-``Event``'s, a ``multiprocessing.Queue``'s) leaves the driver and every other worker waiting on it for good.
+writer or tolerant of a lost update, and a pipe between the driver and each worker: docs/DESIGN.md ("Integrity")
+says why.
 """
 
 from __future__ import annotations
