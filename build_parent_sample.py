@@ -32,7 +32,7 @@ from tglc_builder import cli, run
 from tglc_builder.arguments import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT, TINY_SIZE, BuildArguments
 from tglc_builder.errors import UsageError
 from tglc_builder.executor import Executor, run_interruptibly
-from tglc_builder.formats import DEMO_NOTE
+from tglc_builder.formats import DEMO_NOTE, make_writers
 from tglc_builder.folders import exclusive
 from tglc_builder.report import BuildSummary
 from tglc_builder.sources import DEFAULT_CONNECTIONS
@@ -196,7 +196,7 @@ class TGLC_Downloader:
         self._one_sector("convert_fits_to_standard_format()")
         args = self._args()
         failed = np.array([f.path.encode() for f in self.summary.failures if f.stage == "download"], "S")
-        folders = [run.writable_dir(w.output_dir, w.name) for w in run.writers_of(args)]
+        folders = [run.writable_dir(w.output_dir, w.name) for w in make_writers(args)]
         with exclusive(folders):
             result = run.write_outputs(args, catalog, LocalSource(str(args.fits_dir), owns_files=True), self.pool,
                                        skip=failed)

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, NoReturn
 
 from . import __version__
@@ -24,24 +24,20 @@ EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_DEMO_SIZE = 1000
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 0")
-    return value
+def _at_least(kind: type, low: int, what: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` (``what`` it must be), at least ``low``."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not value >= low:  # (NaN too)
+            raise argparse.ArgumentTypeError(f"{value} must be at least {low}")
+        return value
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+_seconds, _positive_int = _at_least(float, 0, "a number of seconds"), _at_least(int, 1, "an integer")
 
 
 def _formats(text: str) -> str:
@@ -291,9 +287,8 @@ def import_healpy_without_plotting() -> None:
         return
     sys.modules["matplotlib"] = None  # type: ignore[assignment] - the documented way to make an import fail
     try:
-        import healpy  # noqa: F401
-    except Exception:  # noqa: BLE001, S110 - raised again where the catalog imports it for real
-        pass
+        with suppress(Exception):  # raised again where the catalog imports it for real
+            import healpy  # noqa: F401
     finally:
         if "matplotlib" in sys.modules and sys.modules["matplotlib"] is None:
             del sys.modules["matplotlib"]

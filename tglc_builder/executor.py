@@ -6,17 +6,12 @@ the driver or a Dask scheduler. Tasks must be idempotent (a worker may die and i
 stage writes under a temporary name and renames, and skips what is already complete. One executor serves a whole
 build, so its worker processes start once.
 
-A task that declares a ``context`` parameter is handed a :class:`~.context.TaskContext`: when the driver was
-interrupted (finish the file at hand, then return), progress as it happens (a local pool's bar moves per file, not
-per task), a hand-over (a task winding down, its last downloads started, gives its worker the next task beside it,
-so that the worker's connections never wait for a task's end and the next one's start) and breadcrumbs (the item a
-thread of the task is reading, named by the driver if the worker dies meanwhile). This module knows nothing of what
-the tasks do.
+A task that declares a ``context`` parameter is handed a :class:`~.context.TaskContext` (stop, progress as it
+happens, hand-over, breadcrumbs). This module knows nothing of what the tasks do.
 
 What the processes share is plain shared memory with no lock (``RawValue``/``RawArray``), each value with one
-writer or tolerant of a lost update, and a pipe between the driver and each worker: a worker can be SIGKILLed at
-any instruction, and one that dies holding a lock shared with the driver (``multiprocessing.Value``'s, an
-``Event``'s, a ``multiprocessing.Queue``'s) leaves the driver and every other worker waiting on it for good.
+writer or tolerant of a lost update, and a pipe between the driver and each worker: docs/DESIGN.md ("Integrity")
+says why.
 """
 
 from __future__ import annotations
@@ -36,7 +31,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -119,10 +114,8 @@ def _init_worker(stop, progress, in_pool: bool, slot: int = 0, preload: Sequence
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker.update(stop=stop, progress=progress, slot=slot, marks=marks)
     for name in preload:
-        try:
+        with suppress(Exception):  # the task that needs it imports it again and reports the error
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001, S110 - the task that needs it imports it again and reports the error
-            pass
 
 
 def _serve(conn: Connection, stop, progress, slot: int, preload: Sequence[str], marks=None) -> None:
@@ -132,11 +125,8 @@ def _serve(conn: Connection, stop, progress, slot: int, preload: Sequence[str], 
     lock = threading.Lock()  # the task threads share the pipe
 
     def send(message: tuple) -> None:
-        try:
-            with lock:
-                conn.send(message)
-        except OSError:  # the driver is gone or closing: nobody waits for this any more
-            pass
+        with suppress(OSError), lock:  # OSError: the driver is gone or closing, nobody waits for this any more
+            conn.send(message)
 
     threads: list[threading.Thread] = []
     while True:
@@ -586,10 +576,8 @@ class Executor:
         running = [f for f in futures if f.key in processing and not f.done()]
         self.client.cancel([f for f in futures if f.key not in processing])
         if running:
-            try:
+            with suppress(TimeoutError):  # (distributed's wait raises it rather than return what is not done)
                 wait_futures(running, timeout=self.stop_grace)
-            except TimeoutError:  # (distributed's wait raises it rather than return what is not done)
-                pass
             if left := [f for f in running if not f.done()]:
                 log.error("%d task(s) on the cluster did not stop within %g s; giving up on them: their workers "
                           "may still write until those tasks next look at the stop (restart the workers to be "
@@ -714,10 +702,8 @@ class _FileCrumbs:
 
     def close(self) -> None:
         os.close(self.fd)
-        try:
+        with suppress(OSError):
             os.unlink(self.path)
-        except OSError:
-            pass
 
     @staticmethod
     def culprits(folder: str, key: str) -> tuple[int, ...]:
@@ -736,10 +722,8 @@ class _FileCrumbs:
 
     @staticmethod
     def remove(folder: str, key: str) -> None:
-        try:
+        with suppress(OSError):
             os.unlink(_crumbs_path(folder, key))
-        except OSError:
-            pass
 
 
 def _crumbs_path(folder: str | os.PathLike, key: str) -> str:

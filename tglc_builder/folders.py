@@ -8,7 +8,7 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from .errors import UsageError
@@ -45,11 +45,9 @@ def removed_if_left_empty(folders: Iterable[str | os.PathLike]) -> Iterator[Call
     def remove(among: Iterable[str | os.PathLike] | None = None) -> None:
         mine = None if among is None else {q for f in among for q in (Path(f).absolute(), *Path(f).absolute().parents)}
         for path in sorted(created, key=lambda p: len(p.parts), reverse=True):  # the deepest first
-            try:
-                if mine is None or path in mine:
+            if mine is None or path in mine:
+                with suppress(OSError):  # not empty (something was written), or gone already
                     path.rmdir()
-            except OSError:  # not empty (something was written), or gone already
-                pass
 
     try:
         yield remove

@@ -50,11 +50,6 @@ class BuildPlan:
     pending: list[ShardTask]  # largest first
 
     @property
-    def complete_rows(self) -> int:
-        """Rows already whole in every format (nothing is fetched or written for them)."""
-        return sum(len(s) for s in self.shards) - self.pending_rows
-
-    @property
     def pending_rows(self) -> int:
         return sum(len(task.shard) for task in self.pending)
 

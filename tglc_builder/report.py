@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +62,7 @@ class BuildSummary:
     def describe(self) -> str:
         """What the build did, in one line: what the output holds, what was written, what was fetched."""
         carried = f", of which {self.carried} copied from earlier files" if self.carried else ""
-        partly = {}  # failed in one format only: whole in the others (--format both)
-        for failure in self.failures:
-            if failure.whole_in:
-                partly[failure.whole_in] = partly.get(failure.whole_in, 0) + 1
+        partly = Counter(f.whole_in for f in self.failures if f.whole_in)  # failed in one format only (--format both)
         partly_text = "".join(f" ({n} of them whole in {' and '.join(formats)}, failed in the other format only)"
                               for formats, n in partly.items())
         return (f"{_count(self.in_output, 'light curve')} in the output ({self.complete} already there, "

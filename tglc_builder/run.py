@@ -44,10 +44,6 @@ def open_listing_source(args: BuildArguments, source: Source) -> Source:
     return open_source(args.listing_url, connections=1, max_attempts=args.max_attempts, max_wait=args.max_wait)
 
 
-def writers_of(args: BuildArguments) -> list[Writer]:
-    return make_writers(args)
-
-
 def make_catalog(args: BuildArguments, source: Source, tiny: bool, save: bool = True) -> Table:
     """The sector's catalog: objects in both listings, each once, in listing order, with their HEALPix pixel."""
     sector_dir = writable_dir(args.sector_dir, "tglc_data_path")
@@ -94,7 +90,7 @@ class SectorBuild:
 
 def plan_sector(args: BuildArguments, catalog: Table, overwrite: bool) -> SectorBuild:
     """A sector's shards and writers, with every folder conflict of its outputs found (Writer.prepare)."""
-    writers = writers_of(args)
+    writers = make_writers(args)
     for writer in writers:
         writable_dir(writer.output_dir, f"{writer.name} output folder")
     shards = plan.plan_shards(catalog, args.rows_per_shard or plan.rows_per_shard(args.sector), args.sector)

@@ -1,17 +1,8 @@
-"""The stars catalog: one row per Gaia DR3 star, every sector (docs/DATASET.md, "The stars catalog").
-
-A join stage over finished per-sector outputs (HDF5 dataset folders and/or HATS collections, see formats/), written
-as a HATS collection::
-
-    <stars_path>/
-        collection.properties, README.md      the collection and its dataset card
-        tglc_stars/                           the main catalog, adaptive partitions (orders 0..10)
-            .tglc_stars.json                  the stamp: sectors, columns, layout, phase (the commit mark)
-            .tglc_stars_histogram.npz         stars and cadences per order-10 pixel (for incremental builds)
-            .staging/Norder=k/Dir=d/Npix=p.parquet   partitions of a build not yet committed
-            dataset/Norder=k/Dir=d/Npix=p.parquet, partition_info.csv, _metadata, ..., hats.properties (last)
-        tglc_stars_10arcs/                    margin cache (as hats-import's margin pipeline writes it)
-        tglc_stars_gaiadr3_id/, tglc_stars_TIC_ID/   index catalogs
+"""The stars catalog: one row per Gaia DR3 star, every sector, a join stage over finished per-sector outputs (HDF5
+dataset folders and/or HATS collections, see formats/) into a HATS collection, laid out as docs/DATASET.md says ("The
+stars catalog"). Beside hats' files, ``tglc_stars/`` holds the stamp ``.tglc_stars.json`` (sectors, columns, layout,
+phase: the commit mark), ``.tglc_stars_histogram.npz`` (stars and cadences per order-10 pixel, for incremental
+builds) and ``.staging/`` (the partitions of a build not yet committed).
 
 **Work.** Units are plain functions over plain data, run on the project's executor: :func:`plan_pixels` (order-4
 pixels: the stars' order-10 pixels and cadences, for the partitioning) and :func:`join_partition` (one stars
@@ -59,7 +50,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .columns import ColumnSet, column_set
 from .errors import UsageError
-from .formats.hats import _TEMPORARY, MARGIN_ARCSEC, SPATIAL_INDEX, SPATIAL_ORDER, spatial_index
+from .formats.hats import _TEMPORARY, MARGIN_ARCSEC, SPATIAL_INDEX, SPATIAL_ORDER, extra_scalars, spatial_index
 
 log = logging.getLogger(__name__)
 
@@ -267,12 +258,6 @@ def _hats_sources(folder: Path, columns: set[str], flags: dict[str, str]) -> lis
 
 
 # ---- schema ------------------------------------------------------------------------------------------------------
-def _extra_scalars(columns: ColumnSet) -> list:
-    from .formats.hats import extra_scalars
-
-    return extra_scalars(columns)
-
-
 def _list(value_type: pa.DataType) -> pa.DataType:
     return pa.list_(pa.field("element", value_type))  # as Parquet names it, so the schema reads back equal
 
@@ -289,7 +274,7 @@ def stars_schema(columns: ColumnSet, flags: dict[str, str]) -> pa.Schema:
     for name in ("psf_flux_err", "aper_flux_err"):
         info.append(_field(name, _list(pa.float64()), scalars[name].unit, scalars[name].description))
     info.append(_field("n_cadences", _list(pa.int32()), "", "cadences of the light curve in lightcurve"))
-    info += [_field(s.name, _list(_arrow(s.dtype)), s.unit, s.description) for s in _extra_scalars(columns)]
+    info += [_field(s.name, _list(_arrow(s.dtype)), s.unit, s.description) for s in extra_scalars(columns)]
     series = [_field("sector", _list(pa.int16()), "", "TESS sector of the cadence")]
     for s in columns.series:
         dtype = np.dtype(flags.get(s.name, s.dtype))
@@ -316,10 +301,6 @@ def _entry_schema(schema: pa.Schema) -> pa.Schema:
     fields += [pa.field(f.name, f.type.value_type) for f in info]
     fields += [pa.field(f.name, f.type) for f in schema.field("lightcurve").type if f.name != "sector"]
     return pa.schema(fields)
-
-
-def _schema_to_json(schema: pa.Schema) -> str:
-    return hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()
 
 
 # ---- reading sources -----------------------------------------------------------------------------------------------
@@ -376,7 +357,7 @@ def read_index(source: Source, files: _Files) -> dict[str, np.ndarray]:
         out = {name: files.column(source.path, name) for name in ("gaiadr3_id", "RA", "DEC", "n_cadences")}
         if source.cam_ccd is None:
             out["camera"], out["ccd"] = files.column(source.path, "camera"), files.column(source.path, "ccd")
-        if source.cam_ccd is not None:
+        else:
             out["camera"], out["ccd"] = source.cam_ccd[:, 0], source.cam_ccd[:, 1]
         out["sector"] = np.full(len(out["gaiadr3_id"]), source.sector, np.int16)
         out["row"] = np.arange(len(out["gaiadr3_id"]))
@@ -956,7 +937,7 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
     summary = StarsSummary(sorted(set(old_sectors) | set(new_sectors)), new_sectors)
     columns = column_set(columns_name)
     schema = stars_schema(columns, flags)
-    digest = _schema_to_json(schema)
+    digest = hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()
     old_parts = [Partition(o, p) for o, p in stamp["partitions"]] if stamp else []
     damaged = _damaged(catalog, old_parts) if verify and stamp else []
     missing = sorted(set(old_sectors) - set(by_sector))
@@ -1218,7 +1199,7 @@ def _finish(root: Path, stamp: dict) -> None:
     from hats.pixel_math.healpix_pixel import HealpixPixel
 
     from .formats.base import WriteError
-    from .formats.hats import _fsync_dir, _hats_complaints, write_index
+    from .formats.hats import _fsync_dir, _hats_complaints, write_index, write_margin
 
     catalog = root / CATALOG
     for name in ("hats.properties", "properties"):
@@ -1266,7 +1247,7 @@ def _finish(root: Path, stamp: dict) -> None:
         "obs_title": f"TESS-Gaia Light Curves (TGLC), one row per star, sectors {_span(stamp['sectors'])}",
         "tglc_sectors": " ".join(map(str, stamp["sectors"])), "tglc_columns": stamp["columns"]}
     TableProperties(**properties).to_properties_file(catalog)  # write_margin reads it
-    margins = _build_margin(root)
+    write_margin(root / MARGIN_NAME, catalog, MARGIN_ARCSEC)  # with no rows when no star lies near a partition edge
     for column in INDEX_COLUMNS:
         values = write_index(root / f"{CATALOG}_{column}", catalog, [(p.order, p.pixel, dataset / p.relpath())
                                                                      for p in parts], column)
@@ -1274,9 +1255,8 @@ def _finish(root: Path, stamp: dict) -> None:
             log.error("A Gaia DR3 id is in two rows of %s: its positions in two sectors lie further apart than "
                       "the plan looks (see stars._near_edge)", catalog)
     indexes = {column: f"{CATALOG}_{column}" for column in INDEX_COLUMNS}
-    collection = {"name": f"{CATALOG}_collection", "hats_primary_table_url": CATALOG, "all_indexes": indexes}
-    if margins:
-        collection |= {"all_margins": margins, "default_margin": margins[0]}
+    collection = {"name": f"{CATALOG}_collection", "hats_primary_table_url": CATALOG, "all_indexes": indexes,
+                  "all_margins": [MARGIN_NAME], "default_margin": MARGIN_NAME}
     CollectionProperties(**collection).to_properties_file(root)
     write_stars_card(root, [f"{CATALOG}/dataset/{p.relpath()}" for p in parts], stamp, total)
     complaints = _hats_complaints(root)
@@ -1286,24 +1266,15 @@ def _finish(root: Path, stamp: dict) -> None:
                                    + "\n").encode())
 
 
-def _build_margin(root: Path) -> list[str]:
-    """A :data:`MARGIN_ARCSEC` margin cache (:func:`.formats.hats.write_margin`; with no rows when no star lies
-    near a partition edge)."""
-    from .formats.hats import write_margin
-
-    write_margin(root / MARGIN_NAME, root / CATALOG, MARGIN_ARCSEC)
-    return [MARGIN_NAME]
-
-
 def write_stars_card(root: Path, files: list[str], stamp: dict, total: int) -> Path:
     """The collection's dataset card: front matter naming exactly the main catalog's files (so
     ``datasets.load_dataset(<collection>, split="train")`` gives one example per star, not the margin or index
-    rows), the features as stored, and prose."""
+    rows), the features as stored, and prose (formats/templates/stars.md)."""
     import datasets
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCardData
 
-    from .formats.card import _SIZES, CITATION
+    from .formats.card import _SIZES, CITATION, _template
 
     schema = pq.read_schema(root / files[0])
     features = datasets.Features.from_arrow_schema(schema)
@@ -1324,40 +1295,10 @@ def write_stars_card(root: Path, files: list[str], stamp: dict, total: int) -> P
             meta = f.metadata or {}
             rows.append(f"| `{f.name}` | {f.type} | {meta.get(b'unit', b'').decode()} | "
                         f"{meta.get(b'description', b'').decode()} |")
-    prose = f"""# TESS-Gaia Light Curves (TGLC): one row per star
-
-Light curves of the TESS-Gaia Light Curve collection (TGLC; Han & Brandt 2023), joined across sectors
-{_span(stamp['sectors'])} by tglc-builder v{__version__}: {total} Gaia DR3 stars, {stamp['light_curves']} light curves
-(--columns {stamp['columns']}). Each row is one star: its ids, its position (the target list of its lowest sector),
-its sectors, `sector_info` (one entry per light curve, by sector, camera and CCD; a star observed on two CCDs of
-one sector has two entries) and `lightcurve` (every cadence of every entry, in that order, nothing padded:
-`sum(sector_info.n_cadences) == len(lightcurve.time)`). Values are the FITS values bit for bit.
-
-| column | type | unit | description |
-|---|---|---|---|
-{chr(10).join(rows)}
-
-## Loading
-
-```python
-from datasets import load_dataset
-stars = load_dataset("<this folder>", split="train")   # one example per star; nested columns as dicts of lists
-
-import lsdb                                              # HATS: partitions, margin cache, id indexes
-catalog = lsdb.open_catalog("<this folder>")
-catalog.id_search(values={{"gaiadr3_id": ...}}).compute()
-
-import tglc_builder                                      # numpy arrays per sector, or lightkurve
-star = tglc_builder.open_stars("<this folder>").get(gaiadr3_id=...)
-```
-
-The folder is a HATS collection: the main catalog `{CATALOG}/` (adaptive HEALPix partitions, orders 0 to 10,
-sorted by `_healpix_29`), a {MARGIN_ARCSEC:g} arcsec margin cache and index catalogs on `gaiadr3_id` and `TIC_ID`.
-
-## Citation
-
-{CITATION}
-"""
+    prose = _template("stars.md").substitute(
+        span=_span(stamp["sectors"]), version=__version__, total=total, light_curves=stamp["light_curves"],
+        columns=stamp["columns"], rows="\n".join(rows), catalog=CATALOG, margin=f"{MARGIN_ARCSEC:g}",
+        citation=CITATION) + "\n"
     text = f"---\n{card.to_yaml()}\n---\n\n{prose}"
     _write_bytes(root / "README.md", text.encode())
     return root / "README.md"

@@ -165,17 +165,18 @@ def _finite_positive(value) -> bool:
         return False
 
 
-def _masked(column) -> np.ndarray:
+def _check_filled(column, name: str, colname: str, what: str) -> None:
+    """UsageError naming the first empty (masked) cell of ``column``."""
     mask = getattr(column, "mask", None)
-    return np.zeros(len(column), bool) if mask is None else np.asarray(mask, bool) & np.ones(len(column), bool)
+    masked = np.zeros(len(column), bool) if mask is None else np.asarray(mask, bool) & np.ones(len(column), bool)
+    if masked.any():
+        row = int(np.flatnonzero(masked)[0]) + 1
+        raise UsageError(f"--targets {name}: column {colname}, row {row}, is empty: every row needs a {what}")
 
 
 def _ids(column, name: str, colname: str, what: str) -> tuple[np.ndarray, list[str]]:
     """A column of ids as int64 and as the report's text: integers as stored, or text parsed exactly."""
-    masked = _masked(column)
-    if masked.any():
-        row = int(np.flatnonzero(masked)[0]) + 1
-        raise UsageError(f"--targets {name}: column {colname}, row {row}, is empty: every row needs a {what}")
+    _check_filled(column, name, colname, what)
     kind = column.dtype.kind
     if kind in "iu":
         values = np.asarray(column)
@@ -207,10 +208,7 @@ def _ids(column, name: str, colname: str, what: str) -> tuple[np.ndarray, list[s
 
 
 def _degrees(column, name: str, colname: str, low: float, high: float) -> tuple[np.ndarray, list[str]]:
-    masked = _masked(column)
-    if masked.any():
-        row = int(np.flatnonzero(masked)[0]) + 1
-        raise UsageError(f"--targets {name}: column {colname}, row {row}, is empty: every row needs a position")
+    _check_filled(column, name, colname, "position")
     if column.dtype.kind in "USO":
         texts = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in np.asarray(column).tolist()]
         values = np.empty(len(texts))

@@ -40,9 +40,7 @@ class Format:
     def attribute(self, which: str) -> Any:
         """Import and return what ``self.<which>`` names (``writer``, ``card``, ``loader``)."""
         module, _, name = getattr(self, which).partition(":")
-        if not module.startswith("."):
-            return getattr(importlib.import_module(module), name)
-        return getattr(importlib.import_module(module, __name__), name)
+        return getattr(importlib.import_module(module, __name__), name)  # (the package only resolves ".x" names)
 
     def make_writer(self, args: BuildArguments) -> Writer:
         """This format's writer of a one-sector build; UsageError (one line) when its extra is missing."""

@@ -1,22 +1,8 @@
 """The HATS format (``--format hats``): a HATS collection that LSDB opens, cross-matches and cone-searches, and that
-``datasets.load_dataset(<folder>, split="train")`` loads (see docs/DATASET.md, "HATS")::
-
-    <output_dir>/
-        collection.properties                 the collection (hats' CollectionProperties)
-        README.md                             the dataset card: data_files name exactly the main catalog's files
-        tglc_sSSSS/                           the main catalog, partitioned at HEALPix order 4 (nside 16, nested)
-            hats.properties                   written last by finish(): a catalog without it is unfinished
-            partition_info.csv, point_map.fits, skymap.fits
-            .tglc_build.json                  this build's sector, columns and pixel layout (for resume)
-            dataset/_common_metadata, dataset/_metadata   (_metadata in the one-file-per-pixel layout only)
-            dataset/Norder=4/Dir=<d>/Npix=<p>.parquet          a pixel of one shard: one file
-            dataset/Norder=4/Dir=<d>/Npix=<p>/<k>-of-<n>.parquet   (the layout of builds with multi-shard pixels)
-        tglc_sSSSS_10arcs/, tglc_sSSSS_gaiadr3_id/   with ``extras``: margin cache, Gaia id index
-
-One row per light curve: ``_healpix_29`` (rows of a file sorted by it), ids, position, ``sector``/``camera``/``ccd``,
-the header errors, ``n_cadences``, the header scalars of the column set, and ``lightcurve``, a struct of lists
-trimmed to ``n_cadences``. Values are the FITS values bit for bit (NaN payloads included: floats are never
-dictionary-encoded, whose hashing folds NaNs together).
+``datasets.load_dataset(<folder>, split="train")`` loads. Its layout and columns are docs/DATASET.md's ("HATS");
+besides them, ``tglc_sSSSS/.tglc_build.json`` records this build's sector, columns and pixel layout (for resume),
+and ``hats.properties``, written last by :meth:`HatsWriter.finish`, marks a finished catalog. Values are the FITS
+values bit for bit (NaN payloads included: floats are never dictionary-encoded, whose hashing folds NaNs together).
 
 **Several files per pixel.** hats 0.11 reads a pixel stored as a directory of Parquet files (``hats_npix_suffix =
 /``), but only catalog-wide (every pixel a directory, or none), and its strict validator
@@ -48,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +45,7 @@ import pyarrow.parquet as pq
 from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, STRING, ColumnSet
 from ..errors import UsageError
+from ..folders import write_text
 from .base import (_UNSEALED, DIGEST_KEY, VERSIONS_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer,
                    check_digest, note_versions, seal, versions_text, write_error)
 
@@ -445,7 +433,7 @@ class HatsWriter(Writer):
         self._remove_debris()
         self._remove_catalog_files()
         self.catalog_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(self.catalog_dir / STAMP, json.dumps(
+        write_text(self.catalog_dir / STAMP, json.dumps(
             {"sector": self.sector, "columns": self.columns.name, "npix_suffix": suffix,
              "tglc_builder_version": __version__}, sort_keys=True) + "\n")
         self.npix_suffix = suffix
@@ -508,7 +496,7 @@ class HatsWriter(Writer):
         suffix = self.layout(shards[0])
         catalog = self.catalog_dir
         pixels = sorted({_pixel_of(f) for f in files})
-        _write_text(catalog / "partition_info.csv", "Norder,Npix\n" + "".join(f"{ORDER},{p}\n" for p in pixels))
+        write_text(catalog / "partition_info.csv", "Norder,Npix\n" + "".join(f"{ORDER},{p}\n" for p in pixels))
         self._one_flag_width(files)
         total = _write_parquet_metadata(catalog, files, suffix == FILE_SUFFIX)
         histogram = np.zeros(12 * 4 ** SKYMAP_ORDER, np.int64)
@@ -809,7 +797,7 @@ def _provenance(catalog: Path) -> dict:
 
 def _write_properties(path: Path, comment: str, properties: dict) -> None:
     """A Java-style properties file as hats writes it."""
-    _write_text(path, f"#{comment}\n" + "".join(f"{key}={value}\n" for key, value in properties.items()))
+    write_text(path, f"#{comment}\n" + "".join(f"{key}={value}\n" for key, value in properties.items()))
 
 
 def _hats_complaints(path: Path) -> list[str]:
@@ -839,12 +827,6 @@ def _pixel_of(file: Path) -> int | None:
         if match:
             return int(match.group(1))
     return None
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}{_TEMPORARY}{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---- the sink ------------------------------------------------------------------------------------------------------
@@ -968,10 +950,8 @@ class _HatsSink(ShardSink):
     def abort(self) -> None:
         for handle in (self._ipc, self._ipc_file):
             if handle is not None:
-                try:
+                with suppress(Exception):  # the file is being discarded anyway
                     handle.close()
-                except Exception:  # noqa: BLE001 - the file is being discarded anyway
-                    pass
         self._ipc = self._ipc_file = None
         self.tmp.unlink(missing_ok=True)
         self.ipc_path.unlink(missing_ok=True)

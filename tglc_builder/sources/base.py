@@ -182,11 +182,9 @@ def _alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:
         return True
-    except (OverflowError, ValueError):  # not a pid at all
+    except (ProcessLookupError, OverflowError, ValueError):  # gone, or not a pid at all
         return False
     return True
 

@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -394,10 +395,8 @@ class _Transfers(_Rules):
         ones, or are closed after an unforeseen error."""
         for handle, transfer in self.active.items():
             self.budget.give()
-            try:
+            with suppress(pycurl.error):  # never added (its start failed)
                 self.pool.multi.remove_handle(handle)
-            except pycurl.error:  # never added (its start failed)
-                pass
             transfer.close_file()
             try:
                 transfer.tmp.unlink(missing_ok=True)
