@@ -121,7 +121,8 @@ def test_catalog_metadata_is_what_hats_writes(build_name, request, tmp_path):
         if name.endswith("properties"):
             mine, hats_own = (re.sub(rb"hats_creation_date=.*", b"", x) for x in (mine, hats_own))
         assert mine == hats_own, name
-    assert (writer.output_dir / "collection.properties").read_bytes() == (tmp_path / "collection.properties").read_bytes()
+    collection = "collection.properties"
+    assert (writer.output_dir / collection).read_bytes() == (tmp_path / collection).read_bytes()
 
 
 def _pixel_files(writer: HatsWriter) -> list[Path]:
