@@ -4,6 +4,7 @@ disk)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import json
@@ -118,6 +119,28 @@ def test_a_body_proved_whole_is_accepted(tmp_path, how):
     assert _no_debris(tmp_path)
 
 
+@pytest.mark.parametrize("status, attempts, length", [(404, 1, 1000), (404, 1, 30 << 20), (503, 2, 30 << 20)])
+def test_an_error_page_is_never_stored_and_a_long_one_is_cut_short(tmp_path, status, attempts, length):
+    """A hostile archive's error page of 30 MB neither reaches the disk (it once filled the listing's temporary file
+    whatever the size cap) nor holds the build until it has all arrived; its status is still the answer."""
+    largest = [0]
+
+    def answer(handler: Handler) -> None:
+        handler.head(status, {"Content-Length": str(length)})
+        with contextlib.suppress(OSError):  # the client hangs up on a long one
+            for _ in range(max(1, length >> 20)):
+                handler.wfile.write(b"x" * min(length, 1 << 20))
+                largest[0] = max([largest[0]] + [p.stat().st_size for p in tmp_path.iterdir()])
+
+    with Server(answer) as server:
+        with pytest.raises(SourceError) as caught:
+            fetch_file(server.url + "/f", tmp_path / "f", max_attempts=2, max_wait=1.0, deadline=net.DEADLINE,
+                       max_size=1000, backoff=0.01)
+        assert server.requests["/f"] == attempts
+    assert caught.value.reason.startswith(f"HTTP {status} ") and caught.value.permanent == (status == 404)
+    assert largest[0] == 0 and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("how, words", [
     ("close", "neither a Content-Length nor chunked"),
     ("cut", "curl error 18: "),  # CURLE_PARTIAL_FILE (its words vary with libcurl's version)
@@ -207,11 +230,14 @@ def test_the_index_page_lists_sectors_or_says_in_one_line_why_not(tmp_path, monk
     assert not [path for path in Path(tempfile.gettempdir()).iterdir() if path.name.startswith("tglc-index-")]
 
 
-def test_a_light_curve_of_a_host_that_does_not_resolve_fails_after_two_requests(tmp_path):
-    """The listings' rule, now the light curves' too: a name that did not resolve twice will not."""
-    got = _fetch(type("Unresolved", (), {"url": "http://nonexistent.invalid"}), ["a.fits"], tmp_path, max_attempts=5)
+@pytest.mark.parametrize("max_attempts, attempts", [(5, 2), (1, 1)])
+def test_a_light_curve_of_a_host_that_does_not_resolve_fails_after_two_requests(tmp_path, max_attempts, attempts):
+    """The listings' rule, now the light curves' too: a name that did not resolve twice will not (and with one
+    attempt allowed, the one says so in the same words)."""
+    got = _fetch(type("Unresolved", (), {"url": "http://nonexistent.invalid"}), ["a.fits"], tmp_path,
+                 max_attempts=max_attempts)
     assert got["a.fits"] == Failure(1000, "a.fits", "download", "cannot reach nonexistent.invalid (name resolution "
-                                    "failed)", 2)
+                                    "failed)", attempts)
     assert not list(tmp_path.iterdir())
 
 

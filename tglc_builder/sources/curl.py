@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _TICK = 0.01  # seconds: the longest the transfer thread sleeps before looking at its consumer and stopping() again
 _PARTIAL = {pycurl.E_PARTIAL_FILE, pycurl.E_RECV_ERROR}  # errors of a body that broke off
+_ERROR_BODY_MAX = 1 << 16  # bytes of an error page or a redirect's body read (and dropped) before the transfer is ended
 _NEITHER = ("the server sent neither a Content-Length nor chunked encoding, so a body cut short could not be told "
             "from a whole one")
 
@@ -152,7 +153,7 @@ class _Transfer:
     """One item's download: its state across attempts, and the callbacks of the attempt in flight."""
 
     __slots__ = ("index", "gaia", "relpath", "dest", "tmp", "attempts", "not_before", "file", "headers", "error",
-                 "waiting", "url", "target", "hops", "status", "refused")
+                 "waiting", "url", "target", "hops", "status", "refused", "skipped")
 
     def __init__(self, index: int, gaia: int, relpath: str, dest: Path, tmp: Path, url: str):
         self.index, self.gaia, self.relpath, self.dest, self.tmp = index, gaia, relpath, dest, tmp
@@ -164,10 +165,14 @@ class _Transfer:
         self.headers: dict[str, str] = {}
         self.error: OSError | None = None
         self.status = 0  # of the answer being received
+        self.skipped = 0  # bytes of a body not stored (not a 200's)
         self.refused: base.Refused | None = None  # the body's content coding, refused: the transfer was ended
 
     def write(self, data: bytes) -> int | None:
-        if self.status == 200 and "content-encoding" in self.headers:  # ended before a coded body fills the disk
+        if self.status != 200:  # an error page or a redirect's body: never stored, and one too long for either is
+            self.skipped += len(data)  # cut short (its status decides, see _Rules._again)
+            return 0 if self.skipped > _ERROR_BODY_MAX else None
+        if "content-encoding" in self.headers:  # ended before a coded body fills the disk
             self.refused = base.encoding_refused(self.url, self.headers["content-encoding"])
             if self.refused is not None:
                 return 0
@@ -199,7 +204,7 @@ class _Transfer:
     def arm(self, handle: pycurl.Curl, deadline: net.Deadline) -> None:
         """Ready ``handle`` for this transfer's next attempt, its temporary file opened afresh."""
         self.headers.clear()
-        self.error, self.refused, self.status = None, None, 0
+        self.error, self.refused, self.status, self.skipped = None, None, 0, 0
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed when the attempt ends
         handle.setopt(pycurl.URL, self.target)
@@ -284,7 +289,9 @@ class _Rules:
             raise refused
         if code == pycurl.E_OPERATION_TIMEDOUT and status == 200:  # the body came too slowly
             return self.deadline.too_slow() if "too slow" in message.lower() else self.deadline.too_long()
-        if code == pycurl.E_COULDNT_RESOLVE_HOST and transfer.attempts >= 2:
+        if code == pycurl.E_WRITE_ERROR and status != 200 and transfer.skipped > _ERROR_BODY_MAX:
+            code = 0  # ended by us: an error page longer than any archive's; its status is the answer
+        if code == pycurl.E_COULDNT_RESOLVE_HOST and transfer.attempts >= min(2, self.max_attempts):
             raise base.Unreachable(transfer.url, f"cannot reach {urlsplit(transfer.url).hostname} (name resolution "
                                                  "failed)", transfer.attempts)
         if code:
