@@ -490,8 +490,12 @@ def test_prepare_refuses_another_build_and_removes_debris(sector, tmp_path):
     pixel_dir = writer.file(shards[0]).parent
     for name in (f".{writer.file(shards[0]).name}.tmp-999", f".{writer.file(shards[0]).name}.tmp-999.arrow"):
         (pixel_dir / name).write_bytes(b"half")
+    catalog_debris = [writer.catalog_dir / ".partition_info.csv.tmp-999", out / ".collection.properties.tmp-999"]
+    for path in catalog_debris:  # the catalog's own files, written by a build killed in its finish
+        path.write_bytes(b"half")
     writer.prepare(shards, False)
     assert not list(pixel_dir.glob(".*")) and all(writer.complete_ids(s) is not None for s in shards)
+    assert not [path for path in catalog_debris if path.exists()]
     assert not (writer.catalog_dir / "hats.properties").exists()  # unfinished until finish()
     writer.finish(shards)
     # another sector in the same folder
@@ -710,3 +714,23 @@ def test_a_shard_file_does_not_depend_on_the_blocks_its_rows_came_in(sector, tmp
     written = pq.read_table(writer.file(shard), columns=["gaiadr3_id"]).column(0).to_numpy()
     assert np.array_equal(written, shard.gaiadr3_id[order])
     assert [i for i in written.tolist() if i in shard.gaiadr3_id[twins]] == shard.gaiadr3_id[twins].tolist()
+
+
+@pytest.mark.parametrize("pixels", [1, 170, 624, 2832, 3024, 3072])
+def test_the_sky_fraction_is_hats_own(pixels):
+    """Written by hand for the properties file: the value hats' PartitionInfo gives, to the last printed digit."""
+    from hats.catalog.partition_info import PartitionInfo
+    from hats.pixel_math import HealpixPixel
+
+    from tglc_builder.formats.hats import ORDER, _sky_fraction
+    theirs = PartitionInfo.from_healpix([HealpixPixel(ORDER, p) for p in range(pixels)])
+    assert f"{_sky_fraction(pixels):0.5f}" == f"{theirs.calculate_fractional_coverage():0.5f}"
+
+
+def test_arrow_arrays_of_numbers_booleans_and_times_hold_their_values():
+    from tglc_builder.formats.hats import _array, _numpy
+    for values, type_ in ((np.array([True, False, True, True]), pa.bool_()),
+                          (np.array([1, 2], "datetime64[us]"), pa.timestamp("us")),
+                          (np.array([1.5, -2.0]), pa.float32()), (np.array([3, -4]), pa.int16())):
+        assert _array(values, type_).equals(pa.array(values, type_)), type_
+    assert np.array_equal(_numpy(_array(np.array([1.5, -2.0]), pa.float64())), [1.5, -2.0])

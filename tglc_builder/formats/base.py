@@ -217,7 +217,7 @@ class ShardSink(abc.ABC):
 
     @abc.abstractmethod
     def commit(self) -> None:
-        """Close, reopen and verify the file, mark it whole, and give it its final name. Raises WriteError (the
+        """Verify the file, mark it whole, and give it its final name. Raises WriteError (the
         temporary file is then removed). A sink that received no row removes any file of the shard instead."""
 
     @abc.abstractmethod
