@@ -662,6 +662,46 @@ def test_parquet_options_and_spatial_index_are_hats_own(columns):
     assert np.array_equal(spatial_index(ra, dec), compute_spatial_index(ra, dec))
 
 
+def test_spatial_index_from_threads_while_cdshealpix_loads():
+    """A worker runs two tasks at once, in threads: one that finds cdshealpix's compiled module while another
+    thread is still loading it waits for it, and never gets it half made ("no attribute 'lonlat_to_healpix'", as a
+    CI run once failed). A line tracer (no mock) holds the first thread inside the load for 0.2 s; the rest arrive
+    during that time, each 10 ms after the one before."""
+    code = f"""
+import linecache, sys, threading, time
+import numpy as np
+sys.path[:0] = [{str(TESTS.parent)!r}]
+from tglc_builder.formats import hats
+
+def tracer(frame, event, arg):
+    def line(frame, event, arg):
+        if "exec_module" in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
+            time.sleep(0.2)
+        return line
+    return line if frame.f_globals.get("__name__") == hats.__name__ and frame.f_code.co_name == "_cdshealpix" else None
+
+threading.settrace(tracer)
+start, answers = threading.Barrier(8), []
+def run(i):
+    start.wait()
+    time.sleep(0.01 * i)
+    try:
+        answers.append(hats.spatial_index(np.array([10.0, 200.0]), np.array([-30.0, 60.0])).tolist())
+    except Exception as exc:
+        answers.append(repr(exc))
+threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+[thread.start() for thread in threads]
+[thread.join() for thread in threads]
+print(answers)
+"""
+    from hats.pixel_math.spatial_index import compute_spatial_index
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = compute_spatial_index(np.array([10.0, 200.0]), np.array([-30.0, 60.0])).tolist()
+    assert done.stdout.strip() == repr([expected] * 8)
+
+
 def test_writing_a_shard_imports_neither_hats_nor_datasets(sector, tmp_path):
     """A worker writes its shards without importing hats (matplotlib, numba: ~200 MB and 1.5 s per process),
     datasets, pandas (through pyarrow.dataset) or astropy.coordinates (through cdshealpix's package); the driver's

@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from contextlib import suppress
 from pathlib import Path
 
@@ -179,22 +180,33 @@ def spatial_index(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 
 def _cdshealpix():
     """cdshealpix's compiled module, loaded on its own: the package's ``__init__`` imports astropy.coordinates
-    (measured: 0.35 CPU-s and 27 MB in every worker, for two functions)."""
-    import importlib.machinery
-    import importlib.util
-    import sys
+    (measured: 0.35 CPU-s and 27 MB in every worker, for two functions). Loaded once per process under a lock and
+    kept here: a module in ``sys.modules`` may still be empty (the import system, and this loader before, put it
+    there before running it), which a worker's second task thread then found without ``lonlat_to_healpix``."""
+    global _CDSHEALPIX
+    with _CDSHEALPIX_LOCK:
+        if _CDSHEALPIX is None:
+            import importlib.machinery
+            import importlib.util
+            import sys
 
-    name = "cdshealpix.cdshealpix"
-    if name not in sys.modules:
-        folder = Path(importlib.util.find_spec("cdshealpix").origin).parent
-        path = next((p for p in folder.iterdir() if p.name.startswith("cdshealpix.") and
-                     p.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))), None)
-        if path is None:  # laid out otherwise by a later cdshealpix: the plain import, astropy.coordinates and all
-            return importlib.import_module(name)
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+            name = "cdshealpix.cdshealpix"
+            folder = Path(importlib.util.find_spec("cdshealpix").origin).parent
+            path = next((p for p in folder.iterdir() if p.name.startswith("cdshealpix.") and
+                         p.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))), None)
+            if path is None:  # laid out otherwise by a later cdshealpix: the plain import, astropy.coordinates and all
+                module = importlib.import_module(name)
+            else:
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                sys.modules.setdefault(name, module)  # only once it is whole; a later plain import then reuses it
+            _CDSHEALPIX = module
+    return _CDSHEALPIX
+
+
+_CDSHEALPIX = None
+_CDSHEALPIX_LOCK = threading.Lock()
 
 
 # ---- reading a shard file back ------------------------------------------------------------------------------------
