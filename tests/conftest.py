@@ -19,6 +19,10 @@ SAMPLE = next((p for p in (REPO / "tests" / "data" / SAMPLE_NAME, REPO.parent / 
                if p.exists()), REPO / "tests" / "data" / SAMPLE_NAME)
 
 sys.path.insert(0, str(REPO))  # build_parent_sample.py is a top-level script
+# Dask workers started by the tests (in this process or others) run no statistical profiler: its thread walks other
+# threads' frames, which on CPython 3.11 crashed a whole test run once (hats-import's margin pipeline, while pandas
+# read a CSV file in short-lived threads). Set before dask is imported, so every Dask process reads it.
+os.environ["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"
 
 
 @pytest.fixture(autouse=True)

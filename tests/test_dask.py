@@ -92,6 +92,19 @@ def test_scheduler_local_from_the_command_line(tmp_path, archive):
     assert_contract(tmp_path / "out", catalog, tmp_path / "fits")
 
 
+def test_scheduler_local_runs_no_profiler_in_its_workers():
+    """``--scheduler local`` starts its workers without distributed's statistical profiler (whose frame walking can
+    crash CPython 3.11), whatever the environment says; a user's own scheduler is theirs to configure."""
+    code = ("from tglc_builder.cli import dask_client\n"
+            "with dask_client('local', 1) as client:\n"
+            "    print(list(client.run(lambda: __import__('dask').config.get('distributed.worker.profile.enabled'))"
+            ".values()))")
+    env = {k: v for k, v in run_env().items() if not k.startswith("DASK_")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[False]"]
+
+
 def test_scheduler_without_dask_explains_how_to_install(tmp_path):
     code = ("import sys; sys.modules['distributed'] = None; import build_parent_sample; "
             f"sys.exit(build_parent_sample.main(['-s', '23', '--scheduler', 'local', '--tglc_data_path', "

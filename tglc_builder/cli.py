@@ -208,7 +208,14 @@ def dask_client(scheduler: str | None, n_workers: int) -> Iterator[Any]:
         raise UsageError("--scheduler needs Dask: pip install 'tglc-builder[dask]'") from None
     try:
         if scheduler == "local":
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            import dask
+
+            # No statistical profiler in the workers: it only feeds the dashboard (off here), and its thread walks
+            # other threads' frames, which on CPython 3.11 can crash the process when threads end meanwhile (a CI
+            # run died so, in hats-import's margin pipeline: pandas reads a CSV file in short-lived threads).
+            with dask.config.set({"distributed.worker.profile.enabled": False}):
+                cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
             client = Client(cluster)
         else:
             cluster, client = None, Client(scheduler, timeout="30s")
