@@ -184,3 +184,21 @@ def test_saved_catalog_round_trips(archive, tmp_path):
         assert np.array_equal(back[name], catalog[name]), name
     assert back.meta["sector"] == SECTOR
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.skipif(not hasattr(listing.ctypes.CDLL(None), "mallopt"), reason="glibc's malloc only")
+def test_reused_memory_keeps_freed_memory_for_the_next_array():
+    import resource
+
+    def faults_of_an_array() -> int:  # 256 MB, written and freed
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        np.ones(1 << 25)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    huge = np._core.multiarray._set_madvise_hugepage(True)
+    with listing.reused_memory():
+        faults_of_an_array()
+        assert faults_of_an_array() < 20  # the freed block again, not fresh pages
+        assert np._core.multiarray._set_madvise_hugepage(False) is False  # no huge pages asked for inside
+    assert np._core.multiarray._set_madvise_hugepage(huge) is True  # restored
+    assert faults_of_an_array() >= 128  # outside, glibc's defaults: each large array fresh (huge pages at best)
