@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import healpy
 import numpy as np
 import pytest
@@ -186,7 +189,8 @@ def test_saved_catalog_round_trips(archive, tmp_path):
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
 
 
-@pytest.mark.skipif(not hasattr(listing.ctypes.CDLL(None), "mallopt"), reason="glibc's malloc only")
+@pytest.mark.skipif(sys.platform != "linux" or not hasattr(ctypes.CDLL(None), "malloc_trim"),
+                    reason="glibc's malloc only")
 def test_reused_memory_keeps_freed_memory_for_the_next_array():
     import resource
 
