@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import healpy
 import numpy as np
 import pytest
@@ -184,3 +187,22 @@ def test_saved_catalog_round_trips(archive, tmp_path):
         assert np.array_equal(back[name], catalog[name]), name
     assert back.meta["sector"] == SECTOR
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not hasattr(ctypes.CDLL(None), "malloc_trim"),
+                    reason="glibc's malloc only")
+def test_reused_memory_keeps_freed_memory_for_the_next_array():
+    import resource
+
+    def faults_of_an_array() -> int:  # 256 MB, written and freed
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        np.ones(1 << 25)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    huge = np._core.multiarray._set_madvise_hugepage(True)
+    with listing.reused_memory():
+        faults_of_an_array()
+        assert faults_of_an_array() < 20  # the freed block again, not fresh pages
+        assert np._core.multiarray._set_madvise_hugepage(False) is False  # no huge pages asked for inside
+    assert np._core.multiarray._set_madvise_hugepage(huge) is True  # restored
+    assert faults_of_an_array() >= 128  # outside, glibc's defaults: each large array fresh (huge pages at best)

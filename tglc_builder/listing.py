@@ -11,13 +11,16 @@ the other, the build stops rather than silently shrinking.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -422,6 +425,28 @@ def build_catalog(bulk: BulkListing, targets: Table, sector: int, listings: List
     log.info("Sector %d catalog: %d light curves (%d listed, %d distinct objects; %d in the target list)",
              sector, len(catalog), len(bulk.gaiadr3_id), listed, known)
     return catalog
+
+
+@contextmanager
+def reused_memory():
+    """While the catalogs and their plan are made: memory freed is reused rather than given back to the kernel, and
+    numpy's large arrays are not asked to be huge pages. Fresh memory costs page faults, and on a virtual machine
+    whose host takes freed memory back (the benchmarks') a fresh huge page costs ~1-2 s per GB; glibc maps every block
+    above its threshold (at most 32 MB: 4 million int64) apart and unmaps it when freed, so at 6 million lines every
+    temporary was fresh, at 2 million most were reused: the system time grew 4-5x for 3x the lines. Afterwards what
+    is free goes back (``malloc_trim``). The allocator's settings with glibc only; elsewhere just the huge pages."""
+    libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+    tune = hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")
+    hugepages = (np._core if hasattr(np, "_core") else np.core).multiarray._set_madvise_hugepage
+    huge = hugepages(False)
+    if tune:  # M_MMAP_MAX: no mapping of its own for a large block; M_TRIM_THRESHOLD: up to 2 GB kept free on top
+        libc.mallopt(-4, 0), libc.mallopt(-1, 2**31 - 1)
+    try:
+        yield
+    finally:
+        hugepages(huge)
+        if tune:  # as glibc's moving thresholds end after large arrays (they no longer move once set)
+            libc.mallopt(-4, 65536), libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 64 << 20), libc.malloc_trim(0)
 
 
 def catalog_path(tglc_data_path: str | os.PathLike, sector: int, tiny: bool) -> Path:

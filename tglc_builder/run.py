@@ -329,14 +329,15 @@ def run(args: BuildArguments, executor: Executor | None = None) -> BuildSummary:
             executor.warm_up(units.__name__)  # the workers start, importing h5py and the reader, while listings arrive
             for one in per_sector:
                 remove_debris(one.sector_dir)
-            catalogs = [make_catalog(one, source, tiny=one.tiny) for one in per_sector]
-            asked, choice = [one.sector for one in per_sector], None
-            if args.selection is not None:  # before the plan: only the chosen stars are fetched and written
-                per_sector, catalogs, choice = choose_stars(args, per_sector, catalogs)
-                kept = {one.sector for one in per_sector}  # a sector without a chosen star gets no empty folders
-                remove_empty(f for one in map(args.for_sector, asked) if one.sector not in kept
-                             for f, what in folders_of(one) if what != "tglc_data_path")
-            sectors = [plan_sector(one, catalog, args.overwrite) for one, catalog in zip(per_sector, catalogs)]
+            with listing.reused_memory():  # the catalogs and their plan: few fresh pages (see there)
+                catalogs = [make_catalog(one, source, tiny=one.tiny) for one in per_sector]
+                asked, choice = [one.sector for one in per_sector], None
+                if args.selection is not None:  # before the plan: only the chosen stars are fetched and written
+                    per_sector, catalogs, choice = choose_stars(args, per_sector, catalogs)
+                    kept = {one.sector for one in per_sector}  # a sector without a chosen star gets no empty folders
+                    remove_empty(f for one in map(args.for_sector, asked) if one.sector not in kept
+                                 for f, what in folders_of(one) if what != "tglc_data_path")
+                sectors = [plan_sector(one, catalog, args.overwrite) for one, catalog in zip(per_sector, catalogs)]
             summaries = build_sectors(sectors, args, source, executor)
             for one, catalog in zip(per_sector, catalogs):
                 if summaries[one.sector].failures:

@@ -20,7 +20,7 @@ REPEATS = 3  # best of: the machine is shared
 @task
 def before_first_download(bulk: str, targets: str, out: str) -> dict:
     """What ``run.run`` does for one sector before its first download, but fetching the listings."""
-    from tglc_builder import plan, run
+    from tglc_builder import listing, plan, run
     from tglc_builder.arguments import BuildArguments
 
     import resource
@@ -30,14 +30,15 @@ def before_first_download(bulk: str, targets: str, out: str) -> dict:
         return usage.ru_utime, usage.ru_stime
 
     base, cpu_start = current_rss(), cpu()
-    catalog, lines, t = timed_catalog(bulk, targets)
-    args = BuildArguments(sector=SECTOR, tglc_data_path=out)
-    with Timer() as t_shards:
-        sector = run.plan_sector(args, catalog, overwrite=False)
-    with Timer() as t_plan:
-        build_plan = plan.make_plan(sector.shards, sector.writers)
-        max_rows = plan.unit_rows(SECTOR)
-        units = plan.work_units(build_plan.pending, 2, max_rows, plan.min_unit_rows(max_rows))
+    with listing.reused_memory():  # as run.run makes its catalogs and plan
+        catalog, lines, t = timed_catalog(bulk, targets)
+        args = BuildArguments(sector=SECTOR, tglc_data_path=out)
+        with Timer() as t_shards:
+            sector = run.plan_sector(args, catalog, overwrite=False)
+        with Timer() as t_plan:
+            build_plan = plan.make_plan(sector.shards, sector.writers)
+            max_rows = plan.unit_rows(SECTOR)
+            units = plan.work_units(build_plan.pending, 2, max_rows, plan.min_unit_rows(max_rows))
     user, system = (end - start for end, start in zip(cpu(), cpu_start))
     seconds = sum(step.seconds for step in t.values()) + t_shards.seconds + t_plan.seconds
     return dict(seconds=seconds, cpu=user + system, cpu_system=system, **{k: step.seconds for k, step in t.items()},

@@ -17,7 +17,8 @@ def parse(bulk: str, targets: str, save: str) -> dict:
     from tglc_builder import listing
 
     base = current_rss()
-    catalog, lines, t = timed_catalog(bulk, targets)
+    with listing.reused_memory():  # as run.run makes its catalogs
+        catalog, lines, t = timed_catalog(bulk, targets)
     peak_catalog = maxrss()
     with Timer() as t_save:
         listing.save_catalog(catalog, Path(save))
