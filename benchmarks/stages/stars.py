@@ -177,7 +177,8 @@ def measure(ctx: Ctx) -> list[dict]:
         f"{added['bytes_rewritten'] / added['bytes_total']:.0%})", len(added["rewritten"]),
         f"{len(added['holding'])} partitions hold the sector's stars", len(added["holding"]),
         f"{added['seconds']:.1f} s wall, {added['cpu']:.1f} core-s (with the finish: indexes of the whole collection, "
-        f"margin rows of the partitions rewritten), max RSS {fmt_bytes(added['peak_rss'])}; rewritten but holding none of the sector's "
-        f"stars: {len(extra)} {extra[:3]}; {fmt_bytes(added['bytes_removed'])} of superseded files removed",
+        f"margin rows of the partitions rewritten), max RSS {fmt_bytes(added['peak_rss'])}; rewritten but holding "
+        f"none of the sector's stars: {len(extra)} {extra[:3]}; {fmt_bytes(added['bytes_removed'])} of superseded "
+        "files removed",
         outside=len(extra)))
     return rows

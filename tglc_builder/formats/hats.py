@@ -658,8 +658,8 @@ def _read_column(file: Path, column: str) -> np.ndarray:
         return pf.read(columns=[column], use_threads=False).column(0).to_numpy()
 
 
-def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARGIN_ARCSEC, kept: tuple = ()
-                 ) -> int:
+def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARGIN_ARCSEC,
+                 kept: set | frozenset = frozenset()) -> int:
     """The ``threshold_arcsec`` margin cache of ``catalog`` as hats-import's margin pipeline (v0.11, no fine
     filtering) writes it, and the number of its rows: for each partition and each pixel of hats' negative tree (the
     rest of the sky), the rows of the catalog in the pixels of ``margin2order(threshold)`` bordering it from outside,
