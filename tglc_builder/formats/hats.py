@@ -15,15 +15,15 @@ files ``<k>-of-<n>.parquet`` and the catalog has ``_common_metadata`` but no ``_
 ``_healpix_29`` within each file (a pixel directory is the concatenation of sorted files).
 
 **Integrity.** A shard's rows arrive in catalog order; a shard of one block is held in memory, a longer one's blocks
-are appended to a temporary Arrow IPC file, which :meth:`~_HatsSink.commit` memory-maps; it writes the Parquet file under a temporary name in ``_healpix_29``
-order, one row group (:data:`ROW_GROUP_ROWS` light curves) at a time, so memory holds a few row groups, never the
-shard (measured: ~4 row groups of light curves at the peak, 55 MB each at 10,700 cadences). Every
-page carries a CRC checksum (``write_page_checksum``), so a corrupted page raises on read in pyarrow (with
-``page_checksum_verification``). The footer's key-value metadata, written last when the file is closed, records
-the sector, columns, pixel, shard and row count (:data:`MARK_KEY`); the file is then reopened and read whole
-(checksums, row count, schema, each list's length against ``n_cadences``, ids and sort order), sealed (the SHA-256
-of the whole file written into the mark: the page CRCs leave page headers and the footer unprotected, see
-:func:`.base.seal`), synced and only then renamed. A file under a final name with a matching mark is therefore
+are appended to a temporary Arrow IPC file, which :meth:`~_HatsSink.commit` memory-maps; it writes the Parquet file
+under a temporary name in ``_healpix_29`` order, one row group (:data:`ROW_GROUP_ROWS` light curves) at a time, so
+memory holds a few row groups, never the shard (measured: ~4 row groups of light curves at the peak, 55 MB each at
+10,700 cadences). Every page carries a CRC checksum (``write_page_checksum``), so a corrupted page raises on read in
+pyarrow (with ``page_checksum_verification``). The footer's key-value metadata, written last when the file is
+closed, records the sector, columns, pixel, shard and row count (:data:`MARK_KEY`); the file is then reopened and
+read whole (checksums, row count, schema, each list's length against ``n_cadences``, ids and sort order), sealed
+(the SHA-256 of the whole file written into the mark: the page CRCs leave page headers and the footer unprotected,
+see :func:`.base.seal`), synced and only then renamed. A file under a final name with a matching mark is therefore
 whole, and ``--verify`` catches any byte changed since.
 """
 
