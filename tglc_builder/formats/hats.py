@@ -39,12 +39,7 @@ from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import numpy as np
-
-# Arrow's default pool (mimalloc) kept what a worker's shards freed: measured, a -n 2 build's processes together peaked
-# ~80 MB higher with it than with malloc's, for the same CPU time. Read once, at the process's first use of Arrow: so
-# this chooses for the workers that import this module first (the build's own), and their children.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-import pyarrow as pa  # noqa: E402
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
