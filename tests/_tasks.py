@@ -19,6 +19,13 @@ def whoami(delay: float = 0.0) -> int:
     return os.getpid()
 
 
+def arrow_pool() -> str:
+    """The backend of the process's default Arrow memory pool."""
+    import pyarrow
+
+    return pyarrow.default_memory_pool().backend_name
+
+
 def slow_square(x: int, delay: float, context=None) -> int:
     time.sleep(delay)
     if context is not None:

@@ -78,6 +78,20 @@ def test_one_pool_serves_the_whole_build():
     assert len(first) == 2 and first == second and os.getpid() not in first
 
 
+def test_workers_use_the_system_arrow_pool_and_leave_the_driver_alone(monkeypatch):
+    """The build's worker processes take malloc's pool (mimalloc kept what their shards freed); the command's own
+    process, which may be a user's, keeps its choice (the subprocess: nothing of ours set it)."""
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    with Executor(2) as ex:
+        assert set(_run(ex, _tasks.arrow_pool, [()] * 4)) == {"system"}
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    show = "print(pyarrow.default_memory_pool().backend_name)"
+    pools = [subprocess.run([sys.executable, "-c", f"import {modules}; {show}"], capture_output=True, text=True,
+                            env=env, timeout=120).stdout.strip()
+             for modules in ("pyarrow", "tglc_builder.executor, tglc_builder.formats.hats, pyarrow")]
+    assert pools[0] == pools[1] != "", pools
+
+
 def test_warm_up_starts_the_workers_that_then_run_the_tasks(tmp_path, monkeypatch):
     monkeypatch.setenv("TGLC_TEST_WARM_DIR", str(tmp_path))
     with Executor(2) as ex:
