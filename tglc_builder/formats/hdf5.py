@@ -482,8 +482,8 @@ class _HDF5Sink(ShardSink):
     def abort(self) -> None:
         if self.h5 is not None:
             # HDF5 2.0 crashes (SIGSEGV) closing a file whose writes failed (a full disk, a file-size limit), taking
-            # the worker with it: the file being dropped, what HDF5 writes as its datasets and it close goes to
-            # /dev/null instead
+            # the worker with it: the file being dropped, what HDF5 writes as it closes its datasets and the file
+            # goes to /dev/null instead
             if self.h5.driver != "core":
                 null = os.open(os.devnull, os.O_RDWR)
                 os.dup2(null, self.h5.id.get_vfd_handle())
