@@ -274,3 +274,59 @@ def test_low_level_datasets_and_attributes_are_h5pys_byte_for_byte(tmp_path):
         assert dict(h5.attrs) == attrs
         assert h5["text1"][()].tolist() == data["text1"].tolist()
         assert h5["flux1"].fillvalue != h5["flux1"].fillvalue and h5["flags1"].fillvalue == 0
+
+
+# ---- a shard bigger than a block is written by HDF5 to disk: a full disk there is one clean failure -----------------
+_LIMITED = """
+import resource, signal, sys
+from pathlib import Path
+from _blocks import write_shard
+from tglc_builder.formats import WriteError
+from tglc_builder.formats.hdf5 import HDF5Writer
+from test_convert import _big_shard
+
+root, limit = Path(sys.argv[1]), int(sys.argv[2])
+writer, shard = _big_shard(root)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing
+try:
+    write_shard(writer, shard, root / "fits", block_rows=256)
+except WriteError as exc:
+    print(exc, exc.disk_full)
+"""
+
+
+def _big_shard(root):
+    """A writer and one shard of 300 synthetic light curves (more than a block: not built in memory)."""
+    from _blocks import synthetic_sector
+    from tglc_builder.columns import column_set
+    from tglc_builder.formats import Shard
+    from tglc_builder.formats.hdf5 import HDF5Writer
+
+    s = synthetic_sector(root / "fits", n=300)
+    shard = Shard(5, 1, 1, s.gaiadr3_id, s.tic_id, s.ra, s.dec, s.cam, s.ccd, s.path, sector=23)
+    return HDF5Writer(root / "out", 23, column_set("all")), shard
+
+
+def test_a_full_disk_under_a_big_shard_is_one_clean_failure(tmp_path):
+    """HDF5 2.0 crashed (SIGSEGV) closing a file whose writes had failed: a file-size limit met in the middle of a
+    300-row shard's blocks, near its end and at its close gives one WriteError naming the file, in a process that
+    lives on, and leaves no file; with no limit, the same shard is written whole."""
+    import subprocess
+    import sys
+
+    from _blocks import write_shard
+    from conftest import REPO, run_env
+
+    writer, shard = _big_shard(tmp_path)
+    write_shard(writer, shard, tmp_path / "fits", block_rows=256)
+    file = writer.file(shard)
+    size = file.stat().st_size
+    assert size > 2_000_000 and writer.complete_ids(shard, verify=True).tolist() == shard.gaiadr3_id.tolist()
+    file.unlink()
+    for limit in (size // 2, size - 3000, size - 200):
+        result = subprocess.run([sys.executable, "-c", _LIMITED, str(tmp_path), str(limit)], capture_output=True,
+                                text=True, env=run_env(), cwd=REPO / "tests", timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout == f"file size limit reached on {file.parent} writing {file.name} True\n", result.stderr
+        assert list(file.parent.iterdir()) == []

@@ -180,22 +180,32 @@ def test_every_flipped_byte_is_caught_by_verify(fmt, sector, tmp_path, caplog):
     assert file.read_bytes() == good
 
 
-def test_write_sealed_writes_the_digest_only_inside_the_mark_it_is_given(tmp_path):
-    """``write_sealed`` writes a file built in memory with its SHA-256 over the mark's placeholder, found in the raw
-    bytes, and only when it lies inside the mark's own text (no reopening through h5py to read the mark back); the
-    digest is of the file with the placeholder, as --verify recomputes it."""
+@pytest.mark.parametrize("before", [4, (1 << 20) - 20, (1 << 20) - 4, 1 << 20, (3 << 20) - 11])
+def test_seal_writes_the_digest_only_inside_the_mark_it_is_given(before, tmp_path):
+    """``seal`` writes a file's SHA-256 over its mark's placeholder, found in its raw bytes read a block (1 MiB) at
+    a time, wherever the mark lies (across two blocks too), and only when it lies inside the mark's own text (no
+    reopening through h5py to read the mark back); the digest is of the file with the placeholder, as --verify
+    recomputes it. Twice in a file, it is refused."""
     import hashlib
     import json
 
-    from tglc_builder.formats.base import _UNSEALED, WriteError, check_digest, write_sealed
+    from tglc_builder.formats.base import _UNSEALED, WriteError, check_digest, seal
 
     mark = json.dumps({"rows": 3, "sha256": _UNSEALED}, sort_keys=True)
+    head = bytes(range(256)) * (before // 256) + b"h" * (before % 256)
     file = tmp_path / "f"
-    digest = write_sealed(file, b"head" + mark.encode() + b"tail", mark)
-    assert digest == hashlib.sha256(b"head" + mark.encode() + b"tail").hexdigest()
-    assert file.read_bytes() == b"head" + mark.replace(_UNSEALED, digest).encode() + b"tail"
+    file.write_bytes(head + mark.encode() + b"tail")
+    digest = seal(file, mark)
+    assert digest == hashlib.sha256(head + mark.encode() + b"tail").hexdigest()
+    assert file.read_bytes() == head + mark.replace(_UNSEALED, digest).encode() + b"tail"
     assert check_digest(file) == digest
     other = tmp_path / "g"  # a placeholder, but in another text than the mark's
+    other.write_bytes(head + json.dumps({"rows": 4, "sha256": _UNSEALED}, sort_keys=True).encode())
     with pytest.raises(WriteError, match="not inside its completion mark"):
-        write_sealed(other, b"head" + json.dumps({"rows": 4, "sha256": _UNSEALED}, sort_keys=True).encode(), mark)
-    assert not other.exists()
+        seal(other, mark)
+    other.write_bytes(head + mark.encode() + head + mark.encode())
+    with pytest.raises(WriteError, match="appears twice"):
+        seal(other, mark)
+    other.write_bytes(head + b"tail")
+    with pytest.raises(WriteError, match="no sha256"):
+        seal(other, mark)

@@ -148,42 +148,32 @@ def _digest_offset(data: mmap.mmap | bytes, file: Path) -> int:
     return at + len(_DIGEST_AT)
 
 
-def _placeholder(data: mmap.mmap | bytes, file: Path) -> int:
-    """Where the mark's digest goes, checked to hold the placeholder (64 zeros)."""
-    at = _digest_offset(data, file)
-    if data[at:at + 64] != _UNSEALED.encode():
-        raise WriteError(f"{file}: its mark holds no placeholder for its checksum")
-    return at
-
-
-def seal(file: Path) -> str:
-    """Write the file's SHA-256 into the placeholder of its mark (64 zeros after ``"sha256": "``), sync the file to
-    disk, and return the digest."""
+def seal(file: Path, mark: str | None = None) -> str:
+    """Write the file's SHA-256 into the placeholder of its mark (64 zeros after the only ``"sha256": "`` of its raw
+    bytes, checked to lie inside ``mark``'s own text when given, so no library reopens the file to find it), sync the
+    file to disk, and return the digest. One pass over the file, a block at a time: memory stays a block's."""
+    digest, hits, tail, pos = hashlib.sha256(), set(), b"", 0
     with open(file, "r+b") as f:
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            at = _placeholder(data, file)
-            digest = _sha256(data, at)
-        # the digest by pwrite, not through the map: one fsync then writes the file's pages and metadata at once
+        while block := f.read(1 << 20):
+            digest.update(block)  # the placeholder's zeros are in the file: what --verify recomputes
+            for start, data in ((pos - len(tail), tail + block[:len(_DIGEST_AT)]), (pos, block)):  # seam, block
+                at = data.find(_DIGEST_AT)
+                while at >= 0:
+                    hits.add(start + at + len(_DIGEST_AT))
+                    at = data.find(_DIGEST_AT, at + 1)
+            tail, pos = block[1 - len(_DIGEST_AT):], pos + len(block)
+        if len(hits) != 1:
+            raise WriteError(f"{file}: {DIGEST_KEY} appears twice in it" if hits else
+                             f"{file}: no {DIGEST_KEY} in its completion mark (written before checksums, or damaged)")
+        (at,) = hits
+        if os.pread(f.fileno(), 64, at) != _UNSEALED.encode():
+            raise WriteError(f"{file}: its mark holds no placeholder for its checksum")
+        start = at - mark.index(_UNSEALED) if mark else 0
+        if mark and (start < 0 or os.pread(f.fileno(), len(mark), start) != mark.encode()):
+            raise WriteError(f"{file}: its checksum's place is not inside its completion mark")
+        digest = digest.hexdigest()
+        # the digest by pwrite: one fsync then writes the file's pages and metadata at once
         os.pwrite(f.fileno(), digest.encode(), at)
-        os.fsync(f.fileno())
-    return digest
-
-
-def write_sealed(file: Path, image: bytes, mark: str) -> str:
-    """Write ``image`` (a whole file built in memory, whose completion mark is ``mark``, the digest's placeholder
-    inside it) to ``file`` sealed: its SHA-256 in the mark's placeholder, found in the raw bytes inside the mark's own
-    text (so the digest lands in the mark a reader gets, without opening the file through its library again); then
-    sync it to disk, and return the digest. The file is neither read back nor written twice."""
-    at = _placeholder(image, file)
-    start = at - mark.index(_UNSEALED)
-    if start < 0 or image[start:start + len(mark)] != mark.encode():
-        raise WriteError(f"{file}: its checksum's place is not inside its completion mark")
-    digest = hashlib.sha256(image).hexdigest()  # the placeholder's zeros are in the image: what --verify recomputes
-    with open(file, "wb") as f, memoryview(image) as view:
-        f.write(view[:at])
-        f.write(digest.encode())
-        f.write(view[at + 64:])
-        f.flush()
         os.fsync(f.fileno())
     return digest
 

@@ -1,15 +1,13 @@
 """The HDF5 format: ``<out>/TGLC/healpix=<p>/<k>-of-<n>.hdf5`` plus ``tglc.py`` and the dataset card (see
 docs/DATASET.md).
 
-A shard streams through blocks into chunked, compressed datasets built in memory (HDF5's core driver: the
-compressed file, ~120 MB at most for 10,000 rows, twice for a moment while it is written out), then written to
-disk by one write of ours: HDF5 2.0 crashes closing a file whose writes failed on a full disk. Every dataset carries
-HDF5's Fletcher32 chunk checksums, so a corrupted chunk raises on read in every reader. A file's bytes, with its
-completion mark (an attribute holding the SHA-256 of the whole file as zeros), are checked whole in memory (every
-chunk of every row stored, every chunk's checksum right), then sealed as they are written under a temporary name
-(the checksum written into the mark, see :func:`.base.write_sealed`: Fletcher32 leaves the metadata unprotected),
-synced and renamed; so a file under a final name with that mark is whole, and ``--verify`` catches any byte changed
-since.
+A shard streams through blocks into chunked, compressed datasets of a file under a temporary name (HDF5 2.0 crashes
+closing a file whose writes failed on a full disk: see ``_HDF5Sink.abort``). Every dataset carries HDF5's
+Fletcher32 chunk checksums, so a corrupted chunk raises on read in every reader. A file's bytes, with its completion
+mark (an attribute holding the SHA-256 of the whole file as zeros), are checked whole (every chunk of every row
+stored, every chunk's checksum right, read back raw), then sealed (the checksum written into the mark, see
+:func:`.base.seal`: Fletcher32 leaves the metadata unprotected), synced and renamed; so a file under a final name
+with that mark is whole, and ``--verify`` catches any byte changed since.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import re
 import shutil
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -30,7 +28,7 @@ from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, STRING, STRING_BYTES, ColumnSet
 from ..errors import UsageError
 from .base import (_UNSEALED, DIGEST_KEY, VERSIONS_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer,
-                   check_digest, note_versions, versions_text, write_error, write_sealed)
+                   check_digest, note_versions, seal, versions_text, write_error)
 
 log = logging.getLogger(__name__)
 
@@ -258,12 +256,13 @@ def _foreign_mark(file: Path, sector: int, columns: str) -> str:
     return ""
 
 
-def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet, image: bytes | None = None,
-            opened: dict[str, h5py.h5d.DatasetID] | None = None) -> None:
-    """Check a shard file whole: every dataset there with its shape, every chunk of every row stored, every chunk's
-    Fletcher32 checksum right, and n_cadences in range. ``image``: the file's bytes, for a file built in memory
-    (the bytes that will go to disk, checked before they do, its datasets ``opened``); else they are read from the
-    file. Through h5py's low-level identifiers: its high-level objects cost ~0.2 ms each to make."""
+def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet, opened: dict[str, h5py.h5d.DatasetID] | None = None,
+            image: bytes | None = None) -> None:
+    """Check a shard file whole: every dataset there with its shape, every chunk of every row stored (each read raw
+    from the file, or from ``image``, the bytes of a file built in memory), every chunk's Fletcher32 checksum right,
+    and n_cadences in range (``opened``: its datasets already open). Through h5py's low-level identifiers: its
+    high-level objects cost ~0.2 ms each to make."""
+    file = h5.filename
     names = [*IDS_AND_POSITION, N_CADENCES[0], *(s.name for s in columns.scalars), *(s.name for s in columns.series)]
     datasets = {}
     for name in names:
@@ -273,29 +272,28 @@ def _verify(h5: h5py.File, n_rows: int, columns: ColumnSet, image: bytes | None 
             pass
     missing = [name for name in names if name not in datasets]
     if missing:
-        raise WriteError(f"{h5.filename}: no {', '.join(missing)} dataset")
+        raise WriteError(f"{file}: no {', '.join(missing)} dataset")
     width = datasets["time"].shape[1]
-    if image is None:  # whole, as the sink holds it: a file of at most ~120 MB
-        with open(h5.filename, "rb") as raw:
-            image = raw.read()
-    for name, dset in datasets.items():
-        shape = dset.shape
-        if shape[0] != n_rows or (len(shape) == 2 and shape[1] != width):
-            raise WriteError(f"{h5.filename}: {name} has shape {shape}, expected {n_rows} rows")
-        try:
-            _verify_chunks(dset, shape[0], image)
-        except OSError as exc:
-            raise WriteError(f"{h5.filename}: {name} does not read back ({exc})") from None
+    with open(os.devnull if image else file, "rb") as raw:  # nothing to open for an image
+        read = (lambda at, size: image[at:at + size]) if image else (lambda at, size: os.pread(raw.fileno(), size, at))
+        for name, dset in datasets.items():
+            shape = dset.shape
+            if shape[0] != n_rows or (len(shape) == 2 and shape[1] != width):
+                raise WriteError(f"{file}: {name} has shape {shape}, expected {n_rows} rows")
+            try:
+                _verify_chunks(dset, shape[0], read)
+            except OSError as exc:
+                raise WriteError(f"{file}: {name} does not read back ({exc})") from None
     if n_rows:
         lengths = np.empty(n_rows, N_CADENCES[1])
         datasets[N_CADENCES[0]].read(h5py.h5s.ALL, h5py.h5s.ALL, lengths)
         if lengths.min() < 1 or lengths.max() != width:
-            raise WriteError(f"{h5.filename}: n_cadences outside 1..{width}")
+            raise WriteError(f"{file}: n_cadences outside 1..{width}")
 
 
-def _verify_chunks(dset: h5py.h5d.DatasetID, n_rows: int, data: bytes) -> None:
+def _verify_chunks(dset: h5py.h5d.DatasetID, n_rows: int, read: Callable[[int, int], bytes]) -> None:
     """Check every stored chunk of ``dset`` against its Fletcher32 checksum, and that none of its ``n_rows`` rows
-    lacks its chunk (``data``: the file's bytes).
+    lacks its chunk (``read(offset, size)``: the file's raw bytes there).
 
     HDF5 computes the checksum over a chunk's stored (compressed) bytes, so checking it needs no decompression:
     reading the values back through h5py would check the same checksums but also inflate every chunk, which cost a
@@ -318,9 +316,9 @@ def _verify_chunks(dset: h5py.h5d.DatasetID, n_rows: int, data: bytes) -> None:
         if chunk.filter_mask or chunk.size > FLETCHER_MAX_BYTES:  # a filter skipped, or a huge chunk: HDF5 decodes
             _read_whole(h5py.Dataset(dset))
             return
-        if chunk.size < 4 or chunk.byte_offset + chunk.size > len(data):
+        stored = read(chunk.byte_offset, chunk.size)
+        if chunk.size < 4 or len(stored) != chunk.size:
             raise OSError(f"chunk at {chunk.chunk_offset} lies outside the file")
-        stored = data[chunk.byte_offset:chunk.byte_offset + chunk.size]
         expected = int.from_bytes(stored[-4:], "little")
         if expected not in _fletcher32(memoryview(stored)[:-4]):
             raise OSError(f"data error detected by Fletcher32 checksum in the chunk at {chunk.chunk_offset}")
@@ -382,9 +380,10 @@ class _HDF5Sink(ShardSink):
         try:
             if self.h5 is None:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
-                # Built in memory, written to disk whole at commit by our own write: HDF5 2.0 crashes (SIGSEGV)
-                # closing a file whose writes failed (a full disk, a file-size limit), taking the worker with it.
-                self.h5 = h5py.File(self.tmp, "w", driver="core", backing_store=False, **CHUNK_CACHE)
+                # A small file (one block) is built in memory and written by one write of ours: fewer system
+                # calls (~0.5 ms of its ~9). A bigger one is not (it was held twice: ~95 MB for 10,000 rows).
+                memory = {"driver": "core", "backing_store": False} if len(self.shard) <= BLOCK_ROWS else {}
+                self.h5 = h5py.File(self.tmp, "w", **memory, **CHUNK_CACHE)
                 _write_attrs(self.h5, {"sector": self.writer.sector, "healpix": self.shard.pixel,
                                        "nside": layout.NSIDE, "nest": layout.NEST, "shard": self.shard.label,
                                        "columns": self.writer.columns.name, "tglc_builder_version": __version__})
@@ -465,13 +464,14 @@ class _HDF5Sink(ShardSink):
             # the mark goes in now, its checksum still zeros: only seal, after the check, completes it
             _write_attrs(self.h5, {VERSIONS_KEY: versions_text(self.versions), COMPLETE: mark})
             self.h5.flush()
-            image = self.h5.id.get_file_image()
-            _verify(self.h5, self.rows, self.writer.columns, image, self.datasets)  # the bytes that go to disk
+            image = self.h5.id.get_file_image() if self.h5.driver == "core" else None
+            _verify(self.h5, self.rows, self.writer.columns, self.datasets, image)
             self.datasets = {}
             self.h5.close()
             self.h5 = None
-            write_sealed(self.tmp, image, mark)  # the digest into the mark's own bytes, written, synced
-            del image
+            if image:
+                self.tmp.write_bytes(image)
+            seal(self.tmp, mark)  # the digest into the mark's own bytes, synced
             os.replace(self.tmp, self.file)
         except WriteError as exc:
             self.abort()
@@ -481,8 +481,15 @@ class _HDF5Sink(ShardSink):
 
     def abort(self) -> None:
         if self.h5 is not None:
+            # HDF5 2.0 crashes (SIGSEGV) closing a file whose writes failed (a full disk, a file-size limit), taking
+            # the worker with it: the file being dropped, what HDF5 writes as it closes its datasets and the file
+            # goes to /dev/null instead
+            if self.h5.driver != "core":
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, self.h5.id.get_vfd_handle())
+                os.close(null)
             self.datasets = {}
-            self.h5.close()  # in memory: nothing to write
+            self.h5.close()
             self.h5 = None
         self.datasets = {}
         self.tmp.unlink(missing_ok=True)
