@@ -92,7 +92,7 @@ def measure(ctx: Ctx) -> list[dict]:
             runs.append(ctx.task(load, path=str(path), cache_dir=str(cache), mode=mode))
         return max(runs, key=lambda r: r["rate"])
 
-    def uncompressed(run: dict, plain_run: dict) -> str:  # wall time (the load decodes in threads), and CPU time
+    def uncompressed(run: dict, plain_run: dict) -> str:  # wall time, and CPU time (steadier on a shared machine)
         return (f"same files stored uncompressed, without checksums: {plain_run['rate']:,.0f} rows/s (compressed/"
                 f"uncompressed {run['rate'] / plain_run['rate']:.2f}x; per CPU-second {run['rows'] / run['cpu']:,.0f} "
                 f"against {plain_run['rows'] / plain_run['cpu']:,.0f} rows/s, "
