@@ -963,7 +963,7 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
             threshold == stamp.get("threshold") and digest == stamp.get("schema"):
         if verify:  # the files made from the partitions (metadata, margin, indexes, card) are written again,
             # under a stamp in phase commit first: interrupted, the next build finishes them before trusting them
-            stamp = stamp | {"phase": "commit", "staged": [p.relpath() for p in old_parts]}  # all: margin too
+            stamp = stamp | {"phase": "commit", "staged": []}
             _write_bytes(catalog / STAMP, (json.dumps(stamp, sort_keys=True) + "\n").encode())
             _finish(root, stamp)
         summary.stars, summary.partitions = stamp["stars"], len(old_parts)
@@ -1261,10 +1261,7 @@ def _finish(root: Path, stamp: dict) -> None:
         "obs_title": f"TESS-Gaia Light Curves (TGLC), one row per star, sectors {_span(stamp['sectors'])}",
         "tglc_sectors": " ".join(map(str, stamp["sectors"])), "tglc_columns": stamp["columns"]}
     TableProperties(**properties).to_properties_file(catalog)  # write_margin reads it
-    # with no rows when no star lies near a partition edge; the rows of partitions not written by this build from
-    # the margin cache as it is (so adding a sector decodes only the partitions it rewrote)
-    write_margin(root / MARGIN_NAME, catalog, MARGIN_ARCSEC, kept={HealpixPixel(p.order, p.pixel) for p in parts
-                                                                   if p.relpath() not in stamp["staged"]})
+    write_margin(root / MARGIN_NAME, catalog, MARGIN_ARCSEC)  # with no rows when no star lies near a partition edge
     for column in INDEX_COLUMNS:
         values = write_index(root / f"{CATALOG}_{column}", catalog, [(p.order, p.pixel, dataset / p.relpath())
                                                                      for p in parts], column)

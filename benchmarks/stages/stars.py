@@ -72,7 +72,7 @@ def _imports() -> None:
 def join(outputs: list, stars: str, threshold: int) -> dict:
     import logging
 
-    from tglc_builder.stars import CATALOG, STAMP, Partition, _finish, _read_json, build_stars
+    from tglc_builder.stars import CATALOG, STAMP, _finish, _read_json, build_stars
 
     at_commit: dict = {}
 
@@ -93,8 +93,7 @@ def join(outputs: list, stars: str, threshold: int) -> dict:
     stamp = _read_json(Path(stars) / CATALOG / STAMP)
     start = _cpu()
     with Timer() as again:  # the finish again (idempotent), numba's code compiled: its cost without the fixed one
-        # (every partition as new, as in this fresh build: otherwise their margin rows come from the margin cache)
-        _finish(Path(stars), stamp | {"staged": [Partition(*p).relpath() for p in stamp["partitions"]]})
+        _finish(Path(stars), stamp)
     return dict(seconds=t.seconds, cpu=total_cpu, join_cpu=join_cpu, join_rss=at_commit["rss"],
                 finish_again_seconds=again.seconds, finish_again_cpu=_cpu() - start,
                 light_curves=summary.light_curves, stars=summary.stars, partitions=summary.partitions,
@@ -176,9 +175,8 @@ def measure(ctx: Ctx) -> list[dict]:
         f"({fmt_bytes(added['bytes_rewritten'])} of {fmt_bytes(added['bytes_total'])}, "
         f"{added['bytes_rewritten'] / added['bytes_total']:.0%})", len(added["rewritten"]),
         f"{len(added['holding'])} partitions hold the sector's stars", len(added["holding"]),
-        f"{added['seconds']:.1f} s wall, {added['cpu']:.1f} core-s (with the finish: indexes of the whole collection, "
-        f"margin rows of the partitions rewritten), max RSS {fmt_bytes(added['peak_rss'])}; rewritten but holding "
-        f"none of the sector's stars: {len(extra)} {extra[:3]}; {fmt_bytes(added['bytes_removed'])} of superseded "
-        "files removed",
+        f"{added['seconds']:.1f} s wall, {added['cpu']:.1f} core-s (with the finish: margin cache and indexes of the "
+        f"whole collection), max RSS {fmt_bytes(added['peak_rss'])}; rewritten but holding none of the sector's "
+        f"stars: {len(extra)} {extra[:3]}; {fmt_bytes(added['bytes_removed'])} of superseded files removed",
         outside=len(extra)))
     return rows

@@ -658,8 +658,7 @@ def _read_column(file: Path, column: str) -> np.ndarray:
         return pf.read(columns=[column], use_threads=False).column(0).to_numpy()
 
 
-def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARGIN_ARCSEC,
-                 kept: set | frozenset = frozenset()) -> int:
+def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARGIN_ARCSEC) -> int:
     """The ``threshold_arcsec`` margin cache of ``catalog`` as hats-import's margin pipeline (v0.11, no fine
     filtering) writes it, and the number of its rows: for each partition and each pixel of hats' negative tree (the
     rest of the sky), the rows of the catalog in the pixels of ``margin2order(threshold)`` bordering it from outside,
@@ -670,13 +669,7 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
     By hand because the pipeline costs ~8 CPU-seconds whatever the catalog's size (measured on the stars catalog of
     tests/test_stars.py: 3.7 s of numba compiles of hats' tree alignment for the negative tree, 0.9 s importing
     hats-import with dask.distributed and dask.dataframe, ~3 s a Dask client's start and its tasks), which dominated
-    small builds; this takes 0.16 s there. tests/test_stars.py checks it file for file against the pipeline.
-
-    ``kept``: partitions (HealpixPixel) unchanged since the margin cache at ``margin_dir`` was written. Their rows
-    are taken from it, not decoded from the partition (the whole catalog, at every sector added): whatever the
-    layout around it, a partition's rows in some margin are those in its cells bordering a cell outside it, and the
-    other partitions and hats' negative tree tile that outside, so the old margin cache holds each of them (once per
-    pixel it borders: told apart by spatial index and ``gaiadr3_id``, the partition's own order)."""
+    small builds; this takes 0.16 s there. tests/test_stars.py checks it file for file against the pipeline."""
     import cdshealpix
     import pyarrow.dataset as pads  # here only: it imports pandas (0.2 CPU-s, 40 MB in every worker)
     from hats.catalog.dataset.table_properties import TableProperties
@@ -720,17 +713,6 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
         shutil.rmtree(stale, ignore_errors=True)
     tmp = margin_dir.with_name(f".{margin_dir.name}.shards-{os.getpid()}")
     out = margin_dir.with_name(f".{margin_dir.name}{_TEMPORARY}{os.getpid()}")
-    old = None  # the margin cache as it is (a whole one: swapped in), when some partitions are kept
-    if kept and (margin_dir / "hats.properties").is_file():
-        old = pa.concat_tables([schema.empty_table()] + [pq.read_table(f, schema=schema) for f in sorted(
-            (margin_dir / "dataset").rglob("Npix=*.parquet"))])
-    if old is not None:  # each row once, in its partition's order
-        old_spatial, ids = old.column(column).to_numpy(), old.column("gaiadr3_id").to_numpy()
-        rows = np.lexsort((ids, old_spatial))
-        old_spatial, ids = old_spatial[rows], ids[rows]
-        once = np.ones(len(rows), bool)
-        once[1:] = (old_spatial[1:] != old_spatial[:-1]) | (ids[1:] != ids[:-1])
-        old, old_spatial = old.take(rows[once]), old_spatial[once]
     tmp.mkdir(parents=True)
     shards: dict = {}
     try:
@@ -738,20 +720,13 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
             low, high = np.searchsorted(cells, [part.pixel << 2 * (order - part.order),
                                                 (part.pixel + 1) << 2 * (order - part.order)])
             file = paths.pixel_catalog_file(catalog, part, npix_suffix=info.npix_suffix).path
-            if old is not None and part in kept:
-                first, last = np.searchsorted(old_spatial, [part.pixel << 2 * (info.healpix_order - part.order),
-                                                            (part.pixel + 1) << 2 * (info.healpix_order - part.order)])
-                batches = old.slice(first, last - first).to_batches()
-                cell = old_spatial[first:last] >> shift
-            else:
-                batches, cell = None, _read_column(file, column) >> shift
+            cell = _read_column(file, column) >> shift
             if low == high or not np.isin(cell, cells[low:high]).any():
                 continue
             wanted = {int(target): cells[low:high][owner[low:high] == target] for target in np.unique(owner[low:high])}
             pieces: dict[int, list[pa.RecordBatch]] = {}
-            if batches is None:
-                batches = pads.dataset(file, schema=schema, format="parquet").to_batches(
-                    batch_size=1024, batch_readahead=1, fragment_readahead=1, use_threads=False)
+            batches = pads.dataset(file, schema=schema, format="parquet").to_batches(
+                batch_size=1024, batch_readahead=1, fragment_readahead=1, use_threads=False)
             for batch in batches:
                 batch_cells = batch.column(column).to_numpy() >> shift
                 for target, target_cells in wanted.items():
