@@ -14,16 +14,16 @@ files ``<k>-of-<n>.parquet`` and the catalog has ``_common_metadata`` but no ``_
 ``create_metadata=False``). Both are valid with ``strict=True``; LSDB and ``datasets`` read both. Rows are sorted by
 ``_healpix_29`` within each file (a pixel directory is the concatenation of sorted files).
 
-**Integrity.** A shard's rows arrive in catalog order; a shard of one block is held in memory, a longer one's blocks
-are appended to a temporary Arrow IPC file, which :meth:`~_HatsSink.commit` memory-maps; it writes the Parquet file
-under a temporary name in ``_healpix_29`` order, one row group (:data:`ROW_GROUP_ROWS` light curves) at a time, so
-memory holds a few row groups, never the shard (measured: ~4 row groups of light curves at the peak, 55 MB each at
-10,700 cadences). Every page carries a CRC checksum (``write_page_checksum``), so a corrupted page raises on read in
-pyarrow (with ``page_checksum_verification``). The footer's key-value metadata, written last when the file is
-closed, records the sector, columns, pixel, shard and row count (:data:`MARK_KEY`); the file is then reopened and
-read whole (checksums, row count, schema, each list's length against ``n_cadences``, ids and sort order), sealed
-(the SHA-256 of the whole file written into the mark: the page CRCs leave page headers and the footer unprotected,
-see :func:`.base.seal`), synced and only then renamed. A file under a final name with a matching mark is therefore
+**Integrity.** A shard's rows arrive in catalog order; each block is appended to a temporary Arrow IPC file, and
+:meth:`~_HatsSink.commit` memory-maps it and writes the Parquet file under a temporary name in ``_healpix_29``
+order, one row group (:data:`ROW_GROUP_ROWS` light curves) at a time, so memory holds a few row groups, never the
+shard (measured: ~4 row groups of light curves at the peak, 55 MB each at 10,700 cadences). Every
+page carries a CRC checksum (``write_page_checksum``), so a corrupted page raises on read in pyarrow (with
+``page_checksum_verification``). The footer's key-value metadata, written last when the file is closed, records
+the sector, columns, pixel, shard and row count (:data:`MARK_KEY`); the file is then reopened and read whole
+(checksums, row count, schema, each list's length against ``n_cadences``, ids and sort order), sealed (the SHA-256
+of the whole file written into the mark: the page CRCs leave page headers and the footer unprotected, see
+:func:`.base.seal`), synced and only then renamed. A file under a final name with a matching mark is therefore
 whole, and ``--verify`` catches any byte changed since.
 """
 
@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 import threading
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -860,8 +860,7 @@ def _pixel_of(file: Path) -> int | None:
 
 # ---- the sink ------------------------------------------------------------------------------------------------------
 class _HatsSink(ShardSink):
-    """Blocks -> held in memory while there is one, else in a temporary Arrow IPC file (catalog order) -> at
-    commit, the Parquet file in _healpix_29 order."""
+    """Blocks -> a temporary Arrow IPC file (catalog order) -> at commit, the Parquet file in _healpix_29 order."""
 
     def __init__(self, writer: HatsWriter, shard: Shard):
         self.writer, self.shard = writer, shard
@@ -874,7 +873,6 @@ class _HatsSink(ShardSink):
         self.versions: dict[str, set] = {}
         self._ipc: pa.ipc.RecordBatchFileWriter | None = None
         self._ipc_file = None
-        self._held: list[pa.RecordBatch] = []  # not in the IPC file (a shard's first block, kept if it is the only)
         self._spatial: list[np.ndarray] = []
         self.rows = 0
 
@@ -887,18 +885,13 @@ class _HatsSink(ShardSink):
             return
         try:
             batch = self._batch(block)
-            if not self.rows:
+            if self._ipc is None:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
                 for stale in self.file.parent.glob(f".{self.file.name}{_TEMPORARY}*"):
                     stale.unlink(missing_ok=True)  # debris of a killed writer of this shard
-            self._held.append(batch)
-            if len(self._held) > 1 or self._ipc is not None:  # a second block: the shard goes to disk
-                if self._ipc is None:
-                    self._ipc_file = pa.OSFile(str(self.ipc_path), "wb")
-                    self._ipc = pa.ipc.new_file(self._ipc_file, self.schema)
-                for held in self._held:
-                    self._ipc.write_batch(held)
-                self._held = []
+                self._ipc_file = pa.OSFile(str(self.ipc_path), "wb")
+                self._ipc = pa.ipc.new_file(self._ipc_file, self.schema)
+            self._ipc.write_batch(batch)
         except (OSError, pa.ArrowException) as exc:
             raise self._fail(exc) from None
         self._spatial.append(_numpy(batch.column(0)))
@@ -939,24 +932,21 @@ class _HatsSink(ShardSink):
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
     def commit(self) -> None:
-        if not self.rows:  # no row: no file (a stale one would hold rows that are no longer planned)
+        if self._ipc is None:  # no row: no file (a stale one would hold rows that are no longer planned)
             self.abort()
             self.file.unlink(missing_ok=True)
             return
         mark = self.writer.mark(self.shard, self.rows)
         schema = widened(self.writer.schema, self.writer.columns, self.flag_bits)
         try:
+            self._ipc.close()
+            self._ipc_file.close()
+            self._ipc = self._ipc_file = None
             spatial = np.concatenate(self._spatial)
             order = np.argsort(spatial, kind="stable")
-            with ExitStack() as stack:
-                batches, self._held = self._held, []
-                if self._ipc is not None:
-                    self._ipc.close()
-                    self._ipc_file.close()
-                    self._ipc = self._ipc_file = None
-                    reader = pa.ipc.open_file(stack.enter_context(pa.memory_map(str(self.ipc_path), "r")))
-                    batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]  # views of the map
-                    del reader
+            with pa.memory_map(str(self.ipc_path), "r") as source:
+                reader = pa.ipc.open_file(source)
+                batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]  # views of the map
                 if sum(len(b) for b in batches) != self.rows:
                     raise WriteError(f"{self.ipc_path}: {sum(len(b) for b in batches)} rows read back, "
                                      f"{self.rows} written")
@@ -968,7 +958,7 @@ class _HatsSink(ShardSink):
                     writer.add_key_value_metadata({MARK_KEY: json.dumps(mark, sort_keys=True)})
                 finally:
                     writer.close()
-                del batches
+                del batches, reader
             self.ipc_path.unlink(missing_ok=True)
             ids, sorted_spatial = verify_file(self.tmp, schema, mark, full=True)
             if not np.array_equal(sorted_spatial, spatial[order]):
@@ -992,7 +982,6 @@ class _HatsSink(ShardSink):
                 with suppress(Exception):  # the file is being discarded anyway
                     handle.close()
         self._ipc = self._ipc_file = None
-        self._held = []
         self.tmp.unlink(missing_ok=True)
         self.ipc_path.unlink(missing_ok=True)
 
