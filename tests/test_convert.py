@@ -318,7 +318,10 @@ def test_a_full_disk_under_a_big_shard_is_one_clean_failure(tmp_path):
     from _blocks import write_shard
     from conftest import REPO, run_env
 
+    from tglc_builder.formats.hdf5 import BLOCK_ROWS
+
     writer, shard = _big_shard(tmp_path)
+    assert len(shard) > BLOCK_ROWS  # written on disk, not in memory
     write_shard(writer, shard, tmp_path / "fits", block_rows=256)
     file = writer.file(shard)
     size = file.stat().st_size

@@ -382,8 +382,10 @@ class _HDF5Sink(ShardSink):
                 self.file.parent.mkdir(parents=True, exist_ok=True)
                 # A small file (one block) is built in memory and written by one write of ours: fewer system
                 # calls (~0.5 ms of its ~9). A bigger one is not (it was held twice: ~95 MB for 10,000 rows).
-                memory = {"driver": "core", "backing_store": False} if len(self.shard) <= BLOCK_ROWS else {}
-                self.h5 = h5py.File(self.tmp, "w", **memory, **CHUNK_CACHE)
+                # (sec2 named: h5py would otherwise follow $HDF5_DRIVER, and abort relies on a file descriptor)
+                driver = {"driver": "core", "backing_store": False} if len(self.shard) <= BLOCK_ROWS else \
+                    {"driver": "sec2"}
+                self.h5 = h5py.File(self.tmp, "w", **driver, **CHUNK_CACHE)
                 _write_attrs(self.h5, {"sector": self.writer.sector, "healpix": self.shard.pixel,
                                        "nside": layout.NSIDE, "nest": layout.NEST, "shard": self.shard.label,
                                        "columns": self.writer.columns.name, "tglc_builder_version": __version__})
@@ -467,8 +469,8 @@ class _HDF5Sink(ShardSink):
             image = self.h5.id.get_file_image() if self.h5.driver == "core" else None
             _verify(self.h5, self.rows, self.writer.columns, self.datasets, image)
             self.datasets = {}
-            self.h5.close()
-            self.h5 = None
+            h5, self.h5 = self.h5, None
+            h5.close()  # (should it fail, the file is dropped: abort has nothing left to close)
             if image:
                 self.tmp.write_bytes(image)
             seal(self.tmp, mark)  # the digest into the mark's own bytes, synced
@@ -484,10 +486,13 @@ class _HDF5Sink(ShardSink):
             # HDF5 2.0 crashes (SIGSEGV) closing a file whose writes failed (a full disk, a file-size limit), taking
             # the worker with it: the file being dropped, what HDF5 writes as it closes its datasets and the file
             # goes to /dev/null instead
-            if self.h5.driver != "core":
+            if self.h5.driver == "sec2":
+                handle = self.h5.id.get_vfd_handle()
                 null = os.open(os.devnull, os.O_RDWR)
-                os.dup2(null, self.h5.id.get_vfd_handle())
-                os.close(null)
+                try:
+                    os.dup2(null, handle)
+                finally:
+                    os.close(null)
             self.datasets = {}
             self.h5.close()
             self.h5 = None
