@@ -434,7 +434,8 @@ def reused_memory():
     whose host takes freed memory back (the benchmarks') a fresh huge page costs ~1-2 s per GB; glibc maps every block
     above its threshold (at most 32 MB: 4 million int64) apart and unmaps it when freed, so at 6 million lines every
     temporary was fresh, at 2 million most were reused: the system time grew 4-5x for 3x the lines. Afterwards what
-    is free goes back (``malloc_trim``). The allocator's settings with glibc only; elsewhere just the huge pages."""
+    is free goes back (``malloc_trim``). The allocator's settings with glibc only; elsewhere just the huge pages. They
+    are the whole process's: glibc's thresholds stay fixed afterwards (at the values its own moving ones end at)."""
     libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
     tune = hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")
     hugepages = (np._core if hasattr(np, "_core") else np.core).multiarray._set_madvise_hugepage
