@@ -49,10 +49,6 @@ class BuildPlan:
     shards: list[Shard]  # every shard of the catalog, by pixel then index
     pending: list[ShardTask]  # largest first
 
-    @property
-    def pending_rows(self) -> int:
-        return sum(len(task.shard) for task in self.pending)
-
 
 # A shard's columns from the catalog, in Shard's order, with their types (a gather is a copy already: no second one).
 SHARD_TYPES = (("gaiadr3_id", np.int64), ("TIC_ID", np.int64), ("RA", np.float64), ("DEC", np.float64),

@@ -70,11 +70,6 @@ def _validator(rows: list[tuple[Shard, int]], sector: int, context: TaskContext)
     return validate
 
 
-def _header_value(curve: TGLCLightCurve, card: str, hdu: int):
-    header = curve.primary if hdu == 0 else curve.header
-    return header.get(card)
-
-
 def _scalar_value(scalar, value):
     """A header card's value as the column's type, exactly, or InvalidTGLCFile naming the card (never a value
     rounded or cut to fit)."""
@@ -131,7 +126,8 @@ class _BlockBuilder:
             if scalar.hdu == FROM_FILE_NAME:
                 values[scalar.name] = layout.file_version(self.shard.path[row])
                 continue
-            values[scalar.name] = _scalar_value(scalar, _header_value(curve, scalar.card, scalar.hdu))
+            header = curve.primary if scalar.hdu == 0 else curve.header
+            values[scalar.name] = _scalar_value(scalar, header.get(scalar.card))
         sources = {}
         for series in self.columns.series:
             if series.fits_column in curve.data.dtype.names:
@@ -243,9 +239,8 @@ def build_unit(work: list[ShardTask], settings: UnitSettings, context: TaskConte
     except Exception as exc:  # noqa: BLE001 - one unit's unforeseen error must not end a sector's build
         log.exception("A work unit failed")
         reason = f"unexpected error ({type(exc).__name__}: {exc}); please report it"
-        done = {f.path for f in result.failures}
-        result.failures += [Failure(int(g), p.decode(), "convert", reason, 1) for task in work
-                            for g, p in zip(task.shard.gaiadr3_id, task.shard.path) if p.decode() not in done]
+        for task in work:
+            _fail_rest(result, task.shard, "convert", reason)
     return result
 
 
@@ -327,9 +322,7 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
             reason, stage = f"{exc}; rerun with --verify to write the shard again from its FITS files", "convert"
         else:
             raise
-        done = {f.path for f in result.failures}
-        result.failures += [Failure(int(g), p.decode(), stage, reason, 1)
-                            for g, p in zip(shard.gaiadr3_id, shard.path) if p.decode() not in done]
+        _fail_rest(result, shard, stage, reason)
         return
     if lost:  # some formats failed, the others' files are whole: the rows fail in the failed formats only
         whole = tuple(w.name for w in plan.writers if w.name not in lost)
@@ -337,9 +330,7 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
             result.fatal = result.fatal or (str(exc) if exc.disk_full else None)
         reason = "; ".join(f"{name} output: {exc}" for name, exc in lost.items()) + \
             f" (the shard's {' and '.join(whole)} file is whole)"
-        done = {f.path for f in result.failures}  # by path: a star listed twice in a sector is two rows
-        result.failures += [Failure(int(g), p.decode(), "write", reason, 1, whole_in=whole)
-                            for g, p in zip(shard.gaiadr3_id, shard.path) if p.decode() not in done]
+        _fail_rest(result, shard, "write", reason, whole)
         result.files_written += len(whole)
         return
     written = len(shard) - (len(result.failures) - failed_before)
@@ -349,6 +340,13 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
     if settings.clean_fits:
         for path in ours:
             path.unlink(missing_ok=True)
+
+
+def _fail_rest(result: UnitResult, shard: Shard, stage: str, reason: str, whole_in: tuple[str, ...] = ()) -> None:
+    """Every row of ``shard`` not yet failed fails (by path: a star listed twice in a sector is two rows)."""
+    done = {f.path for f in result.failures}
+    result.failures += [Failure(int(g), p.decode(), stage, reason, 1, whole_in=whole_in)
+                        for g, p in zip(shard.gaiadr3_id, shard.path) if p.decode() not in done]
 
 
 def _each_format(writers: list[Writer], sinks: list, lost: dict[str, WriteError], action) -> None:
