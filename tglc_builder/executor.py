@@ -488,16 +488,8 @@ class Executor:
                 waiting.appendleft(i)
                 continue
             error = WorkerDied(how, tuple(sorted(suspects[i])))
-            narrowed = narrow(tasks[i], error) if narrow is not None and error.culprits else None
-            if narrowed is None:
-                log.error("A worker process died %d times running the same task; reporting its rows as failed",
-                          deaths[i])
-                yield lost(tasks[i], error)
-                continue
-            result, rest = narrowed
-            log.error("A worker process died %d times running the same task, each time reading item(s) %s: "
-                      "reporting those as failed%s", deaths[i], ", ".join(map(str, error.culprits)),
-                      ", running the rest of the task again" if rest is not None else "")
+            result, rest = _give_up(tasks[i], error, error, lost, narrow,
+                                    f"A worker process died {deaths[i]} times running the same task")
             if rest is not None:
                 tasks.append(rest)
                 deaths.append(0)
@@ -537,16 +529,7 @@ class Executor:
                 except KilledWorker as exc:  # the workers running it kept dying: Dask gave up on it
                     culprits = _FileCrumbs.culprits(crumbs, future.key) if crumbs is not None else ()
                     error = WorkerDied("its Dask workers died each time: KilledWorker", culprits)
-                    narrowed = narrow(task, error) if culprits else None
-                    if narrowed is None:
-                        log.error("Dask gave up on a task: %s", exc)
-                        bar.update(weight)
-                        yield lost(task, exc)
-                        continue
-                    result, rest = narrowed
-                    log.error("Dask gave up on a task, whose workers died each time reading item(s) %s: reporting "
-                              "those as failed%s", ", ".join(map(str, culprits)),
-                              ", running the rest of the task again" if rest is not None else "")
+                    result, rest = _give_up(task, error, exc, lost, narrow, f"Dask gave up on a task ({exc})")
                     if rest is not None:
                         again = submit(rest)
                         futures[again] = (rest, weight)  # its bar's weight when it ends
@@ -588,6 +571,19 @@ class Executor:
                           "may still write until those tasks next look at the stop (restart the workers to be "
                           "sure)", len(left), self.stop_grace)
         self.client.cancel(futures)
+
+
+def _give_up(task: tuple, error: WorkerDied, lost_error: BaseException, lost, narrow, what: str
+             ) -> tuple[Any, tuple | None]:
+    """A task that kept dying: ``(lost(task, lost_error), None)``, or when ``narrow`` blames the items it was
+    reading (``error.culprits``), their failures and the rest of the task to run instead (None: nothing left)."""
+    narrowed = narrow(task, error) if narrow is not None and error.culprits else None
+    if narrowed is None:
+        log.error("%s; reporting its rows as failed", what)
+        return lost(task, lost_error), None
+    log.error("%s, each time reading item(s) %s: reporting those as failed%s", what,
+              ", ".join(map(str, error.culprits)), "" if narrowed[1] is None else ", running the rest of it again")
+    return narrowed
 
 
 def _set_event(client: Any, name: str, clear: bool = False) -> None:
