@@ -1,17 +1,9 @@
-"""Where the work runs: a local process pool (the default) or a Dask cluster.
+"""Where the work runs: a local process pool (the default) or a Dask cluster (docs/DESIGN.md, "Integrity").
 
-Stages hand :meth:`Executor.run` a module-level function and a list of tasks made of plain data (paths, ids,
-settings); the function reads and writes the shared file system itself, so no light-curve data ever passes through
-the driver or a Dask scheduler. Tasks must be idempotent (a worker may die and its task run again elsewhere): every
-stage writes under a temporary name and renames, and skips what is already complete. One executor serves a whole
-build, so its worker processes start once.
-
-A task that declares a ``context`` parameter is handed a :class:`~.context.TaskContext` (stop, progress as it
-happens, hand-over, breadcrumbs). This module knows nothing of what the tasks do.
-
-What the processes share is plain shared memory with no lock (``RawValue``/``RawArray``), each value with one
-writer or tolerant of a lost update, and a pipe between the driver and each worker: docs/DESIGN.md ("Integrity")
-says why.
+Tasks are a module-level function and plain data (no light curve passes through the driver or a Dask scheduler),
+idempotent (a task may run again elsewhere); one that declares a ``context`` parameter is handed a
+:class:`~.context.TaskContext`. The processes share only lock-free memory, each value with one writer or tolerant
+of a lost update, and a pipe per worker: a worker may die holding any lock.
 """
 
 from __future__ import annotations

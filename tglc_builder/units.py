@@ -1,12 +1,6 @@
-"""The work units of a build, plain functions over plain data (they run in worker processes or on Dask).
-
-:func:`build_unit` is the streaming unit: for a few shards, it makes their light curves readable through the source
-(downloads run ahead in threads while earlier files are converted), reads each FITS file once into blocks, hands
-every block to each pending output format, commits each shard's files, and with ``clean_fits`` then deletes the FITS
-files it brought into ``fits_dir``. So the FITS files on disk at any moment are those of the shards in flight.
-Rows that an earlier run already wrote into a whole file of the same shard (the plan's ``carry``) are copied from
-that file instead of being fetched again.
-:func:`fetch_batch` only fetches (the seed's step-by-step ``batched_download``).
+"""The work units of a build, plain functions over plain data (docs/DESIGN.md, step 5): :func:`build_unit` fetches,
+reads once and writes a few shards (rows an earlier whole file holds are carried from it); :func:`fetch_batch` only
+fetches (the seed's step-by-step ``batched_download``).
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """The HTTP source on libcurl (pycurl), its only engine: the light curves on the multi interface, all of a worker's
-transfers in one thread (:func:`fetch_many`); a listing or the index page on one easy handle, in the caller's thread
-(:func:`fetch_file`).
+transfers in one thread (:func:`fetch_many`); a listing or the index page on one easy handle (:func:`fetch_file`).
 
-Why not urllib3 (the light curves' other path until issue 27, the listings' until issue 27's point 2): with a thread
-per connection, a light curve's download cost ~1.5 ms of CPU (HTTP parsed in Python, and a dozen threads contending
-for the GIL), three times its conversion, so a two-core build was bound by CPU rather than by the archive. libcurl
-parses HTTP in C and waits on every socket at once with the GIL released: ~0.3 ms a file. The rules, of both paths
-(:class:`_Rules`):
-
-- a body counts as whole only when HTTP proves it: its Content-Length (libcurl reports a shortfall as a partial
-  file), or chunked encoding with its final chunk; a body with neither is refused and asked for again;
-- 429 and 5xx, connection failures and incomplete bodies are retried with exponential backoff and jitter within
-  ``max_attempts`` requests per file; a 429 (or a 503 with ``Retry-After``) pauses the whole build through the
-  shared throttle, at most ``max_wait``; a 404 is final;
-- a redirect is followed only within the archive's own origin, at most ``net.MAX_REDIRECTS`` hops (else the file
-  fails at once, naming both URLs: :func:`.net.follow_redirect`);
-- a body with a content coding (gzip...) is refused at once: bodies are stored as the archive holds them;
-- a whole body is validated before it takes its name (else it is quarantined: ``base.settle``); a full disk stops
-  every transfer and raises :class:`DiskFull`; stopping abandons what is in flight, leaving no temporary file;
-- a name that did not resolve twice will not: the file fails after two requests (:class:`Unreachable`).
+Why libcurl: it parses HTTP in C and waits on every socket at once with the GIL released, ~0.3 ms of CPU a file
+against ~1.5 ms with a urllib3 thread per connection (the light curves' engine until issue 27), three times a
+conversion. The rules of both paths (README, "Long runs": whole bodies only, retries and the throttle, redirects
+within the origin, no content coding, validate then rename) are :class:`_Rules`'.
 """
 
 from __future__ import annotations

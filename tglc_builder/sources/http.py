@@ -1,10 +1,5 @@
-"""An archive reached over HTTP(S), such as MAST: many downloads in flight per process, every file checked.
-
-Downloads wait on the network, so concurrency comes from ``connections`` transfers in flight per process, on
-libcurl's multi interface in one thread (:mod:`.curl`). The worker processes only spread the CPU cost of HTTP and
-validation. The source object holds only its settings, so it pickles to every worker; each process opens its
-connections the first time it needs them. Listings (one file at a time, with a progress bar) and the index page come
-one at a time on one easy handle of libcurl (``curl.fetch_file``), by the same rules.
+"""An archive reached over HTTP(S), such as MAST, on libcurl (:mod:`.curl`): ``connections`` transfers in flight
+per process in one thread; the processes only spread the CPU cost of HTTP and validation. Settings only: it pickles.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
-"""MAST's tree in an S3 bucket (``s3://BUCKET/PREFIX``, e.g. MAST's public cloud copy), through s3fs.
+"""MAST's tree in an S3 bucket (``s3://BUCKET/PREFIX``, e.g. MAST's public cloud copy), through s3fs: one file
+system per worker process, many GETs at once on fsspec's event loop. Anonymous unless ``TGLC_S3_ANON=0``; the
+endpoint is AWS's unless ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` (README, "Other sources").
 
-Requests are anonymous (unsigned) unless ``TGLC_S3_ANON=0``, which signs them with the usual AWS credentials
-(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws``, an instance role). The endpoint is
-AWS's unless ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` names another. Both are read when the source is made
-and travel with it to every worker; the credentials themselves are read where the requests are made.
-
-Every worker process opens one s3fs file system of its own (never one inherited through fork) and runs many GETs
-at once on fsspec's event loop. botocore's own retries are off, its ``standard`` and ``adaptive`` retry modes
-included: they retry the GetObject call (throttling, 5xx, connection errors) but not its body, which is read after
-the call has returned, so a body that breaks off, comes short or trickles (``net.Pace``) would still need a loop of
-ours, and the attempts a failure reports would count one layer's tries only. This module retries throttling (503
-SlowDown), 5xx and dropped, short or slow bodies itself (``base.retry_delay``), so that attempts are counted exactly.
+botocore's retries (its ``standard`` and ``adaptive`` modes too) are off: they retry the GetObject call but not its
+body, read after the call returns, so a body that breaks off, comes short or trickles (``net.Pace``) would still
+need a loop of ours, and a failure's attempts would count one layer's tries only. This module retries throttling,
+5xx and dropped, short or slow bodies itself (``base.retry_delay``), counting attempts exactly.
 """
 
 from __future__ import annotations
