@@ -89,11 +89,19 @@ def remove_debris(directory: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a small text file atomically (a temporary name, then a rename)."""
+@contextmanager
+def atomically(path: Path) -> Iterator[Path]:
+    """The temporary name to write ``path`` under (debris by its name, see remove_debris), renamed when the block
+    ends well and removed whatever happens."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small text file atomically."""
+    with atomically(path) as tmp:
+        tmp.write_text(text)

@@ -31,6 +31,7 @@ from astropy.table import Table
 
 from . import layout
 from .errors import UsageError
+from .folders import atomically, write_text
 from .sources import DEFAULT_MAST_URL
 from .sources.base import Refused, Source, SourceError, Unreachable, remove_stale_parts
 
@@ -186,12 +187,7 @@ def _fetch_listing(source: Source, relpath: str, dest: Path, url: str, sector: i
               "validators": copy.validators, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if archive_id is not None:
         record["archive"] = archive_id
-    tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, manifest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(manifest, json.dumps(record, indent=1) + "\n")
 
 
 def _positions(raw: np.ndarray, *wanted: int) -> list[np.ndarray]:
@@ -457,15 +453,11 @@ def catalog_path(tglc_data_path: str | os.PathLike, sector: int, tiny: bool) -> 
 
 def save_catalog(catalog: Table, path: Path) -> None:
     """Write the catalog as HDF5 (astropy's format, metadata kept), atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomically(path) as tmp:
         try:
             catalog.write(tmp, path="catalog", format="hdf5", serialize_meta=True, overwrite=True)
         except RuntimeError as exc:  # h5py: a write that fails as the file closes (a full disk), not an OSError
             raise OSError(errno.EIO, f"cannot write the catalog ({exc})", str(path)) from None
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("Saved the catalog to %s", path)
 
 
