@@ -339,6 +339,6 @@ def test_a_lost_unit_leaves_no_part_file_of_its_downloads(tmp_path):
                   tic_id=np.zeros(n, np.int64), ra=np.zeros(n), dec=np.zeros(n), cam=np.ones(n, np.int16),
                   ccd=np.full(n, 2, np.int16), path=np.array([p.encode() for p in relpaths]), sector=23)
     settings = UnitSettings(23, LocalSource(str(fits_dir)), str(fits_dir), (), column_set("seed"))
-    result = run._lost_unit(([ShardTask(shard, ("hdf5",))], settings), WorkerDied("killed by signal SIGKILL"))
+    result = run._lost(([ShardTask(shard, ("hdf5",))], settings), WorkerDied("killed by signal SIGKILL"))
     assert [f.path for f in result.failures] == relpaths and result.sector == 23
     assert not any(p.exists() for p in debris) and all(p.exists() for p in kept)

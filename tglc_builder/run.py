@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -143,8 +144,8 @@ def build_sectors(sectors: list[SectorBuild], args: BuildArguments, source: Sour
     if len(sectors) > 1 and fetching is not None:
         executor.postfix(f"sector {fetching}")
     for result in executor.run(build_unit, tasks, total=total, desc="Building", unit="lc",
-                               weights=[sum(len(task.shard) for task in unit) for unit in work], lost=_lost_unit,
-                               narrow=_narrow_unit, crumbs=sectors[0].args.sector_dir):
+                               weights=[sum(len(task.shard) for task in unit) for unit in work], lost=_lost,
+                               narrow=_narrow, crumbs=sectors[0].args.sector_dir):
         summaries[result.sector].add(result)
         left[result.sector] -= 1
         now = next((sector for sector, n in left.items() if n), fetching)
@@ -204,37 +205,36 @@ def _sweep_parts(fits_dir: str, relpaths: Iterable[str]) -> None:
             debris.unlink(missing_ok=True)
 
 
-def _lost_unit(task: tuple, error: BaseException) -> units.UnitResult:
-    work: list[plan.ShardTask] = task[0]
-    reason = f"the worker building it died ({_death(error)}); rerun to retry"
-    _sweep_parts(task[1].fits_dir, (p.decode() for t in work for p in t.shard.path))
-    return units.UnitResult(rows=sum(len(t.shard) for t in work), sector=task[1].sector,
-                            failures=[Failure(int(g), p.decode(), "convert", reason, 0) for t in work
-                                      for g, p in zip(t.shard.gaiadr3_id, t.shard.path)])
+def _unit_rows(task: tuple) -> list[tuple[int, str]]:
+    return [(int(g), p.decode()) for t in task[0] for g, p in zip(t.shard.gaiadr3_id, t.shard.path)]
 
 
-def _culprit_reason(error: WorkerDied, what: str) -> str:
-    return (f"its worker process died while reading this file, every time ({error.how}); the file may be hostile "
-            f"(too large, malformed): check it, then rerun to retry (the {what} went on without it)")
+def _unit_without(work: list[plan.ShardTask], culprits: tuple[int, ...]) -> list[plan.ShardTask]:
+    rest = [replace(t, shard=t.shard.take(~np.isin(t.shard.gaiadr3_id, np.array(culprits, np.int64)))) for t in work]
+    return [t for t in rest if len(t.shard)]
 
 
-def _narrow_unit(task: tuple, error: WorkerDied) -> tuple[units.UnitResult, tuple | None] | None:
-    """A unit whose worker died twice reading the same file(s): those rows fail, the rest of the unit runs again."""
-    work, settings = task
-    culprits = np.array(error.culprits, np.int64)
-    failures = [Failure(int(g), p.decode(), "convert", _culprit_reason(error, "work unit"), 0) for t in work
-                for g, p in zip(t.shard.gaiadr3_id, t.shard.path) if int(g) in error.culprits]
+def _lost(task: tuple, error: BaseException, *, rows=_unit_rows, stage: str = "convert", doing: str = "building"
+          ) -> units.UnitResult:
+    """The rows of a task whose worker kept dying, failed (``rows``: the task's (gaia, path) rows)."""
+    died = str(error) if isinstance(error, WorkerDied) else type(error).__name__  # a local signal, or Dask's error
+    items = rows(task)
+    _sweep_parts(task[1].fits_dir, (p for _, p in items))
+    return units.UnitResult(rows=len(items), sector=task[1].sector, failures=[
+        Failure(g, p, stage, f"the worker {doing} it died ({died}); rerun to retry", 0) for g, p in items])
+
+
+def _narrow(task: tuple, error: WorkerDied, *, rows=_unit_rows, without=_unit_without, stage: str = "convert",
+            what: str = "work unit") -> tuple[units.UnitResult, tuple | None] | None:
+    """A task whose worker died twice reading the same file(s): those rows fail, the rest of the task runs again."""
+    reason = (f"its worker process died while reading this file, every time ({error.how}); the file may be hostile "
+              f"(too large, malformed): check it, then rerun to retry (the {what} went on without it)")
+    failures = [Failure(g, p, stage, reason, 0) for g, p in rows(task) if g in error.culprits]
     if not failures:
         return None
-    rest = [replace(t, shard=t.shard.take(~np.isin(t.shard.gaiadr3_id, culprits))) for t in work]
-    rest = [t for t in rest if len(t.shard)]
-    return (units.UnitResult(rows=len(failures), failures=failures, sector=settings.sector),
-            (rest, settings) if rest else None)
-
-
-def _death(error: BaseException) -> str:
-    """How a worker died: a local one's signal or exit code, else the name of what Dask raised."""
-    return str(error) if isinstance(error, WorkerDied) else type(error).__name__
+    rest = without(task[0], error.culprits)
+    return (units.UnitResult(rows=len(failures), failures=failures, sector=task[1].sector),
+            (rest, task[1]) if rest else None)
 
 
 def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: Executor) -> BuildSummary:
@@ -247,8 +247,10 @@ def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: E
     tasks = [(items[i:i + size], settings) for i in range(0, len(items), size)]
     summary = BuildSummary()
     for result in executor.run(units.fetch_batch, tasks, total=len(items), desc="Downloading", unit="file",
-                               weights=[len(task[0]) for task in tasks], lost=_lost_batch, narrow=_narrow_batch,
-                               crumbs=args.sector_dir):
+                               weights=[len(task[0]) for task in tasks], crumbs=args.sector_dir,
+                               lost=partial(_lost, rows=_batch_rows, stage="download", doing="downloading"),
+                               narrow=partial(_narrow, rows=_batch_rows, without=_batch_without, stage="download",
+                                              what="batch")):
         summary.add(result)
         if result.fatal:
             executor.stop()
@@ -257,21 +259,12 @@ def fetch_only(args: BuildArguments, catalog: Table, source: Source, executor: E
     return summary
 
 
-def _lost_batch(task: tuple, error: BaseException) -> units.UnitResult:
-    reason = f"the worker downloading it died ({_death(error)}); rerun to retry"
-    _sweep_parts(task[1].fits_dir, (p for _, p in task[0]))
-    return units.UnitResult(rows=len(task[0]), failures=[Failure(g, p, "download", reason, 0) for g, p in task[0]])
+def _batch_rows(task: tuple) -> list[tuple[int, str]]:
+    return task[0]
 
 
-def _narrow_batch(task: tuple, error: WorkerDied) -> tuple[units.UnitResult, tuple | None] | None:
-    """A batch whose worker died twice reading the same file(s): those fail, the rest of the batch runs again."""
-    items, settings = task
-    failures = [Failure(g, p, "download", _culprit_reason(error, "batch"), 0) for g, p in items
-                if g in error.culprits]
-    if not failures:
-        return None
-    rest = [(g, p) for g, p in items if g not in error.culprits]
-    return units.UnitResult(rows=len(failures), failures=failures), ((rest, settings) if rest else None)
+def _batch_without(items: list[tuple[int, str]], culprits: tuple[int, ...]) -> list[tuple[int, str]]:
+    return [(g, p) for g, p in items if g not in culprits]
 
 
 def sectors_of(args: BuildArguments, source: Source) -> tuple[int, ...]:
