@@ -157,26 +157,21 @@ class BuildArguments:
         for fmt in FORMATS.values():
             self._set_path(fmt.folder or fmt.name, Path(self._path(fmt.folder or fmt.name) or
                                                         self.outputs_under(sector_dir) / fmt.default_folder))
-        outputs = {FORMATS[name].flag: self.output_dir(name) for name in self.formats}
-        outputs["fits_output_path"] = self.fits_dir
-        resolved = {name: path.resolve() for name, path in outputs.items()}
-        names = list(resolved)
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                if resolved[a] == resolved[b]:
-                    raise UsageError(f"--{a} and --{b} are the same folder ({resolved[a]}); give each its own")
+        seen: dict[Path, str] = {}
+        for flag, path in [*((FORMATS[name].flag, self.output_dir(name)) for name in self.formats),
+                           ("fits_output_path", self.fits_dir)]:
+            if (first := seen.setdefault(path.resolve(), flag)) != flag:
+                raise UsageError(f"--{first} and --{flag} are the same folder ({path.resolve()}); give each its own")
 
     def _check_extras(self) -> None:
         """Every optional extra this build will import, found installed now: before anything is fetched."""
         for fmt in (FORMATS[name] for name in self.formats if FORMATS[name].extra):
             asked = [f"--{name.replace('_', '-')}" for _, name in fmt.options if getattr(self, name)]
             extras.require(fmt.extra, asked[0] if asked else f"--format {format_spec(self.formats)}")
-        extra = None if self.mast_url == "demo" else source_class(self.mast_url)[1]
-        if extra is not None:
-            extras.require(extra, f"reading {resolve_url(self.mast_url)}")
-        listing_extra = None if self.listing_url is None else source_class(self.listing_url)[1]
-        if listing_extra is not None:
-            extras.require(listing_extra, f"reading the listings from {self.listing_url}")
+        for url, why in ((None if self.mast_url == "demo" else resolve_url(self.mast_url), "reading"),
+                         (self.listing_url, "reading the listings from")):
+            if url is not None and source_class(url)[1] is not None:
+                extras.require(source_class(url)[1], f"{why} {url}")
         if self.scheduler is not None:
             extras.require("dask", "--scheduler")
         if self.joins_stars:
