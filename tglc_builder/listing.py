@@ -79,14 +79,10 @@ class BulkListing:
 
 def fetch_listings(sector: int, tglc_data_path: str | os.PathLike, source: Source, refresh: bool = False,
                    archive_id: str | None = None, flag: str = "--mast-url") -> Listings:
-    """The sector's two listings from ``source`` (the build's archive, or the root given with ``--listing-url``,
-    named by ``flag`` in the messages): read in place from a mirror, else copied into ``<tglc_data_path>/sSSSS/``.
-
-    A copy is reused only when recorded complete (its manifest matches it, and names the same URL, or the same
-    ``archive_id``: a stable name of an archive whose URL changes, as the demo's port); otherwise, and for both when
-    ``refresh``, it is fetched again. Raises :class:`ListingError` when a listing cannot be had; when the build's
-    own archive holds no listings at all (MAST's cloud copy may not), the message names ``--listing-url``.
-    """
+    """The sector's two listings from ``source`` (``flag`` names it in messages): read in place from a mirror, else
+    copied into ``<tglc_data_path>/sSSSS/`` and reused only when its manifest matches (the same URL, or the same
+    ``archive_id``, a stable name of an archive whose URL changes; never with ``refresh``). Raises
+    :class:`ListingError` when a listing cannot be had."""
     directory = Path(layout.sector_dir(tglc_data_path, sector))
     paths = {}
     for key, relpath in (("bulk_script", layout.bulk_script_relpath(sector)),

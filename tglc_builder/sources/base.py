@@ -122,15 +122,10 @@ class Source(abc.ABC):
     def fetch_many(self, items: Sequence[tuple[int, str]], fits_dir: Path, validate: Validator,
                    context: TaskContext) -> Iterator[tuple[int, Fetched | Failure]]:
         """Make each item's light curve (``(gaiadr3_id, relpath)``) readable; yield ``(i, Fetched | Failure)`` for
-        every item ``i``, in item order, as they arrive (several in flight at once). Files already complete in
-        ``fits_dir`` are not fetched again; a fetched file takes its name only once whole and ``validate`` d (else
-        it is quarantined under ``fits_dir/corrupt/`` and yields a Failure). Stops early (yielding nothing more)
-        when ``context.stopping()``; raises :class:`DiskFull` when ``fits_dir`` fills up, after cancelling what is
-        queued.
-
-        A source that keeps transfers in flight may call ``context.hand_over()`` (once, from any thread) when the
-        last item's transfer has started: another call may then run beside this one (the next work unit), and the
-        two share the process's connections, never more than it was given."""
+        every item ``i``, in item order, by the skeleton below (docs/DESIGN.md, "A new source"). Stops early when
+        ``context.stopping()``; raises :class:`DiskFull` when ``fits_dir`` fills up, after cancelling what is queued;
+        may call ``context.hand_over()`` once its last transfer has started (the next unit then shares its
+        connections)."""
 
 
 def encoding_refused(where: str, coding: str | None) -> Refused | None:
@@ -154,11 +149,9 @@ _PART = re.compile(r"\.part-(\d+)(?:-\d+)?$")  # a temporary file's suffix: the 
 
 
 def remove_stale_parts(folder: Path, item: str | None = None) -> list[Path]:
-    """Remove the temporary files (``.NAME.part-PID[-TID]``) in ``folder`` whose process is gone (a worker killed by
-    the OOM killer or SIGKILL writes no cleanup); those of live processes, this one's included, are downloads in
-    flight and are kept. ``item``: the name of the file about to be fetched, whose own temporary files are removed
-    whatever their process (a build holds its folders' locks, and fetches an item once at a time: they are debris,
-    even of a killed worker that has not quite died yet, or whose PID came back). Returns what was removed."""
+    """Remove the temporary files (``.NAME.part-PID[-TID]``) in ``folder`` whose process is gone (a killed worker
+    writes no cleanup); those of live processes are downloads in flight. ``item``'s own are removed whatever their
+    process (a build fetches an item once at a time, under its folders' locks). Returns what was removed."""
     try:
         entries = [entry.name for entry in os.scandir(folder) if entry.name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):

@@ -84,10 +84,8 @@ _POLL = 0.1  # seconds between looks at stopping() while paused
 
 # ---- the throttle -----------------------------------------------------------------------------------------------
 class Throttle:
-    """A moment (``time.time()``) before which no request starts, in a lock-free shared double (``until.value``) so
-    that every thread and process given the same value honours it. Two processes pausing at once may lose one's
-    extension of the pause (the next refused request asks again); a lock shared across processes could instead
-    be left held by a worker killed inside it, and stop every download of the pool for good."""
+    """A moment (``time.time()``) before which no request starts, in a lock-free shared double (``until.value``): a
+    lost extension of a pause costs one more refused request, a lock held by a killed worker every download."""
 
     def __init__(self, until):
         self._until = until
@@ -130,10 +128,9 @@ _moments: dict[str, ctypes.c_double] = {}  # file -> this process's view of it
 
 
 def throttle(url: str) -> Throttle:
-    """The throttle of the archive at ``url`` (its origin): one moment that every process of this user fetching
-    from it shares (a build's workers, on Dask too when on one machine, and another build's: the archive throttles
-    the client, not the build), 8 bytes of a file of the temporary folder mapped into each process. A file of
-    another user, or none that can be made, leaves this process a throttle of its own."""
+    """The throttle of the archive at ``url`` (its origin), shared by every process of this user fetching from it
+    (the archive throttles the client, not the build): 8 bytes of a file of the temporary folder mapped into each
+    process, or, when none can be made (or it is another user's), a throttle of this process's own."""
     key = hashlib.sha256(repr(origin(url)).encode()).hexdigest()[:16]
     path = os.path.join(tempfile.gettempdir(), f"tglc-throttle-{os.getuid()}-{key}")
     with _local_lock:
