@@ -56,12 +56,14 @@ class UnitResult:
 def _validator(rows: list[tuple[Shard, int]], sector: int, context: TaskContext):
     """Check that item ``i``'s file is the light curve its path names (object, sector, camera, CCD) and return it,
     read with its own memory: the conversion takes it from the source's outcome instead of reading the file again."""
-    def validate(path: Path, i: int) -> TGLCLightCurve:
-        shard, j = rows[i]
-        gaia = int(shard.gaiadr3_id[j])
-        with context.reading(gaia):  # a worker that dies reading it names it
-            return read_tglc(path, gaia, sector=sector, camera=int(shard.cam[j]), ccd=int(shard.ccd[j]))
-    return validate
+    return lambda path, i: _read_row(path, *rows[i], sector, context)
+
+
+def _read_row(path: Path, shard: Shard, row: int, sector: int, context: TaskContext,
+              buffer: ReadBuffer | None = None) -> TGLCLightCurve:
+    gaia = int(shard.gaiadr3_id[row])
+    with context.reading(gaia):  # a worker that dies reading it names it
+        return read_tglc(path, gaia, buffer, sector=sector, camera=int(shard.cam[row]), ccd=int(shard.ccd[row]))
 
 
 def _scalar_value(scalar, value):
@@ -392,9 +394,7 @@ def _read(outcome: Fetched | Failure, shard: Shard, row: int, settings: UnitSett
         return outcome.checked
     gaia, relpath = int(shard.gaiadr3_id[row]), shard.path[row].decode()
     try:
-        with context.reading(gaia):  # a worker that dies reading it names it
-            return read_tglc(outcome.path, gaia, buffer, sector=settings.sector, camera=int(shard.cam[row]),
-                             ccd=int(shard.ccd[row]))
+        return _read_row(outcome.path, shard, row, settings.sector, context, buffer)
     except InvalidTGLCFile as exc:
         reason = str(exc)
         if settings.source.owns_files and _inside(outcome.path, Path(settings.fits_dir)):  # a mirror's stays put
