@@ -23,8 +23,9 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import replace
+from functools import partial
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_any
@@ -40,8 +41,8 @@ TASK_RETRIES = 1  # a task whose worker process died is run again this many time
 MARKS = 8  # breadcrumbs per worker process: items read at once by its task threads (more go unrecorded)
 DASK_POLL = 0.2  # seconds between a Dask worker's looks at its run's stop event
 
-_worker: dict[str, Any] = {"stop": None, "progress": None, "slot": 0, "marks": None}
-_marks_lock = threading.Lock()  # claims a breadcrumb entry among this process's threads; never another process's
+_worker: dict[str, Any] = {"stop": None, "progress": None, "slot": 0, "marks": None, "used": [False] * MARKS}
+_marks_lock = threading.Lock()  # claims a breadcrumb entry among this process's threads (_breadcrumb)
 _progress_lock = threading.Lock()  # the threads of one process (a unit's downloads); never another process's
 
 
@@ -72,22 +73,32 @@ def _context(send: Callable[[tuple], None], index: int) -> TaskContext:
         return TaskContext(lambda: bool(stop.value), advance, hand_over)
     base = slot * MARKS * 2
 
-    @contextmanager
-    def reading(mark: int) -> Iterator[None]:
-        # A breadcrumb the driver reads once this process has died: the entry's task index, then its mark (non-zero:
-        # in use), each one aligned 8-byte store, so a death between two stores leaves a free entry, never a wrong one.
-        with _marks_lock:
-            free = next((k for k in range(MARKS) if marks[base + 2 * k + 1] == 0), None)
-            if free is not None:
-                marks[base + 2 * free] = index
-                marks[base + 2 * free + 1] = mark
-        try:
-            yield
-        finally:
-            if free is not None:
-                marks[base + 2 * free + 1] = 0
+    def put(k: int, mark: int) -> None:
+        # The entry's task index, then its mark (non-zero: in use), each one aligned 8-byte store, so a death between
+        # two stores leaves a free entry, never a wrong one.
+        marks[base + 2 * k] = index
+        marks[base + 2 * k + 1] = mark
 
-    return TaskContext(lambda: bool(stop.value), advance, hand_over, reading)
+    return TaskContext(lambda: bool(stop.value), advance, hand_over, partial(_breadcrumb, _worker["used"], put))
+
+
+@contextmanager
+def _breadcrumb(used: list[bool], put: Callable[[int, int], None], mark: int) -> Iterator[None]:
+    """Hold a free one of the :data:`MARKS` breadcrumb entries ``used`` (``put(entry, mark)`` writes it, a mark of 0
+    frees it), read by the driver once the process has died, while the block runs; none when all are taken."""
+    with _marks_lock:
+        free = next((k for k in range(MARKS) if not used[k]), None)
+        if free is not None:
+            used[free] = True
+    if free is None:
+        yield
+        return
+    put(free, mark)
+    try:
+        yield
+    finally:
+        put(free, 0)
+        used[free] = False
 
 
 def _call(function: Callable[..., Any], args: tuple, context: TaskContext) -> Any:
@@ -104,7 +115,7 @@ def _init_worker(stop, progress, in_pool: bool, slot: int = 0, preload: Sequence
     if in_pool:
         # Ctrl-C is the driver's to handle: it sets ``stop``, and tasks end at the next file.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker.update(stop=stop, progress=progress, slot=slot, marks=marks)
+    _worker.update(stop=stop, progress=progress, slot=slot, marks=marks, used=[False] * MARKS)
     if in_pool:
         # Arrow's default pool (mimalloc) kept what a worker's shards freed: measured, a -n 2 HATS build's processes
         # together peaked ~80 MB higher with it than with malloc's, for the same CPU time. Arrow reads this once, when
@@ -661,8 +672,7 @@ class _FileCrumbs:
     returns removes the file, so one that finds it left behind knows the attempt before died."""
 
     def __init__(self, path: str):
-        self.path, self.lock = path, threading.Lock()
-        self.used = [False] * MARKS
+        self.path, self.used = path, [False] * MARKS
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         deaths, suspects = self._read(self.fd)
         os.pwrite(self.fd, _pack([0] * MARKS + [deaths] + sorted(suspects)[:MARKS]
@@ -678,20 +688,8 @@ class _FileCrumbs:
         live, deaths, kept = {v for v in values[:MARKS] if v}, values[MARKS], {v for v in values[MARKS + 1:] if v}
         return deaths + 1, (kept & live if deaths else live)
 
-    @contextmanager
-    def reading(self, mark: int) -> Iterator[None]:
-        with self.lock:
-            free = next((k for k in range(MARKS) if not self.used[k]), None)
-            if free is not None:
-                self.used[free] = True
-        if free is not None:
-            os.pwrite(self.fd, _pack([mark]), 8 * free)
-        try:
-            yield
-        finally:
-            if free is not None:
-                os.pwrite(self.fd, _pack([0]), 8 * free)
-                self.used[free] = False
+    def reading(self, mark: int) -> AbstractContextManager:
+        return _breadcrumb(self.used, lambda k, value: os.pwrite(self.fd, _pack([value]), 8 * k), mark)
 
     def close(self) -> None:
         os.close(self.fd)
