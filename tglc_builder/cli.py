@@ -285,11 +285,9 @@ def run_as_process(main: Callable[[], int]) -> NoReturn:
 
 
 def import_healpy_without_plotting() -> None:
-    """Import healpy without its plotting functions: they import matplotlib, ~0.5 s of the ~1.7 s before a build's
-    first download, and a build never plots. ``import matplotlib`` fails while healpy loads, which healpy allows for
-    (matplotlib is optional to it); it works again afterwards. Only for a process that plots nothing with healpy:
-    the command line's, not the Python API's (a notebook's healpy keeps ``mollview``), and while no other thread
-    imports (``hats`` imports matplotlib)."""
+    """Import healpy without its plotting functions (matplotlib, ~0.5 s of the ~1.7 s before a build's first
+    download): ``import matplotlib`` fails while healpy, which allows for it, loads. Only for the command line's
+    process (a notebook's healpy keeps ``mollview``), while no other thread imports (``hats`` imports matplotlib)."""
     if "healpy" in sys.modules or "matplotlib" in sys.modules:
         return
     sys.modules["matplotlib"] = None  # type: ignore[assignment] - the documented way to make an import fail

@@ -58,12 +58,9 @@ def removed_if_left_empty(folders: Iterable[str | os.PathLike]) -> Iterator[Call
 
 @contextmanager
 def exclusive(directories: Iterable[Path], wait: bool = False) -> Iterator[None]:
-    """Hold an advisory lock on each folder for the build, so a second build on the same folders stops at once
-    (with ``wait``, waits for it instead: a stage that several builds share, such as the stars catalog's).
-
-    The lock is taken on the folder itself (``flock`` on a directory descriptor), so no lock file is left in a
-    dataset folder that people publish; ``flock`` locks vanish with their process, so a killed build leaves none.
-    """
+    """Hold a lock on each folder for the build, so a second build on the same folders stops at once (with ``wait``,
+    waits: a stage several builds share). ``flock`` on the folder itself: no lock file is left in a published
+    folder, and a killed build's lock vanishes with it."""
     with ExitStack() as stack:
         for directory in dict.fromkeys(Path(d).resolve() for d in directories):
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

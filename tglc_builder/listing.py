@@ -1,12 +1,8 @@
 """The sector's two MAST listings, fetched whole or refused, parsed as untrusted data, joined into the catalog.
 
-The bulk-download script has one to two million lines, so every step here is vectorised (numpy scans of the file's
-bytes, pyarrow's CSV reader, numpy sorting); no Python code runs per line of a well-formed listing.
-
-A listing cut short looks like a smaller sector, so a copy is trusted only when it is recorded complete: the source
-proved it whole when it was fetched, and a manifest beside it (size, SHA-256, URL, the server's validators) still
-matches the file. And the two listings must describe the same sector: when too many objects of one are missing from
-the other, the build stops rather than silently shrinking.
+A bulk-download script has one to two million lines, so every step is vectorised (numpy scans of its bytes,
+pyarrow's CSV reader, numpy sorting). A listing cut short looks like a smaller sector, so a copy is trusted only when
+its manifest records it complete, and listings that disagree stop the build (README, "Long runs").
 """
 
 from __future__ import annotations

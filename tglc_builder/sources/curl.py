@@ -545,11 +545,9 @@ def fetch_many(url: str, items: Sequence[tuple[int, str]], fits_dir: Path, valid
 
 def fetch_file(url: str, dest: Path, *, max_attempts: int, max_wait: float, deadline: net.Deadline, max_size: int,
                progress: bool = False, backoff: float = base.BACKOFF) -> ListingCopy:
-    """``url`` to ``dest``, whole or not at all, by the rules above, on one easy handle in the caller's thread (a
-    listing, the index page: one file at a time, in the driver); beyond them, a body larger than ``max_size`` bytes
-    (announced, or while read) is refused. Raises :class:`SourceError` (``Refused``: final; ``permanent``: not found;
-    ``Unreachable``), and lets ``OSError`` from the file system through (the caller knows which folder a full disk
-    is). Ctrl-C ends it within a second, leaving no temporary file."""
+    """``url`` to ``dest``, whole or not at all, by :class:`_Rules`, in the caller's thread; a body beyond ``max_size``
+    bytes is refused. Raises :class:`SourceError`, and lets ``OSError`` through (the caller knows which folder a full
+    disk is). Ctrl-C ends it within a second, leaving no temporary file."""
     rules = _Rules(url, max_attempts, max_wait, backoff, deadline)
     bar = progress_counter(None, dest.name, "B", unit_scale=True, leave=False) if progress else None
     transfer = _File(url, dest, max_size, bar)
