@@ -299,9 +299,10 @@ def _check_pages(file: Path, meta: pq.FileMetaData, lengths: np.ndarray, n_scala
                     while pos < end:
                         header, pos = _thrift_struct(view, pos)
                         size = header[3]  # PageHeader: 1 type, 3 compressed size, 4 crc, 5/8 data page (v1/v2)
-                        if pos + size > end or zlib.crc32(view[pos:pos + size]) != header.get(4, -1) & 0xFFFFFFFF:
+                        if pos + size > end or 4 not in header or \
+                                zlib.crc32(view[pos:pos + size]) != header[4] & 0xFFFFFFFF:
                             raise WriteError(f"{file}: a page of {chunk.path_in_schema} in row group {g} does not "
-                                             "match its checksum")
+                                             "match its checksum (or has none)")
                         values += header[5][1] if header[1] == 0 else header[8][1] if header[1] == 3 else 0
                         pos += size
                     if pos != end or values != chunk.num_values:
