@@ -23,8 +23,9 @@ from conftest import SAMPLE  # noqa: E402
 from tglc_builder import layout  # noqa: E402
 from tglc_builder.columns import FROM_FILE_NAME, STRING, column_set  # noqa: E402
 from tglc_builder.errors import UsageError  # noqa: E402
-from tglc_builder.formats.base import check_digest, write_error  # noqa: E402
-from tglc_builder.formats.hats import DIR_SUFFIX, FILE_SUFFIX, MARK_KEY, HatsWriter, catalog_name, read_mark  # noqa: E402
+from tglc_builder.formats.base import WriteError, check_digest, write_error  # noqa: E402
+from tglc_builder.formats.hats import (DIR_SUFFIX, FILE_SUFFIX, MARK_KEY, HatsWriter, catalog_name, read_mark,  # noqa: E402
+                                       verify_file)
 from tglc_builder.reader import read_tglc  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
@@ -402,6 +403,10 @@ def test_corruption_is_detected(sector, tmp_path):
     flipped[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0x10
     file.write_bytes(flipped)
     assert writer.complete_ids(shard, verify=True) is None
+    # the check before renaming (no SHA-256 yet) catches it too, from the pages' stored bytes, decoding none
+    with pytest.raises(WriteError, match="psf_flux.* does not match its checksum"):
+        verify_file(file, writer.schema, read_mark(file), full=True)
+    verify_file(file, writer.schema, read_mark(file), full=False)  # (which reads only ids and positions)
     with pytest.raises((OSError, pa.ArrowException)):
         pq.read_table(file, page_checksum_verification=True)
     with pytest.raises((OSError, pa.ArrowException)):  # so do LSDB's reads of the file
