@@ -44,17 +44,19 @@ CHUNK_CACHE = {"rdcc_nbytes": 1 << 20}
 COMPLETE = "tglc_builder_complete"
 # Lossless filters that every h5py ships, after a byte shuffle, and deterministic (the same values give the same
 # bytes whatever was written before, so a resumed build equals an uninterrupted one byte for byte): DEFLATE, at its
-# fastest levels, and Fletcher32 on everything. The series' whole chunks are compressed here by libdeflate (the
-# `deflate` package: a zlib stream, which HDF5's filter decodes) and written as they are (:func:`_write_series`);
-# only the rows of a chunk a shard's last block covers in part go through HDF5's own filter (zlib, deterministic too).
+# fastest levels, and Fletcher32 on everything. The float series' whole chunks (fluxes, times) are compressed here by
+# libdeflate (the `deflate` package: a zlib stream, which HDF5's filter decodes) and written as they are
+# (:func:`_write_series`); the integer series (flags, cadence numbers), and the rows of a chunk a shard's last block
+# covers in part, go through HDF5's own filter (zlib, deterministic too).
 # LZF, used before for the fluxes, is not deterministic: h5py's bundled liblzf leaves its hash table uninitialised,
 # so a chunk compressed differently after different chunks (6 of 2,370 in a resumed build).
-# Measured on the 3,920 demo light curves of one pixel (1,282 cadences; writes of each series' chunks, microseconds
-# per light curve, load ~5 on 2 cores): the fluxes, with zlib level 1 Z_RLE (before) 90.7, libdeflate level 1 86.3
-# (1.5% smaller; on the real files of tests/data 0-5% smaller); the times, with HDF5's DEFLATE 1 (zlib) 56.9,
-# libdeflate level 1 42.1 but 4% bigger, level 2 46.8 and 4% smaller (also on the real files); the flags, at level 2
-# 12.8, Z_RLE 10.4 (level 1 is slower on them, 18.2, and Z_RLE makes 4x bigger cadence numbers). The whole file: 9.65
-# KB per light curve against 9.90 KB (see benchmarks/RESULTS.md, "libdeflate").
+# Measured on the 3,920 demo light curves of one pixel (1,282 cadences; CPU of each series' writes, microseconds per
+# light curve, load ~5 on 2 cores): the two fluxes, zlib level 1 Z_RLE (before) 90.7, libdeflate level 1 86.3 and
+# 1.5% smaller (on the real files of tests/data 0-5% smaller); the times, HDF5's DEFLATE 1 (zlib) 56.9, libdeflate
+# level 1 42.1 but 4% bigger, level 2 46.8 and 4% smaller (so on the real files). Not the flags: HDF5's filter is
+# faster on them than libdeflate or ours (a 24-row chunk: 84 us against 236 us through _write_series at level 2).
+# The convert stage: 0.82-0.86x the code of a4a41bf against 0.78-0.80x; 9.70 against 9.90 KB per light curve (see
+# benchmarks/RESULTS.md, "libdeflate").
 _DEFLATE: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True, "fletcher32": True}
 _SCALAR: dict[str, Any] = {"fletcher32": True}  # 0.5% of the bytes: not worth decompressing
 _SHARD_NAME = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
@@ -63,8 +65,8 @@ _TEMPORARY = ".tmp-"
 
 def _encode_chunk(chunk: np.ndarray) -> bytes:
     """A whole chunk as HDF5 stores it through the pipeline shuffle, DEFLATE, Fletcher32 (filter mask 0): HDF5's
-    byte shuffle, libdeflate's zlib stream (level 1 for the float32 fluxes, 2 for the rest: see _DEFLATE), then the
-    Fletcher32 checksum, little-endian, as H5Z_filter_fletcher32 appends it."""
+    byte shuffle, libdeflate's zlib stream (level 1 for the float32 fluxes, 2 for the float64 times: see _DEFLATE),
+    then the Fletcher32 checksum, little-endian, as H5Z_filter_fletcher32 appends it."""
     shuffled = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1, chunk.dtype.itemsize).T.tobytes()
     data = deflate.zlib_compress(shuffled, 1 if chunk.dtype == np.float32 else 2)
     return data + _fletcher32(memoryview(data))[0].to_bytes(4, "little")
@@ -446,7 +448,10 @@ class _HDF5Sink(ShardSink):
             if values.dtype.itemsize > self.dtypes[name].itemsize:
                 self._widen_series(name, values.dtype)
                 self.datasets[name].set_extent((self.rows, width))
-            _write_series(self.datasets[name], self.chunks[name], start, values, self.pads[name])
+            if values.dtype.kind == "f":
+                _write_series(self.datasets[name], self.chunks[name], start, values, self.pads[name])
+            else:
+                _write_rows(self.datasets[name], start, values)
         note_versions(self.versions, self.shard, block)
 
     def commit(self) -> None:
