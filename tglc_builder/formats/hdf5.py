@@ -55,7 +55,7 @@ COMPLETE = "tglc_builder_complete"
 # 1.5% smaller (on the real files of tests/data 0-5% smaller); the times, HDF5's DEFLATE 1 (zlib) 56.9, libdeflate
 # level 1 42.1 but 4% bigger, level 2 46.8 and 4% smaller (so on the real files). Not the flags: HDF5's filter is
 # faster on them than libdeflate or ours (a 24-row chunk: 84 us against 236 us through _write_series at level 2).
-# The convert stage: 0.82-0.86x the code of a4a41bf against 0.78-0.80x; 9.70 against 9.90 KB per light curve (see
+# The convert stage: 0.82-0.86x the code of a4a41bf against 0.71-0.82x; 9.70 against 9.90 KB per light curve (see
 # benchmarks/RESULTS.md, "libdeflate").
 _DEFLATE: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True, "fletcher32": True}
 _SCALAR: dict[str, Any] = {"fletcher32": True}  # 0.5% of the bytes: not worth decompressing
