@@ -1,5 +1,5 @@
-"""HDF5 flux filters, today's (LZF + shuffle, not deterministic) against the deterministic ones chosen in
-formats/hdf5.py (zlib level 1, Z_RLE, + shuffle, chunks written whole): bytes per light curve and light curves per
+"""HDF5 flux filters, before (LZF + shuffle, not deterministic) against the deterministic ones chosen in
+formats/hdf5.py (shuffle + libdeflate's DEFLATE, chunks written whole): bytes per light curve and light curves per
 CPU second of ``units.build_unit`` on one pixel of the demo sector, alternately, best of ``--repeat`` runs each.
 
     PYTHONPATH=. python benchmarks/filters.py --n 4000 --repeat 3
@@ -19,12 +19,14 @@ def _build(catalog: str, root: str, out: str, old: bool) -> tuple[float, int, in
     from tglc_builder import plan, units
     from tglc_builder.formats import hdf5
 
-    saved = hdf5._filters, hdf5._write_flux
+    saved = hdf5._new_dataset, hdf5._write_series
     if old:  # the filters of before: HDF5's LZF for the fluxes, written through h5py
-        hdf5._filters = lambda dtype: ({"compression": "lzf", "shuffle": True, "fletcher32": True}
-                                       if dtype == np.float32 else hdf5._DEFLATE)
-        hdf5._write_flux = lambda dset, start, values, pad: dset.__setitem__(
-            (slice(start, start + len(values)), slice(0, values.shape[1])), values)
+        lzf = {"compression": "lzf", "shuffle": True, "fletcher32": True}
+        hdf5._new_dataset = lambda h5, name, dtype, width, chunks, pad, filters: saved[0](
+            h5, name, dtype, width, chunks, pad, lzf if dtype == np.float32 else filters)
+        hdf5._write_series = lambda dset, chunks, start, values, pad: (
+            hdf5._write_rows(dset, start, values) if values.dtype == np.float32
+            else saved[1](dset, chunks, start, values, pad))
     try:
         from benchmarks.data import read_catalog
         from benchmarks.stages.convert import unit_settings
@@ -40,7 +42,7 @@ def _build(catalog: str, root: str, out: str, old: bool) -> tuple[float, int, in
         size = sum(f.stat().st_size for f in Path(out).rglob("*.hdf5"))
         return cpu, rows, size
     finally:
-        hdf5._filters, hdf5._write_flux = saved
+        hdf5._new_dataset, hdf5._write_series = saved
 
 
 def main() -> None:
@@ -60,7 +62,7 @@ def main() -> None:
                 if old not in best or cpu < best[old][0]:
                     best[old] = (cpu, rows, size)
         for old, (cpu, rows, size) in best.items():
-            print(f"{'LZF + shuffle (before)' if old else 'zlib 1 Z_RLE + shuffle (now)':30s} {rows / cpu:7.0f} "
+            print(f"{'LZF + shuffle (before)' if old else 'libdeflate + shuffle (now)':30s} {rows / cpu:7.0f} "
                   f"light curves per CPU s, {size / rows / 1000:5.2f} KB per light curve ({rows} rows, "
                   f"{info['mean_cadences']:.0f} cadences on average)")
         speed, size = best[True][0] / best[False][0], best[False][2] / best[True][2]

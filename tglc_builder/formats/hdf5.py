@@ -17,10 +17,10 @@ import logging
 import os
 import re
 import shutil
-import zlib
 from pathlib import Path
 from typing import Any, Callable
 
+import deflate
 import h5py
 import numpy as np
 
@@ -43,35 +43,32 @@ CHUNK_CACHE = {"rdcc_nbytes": 1 << 20}
 # (base.seal, written into the attribute's bytes in place once the file is closed)
 COMPLETE = "tglc_builder_complete"
 # Lossless filters that every h5py ships, after a byte shuffle, and deterministic (the same values give the same
-# bytes whatever was written before, so a resumed build equals an uninterrupted one byte for byte): DEFLATE at its
-# fastest level where it pays (times repeat across the stars of a CCD, flags and cadence numbers are regular); for
-# the noisy fluxes, DEFLATE too, but with zlib's run-length strategy (Z_RLE), which HDF5's filter cannot select, so
-# their chunks are compressed here and written whole (:func:`_write_flux`). Fletcher32 on everything.
+# bytes whatever was written before, so a resumed build equals an uninterrupted one byte for byte): DEFLATE, at its
+# fastest levels, and Fletcher32 on everything. The float series' whole chunks (fluxes, times) are compressed here by
+# libdeflate (the `deflate` package: a zlib stream, which HDF5's filter decodes) and written as they are
+# (:func:`_write_series`); the integer series (flags, cadence numbers), and the rows of a chunk a shard's last block
+# covers in part, go through HDF5's own filter (zlib, deterministic too).
 # LZF, used before for the fluxes, is not deterministic: h5py's bundled liblzf leaves its hash table uninitialised,
-# so a chunk compressed differently after different chunks (6 of 2,370 in a resumed build). Measured on 1,024 demo
-# light curves (1,282 cadences), fluxes only, compression ratio and speed of the writes: LZF + shuffle 0.751 at
-# 145 MB/s; HDF5's DEFLATE 1 + shuffle 0.696 at 66 MB/s (a third slower conversion: ~85 us more per light curve
-# against the ~230 us of a light curve's whole conversion); zlib level 1 Z_RLE + shuffle 0.695 at 136 MB/s. Whole
-# conversion (units.build_unit, 3,920 demo light curves, benchmarks/filters.py): 9.91 KB per light curve against
-# 10.18 KB with LZF (0.97x), 0.94x-0.98x the light curves per CPU second (see benchmarks/RESULTS.md).
+# so a chunk compressed differently after different chunks (6 of 2,370 in a resumed build).
+# Measured on the 3,920 demo light curves of one pixel (1,282 cadences; CPU of each series' writes, microseconds per
+# light curve, load ~5 on 2 cores): the two fluxes, zlib level 1 Z_RLE (before) 90.7, libdeflate level 1 86.3 and
+# 1.5% smaller (on the real files of tests/data 0-5% smaller); the times, HDF5's DEFLATE 1 (zlib) 56.9, libdeflate
+# level 1 42.1 but 4% bigger, level 2 46.8 and 4% smaller (so on the real files). Not the flags: HDF5's filter is
+# faster on them than libdeflate or ours (a 24-row chunk: 84 us against 236 us through _write_series at level 2).
+# The convert stage: 0.82-0.86x the code of a4a41bf against 0.71-0.82x; 9.70 against 9.90 KB per light curve (see
+# benchmarks/RESULTS.md, "libdeflate").
 _DEFLATE: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True, "fletcher32": True}
-_FLUX = _DEFLATE  # the same pipeline (shuffle, DEFLATE, Fletcher32): any reader decodes it; chunks by _write_flux
 _SCALAR: dict[str, Any] = {"fletcher32": True}  # 0.5% of the bytes: not worth decompressing
 _SHARD_NAME = re.compile(r"^\d{3,}-of-\d{3,}\.hdf5$")
 _TEMPORARY = ".tmp-"
 
 
-def _filters(dtype: np.dtype) -> dict[str, Any]:
-    return _FLUX if dtype == np.float32 else _DEFLATE
-
-
 def _encode_chunk(chunk: np.ndarray) -> bytes:
     """A whole chunk as HDF5 stores it through the pipeline shuffle, DEFLATE, Fletcher32 (filter mask 0): HDF5's
-    byte shuffle, zlib's stream at level 1 with the Z_RLE strategy (deterministic, as fast as LZF on the fluxes),
+    byte shuffle, libdeflate's zlib stream (level 1 for the float32 fluxes, 2 for the float64 times: see _DEFLATE),
     then the Fletcher32 checksum, little-endian, as H5Z_filter_fletcher32 appends it."""
     shuffled = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1, chunk.dtype.itemsize).T.tobytes()
-    coder = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
-    data = coder.compress(shuffled) + coder.flush()
+    data = deflate.zlib_compress(shuffled, 1 if chunk.dtype == np.float32 else 2)
     return data + _fletcher32(memoryview(data))[0].to_bytes(4, "little")
 
 
@@ -127,9 +124,9 @@ def _write_rows(dset: h5py.h5d.DatasetID, start: int, values: np.ndarray) -> Non
     dset.write(h5py.h5s.create_simple(values.shape), space, values)
 
 
-def _write_flux(dset: h5py.h5d.DatasetID, chunks: tuple[int, int], start: int, values: np.ndarray, pad: float
-                ) -> None:
-    """Write ``values`` at rows ``start...`` (columns ``0...``) of a flux dataset: the chunks the rows cover whole
+def _write_series(dset: h5py.h5d.DatasetID, chunks: tuple[int, int], start: int, values: np.ndarray, pad: Any
+                  ) -> None:
+    """Write ``values`` at rows ``start...`` (columns ``0...``) of a series' dataset: the chunks the rows cover whole
     are encoded by :func:`_encode_chunk` and written as they are (``write_direct_chunk``); rows of a chunk covered
     in part (the last block of a shard) go through h5py, whose DEFLATE is deterministic too."""
     chunk_rows, chunk_cols = chunks
@@ -420,7 +417,7 @@ class _HDF5Sink(ShardSink):
         series = next(s for s in self.writer.columns.series if s.name == name)
         self.chunks[name] = (self._chunk_rows, width)
         self.datasets[name] = _new_dataset(self.h5, name, dtype, width, self.chunks[name], series.pad,
-                                           _filters(dtype))
+                                           _DEFLATE)
         self.dtypes[name] = np.dtype(dtype)
 
     def _widen_series(self, name: str, dtype: np.dtype) -> None:
@@ -451,8 +448,8 @@ class _HDF5Sink(ShardSink):
             if values.dtype.itemsize > self.dtypes[name].itemsize:
                 self._widen_series(name, values.dtype)
                 self.datasets[name].set_extent((self.rows, width))
-            if self.dtypes[name] == np.float32:
-                _write_flux(self.datasets[name], self.chunks[name], start, values, self.pads[name])
+            if values.dtype.kind == "f":
+                _write_series(self.datasets[name], self.chunks[name], start, values, self.pads[name])
             else:
                 _write_rows(self.datasets[name], start, values)
         note_versions(self.versions, self.shard, block)
