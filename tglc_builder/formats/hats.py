@@ -255,7 +255,7 @@ def verify_file(file: Path, schema: pa.Schema, mark: dict | None = None, full: b
             _check_pages(file, meta, _numpy(table.column(N_CADENCES[0])), n_scalar)
     except WriteError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, IndexError, pa.ArrowException) as exc:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError, pa.ArrowException) as exc:
         raise WriteError(f"{file}: does not read back ({exc})") from None
     finally:
         if pf is not None:

@@ -448,8 +448,9 @@ class _HDF5Sink(ShardSink):
             if values.dtype.itemsize > self.dtypes[name].itemsize:
                 self._widen_series(name, values.dtype)
                 self.datasets[name].set_extent((self.rows, width))
-            if values.dtype.kind == "f":
-                _write_series(self.datasets[name], self.chunks[name], start, values, self.pads[name])
+            if self.dtypes[name].kind == "f":  # (raw chunks: in the dataset's own type, whatever the block's)
+                _write_series(self.datasets[name], self.chunks[name], start, values.astype(self.dtypes[name],
+                              copy=False), self.pads[name])
             else:
                 _write_rows(self.datasets[name], start, values)
         note_versions(self.versions, self.shard, block)
