@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import healpy
+from astropy.io import fits
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,8 +25,8 @@ from tglc_builder import layout  # noqa: E402
 from tglc_builder.columns import FROM_FILE_NAME, STRING, column_set  # noqa: E402
 from tglc_builder.errors import UsageError  # noqa: E402
 from tglc_builder.formats.base import WriteError, check_digest, write_error  # noqa: E402
-from tglc_builder.formats.hats import (DIR_SUFFIX, FILE_SUFFIX, MARK_KEY, HatsWriter, catalog_name, read_mark,  # noqa: E402
-                                       verify_file)
+from tglc_builder.formats.hats import (DIR_SUFFIX, FILE_SUFFIX, MARK_KEY, HatsWriter, catalog_name,  # noqa: E402
+                                       parquet_options, read_mark, verify_file)
 from tglc_builder.reader import read_tglc  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
@@ -416,6 +417,79 @@ def test_corruption_is_detected(sector, tmp_path):
     assert writer.complete_ids(shard) is None and writer.complete_ids(shard, verify=True) is None
     file.write_bytes(good)
     assert np.array_equal(writer.complete_ids(shard, verify=True), shard.gaiadr3_id)
+
+
+
+def test_the_check_before_renaming_refuses_whatever_pyarrow_would_not_read(sector, tmp_path):
+    """Page headers are not under the page CRCs: a flipped header byte that makes the file unreadable (a negative
+    count, a page type or a field type changed, a dictionary page moved) must not be sealed as whole."""
+    writer = HatsWriter(tmp_path / "out", 23, SEED)
+    shards = plan_shards(sector)
+    shard = next(s for s in shards if len(s) == CLUSTER)
+    writer.prepare(shards, False)
+    write_shard(writer, shard, sector.fits_dir)
+    file, mark = writer.file(shard), read_mark(writer.file(shard))
+    good, meta = file.read_bytes(), pq.read_metadata(file)
+    unreadable = 0
+    for column in ("_healpix_29", "TIC_ID", "lightcurve.psf_flux.list.element", "lightcurve.tess_flags.list.element"):
+        chunk = next(meta.row_group(0).column(c) for c in range(meta.num_columns)
+                     if meta.row_group(0).column(c).path_in_schema == column)
+        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+        for at in range(start, start + 16):  # a page header and the first bytes of its page
+            flipped = bytearray(good)
+            flipped[at] ^= 0x01
+            file.write_bytes(flipped)
+            try:
+                pq.read_table(file, page_checksum_verification=True)
+            except (OSError, pa.ArrowException):
+                unreadable += 1
+                with pytest.raises(WriteError):
+                    verify_file(file, writer.schema, mark, full=True)
+    assert unreadable >= 40  # (most of the 64 flips)
+
+
+def test_the_check_before_renaming_holds_each_light_curve_to_its_n_cadences(sector, tmp_path):
+    """One cadence moved from a light curve to the next in every series: the totals still match, the rows do not."""
+    writer = HatsWriter(tmp_path / "out", 23, SEED)
+    shards = plan_shards(sector)
+    shard = next(s for s in shards if len(s) == CLUSTER)
+    writer.prepare(shards, False)
+    write_shard(writer, shard, sector.fits_dir)
+    file = writer.file(shard)
+    table, footer = pq.read_table(file), pq.read_metadata(file).metadata
+    curves = table.column("lightcurve").combine_chunks()
+    offsets = np.asarray(curves.field(0).offsets).copy()
+    offsets[1] -= 1
+    moved = pa.StructArray.from_arrays([pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), child.flatten())
+                                        for child in curves.flatten()], fields=list(curves.type))
+    bad = tmp_path / "moved.parquet"
+    table = table.set_column(table.schema.get_field_index("lightcurve"), table.schema.field("lightcurve"), moved)
+    with pq.ParquetWriter(bad, table.schema, **parquet_options(table.schema)) as out:
+        out.write_table(table)
+        out.add_key_value_metadata({k: v for k, v in footer.items() if k != b"ARROW:schema"})
+    verify_file(file, writer.schema, read_mark(file), full=True)
+    with pytest.raises(WriteError, match="not n_cadences long in every row"):
+        verify_file(bad, writer.schema, read_mark(file), full=True)
+
+
+def test_a_light_curve_of_no_cadences_is_written(tmp_path):
+    """A FITS file whose table has no rows is a light curve of 0 cadences (an empty list), as in HDF5."""
+    served = synthetic_sector(tmp_path / "fits", sector=23, n=6, seed=7)
+    ra0, dec0 = healpy.pix2ang(16, int(served.healpix[0]), nest=True, lonlat=True)
+    served = replace(served, ra=np.full(6, ra0), dec=np.full(6, dec0) + np.arange(6) * 1e-3)
+    empty = Path(served.fits_dir) / served.path[0].decode()
+    with fits.open(empty) as hdus:
+        hdus[1] = fits.BinTableHDU(hdus[1].data[:0], header=hdus[1].header, name=hdus[1].name)
+        hdus.writeto(empty, overwrite=True, output_verify="silentfix")
+    (shard,) = plan_shards(served)
+    writer = HatsWriter(tmp_path / "out", 23, SEED)
+    writer.prepare([shard], False)
+    write_shard(writer, shard, served.fits_dir)
+    assert sorted(writer.complete_ids(shard, verify=True).tolist()) == sorted(shard.gaiadr3_id.tolist())
+    table = pq.read_table(writer.file(shard))
+    row = table.column("gaiadr3_id").to_pylist().index(int(served.gaiadr3_id[0]))
+    assert table.column("n_cadences")[row].as_py() == 0
+    assert table.column("lightcurve")[row]["psf_flux"].as_py() == []
 
 
 _CHILD = """

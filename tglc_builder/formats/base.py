@@ -246,7 +246,7 @@ class Writer(abc.ABC):
     @abc.abstractmethod
     def complete_ids(self, shard: Shard, verify: bool = False) -> np.ndarray | None:
         """The Gaia ids (in file order) of the shard's existing file when it is proven whole (written by a commit of
-        this sector and columns), else None. With ``verify``, every value is read and checked (checksums) first."""
+        this sector and columns), else None. With ``verify``, its SHA-256 and every checksum in it are checked first."""
 
     @abc.abstractmethod
     def open(self, shard: Shard) -> ShardSink:
