@@ -31,7 +31,7 @@ from tglc_builder.report import Failure
 from tglc_builder.reader import read_tglc
 from tglc_builder.sources import Fetched, ListingCopy, SourceError, quarantine_path
 from tglc_builder.sources import net
-from tglc_builder.sources.curl import fetch_file
+from tglc_builder.sources.curl import fetch_file, fetch_many
 from tglc_builder.sources.http import HttpSource
 
 BODY = bytes(range(256)) * 400  # 102,400 bytes
@@ -41,8 +41,8 @@ ETAG, LAST_MODIFIED = '"v1-abc"', "Tue, 24 Nov 2026 10:00:00 GMT"
 class FramingServer(Server):
     """Answers each path by a script, one entry per request (the last repeats): ``length``, ``chunked``, ``close``
     (no Content-Length), ``cut`` (half the announced body), ``chunked-cut`` (no final chunk), ``429:<Retry-After>``,
-    ``404``, ``stall`` (half the announced body, then nothing for a minute). ``gate``: a barrier the 429 answers wait
-    at."""
+    ``404``, ``stall`` (half the announced body, then nothing for a minute), ``late`` (``length`` after 1.5 s).
+    ``gate``: a barrier the 429 answers wait at."""
 
     def __init__(self, scripts: dict[str, list[str]], bodies: dict[str, bytes] | None = None,
                  gate: threading.Barrier | None = None):
@@ -61,6 +61,9 @@ class FramingServer(Server):
                 self.gate.wait(10)  # answer together, as to requests of many workers in flight at once
             return handler.head(429, {"Content-Length": "0", "Retry-After": how.split(":")[1]})
         validators = {"ETag": ETAG, "Last-Modified": LAST_MODIFIED}
+        if how == "late":
+            time.sleep(1.5)
+            how = "length"
         if how == "length":
             handler.send(200, body, validators)
         elif how in ("cut", "stall"):  # announces the whole body, sends half, hangs up (or waits)
@@ -507,6 +510,31 @@ def test_a_call_beside_the_one_that_started_all_its_downloads_shares_its_connect
     assert [i for i, _ in first] == [0, 1, 2, 3] and [i for i, _ in beside] == list(range(8))
     for i, outcome in first + [(i + 4, outcome) for i, outcome in beside]:
         assert outcome.downloaded and outcome.path.read_bytes() == archive.sector.fits_bytes(i)
+
+
+def test_a_due_retry_of_the_unit_winding_down_goes_before_the_next_units_downloads(tmp_path):
+    """On one connection: the unit that handed over has its file cut short twice, and each retry falls due while a
+    (late) download of the next unit is in flight; it is asked for as soon as that one ends, before the next unit's next
+    download (which would otherwise take the connection first, nearly every time: its own thread frees it)."""
+    scripts = {"/a": ["cut", "cut", "length"], "/b0": ["late"], "/b1": ["late"], "/b2": ["length"]}
+    with FramingServer(scripts) as server:
+        threads: list[threading.Thread] = []
+        beside: list = []
+
+        def fetch(names, context):  # backoff 0.3: asked again 0.15-0.45 s, then 0.3-0.9 s, after a cut
+            return fetch_many(server.url, [(1000, name) for name in names], tmp_path, lambda path, i: None, context,
+                              connections=1, max_attempts=3, max_wait=1.0, backoff=0.3)
+
+        def start_the_next():  # as the worker does when the unit hands over
+            fetched = fetch(["b0", "b1", "b2"], OUTSIDE)
+            threads.append(threading.Thread(target=lambda: beside.extend(fetched), daemon=True))
+            threads[-1].start()
+
+        first = list(fetch(["a"], TaskContext(hand_over=start_the_next)))
+        threads[0].join(30)
+        assert server.paths == ["/a", "/b0", "/a", "/b1", "/a", "/b2"]
+    assert first[0][1].attempts == 3 and [i for i, _ in beside] == [0, 1, 2]
+    assert all((tmp_path / name).read_bytes() == BODY for name in ("a", "b0", "b1", "b2"))
 
 
 def _within(seconds: float, call):

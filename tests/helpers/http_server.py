@@ -25,6 +25,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.nth = owner.requests[self.path]
             owner.requests[self.path] += 1
             owner.peers.append(self.client_address)
+            owner.paths.append(self.path)
         owner.answer(self)
 
     def head(self, status: int, headers: dict[str, str]) -> None:
@@ -49,13 +50,15 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class Server:
-    """Answers every GET by ``answer(handler)``; ``requests`` counts the requests per path, ``peers`` holds the
-    client's address of each (one per connection used). A context manager: ``url`` is set inside."""
+    """Answers every GET by ``answer(handler)``; ``requests`` counts the requests per path, ``paths`` holds the path
+    of each in the order they came, ``peers`` the client's address of each (one per connection used). A context
+    manager: ``url`` is set inside."""
 
     def __init__(self, answer: Callable[[Handler], None], certificate: tuple[Path, Path] | None = None):
         self.answer, self.certificate = answer, certificate
         self.requests: Counter[str] = Counter()
         self.peers: list[tuple[str, int]] = []
+        self.paths: list[str] = []
         self.lock = threading.Lock()
 
     def __enter__(self):
