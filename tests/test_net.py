@@ -41,7 +41,7 @@ ETAG, LAST_MODIFIED = '"v1-abc"', "Tue, 24 Nov 2026 10:00:00 GMT"
 class FramingServer(Server):
     """Answers each path by a script, one entry per request (the last repeats): ``length``, ``chunked``, ``close``
     (no Content-Length), ``cut`` (half the announced body), ``chunked-cut`` (no final chunk), ``429:<Retry-After>``,
-    ``404``, ``stall`` (half the announced body, then nothing for a minute), ``late`` (``length`` after 1.5 s).
+    ``404``, ``stall`` (half the announced body, then nothing for a minute), ``late`` (``length`` after 3 s).
     ``gate``: a barrier the 429 answers wait at."""
 
     def __init__(self, scripts: dict[str, list[str]], bodies: dict[str, bytes] | None = None,
@@ -62,7 +62,7 @@ class FramingServer(Server):
             return handler.head(429, {"Content-Length": "0", "Retry-After": how.split(":")[1]})
         validators = {"ETag": ETAG, "Last-Modified": LAST_MODIFIED}
         if how == "late":
-            time.sleep(1.5)
+            time.sleep(3.0)
             how = "length"
         if how == "length":
             handler.send(200, body, validators)
@@ -521,9 +521,9 @@ def test_a_due_retry_of_the_unit_winding_down_goes_before_the_next_units_downloa
         threads: list[threading.Thread] = []
         beside: list = []
 
-        def fetch(names, context):  # backoff 0.3: asked again 0.15-0.45 s, then 0.3-0.9 s, after a cut
+        def fetch(names, context):  # backoff 0.6: asked again 0.3-0.9 s, then 0.6-1.8 s, after a cut (B: 3 s)
             return fetch_many(server.url, [(1000, name) for name in names], tmp_path, lambda path, i: None, context,
-                              connections=1, max_attempts=3, max_wait=1.0, backoff=0.3)
+                              connections=1, max_attempts=3, max_wait=1.0, backoff=0.6)
 
         def start_the_next():  # as the worker does when the unit hands over
             fetched = fetch(["b0", "b1", "b2"], OUTSIDE)
