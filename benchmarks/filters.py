@@ -20,13 +20,11 @@ def _build(catalog: str, root: str, out: str, old: bool) -> tuple[float, int, in
     from tglc_builder.formats import hdf5
 
     saved = hdf5._new_dataset, hdf5._write_series
-    if old:  # the filters of before: HDF5's LZF for the fluxes, written through h5py
+    if old:  # the filters of before: HDF5's LZF for the fluxes, its DEFLATE for the times, all written through h5py
         lzf = {"compression": "lzf", "shuffle": True, "fletcher32": True}
         hdf5._new_dataset = lambda h5, name, dtype, width, chunks, pad, filters: saved[0](
             h5, name, dtype, width, chunks, pad, lzf if dtype == np.float32 else filters)
-        hdf5._write_series = lambda dset, chunks, start, values, pad: (
-            hdf5._write_rows(dset, start, values) if values.dtype == np.float32
-            else saved[1](dset, chunks, start, values, pad))
+        hdf5._write_series = lambda dset, chunks, start, values, pad: hdf5._write_rows(dset, start, values)
     try:
         from benchmarks.data import read_catalog
         from benchmarks.stages.convert import unit_settings

@@ -14,11 +14,12 @@ from astropy.io import fits
 from astropy.table import Table
 
 from conftest import SAMPLE, assert_contract
-from tglc_builder import layout, run
+from tglc_builder import layout, plan, run, units
 from tglc_builder.arguments import BuildArguments
 from tglc_builder.demo import SyntheticSector
 from tglc_builder.errors import UsageError
 from tglc_builder.executor import Executor
+from tglc_builder.formats import make_writers
 from tglc_builder.formats.hdf5 import pixel_dir
 from tglc_builder.sources.local import LocalSource
 
@@ -333,3 +334,21 @@ def test_a_full_disk_under_a_big_shard_is_one_clean_failure(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout == f"file size limit reached on {file.parent} writing {file.name} True\n", result.stderr
         assert list(file.parent.iterdir()) == []
+
+
+class _BrokenSource(LocalSource):
+    def fetch_many(self, *args, **kwargs):
+        raise RuntimeError("a bug")
+
+
+def test_an_unexpected_error_fails_every_row_of_the_unit_once_per_shard(tmp_path):
+    catalog = _synthetic(tmp_path, 6, one_pixel=True)
+    args = BuildArguments(23, tmp_path / "data", hdf5_output_dir=tmp_path / "out", fits_dir=tmp_path / "fits",
+                          mast_url=str(tmp_path / "fits"))
+    writers = make_writers(args)
+    task = plan.make_plan(plan.plan_shards(catalog, 100), writers, overwrite=True).pending[0]
+    settings = units.UnitSettings(23, _BrokenSource(str(tmp_path / "fits")), str(tmp_path / "fits"), tuple(writers),
+                                  args.column_set)
+    result = units.build_unit([task, task], settings)  # a path in two of a unit's shards is two rows: both fail
+    assert (result.rows, result.written, len(result.failures)) == (12, 0, 12)
+    assert all("unexpected error (RuntimeError: a bug)" in f.reason for f in result.failures)

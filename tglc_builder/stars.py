@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .columns import ColumnSet, column_set
 from .errors import UsageError
+from .folders import atomically
 from .formats.hats import _TEMPORARY, MARGIN_ARCSEC, SPATIAL_INDEX, SPATIAL_ORDER, extra_scalars, spatial_index
 
 log = logging.getLogger(__name__)
@@ -890,12 +891,10 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}{_TEMPORARY}{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomically(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.PathLike, executor=None, *,
@@ -1072,9 +1071,8 @@ def build_stars(sector_outputs: list[str | os.PathLike], stars_path: str | os.Pa
     # 4. commit, then finish
     counts = (stamp or {}).get("sector_light_curves", {}) | {
         str(s): sum(x.rows for x in by_sector[s]) for s in new_sectors}
-    np.savez(catalog / f".{HISTOGRAM}{_TEMPORARY}{os.getpid()}.npz", pixel=hist_cells, stars=hist_stars,
-             cadences=hist_cadences)
-    os.replace(catalog / f".{HISTOGRAM}{_TEMPORARY}{os.getpid()}.npz", catalog / HISTOGRAM)
+    with atomically(catalog / HISTOGRAM) as tmp, open(tmp, "wb") as f:  # (a file: savez would add .npz to a name)
+        np.savez(f, pixel=hist_cells, stars=hist_stars, cadences=hist_cadences)
     new_stamp = {"phase": "commit", "sectors": summary.sectors, "columns": columns_name, "flags": flags,
                  "schema": digest, "threshold": threshold, "partitions": [[p.order, p.pixel] for p in parts],
                  "staged": [p.relpath() for p in to_write], "stars": summary.stars,

@@ -235,8 +235,9 @@ def build_unit(work: list[ShardTask], settings: UnitSettings, context: TaskConte
     except Exception as exc:  # noqa: BLE001 - one unit's unforeseen error must not end a sector's build
         log.exception("A work unit failed")
         reason = f"unexpected error ({type(exc).__name__}: {exc}); please report it"
+        done = {f.path for f in result.failures}  # once: a path in two of the unit's shards fails in both
         for task in work:
-            _fail_rest(result, task.shard, "convert", reason)
+            _fail_rest(result, task.shard, "convert", reason, done=done)
     return result
 
 
@@ -338,9 +339,11 @@ def _build_shard(plan: _ShardWork, fetched, settings: UnitSettings, result: Unit
             path.unlink(missing_ok=True)
 
 
-def _fail_rest(result: UnitResult, shard: Shard, stage: str, reason: str, whole_in: tuple[str, ...] = ()) -> None:
-    """Every row of ``shard`` not yet failed fails (by path: a star listed twice in a sector is two rows)."""
-    done = {f.path for f in result.failures}
+def _fail_rest(result: UnitResult, shard: Shard, stage: str, reason: str, whole_in: tuple[str, ...] = (),
+               done: set[str] | None = None) -> None:
+    """Every row of ``shard`` whose path is not in ``done`` (by default the paths failed so far) fails (by path: a
+    star listed twice in a sector is two rows)."""
+    done = {f.path for f in result.failures} if done is None else done
     result.failures += [Failure(int(g), p.decode(), stage, reason, 1, whole_in=whole_in)
                         for g, p in zip(shard.gaiadr3_id, shard.path) if p.decode() not in done]
 

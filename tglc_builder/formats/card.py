@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import string
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,6 +32,7 @@ from .. import tglc as tglc_script
 from . import DEMO_NOTE, FORMATS
 from ..columns import EXTRA_SCALARS, EXTRA_SERIES, IDS_AND_POSITION, N_CADENCES, N_CADENCES_NESTED, SEED_SCALARS, \
     SEED_SERIES, STRING, ColumnSet
+from ..folders import atomically
 
 # name -> (unit, description) of every column either format may hold
 _DESCRIPTIONS = {name: (unit, text) for name, (_, unit, text) in IDS_AND_POSITION.items()}
@@ -168,15 +168,9 @@ def write_card(folder: str | os.PathLike, fmt: str, data_files: Iterable[str | o
     DatasetInfosDict({"default": datasets.DatasetInfo(features=parts.features)}).to_dataset_card_data(card)
     text = f"---\n{card.to_yaml()}\n---\n\n" + _prose(fmt, sectors, files, columns, parts, note)
 
-    fd, tmp = tempfile.mkstemp(prefix=".README.md.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / "README.md")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomically(folder / "README.md") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o644)  # whatever the umask: a card anyone may read
     return folder / "README.md"
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from .. import __version__, layout
 from ..columns import IDS_AND_POSITION, N_CADENCES, STRING, STRING_BYTES, ColumnSet
 from ..errors import UsageError
+from ..folders import atomically
 from .base import (_UNSEALED, DIGEST_KEY, VERSIONS_KEY, Block, RowSource, Shard, ShardSink, WriteError, Writer,
                    check_digest, note_versions, seal, versions_text, write_error)
 
@@ -226,9 +227,8 @@ class HDF5Writer(Writer):
         from .card import write_card
 
         source = Path(__file__).resolve().parents[1] / "tglc.py"
-        tmp = self.output_dir / f".tglc.py{_TEMPORARY}{os.getpid()}"
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, self.output_dir / "tglc.py")
+        with atomically(self.output_dir / "tglc.py") as tmp:
+            shutil.copyfile(source, tmp)
         for stale in (self.output_dir / "TGLC").glob(f"healpix=*/.*{_TEMPORARY}*"):  # of a worker that died
             stale.unlink(missing_ok=True)
         files = sorted({self.file(shard) for shard in shards if self.file(shard).exists()})
