@@ -819,8 +819,9 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
         cells.append(border.ravel())
         owner.append(np.repeat(at, border.shape[1]))
     cells, owner = np.concatenate(cells), np.concatenate(owner)
-    # sorted, a (cell, pixel) pair once; -1: a corner with no neighbour
-    cells, owner = np.unique(np.stack([cells, owner])[:, cells >= 0], axis=1)
+    cells, owner = cells[cells >= 0], owner[cells >= 0]  # -1: a corner with no neighbour
+    sort = np.argsort(cells, kind="stable")
+    cells, owner = cells[sort], owner[sort]
     schema = pq.read_schema(paths.get_common_metadata_pointer(catalog).path)
     column, shift = info.healpix_column, 2 * (info.healpix_order - order)
     # each source partition's rows for each pixel go to an Arrow file of their own (as hats-import's map stage does),
@@ -842,10 +843,10 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
                     if path.is_dir() else [path]:  # a pixel folder's shards as pyarrow's dataset lists them
                 with pq.ParquetFile(file) as pf:
                     cell = pf.read(columns=[column], use_threads=False).column(0).to_numpy() >> shift
-                    # each row in a margin cell with each pixel bordered by that cell, by row: one search of the
-                    # sorted cells, and only the row groups holding such rows decoded. Was a np.isin per batch and
-                    # pixel, every batch decoded: 1.1 -> 0.85 CPU-s for the stars benchmark's margin cache (one row
-                    # group a partition), 1.8 -> 0.45 with 10-row groups
+                    # each row in a margin cell with each pixel bordered by that cell (a pixel's border lists a
+                    # cell once), by row: one search of the sorted cells, and only the row groups holding such rows
+                    # decoded. Was a np.isin per batch and pixel, every batch decoded: 1.1 -> 0.85 CPU-s for the
+                    # stars benchmark's margin cache (one row group a partition), 1.8 -> 0.45 with 10-row groups
                     first, count = np.searchsorted(cells, cell), np.searchsorted(cells, cell, side="right")
                     count -= first
                     rows = np.repeat(np.arange(len(cell)), count)
