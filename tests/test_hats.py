@@ -446,6 +446,18 @@ def test_the_check_before_renaming_refuses_whatever_pyarrow_would_not_read(secto
                 with pytest.raises(WriteError):
                     verify_file(file, writer.schema, mark, full=True)
     assert unreadable >= 40  # (most of the 64 flips)
+    # a header field made a list of 2**28 booleans (no byte each to read): refused at once, not counted through
+    chunk = meta.row_group(0).column(meta.num_columns - 1)
+    at = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    for _ in range(3):  # past fields 1-3 (i32: a header byte, then a varint)
+        at += 1
+        while good[at] & 0x80:
+            at += 1
+        at += 1
+    assert good[at] == 0x15  # field 4, the CRC (i32)
+    file.write_bytes(good[:at] + b"\x19\xf1\xff\xff\xff\x7f" + good[at + 6:])
+    with pytest.raises(WriteError, match="does not read back"):
+        verify_file(file, writer.schema, mark, full=True)
 
 
 def test_the_check_before_renaming_holds_each_light_curve_to_its_n_cadences(sector, tmp_path):

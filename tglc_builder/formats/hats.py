@@ -317,6 +317,7 @@ _DATA_PAGE = {1: 5, 2: 5, 3: 5, 4: 5, 5: 12}
 _DICTIONARY_PAGE = {1: 5, 2: 5, 3: (1, 2)}
 _ENCODINGS = {0: "PLAIN", 2: "PLAIN_DICTIONARY", 3: "RLE", 4: "BIT_PACKED", 5: "DELTA_BINARY_PACKED",
               6: "DELTA_LENGTH_BYTE_ARRAY", 7: "DELTA_BYTE_ARRAY", 8: "RLE_DICTIONARY", 9: "BYTE_STREAM_SPLIT"}
+_WIDTH = {"INT32": 4, "INT64": 8, "FLOAT": 4, "DOUBLE": 8}  # bytes of a PLAIN value of these physical types
 
 
 def _check_chunk_pages(file: Path, view: memoryview, chunk: pq.ColumnChunkMetaData, group: int) -> None:
@@ -330,6 +331,9 @@ def _check_chunk_pages(file: Path, view: memoryview, chunk: pq.ColumnChunkMetaDa
         if not _typed(header, _PAGE_HEADER, (1, 2, 3)) or min(header[2][1], header[3][1]) < 0:
             raise refuse("has no Parquet page header")
         kind, size = header[1][1], header[3][1]
+        # the encodings the writer gives: a dictionary page's values PLAIN (PLAIN_DICTIONARY: Parquet 1's name), a
+        # data page's indices into it (or PLAIN, its fallback), else a column's own (parquet_options); never RLE or
+        # BIT_PACKED values, which only booleans have
         dictionary = chunk.has_dictionary_page and pos == chunk.dictionary_page_offset  # (first, and only there)
         page = header.get(7 if dictionary else 5, (None, {}))[1] if kind == (2 if dictionary else 0) else {}
         if dictionary:
@@ -338,8 +342,12 @@ def _check_chunk_pages(file: Path, view: memoryview, chunk: pq.ColumnChunkMetaDa
             fine = _typed(page, _DATA_PAGE, (1, 2, 3, 4)) and page[3][1] == page[4][1] == 3  # (levels: RLE)
         if not fine or page[1][1] < 0:
             raise refuse(f"is of a kind this writer does not write (type {kind})")
-        if _ENCODINGS.get(page[2][1]) not in chunk.encodings:
-            raise refuse(f"has an encoding its column chunk does not list ({page[2][1]})")
+        allowed = (0, 2) if dictionary else (0, 2, 8) if chunk.has_dictionary_page else (0, 5, 9)
+        if page[2][1] not in allowed or _ENCODINGS[page[2][1]] not in chunk.encodings:
+            raise refuse(f"has an encoding its column chunk cannot have ({page[2][1]})")
+        if dictionary and (body + size != chunk.data_page_offset or chunk.physical_type in _WIDTH and
+                           page[1][1] * _WIDTH[chunk.physical_type] != header[2][1]):
+            raise refuse("holds a dictionary whose size or place differs from its footer's")
         if body + size > end or 4 not in header or zlib.crc32(view[body:body + size]) != header[4][1] & 0xFFFFFFFF:
             raise refuse("does not match its checksum")
         values += 0 if dictionary else page[1][1]
@@ -382,17 +390,9 @@ def _thrift_value(data: memoryview, pos: int, kind: int) -> tuple[object, int]:
     if kind == 8:  # binary
         size, pos = _varint(data, pos)
         return None, pos + size
-    if kind in (9, 10):  # list, set: their size and element type, then the elements (booleans a byte each)
-        head, pos = data[pos], pos + 1
-        size, element = head >> 4, head & 15
-        if size == 15:
-            size, pos = _varint(data, pos)
-        for _ in range(size):
-            pos = pos + 1 if element in (1, 2) else _thrift_value(data, pos, element)[1]
-        return None, pos
     if kind == 12:
         return _thrift_struct(data, pos)
-    raise ValueError(f"Thrift type {kind} in a page header")
+    raise ValueError(f"Thrift type {kind} in a page header (which holds no list, set or map)")
 
 
 def _thrift_int(data: memoryview, pos: int) -> tuple[int, int]:
@@ -839,7 +839,8 @@ def write_margin(margin_dir: Path, catalog: Path, threshold_arcsec: float = MARG
                            for part in parts):  # as pyarrow lists them (a suffix '.parquet' or '/': the same order)
             path = Path(path)
             pieces: dict[int, list[pa.RecordBatch]] = {}
-            for file in sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith((".", "_"))) \
+            for file in sorted(f for f in path.rglob("*") if f.is_file() and not any(
+                    part.startswith((".", "_")) for part in f.relative_to(path).parts)) \
                     if path.is_dir() else [path]:  # a pixel folder's shards as pyarrow's dataset lists them
                 with pq.ParquetFile(file) as pf:
                     cell = pf.read(columns=[column], use_threads=False).column(0).to_numpy() >> shift
