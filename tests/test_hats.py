@@ -388,12 +388,18 @@ def test_rows_of_reads_whole_rows_back(columns, sector, tmp_path):
     assert [p.name for p in writer.file(shard).parent.iterdir()] == [writer.file(shard).name]  # no temporary file
 
 
-def test_corruption_is_detected(sector, tmp_path):
+def _clustered_shard(sector: Sector, tmp_path: Path) -> tuple[HatsWriter, object]:
+    """The writer and the CLUSTER-row shard it has written (the pixel of many rows)."""
     writer = HatsWriter(tmp_path / "out", 23, SEED)
     shards = plan_shards(sector)
     shard = next(s for s in shards if len(s) == CLUSTER)
     writer.prepare(shards, False)
     write_shard(writer, shard, sector.fits_dir)
+    return writer, shard
+
+
+def test_corruption_is_detected(sector, tmp_path):
+    writer, shard = _clustered_shard(sector, tmp_path)
     file = writer.file(shard)
     good = file.read_bytes()
     # a bit flipped inside a page of light-curve data: the page checksum catches it
@@ -423,11 +429,7 @@ def test_corruption_is_detected(sector, tmp_path):
 def test_the_check_before_renaming_refuses_whatever_pyarrow_would_not_read(sector, tmp_path):
     """Page headers are not under the page CRCs: a flipped header byte that makes the file unreadable (a negative
     count, a page type or a field type changed, a dictionary page moved) must not be sealed as whole."""
-    writer = HatsWriter(tmp_path / "out", 23, SEED)
-    shards = plan_shards(sector)
-    shard = next(s for s in shards if len(s) == CLUSTER)
-    writer.prepare(shards, False)
-    write_shard(writer, shard, sector.fits_dir)
+    writer, shard = _clustered_shard(sector, tmp_path)
     file, mark = writer.file(shard), read_mark(writer.file(shard))
     good, meta = file.read_bytes(), pq.read_metadata(file)
     unreadable = 0
@@ -462,11 +464,7 @@ def test_the_check_before_renaming_refuses_whatever_pyarrow_would_not_read(secto
 
 def test_the_check_before_renaming_holds_each_light_curve_to_its_n_cadences(sector, tmp_path):
     """One cadence moved from a light curve to the next in every series: the totals still match, the rows do not."""
-    writer = HatsWriter(tmp_path / "out", 23, SEED)
-    shards = plan_shards(sector)
-    shard = next(s for s in shards if len(s) == CLUSTER)
-    writer.prepare(shards, False)
-    write_shard(writer, shard, sector.fits_dir)
+    writer, shard = _clustered_shard(sector, tmp_path)
     file = writer.file(shard)
     table, footer = pq.read_table(file), pq.read_metadata(file).metadata
     curves = table.column("lightcurve").combine_chunks()
